@@ -1,0 +1,176 @@
+"""Shared pieces of the three custom resources: the base model, references, conditions, scheduling.
+
+Every model here is the single source of truth for both the operator (which parses specs
+into them) and the CRDs (which `hack/gen_crds.py` generates from their JSON schema).
+Defaults live here and are applied by the operator, not by the API server, so that
+server-filled fields never fight a GitOps tool's desired state.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "embedops.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# A Kubernetes object name (RFC 1123 subdomain, the rule for most kinds).
+K8sName = Annotated[
+    str,
+    StringConstraints(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+]
+# A Postgres identifier as embedops accepts it: letters, digits and underscores, not starting
+# with a digit, at most 63 bytes. Everything is still quoted with psycopg.sql.Identifier.
+SqlName = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+]
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=False,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict as it appears in a manifest or in `status` (camelCase, no nulls)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class LocalObjectReference(ApiModel):
+    """A reference to another embedops resource in the same namespace."""
+
+    name: K8sName = Field(description="Name of the referenced resource, in the same namespace.")
+
+
+class SecretKeySelector(ApiModel):
+    """A key of a Secret in the resource's namespace; the value never appears in specs, logs or status."""
+
+    name: K8sName = Field(description="Name of the Secret.")
+    key: str = Field(default="dsn", min_length=1, description="Key inside the Secret. Default: `dsn`.")
+
+
+class Database(ApiModel):
+    """Where the Postgres + pgvector server is."""
+
+    dsn_secret_ref: SecretKeySelector | None = Field(
+        default=None,
+        description=(
+            "Secret key holding a libpq connection string (DSN) of a Postgres server with the pgvector "
+            "extension. Unset means the local embedded server, which only `embedops run` provides; "
+            "the operator requires it."
+        ),
+    )
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A condition in the shape of Kubernetes' metav1.Condition."""
+
+    type: str = Field(description="Condition type: Ready, Progressing or Degraded.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="One CamelCase word saying why the condition is in this status.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str = Field(description="RFC 3339 time the status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this condition was computed from."
+    )
+
+
+class BaseStatus(ApiModel):
+    """Fields every embedops status has."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation the status reflects."
+    )
+    phase: str | None = Field(default=None, description="A one-word summary for display; conditions are authoritative.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions.")
+
+    def set_condition(
+        self,
+        type_: str,
+        status: ConditionStatus,
+        reason: str,
+        message: str = "",
+        *,
+        generation: int | None = None,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """Set one condition, keeping lastTransitionTime when its status does not change."""
+        stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for i, cond in enumerate(self.conditions):
+            if cond.type == type_:
+                keep = cond.last_transition_time if cond.status == status else stamp
+                self.conditions[i] = Condition(
+                    type=type_, status=status, reason=reason, message=message,
+                    last_transition_time=keep, observed_generation=generation,
+                )
+                return
+        self.conditions.append(
+            Condition(
+                type=type_, status=status, reason=reason, message=message,
+                last_transition_time=stamp, observed_generation=generation,
+            )
+        )
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+class Toleration(ApiModel):
+    """A pod toleration, as in the core/v1 Toleration."""
+
+    key: str | None = Field(default=None, description="Taint key the toleration applies to.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal. Default: Equal.")
+    value: str | None = Field(default=None, description="Taint value to match with Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all."
+    )
+    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+
+
+class Resources(ApiModel):
+    """Compute resources of a worker pod."""
+
+    gpus: int = Field(default=0, ge=0, le=16, description="Number of `nvidia.com/gpu` to request (requests = limits).")
+    cpu: str | None = Field(default=None, description="CPU request, a Kubernetes quantity such as `4` or `500m`.")
+    memory: str | None = Field(default=None, description="Memory request and limit, a quantity such as `16Gi`.")
+
+
+class Scheduling(ApiModel):
+    """Where and how worker pods are scheduled; passed through to the Job and its pod template."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 Affinity object, passed through unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: str | None = Field(default=None, description="PriorityClass of the pods.")
+    queue_name: str | None = Field(
+        default=None,
+        description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the Job so Kueue admits it.",
+    )
+    backoff_limit: int = Field(default=2, ge=0, description="Pod retries before the Job fails. Default: 2.")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="Wall-clock limit of the Job, in seconds."
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the finished Job (never the custom resource) this many seconds after it ends.",
+    )
+    suspend: bool = Field(default=False, description="Create the Job suspended (Kueue or a person resumes it).")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount of the worker pods.")

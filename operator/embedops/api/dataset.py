@@ -1,0 +1,191 @@
+"""EmbeddingDataset: where domain training data lives and how it is validated, split and enriched."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from embedops.api.common import ApiModel, BaseStatus, Database, SqlName
+
+DEFAULT_MINING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class BeirSource(ApiModel):
+    """A BEIR folder: `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv`."""
+
+    path: str = Field(
+        min_length=1,
+        description=(
+            "Folder holding the BEIR files. In `embedops run` a relative path is relative to the manifest's "
+            "folder; in a cluster it is a path inside the workspace volume."
+        ),
+    )
+    train_split: str = Field(default="train", description="qrels file used for training. Default: `train`.")
+    test_split: str | None = Field(
+        default="test",
+        description=(
+            "qrels file held out for evaluation. Default: `test`. Set to empty to split the train queries "
+            "deterministically instead (see `split`)."
+        ),
+    )
+
+
+class PairsSource(ApiModel):
+    """JSON Lines of query–positive(–negatives) pairs."""
+
+    path: str = Field(
+        min_length=1,
+        description=(
+            'JSONL file, one object a line: `{"query": str, "positive": str, "negatives": [str, ...]}` '
+            "(`negatives` optional). Relative paths as for `beir.path`."
+        ),
+    )
+    test_path: str | None = Field(
+        default=None,
+        description="Optional JSONL of held-out pairs in the same format; unset splits `path` (see `split`).",
+    )
+
+
+class PostgresSource(ApiModel):
+    """A table of query–positive pairs in Postgres."""
+
+    database: Database = Field(default_factory=Database, description="Server holding the table.")
+    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the table. Default: `public`.")
+    table: SqlName = Field(description="Table holding one pair a row.")
+    query_column: SqlName = Field(default="query", description="Column with the query text. Default: `query`.")
+    positive_column: SqlName = Field(default="positive", description="Column with the relevant text. Default: `positive`.")
+    split_column: SqlName | None = Field(
+        default=None,
+        description="Optional column whose value `test` marks held-out rows; unset splits deterministically.",
+    )
+
+
+class DatasetSource(ApiModel):
+    """Exactly one of `beir`, `pairs` or `postgres`."""
+
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "[has(self.beir), has(self.pairs), has(self.postgres)].filter(x, x).size() == 1",
+                    "message": "exactly one of source.beir, source.pairs or source.postgres must be set",
+                }
+            ]
+        }
+    }
+
+    beir: BeirSource | None = Field(default=None, description="A BEIR folder.")
+    pairs: PairsSource | None = Field(default=None, description="A JSONL file of pairs.")
+    postgres: PostgresSource | None = Field(default=None, description="A Postgres table of pairs.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DatasetSource:
+        given = [n for n in ("beir", "pairs", "postgres") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(f"exactly one of source.beir, source.pairs or source.postgres must be set, got {given or 'none'}")
+        return self
+
+
+class ValidationSpec(ApiModel):
+    """Row checks applied while reading; bad rows are reported by file and line and skipped."""
+
+    min_chars: int = Field(default=1, ge=1, description="Shortest text accepted, after trimming. Default: 1.")
+    max_chars: int = Field(
+        default=100_000, ge=1, description="Longest text accepted; longer rows are reported, not cut. Default: 100000."
+    )
+    max_invalid_fraction: float = Field(
+        default=0.1,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Fail the preparation when more than this share of rows is invalid (a sign of a wrong format "
+            "rather than a few bad rows). Default: 0.1."
+        ),
+    )
+
+
+class SplitSpec(ApiModel):
+    """Deterministic train/test split, used when the source gives no test split."""
+
+    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of queries held out. Default: 0.2.")
+    seed: int = Field(default=42, description="Seed of the split; the same data and seed give the same split. Default: 42.")
+    max_test_queries: int | None = Field(
+        default=None, ge=1, description="Cap on held-out queries, to bound evaluation time. Default: no cap."
+    )
+
+
+class HardNegativesSpec(ApiModel):
+    """Hard-negative mining: documents a model ranks high for a query that are not among its positives."""
+
+    enabled: bool = Field(default=True, description="Mine hard negatives for the training pairs. Default: true.")
+    model: str = Field(
+        default=DEFAULT_MINING_MODEL,
+        min_length=1,
+        description=f"Model used for mining (a bundled model name or a path). Default: `{DEFAULT_MINING_MODEL}`.",
+    )
+    count: int = Field(default=3, ge=1, le=32, description="Negatives kept per training pair. Default: 3.")
+    range_min: int = Field(
+        default=0, ge=0, description="Skip this many top-ranked candidates before taking negatives. Default: 0."
+    )
+    range_max: int = Field(
+        default=50, ge=1, description="Only candidates ranked above this are considered. Default: 50."
+    )
+    relative_margin: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Drop candidates scoring above (1 - margin) x the positive's score: they are likely unlabelled "
+            "positives (positive-aware mining, as in NV-Retriever). Default: 0.05."
+        ),
+    )
+    batch_size: int = Field(default=64, ge=1, description="Encoding batch size while mining. Default: 64.")
+
+
+class AugmentSpec(ApiModel):
+    """Extra training pairs drawn from the corpus itself."""
+
+    title_pairs: bool = Field(
+        default=True,
+        description=(
+            "Add a (title → text) pair for every corpus document that has a title, teaching the model the "
+            "domain's vocabulary. Test queries are never used. Ignored when the corpus has no titles. Default: true."
+        ),
+    )
+    max_title_pairs: int | None = Field(
+        default=None, ge=1, description="Cap on title pairs (a seeded sample), for very large corpora. Default: no cap."
+    )
+
+
+class EmbeddingDatasetSpec(ApiModel):
+    """Desired state of an EmbeddingDataset."""
+
+    source: DatasetSource = Field(description="Where the data lives: exactly one of beir, pairs, postgres.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Row validation.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Split used when the source has no test split.")
+    hard_negatives: HardNegativesSpec = Field(default_factory=HardNegativesSpec, description="Hard-negative mining.")
+    augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Extra pairs from the corpus.")
+
+
+class DatasetCounts(ApiModel):
+    """What the prepared dataset holds."""
+
+    corpus: int = Field(default=0, description="Documents in the corpus.")
+    train_pairs: int = Field(default=0, description="Training pairs, title pairs included.")
+    title_pairs: int = Field(default=0, description="Training pairs made from corpus titles.")
+    train_queries: int = Field(default=0, description="Distinct training queries.")
+    test_queries: int = Field(default=0, description="Held-out queries with at least one relevant document.")
+    invalid_rows: int = Field(default=0, description="Rows rejected by validation (see the report).")
+    duplicates: int = Field(default=0, description="Duplicate rows removed.")
+    with_negatives: int = Field(default=0, description="Training pairs with at least one hard negative.")
+
+
+class EmbeddingDatasetStatus(BaseStatus):
+    """Observed state of an EmbeddingDataset."""
+
+    counts: DatasetCounts | None = Field(default=None, description="Counts of the prepared data.")
+    fingerprint: str | None = Field(default=None, description="Content fingerprint (sha256) of the prepared data.")
+    location: str | None = Field(default=None, description="Where the prepared dataset was written.")
+    invalid_samples: list[str] = Field(
+        default_factory=list, description="The first few validation errors, `file:line: reason`."
+    )
+    prepared_at: str | None = Field(default=None, description="RFC 3339 time the data was prepared.")

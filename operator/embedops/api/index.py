@@ -1,0 +1,226 @@
+"""EmbeddingIndex: a corpus re-embedded into versioned pgvector tables behind one stable view."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from embedops.api.common import ApiModel, BaseStatus, Database, LocalObjectReference, Resources, Scheduling, SqlName
+
+_IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable; create a new EmbeddingIndex instead"}]
+
+
+def _exactly_one(*names: str) -> dict:
+    rule = "[" + ", ".join(f"has(self.{n})" for n in names) + "].filter(x, x).size() == 1"
+    return {"x-kubernetes-validations": [{"rule": rule, "message": f"exactly one of {', '.join(names)} must be set"}]}
+
+
+class IndexModel(ApiModel):
+    """Exactly one of `fineTuneJobRef` or `name`."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": _exactly_one("fineTuneJobRef", "name")}
+
+    fine_tune_job_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Follow a FineTuneJob: every model it publishes is built into a new version, probed and cut over if it passes.",
+    )
+    name: str | None = Field(default=None, min_length=1, description="A fixed model: a bundled model name or a path.")
+
+    @model_validator(mode="after")
+    def _one(self) -> IndexModel:
+        if (self.fine_tune_job_ref is None) == (self.name is None):
+            raise ValueError("exactly one of model.fineTuneJobRef or model.name must be set")
+        return self
+
+
+class TableSource(ApiModel):
+    """A Postgres table holding the documents."""
+
+    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the table. Default: `public`.")
+    table: SqlName = Field(description="Table holding one document a row.")
+    id_column: SqlName = Field(default="id", description="Unique, ordered key column. Default: `id`.")
+    text_column: SqlName = Field(default="text", description="Column with the text to embed. Default: `text`.")
+    title_column: SqlName | None = Field(
+        default=None, description="Optional title column, prepended to the text as the datasets do."
+    )
+
+
+class IndexSource(ApiModel):
+    """Exactly one of `table` or `datasetRef`."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": _exactly_one("table", "datasetRef")}
+
+    table: TableSource | None = Field(default=None, description="Documents in a table of the index's database.")
+    dataset_ref: LocalObjectReference | None = Field(
+        default=None, description="Documents of an EmbeddingDataset's corpus."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> IndexSource:
+        if (self.table is None) == (self.dataset_ref is None):
+            raise ValueError("exactly one of source.table or source.datasetRef must be set")
+        return self
+
+
+class Target(ApiModel):
+    """The stable name applications query; versions live beside it as `<name>_v<N>` tables."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _IMMUTABLE}}
+
+    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the view and its tables. Default: `public`.")
+    name: SqlName = Field(description="Name of the view applications query (`id`, `embedding` columns). Immutable.")
+
+
+class AnnSpec(ApiModel):
+    """Approximate nearest-neighbour index built on every version."""
+
+    method: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="hnsw or ivfflat. Default: hnsw.")
+    metric: Literal["cosine", "l2", "inner_product"] = Field(
+        default="cosine", description="Distance the index serves. Default: cosine."
+    )
+    vector_type: Literal["vector", "halfvec"] = Field(
+        default="vector",
+        description="Column type: vector (float32, up to 2,000 dims indexed) or halfvec (float16, up to 4,000). Default: vector.",
+    )
+    m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree. Default: 16 (pgvector's).")
+    ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam. Default: 64 (pgvector's).")
+    lists: int | None = Field(
+        default=None, ge=1, description="IVFFlat lists. Default: rows/1000 (at least 1), sqrt(rows) above 1M rows."
+    )
+    ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW search beam used by probes. Default: 40.")
+    probes: int = Field(default=10, ge=1, description="IVFFlat lists searched by probes. Default: 10.")
+
+
+class EmbedSpec(ApiModel):
+    """How the corpus is embedded."""
+
+    batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch. Default: 64.")
+    max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
+    commit_rows: int = Field(
+        default=2048, ge=1, description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048."
+    )
+    shards: int = Field(default=1, ge=1, le=1000, description="Pods that embed in parallel (an Indexed Job). Default: 1.")
+
+
+class ProbeSpec(ApiModel):
+    """Retrieval probe: queries with known relevant ids, run through SQL against a version."""
+
+    dataset_ref: LocalObjectReference | None = Field(
+        default=None,
+        description="Use this EmbeddingDataset's held-out queries; ids must match the index's ids. Default: the source dataset.",
+    )
+    path: str | None = Field(
+        default=None,
+        description='JSONL probe set, one `{"query": str, "relevant": [id, ...]}` a line, instead of a dataset.',
+    )
+    k: int = Field(default=10, ge=1, le=1000, description="Depth of recall@k. Default: 10.")
+    min_recall: float = Field(
+        default=0.0, ge=0, le=1, description="Gate: a version with recall@k below this is never cut over. Default: 0."
+    )
+    max_regression: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="Gate: a new version's recall@k may be at most this much below the live one's. Default: 0.02.",
+    )
+    max_queries: int | None = Field(default=None, ge=1, description="Probe at most this many queries.")
+    interval_minutes: int = Field(default=30, ge=1, description="Re-probe the live version this often. Default: 30.")
+
+
+class DriftSpec(ApiModel):
+    """Drift between the live version's stored embeddings and a fresh embedding of the source now."""
+
+    enabled: bool = Field(default=True, description="Measure drift on a schedule. Default: true.")
+    sample_size: int = Field(default=1000, ge=10, le=100_000, description="Rows sampled on each side. Default: 1000.")
+    threshold: float = Field(
+        default=0.015, ge=0, description="Drift score (MMD², see docs) above which the index is Degraded. Default: 0.015."
+    )
+    interval_minutes: int = Field(default=60, ge=1, description="Measure this often. Default: 60.")
+
+
+class EmbeddingIndexSpec(ApiModel):
+    """Desired state of an EmbeddingIndex."""
+
+    model: IndexModel = Field(description="The model whose embeddings the index holds.")
+    source: IndexSource = Field(description="The documents to embed.")
+    database: Database = Field(default_factory=Database, description="Postgres + pgvector server of the index. Immutable.")
+    target: Target = Field(description="Stable view name applications query.")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="ANN index settings.")
+    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Embedding settings.")
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="Retrieval probe and cut-over gate.")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift measurement.")
+    keep_versions: int = Field(
+        default=2, ge=1, le=20, description="Versions kept (the live one included) for rollback. Default: 2."
+    )
+    pinned_version: int | None = Field(
+        default=None, ge=1, description="Serve exactly this version; new models are built but not cut over."
+    )
+    deletion_policy: Literal["Retain", "Delete"] = Field(
+        default="Retain",
+        description="On deletion, Retain keeps the view and version tables; Delete drops them. Default: Retain.",
+    )
+    resources: Resources = Field(default_factory=Resources, description="Resources of each embedding pod.")
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the embedding Jobs.")
+
+
+class ProbeResult(ApiModel):
+    """One probe of one version."""
+
+    version: int = Field(description="Version probed.")
+    k: int = Field(description="Depth of recall@k.")
+    recall_at_k: float = Field(alias="recallAtK", description="Recall@k.")
+    mrr_at_10: float = Field(alias="mrrAt10", description="MRR@10.")
+    ndcg_at_10: float = Field(alias="ndcgAt10", description="nDCG@10.")
+    queries: int = Field(description="Queries probed.")
+    passed: bool | None = Field(default=None, description="Whether the version passed the cut-over gate.")
+    reason: str | None = Field(default=None, description="Why the gate passed or failed.")
+    checked_at: str = Field(description="RFC 3339 time of the probe.")
+
+
+class DriftResult(ApiModel):
+    """One drift measurement."""
+
+    version: int = Field(description="Version measured.")
+    score: float = Field(description="MMD² (RBF kernel, median heuristic) between the two samples.")
+    centroid_distance: float = Field(description="Cosine distance between the two samples' mean vectors.")
+    drifted_components: float = Field(description="Share of dimensions whose Wasserstein distance exceeds 0.1 std.")
+    reference_rows: int = Field(description="Rows in the reference sample.")
+    current_rows: int = Field(description="Rows in the current sample.")
+    drifted: bool = Field(description="score above spec.drift.threshold.")
+    checked_at: str = Field(description="RFC 3339 time of the measurement.")
+
+
+class IndexVersion(ApiModel):
+    """One versioned table."""
+
+    version: int = Field(description="Version number, increasing from 1.")
+    table: str = Field(description="Table holding the version's embeddings.")
+    model: str = Field(description="Model the version was embedded with.")
+    model_fingerprint: str | None = Field(default=None, description="Fingerprint of that model.")
+    dimensions: int | None = Field(default=None, description="Embedding size.")
+    rows: int = Field(default=0, description="Rows embedded.")
+    state: Literal["Building", "Ready", "Live", "Retired", "Failed"] = Field(description="Lifecycle state.")
+    created_at: str | None = Field(default=None, description="RFC 3339 creation time.")
+    probe: ProbeResult | None = Field(default=None, description="Last probe of this version.")
+
+
+class ReindexProgress(ApiModel):
+    """Progress of the version being built."""
+
+    version: int = Field(description="Version being built.")
+    rows_done: int = Field(description="Rows committed.")
+    rows_total: int | None = Field(default=None, description="Rows to embed, when known.")
+    rows_per_second: float | None = Field(default=None, description="Recent throughput.")
+
+
+class EmbeddingIndexStatus(BaseStatus):
+    """Observed state of an EmbeddingIndex."""
+
+    live_version: int | None = Field(default=None, description="Version the view points at.")
+    live_model: str | None = Field(default=None, description="Model of the live version.")
+    rows: int | None = Field(default=None, description="Rows in the live version.")
+    versions: list[IndexVersion] = Field(default_factory=list, description="Retained versions, newest first.")
+    probe: ProbeResult | None = Field(default=None, description="Latest probe of the live version.")
+    drift: DriftResult | None = Field(default=None, description="Latest drift measurement of the live version.")
+    reindex: ReindexProgress | None = Field(default=None, description="Progress of a version being built.")

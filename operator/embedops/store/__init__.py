@@ -1,0 +1,1 @@
+"""pgvector storage: versioned tables, catalog, cut-over and the embedded server."""
