@@ -1,0 +1,1 @@
+"""Code that runs inside worker pods (and in local mode): plain functions with typed configs."""
