@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install the dev environment and run the default test suite (what CI runs).
+# Extra arguments go to pytest, e.g. `hack/test.sh -m slow` for the opt-in slow tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+hack/venv.sh dev
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest "$@"

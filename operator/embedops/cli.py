@@ -1,0 +1,130 @@
+"""The `embedops` command: local mode, manifest validation, and the worker entry point of pods."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+WORKERS = ("prepare", "train", "embed", "probe", "drift")
+DSN_ENV = "EMBEDOPS_DSN"
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _print_invalid(err) -> int:
+    print(f"error: invalid {err.where}:", file=sys.stderr)
+    for problem in err.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from embedops import manifests
+    from embedops.api.kinds import InvalidResource
+
+    try:
+        loaded = manifests.load(args.filename)
+    except InvalidResource as err:
+        return _print_invalid(err)
+    for item in loaded:
+        print(f"{item.resource.key}: valid")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from embedops import manifests, progress
+    from embedops.api.kinds import InvalidResource
+    from embedops.local import LocalRunner
+    from embedops.report import print_report
+
+    try:
+        loaded = manifests.load(args.filename)
+    except InvalidResource as err:
+        return _print_invalid(err)
+    progress.use_bars(None if not args.no_progress else False)
+    state_dir = args.state_dir
+    if args.fresh and state_dir.exists():
+        import shutil
+
+        shutil.rmtree(state_dir)
+    runner = LocalRunner(state_dir=state_dir, dsn=args.dsn or os.environ.get(DSN_ENV), device=args.device)
+    try:
+        outcomes = runner.run(loaded)
+    finally:
+        runner.close()
+    print_report(outcomes)
+    return 0 if all(o.ok for o in outcomes.values()) else 1
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker from a typed config file; the result JSON goes to stdout and --result."""
+    import yaml
+    from pydantic import ValidationError
+
+    from embedops.api.kinds import format_validation_error
+
+    module = importlib.import_module(f"embedops.workers.{args.name}")
+    raw = yaml.safe_load(args.spec.read_text(encoding="utf-8")) if str(args.spec) != "-" else yaml.safe_load(sys.stdin)
+    try:
+        config = module.Config.model_validate(raw)
+    except ValidationError as err:
+        print(f"error: invalid worker config {args.spec}:", file=sys.stderr)
+        for line in format_validation_error(err, prefix="config"):
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    result = module.run(config, dsn=os.environ.get(DSN_ENV))
+    payload = json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
+    print(payload)
+    if args.result:
+        args.result.write_text(payload + "\n", encoding="utf-8")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedops", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run manifests end to end on this machine (local mode)")
+    run.add_argument("-f", "--filename", type=Path, action="append", required=True,
+                     help="manifest file or folder (repeatable)")
+    run.add_argument("--dsn", help=f"Postgres DSN instead of the embedded server (or set {DSN_ENV})")
+    run.add_argument("--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)")
+    run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    run.add_argument("--fresh", action="store_true", help="forget earlier state first")
+    run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="check manifests against the API without running them")
+    validate.add_argument("-f", "--filename", type=Path, action="append", required=True)
+    validate.set_defaults(func=cmd_validate)
+
+    worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
+    worker.add_argument("name", choices=WORKERS)
+    worker.add_argument("--spec", type=Path, required=True, help="worker config, YAML or JSON ('-' for stdin)")
+    worker.add_argument("--result", type=Path, help="also write the result JSON here (e.g. /dev/termination-log)")
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

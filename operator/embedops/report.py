@@ -1,0 +1,60 @@
+"""The closing report of `embedops run`: every resource's state, and base vs tuned quality."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
+
+
+def _delta(a: float | None, b: float | None) -> str:
+    return "-" if a is None or b is None else f"{b - a:+.4f}"
+
+
+def print_report(outcomes: Mapping[str, Any], console: Console | None = None) -> None:
+    console = console or Console()
+    states = Table(title="Resources", title_justify="left")
+    for col in ("resource", "ready", "reason", "message"):
+        states.add_column(col)
+    for key, outcome in outcomes.items():
+        ready = outcome.status.condition("Ready")
+        mark = "[green]True[/]" if ready and ready.status == "True" else "[red]False[/]"
+        note = " (unchanged, reused)" if outcome.reused else ""
+        states.add_row(key, mark, ready.reason if ready else "-", (ready.message if ready else "") + note)
+    console.print(states)
+
+    for key, outcome in outcomes.items():
+        kind = outcome.loaded.resource.kind.kind
+        if kind == "FineTuneJob" and outcome.status.base_metrics and outcome.status.tuned_metrics:
+            base, tuned = outcome.status.base_metrics, outcome.status.tuned_metrics
+            table = Table(title=f"{key}: held-out retrieval, base vs tuned ({tuned.queries} queries)",
+                          title_justify="left")
+            for col in ("metric", "base", "tuned", "change"):
+                table.add_column(col, justify="right" if col != "metric" else "left")
+            for label, attr in (("nDCG@10", "ndcg_at_10"), ("MRR@10", "mrr_at_10"),
+                                ("Recall@10", "recall_at_10"), ("Recall@100", "recall_at_100")):
+                a, b = getattr(base, attr), getattr(tuned, attr)
+                table.add_row(label, _fmt(a), _fmt(b), _delta(a, b))
+            console.print(table)
+        if kind == "EmbeddingIndex" and outcome.status.versions:
+            table = Table(title=f"{key}: versions (live: v{outcome.status.live_version})", title_justify="left")
+            for col in ("version", "state", "rows", "model", "recall@k", "MRR@10", "nDCG@10", "gate"):
+                table.add_column(col)
+            for v in outcome.status.versions:
+                p = v.probe
+                table.add_row(f"v{v.version}", v.state, str(v.rows), v.model,
+                              _fmt(p.recall_at_k if p else None), _fmt(p.mrr_at_10 if p else None),
+                              _fmt(p.ndcg_at_10 if p else None),
+                              "-" if p is None or p.passed is None else ("pass" if p.passed else "fail"))
+            console.print(table)
+            if outcome.status.drift:
+                d = outcome.status.drift
+                console.print(f"drift of v{d.version}: MMD² {d.score:.4f}, centroid distance "
+                              f"{d.centroid_distance:.4f}, drifted components {d.drifted_components:.2f}"
+                              f" -> {'DRIFTED' if d.drifted else 'ok'}")
