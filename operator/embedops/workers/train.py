@@ -1,0 +1,319 @@
+"""The train worker: fine-tune a sentence-transformers model on a prepared dataset and score it.
+
+A FineTuneJob is only worth publishing if it beats its base model on the domain's own
+held-out queries, so both models are scored the same way (exact search over the whole
+corpus). Training checkpoints regularly and resumes from the last checkpoint, because pods
+are preempted or evicted (Kueue re-suspends evicted Jobs) and a restart must not start over.
+
+`run` reads top to bottom as sentence-transformers training scripts do:
+model -> dataset -> loss -> evaluator -> training args -> trainer -> evaluate -> save.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+from transformers import TrainerCallback
+
+from embedops import modelzoo, progress, retrieval
+from embedops.api.common import ApiModel
+from embedops.api.finetune import EvaluationSpec, FineTuneJobSpec, IRMetrics, LossSpec, ModelArtifact, TrainingSpec
+from embedops.datasets import PreparedDataset, TrainExample
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+    from sentence_transformers import SentenceTransformer
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+RANKING_LOSSES = {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"}
+
+
+class Config(ApiModel):
+    spec: FineTuneJobSpec = Field(description="The FineTuneJob spec.")
+    dataset_dir: Path = Field(description="The prepared dataset (the EmbeddingDataset's location).")
+    output_dir: Path = Field(description="Where checkpoints/, model/ and evaluation.json are written.")
+    base_dir: Path | None = Field(default=None, description="Relative model paths resolve against this folder.")
+    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
+
+
+class Result(ApiModel):
+    """The FineTuneJobStatus fields this step determines."""
+
+    model: ModelArtifact
+    base_metrics: IRMetrics
+    tuned_metrics: IRMetrics
+    ndcg_gain: float
+    train_pairs: int
+    steps: int
+    resumed_from_step: int | None = None
+    start_time: str
+    completion_time: str
+    duration_seconds: float
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- dataset --------------------------------------------------------------------------------
+
+
+def negative_groups(examples: list[TrainExample], cap: int, min_group: int) -> dict[int, list[TrainExample]]:
+    """Examples grouped by how many negatives they will use (at most `cap`), every group but the last >= min_group.
+
+    A dataset needs one column count, so each group becomes its own dataset and every batch is
+    drawn from one group: no example is padded with made-up negatives and none is dropped.
+    A group too small for a batch is merged into the next smaller one, its examples keeping
+    only that many negatives.
+    """
+    by_count: dict[int, list[TrainExample]] = {}
+    for e in examples:
+        by_count.setdefault(min(len(e.negatives), cap), []).append(e)
+    groups: dict[int, list[TrainExample]] = {}
+    carried: list[TrainExample] = []
+    counts = sorted(by_count, reverse=True)
+    for i, n in enumerate(counts):
+        members = carried + by_count[n]
+        if len(members) < min_group and i + 1 < len(counts):
+            carried = members
+            continue
+        groups[n], carried = members, []
+    return groups
+
+
+def to_columns(examples: list[TrainExample], n: int) -> dict[str, list[str]]:
+    columns = {"anchor": [e.query for e in examples], "positive": [e.positive for e in examples]}
+    for k in range(n):
+        columns[f"negative_{k + 1}"] = [e.negatives[k] for e in examples]
+    return columns
+
+
+def build_train_dataset(examples: list[TrainExample], spec: FineTuneJobSpec) -> tuple[Dataset | DatasetDict, int]:
+    """The training dataset (anchor, positive, negative_1..n) and the number of pairs in it."""
+    from datasets import Dataset, DatasetDict
+
+    cap = spec.training.negatives_per_pair if spec.training.negatives_per_pair is not None else 1 << 30
+    if spec.loss.type == "TripletLoss":
+        # TripletLoss takes exactly one negative: the first, the hardest that mining kept.
+        examples = [e for e in examples if e.negatives]
+        if not examples or cap == 0:
+            raise ValueError(
+                "loss TripletLoss needs hard negatives, and the prepared dataset has none for this job: enable "
+                "hardNegatives on the EmbeddingDataset (or set training.negativesPerPair >= 1), or use "
+                "MultipleNegativesRankingLoss"
+            )
+        cap = 1
+    if not examples:
+        raise ValueError("the prepared dataset has no training pairs")
+    groups = negative_groups(examples, cap, spec.training.batch_size)
+    datasets = {f"negatives_{n}": Dataset.from_dict(to_columns(members, n)) for n, members in sorted(groups.items())}
+    dataset = next(iter(datasets.values())) if len(datasets) == 1 else DatasetDict(datasets)
+    return dataset, len(examples)
+
+
+# -- loss -----------------------------------------------------------------------------------
+
+
+def embedding_dimension(model: SentenceTransformer) -> int:
+    # sentence-transformers 6 renamed the method; the declared range still includes 5.x.
+    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    return int(getter())
+
+
+def build_loss(model: SentenceTransformer, spec: LossSpec) -> nn.Module:
+    from sentence_transformers.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+        TripletLoss,
+    )
+
+    if spec.type == "MultipleNegativesRankingLoss":
+        loss = MultipleNegativesRankingLoss(model, scale=spec.scale)
+    elif spec.type == "CachedMultipleNegativesRankingLoss":
+        loss = CachedMultipleNegativesRankingLoss(model, scale=spec.scale, mini_batch_size=spec.mini_batch_size)
+    else:
+        loss = TripletLoss(model, triplet_margin=spec.triplet_margin)
+    if not spec.matryoshka_dims:
+        return loss
+    size = embedding_dimension(model)
+    if too_big := [d for d in spec.matryoshka_dims if d > size]:
+        raise ValueError(f"loss.matryoshkaDims {too_big} exceed the model's {size} dimensions")
+    return MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(spec.matryoshka_dims), reverse=True))
+
+
+# -- evaluator ------------------------------------------------------------------------------
+
+
+def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec, seed: int) -> Callable[[SentenceTransformer], IRMetrics]:
+    """Scores a model by exact search over the whole corpus for the test queries (a seeded sample when capped)."""
+    corpus = {d.id: d.full_text for d in data.corpus().values()}
+    queries, qrels = data.test_queries(), data.test_qrels()
+    if spec.max_queries is not None and len(qrels) > spec.max_queries:
+        ranked = sorted(qrels, key=lambda q: hashlib.sha256(f"{seed}\0{q}".encode()).hexdigest())
+        qrels = {q: qrels[q] for q in ranked[:spec.max_queries]}
+
+    def evaluate(model: SentenceTransformer) -> IRMetrics:
+        s = retrieval.evaluate(model, queries, corpus, qrels, batch_size=spec.batch_size)
+        return IRMetrics(ndcg_at_10=s.ndcg_at_10, mrr_at_10=s.mrr_at_10, recall_at_10=s.recall[10],
+                         recall_at_100=s.recall[100], queries=s.queries)
+
+    return evaluate
+
+
+# -- training arguments and trainer ---------------------------------------------------------------
+
+
+def precision_flags(precision: str, device: str) -> dict[str, bool]:
+    import torch
+
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("training.precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU")
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str):
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    t: TrainingSpec = spec.training
+    return SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        warmup_steps=t.warmup_ratio,  # below 1: a share of the steps
+        weight_decay=t.weight_decay,
+        seed=t.seed,
+        data_seed=t.seed,
+        **precision_flags(t.precision, device),
+        # Duplicate texts in a batch would be in-batch "negatives" of themselves.
+        batch_sampler="no_duplicates" if spec.loss.type in RANKING_LOSSES else "batch_sampler",
+        save_strategy="steps",
+        save_steps=t.checkpoint_steps,
+        save_total_limit=2,
+        logging_steps=max(1, min(50, t.checkpoint_steps)),
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        # Tokenising in the main process: forked workers deadlock with tokenizers' threads and gain nothing here.
+        dataloader_num_workers=0,
+        dataloader_pin_memory=device.startswith("cuda"),
+        use_cpu=device == "cpu",
+    )
+
+
+class ProgressCallback(TrainerCallback):
+    """Training steps through embedops.progress (bars on a terminal, log lines in a pod), and the loss as logs."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._task: progress.Task | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._task = self._stack.enter_context(progress.task("Training steps", total=state.max_steps))
+        self._task.advance(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self._task is not None:
+            self._task.advance()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            log.info("step %d/%d: loss %.4f, learning rate %.2e", state.global_step, state.max_steps,
+                     logs["loss"], logs.get("learning_rate", 0.0))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._stack.close()
+        self._task = None
+
+
+def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
+    """The newest checkpoint folder a previous (killed) run left, and its step."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoints.is_dir() or (found := get_last_checkpoint(str(checkpoints))) is None:
+        return None, None
+    state = json.loads((Path(found) / "trainer_state.json").read_text(encoding="utf-8"))
+    return found, int(state["global_step"])
+
+
+# -- the step -------------------------------------------------------------------------------------
+
+
+def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
+    """Train, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import PrinterCallback
+
+    spec, out = config.spec, config.output_dir
+    device = config.device or modelzoo.default_device()
+    started, clock = _now(), time.monotonic()
+
+    # Model: the base model, from a local folder or a bundled package.
+    model = modelzoo.load(spec.base_model, base_dir=config.base_dir, device=device,
+                          max_seq_length=spec.training.max_seq_length)
+
+    # Dataset: the prepared training pairs with their hard negatives.
+    data = PreparedDataset(config.dataset_dir)
+    train_dataset, train_pairs = build_train_dataset(data.train_examples(), spec)
+
+    # Loss: in-batch plus hard negatives (or triplets), optionally at several Matryoshka sizes.
+    loss = build_loss(model, spec.loss)
+
+    # Evaluator: held-out queries against the full corpus; the base model is scored before it changes.
+    evaluate = held_out_evaluator(data, spec.evaluation, spec.training.seed)
+    base_metrics = evaluate(model)
+    log.info("base model: nDCG@10 %.4f on %d test queries", base_metrics.ndcg_at_10, base_metrics.queries)
+
+    # Training arguments: checkpoints every checkpointSteps, the last two kept.
+    checkpoints = out / "checkpoints"
+    args = training_args(spec, checkpoints, device)
+
+    # Trainer: resumes from the last checkpoint when a previous run was killed.
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                         callbacks=[ProgressCallback(), *callbacks])
+    trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
+    resume_from, resumed_from_step = last_checkpoint(checkpoints)
+    if resume_from is not None:
+        log.info("resuming from the checkpoint of step %d", resumed_from_step)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+    # Evaluate: the tuned model on the same queries.
+    tuned_metrics = evaluate(model)
+    log.info("tuned model: nDCG@10 %.4f (base %.4f)", tuned_metrics.ndcg_at_10, base_metrics.ndcg_at_10)
+
+    # Save: the model folder and the evaluation next to it.
+    model_dir = out / "model"
+    model.save(str(model_dir))
+    result = Result(
+        model=ModelArtifact(location=str(model_dir), base_model=spec.base_model,
+                            dimensions=embedding_dimension(model), fingerprint=modelzoo.fingerprint(model_dir)),
+        base_metrics=base_metrics,
+        tuned_metrics=tuned_metrics,
+        ndcg_gain=tuned_metrics.ndcg_at_10 - base_metrics.ndcg_at_10,
+        train_pairs=train_pairs,
+        steps=trainer.state.global_step,
+        resumed_from_step=resumed_from_step,
+        start_time=started,
+        completion_time=_now(),
+        duration_seconds=round(time.monotonic() - clock, 1),
+    )
+    evaluation = {"base": base_metrics.to_wire(), "tuned": tuned_metrics.to_wire(), "ndcgGain": result.ndcg_gain,
+                  "baseModel": spec.base_model, "steps": result.steps, "trainPairs": train_pairs}
+    (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return result
