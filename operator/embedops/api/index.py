@@ -142,9 +142,26 @@ class DriftSpec(ApiModel):
 class EmbeddingIndexSpec(ApiModel):
     """Desired state of an EmbeddingIndex."""
 
+    # `self == oldSelf` on `database` only runs when both old and new have it; without this,
+    # removing it and adding another server in a second update would move the index.
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(oldSelf.database) || has(self.database)",
+                    "message": "database cannot be removed once set; create a new EmbeddingIndex instead",
+                }
+            ]
+        }
+    }
+
     model: IndexModel = Field(description="The model whose embeddings the index holds.")
     source: IndexSource = Field(description="The documents to embed.")
-    database: Database = Field(default_factory=Database, description="Postgres + pgvector server of the index. Immutable.")
+    database: Database = Field(
+        default_factory=Database,
+        description="Postgres + pgvector server of the index. Immutable.",
+        json_schema_extra={"x-kubernetes-validations": _IMMUTABLE},
+    )
     target: Target = Field(description="Stable view name applications query.")
     ann: AnnSpec = Field(default_factory=AnnSpec, description="ANN index settings.")
     embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Embedding settings.")
