@@ -89,7 +89,8 @@ def test_text_length_bounds_come_from_the_spec(tmp_path):
     beir_folder(tmp_path, 10, corpus_extra=[json.dumps({"_id": "long", "text": "x" * 500})])
     result = prepare_run(tmp_path, {"source": {"beir": {"path": "beir"}}, "validation": {"maxChars": 100},
                                     **NO_MINING})
-    assert result.invalid_samples == ["corpus.jsonl:11: field 'text' is longer than validation.maxChars=100 (500 characters)"]
+    assert result.invalid_samples == [
+        "corpus.jsonl:11: field 'text' is longer than validation.maxChars=100 (500 characters)"]
 
 
 def test_missing_files_and_empty_results_fail_clearly(tmp_path):

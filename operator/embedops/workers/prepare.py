@@ -126,7 +126,8 @@ def checked_text(row: dict, key: str, rules: ValidationSpec, *, required: bool =
         raise BadRow(f"field {key!r} must be a string, got {type(value).__name__}")
     n = len(value.strip())
     if n < rules.min_chars and (required or n):
-        raise BadRow(f"field {key!r} is empty" if n == 0 else f"field {key!r} is shorter than {rules.min_chars} characters")
+        raise BadRow(f"field {key!r} is empty" if n == 0
+                     else f"field {key!r} is shorter than {rules.min_chars} characters")
     if n > rules.max_chars:
         raise BadRow(f"field {key!r} is longer than validation.maxChars={rules.max_chars} ({n} characters)")
     return value
@@ -339,7 +340,9 @@ def read_postgres(src: PostgresSource, dsn: str | None, rules: ValidationSpec, i
     name = f"{src.schema_name}.{src.table}"
     columns = [src.query_column, src.positive_column, *([src.split_column] if src.split_column else [])]
     query = sql.SQL("SELECT {} FROM {}.{}").format(
-        sql.SQL(", ").join(sql.Identifier(c) for c in columns), sql.Identifier(src.schema_name), sql.Identifier(src.table)
+        sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+        sql.Identifier(src.schema_name),
+        sql.Identifier(src.table),
     )
     try:
         with psycopg.connect(dsn) as conn:

@@ -156,7 +156,8 @@ def build_loss(model: SentenceTransformer, spec: LossSpec) -> nn.Module:
 # -- evaluator ------------------------------------------------------------------------------
 
 
-def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec, seed: int) -> Callable[[SentenceTransformer], IRMetrics]:
+def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec,
+                       seed: int) -> Callable[[SentenceTransformer], IRMetrics]:
     """Scores a model by exact search over the whole corpus for the test queries (a seeded sample when capped)."""
     corpus = {d.id: d.full_text for d in data.corpus().values()}
     queries, qrels = data.test_queries(), data.test_qrels()
