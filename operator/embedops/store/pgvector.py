@@ -1,0 +1,447 @@
+"""Versioned pgvector tables behind one stable view: build, index, cut over, roll back, retain, drop.
+
+An EmbeddingIndex is a view `<schema>.<name>` (columns `id`, `embedding`) over one of its
+version tables `<name>_v<N>`. A new model is embedded into a new table while the view keeps
+serving the old one; the new table gets its ANN index and is probed, and only then does the
+view move. Readers never see a half-built index, and a rollback is one statement away.
+
+- Writes are binary COPY, each chunk committed in the same transaction as its shard's
+  progress row, so a killed pod resumes after its last commit with no row lost or doubled.
+- Cut-over and rollback are DROP VIEW + CREATE VIEW in one transaction (not CREATE OR
+  REPLACE: a model with other dimensions changes the column's type). Readers wait for that
+  instant and then see the new view, never a missing one. The view's grants are carried
+  over, and a short `lock_timeout` with retries keeps the cut-over from waiting behind a long
+  query while every new reader queues behind the cut-over.
+- ANN builds raise `maintenance_work_mem` for their own transaction only: pgvector builds an
+  HNSW graph many times faster while it fits in that memory. The default is estimated from
+  rows, dimensions and `m` (64 MB to 1 GB, never below the server's own setting); pass a
+  value such as "4GB" to `finalize` when the database server has memory to spare.
+- Only tables in the catalog are ever dropped, never with CASCADE, and every user-supplied
+  name is validated before any SQL runs.
+
+Connections come from `connect()`: autocommit, with each change in an explicit transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector, Vector
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+from embedops.api.index import AnnSpec, IndexVersion, ProbeResult, Target
+from embedops.store import catalog, names
+from embedops.store.catalog import Build, ShardProgress, VersionRecord
+
+log = logging.getLogger(__name__)
+
+# pgvector indexes at most this many dimensions of each type.
+MAX_INDEXED_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
+OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
+_OPCLASS_METRIC = {"cosine": "cosine", "l2": "l2", "inner_product": "ip"}
+_METHODS = ("hnsw", "ivfflat")
+_SERVING_STATES = ("Ready", "Retired", "Live")
+_GRANTABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
+_MIB = 1 << 20
+_BUILD_MEMORY = (64 * _MIB, 1024 * _MIB)
+_LOCK_TIMEOUT = "5s"
+_LOCK_TRIES = 4
+
+
+class BuildConflict(RuntimeError):
+    """Another writer moved this shard on, or the version stopped building, while a chunk was written."""
+
+
+def connect(dsn: str | None) -> psycopg.Connection:
+    """An autocommit connection with pgvector's types registered and the catalog in place."""
+    if not dsn:
+        raise ValueError("no database connection string was given (workers take it from the environment)")
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        catalog.ensure(conn)
+        register_vector(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _target(conn: psycopg.Connection, target: Target) -> tuple[str, str]:
+    """The target's validated (schema, view); raises before any SQL runs."""
+    schema = names.check(target.schema_name, "target.schema")
+    view = names.check(target.name, "target.name")
+    names.version_table(view, 1)
+    if not conn.autocommit:
+        # Inside an implicit transaction, `conn.transaction()` is only a savepoint and nothing would commit.
+        raise ValueError("the store needs an autocommit connection; open it with store.pgvector.connect()")
+    return schema, view
+
+
+# -- public API: what the local runner and the operator call -----------------------------------
+
+
+def versions(conn: psycopg.Connection, target: Target) -> list[IndexVersion]:
+    """The target's versions in the catalog, newest first."""
+    schema, view = _target(conn, target)
+    return [r.to_api() for r in catalog.records(conn, schema, view)]
+
+
+def live_version(conn: psycopg.Connection, target: Target) -> IndexVersion | None:
+    return next((v for v in versions(conn, target) if v.state == "Live"), None)
+
+
+def live_record(conn: psycopg.Connection, target: Target) -> VersionRecord | None:
+    schema, view = _target(conn, target)
+    return next((r for r in catalog.records(conn, schema, view) if r.state == "Live"), None)
+
+
+def version_record(conn: psycopg.Connection, target: Target, version: int | None = None) -> VersionRecord:
+    """One version's catalog row (the live one when `version` is None); ValueError when there is none."""
+    schema, view = _target(conn, target)
+    records = catalog.records(conn, schema, view)
+    found = next((r for r in records if (r.state == "Live" if version is None else r.version == version)), None)
+    if found is None:
+        what = "no live version" if version is None else f"no version {version}"
+        raise ValueError(f"{schema}.{view} has {what} in the embedops catalog")
+    return found
+
+
+def cutover(conn: psycopg.Connection, target: Target, version: int) -> IndexVersion:
+    """Point the view at `version` (Ready, Retired or already Live); the live one becomes Retired."""
+
+    def choose(records: list[VersionRecord]) -> VersionRecord:
+        rec = next((r for r in records if r.version == version), None)
+        if rec is None:
+            raise ValueError(f"{target.schema_name}.{target.name} has no version {version}")
+        if rec.state not in _SERVING_STATES:
+            raise ValueError(f"version {version} is {rec.state}; only a Ready or Retired version can be cut over to")
+        return rec
+
+    return _switch(conn, target, choose).to_api()
+
+
+def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = None) -> IndexVersion:
+    """Point the view back at a retained version: `to_version`, or the newest Ready/Retired one before the live one."""
+
+    def choose(records: list[VersionRecord]) -> VersionRecord:
+        retained = [r for r in records if r.state in ("Ready", "Retired")]
+        if to_version is not None:
+            rec = next((r for r in retained if r.version == to_version), None)
+            if rec is None:
+                raise ValueError(f"version {to_version} of {target.schema_name}.{target.name} is not a retained version")
+            return rec
+        live = next((r for r in records if r.state == "Live"), None)
+        earlier = [r for r in retained if live is None or r.version < live.version]
+        if not earlier:
+            raise ValueError(f"{target.schema_name}.{target.name} has no earlier retained version to roll back to")
+        return earlier[0]
+
+    return _switch(conn, target, choose).to_api()
+
+
+def apply_retention(conn: psycopg.Connection, target: Target, keep: int) -> list[int]:
+    """Drop the version tables beyond the `keep` newest (the live one always kept); returns the versions dropped.
+
+    Building versions are never touched (a pod may be writing them); Failed ones are always dropped.
+    """
+    schema, view = _target(conn, target)
+    if keep < 1:
+        raise ValueError("keepVersions: must be at least 1")
+    with conn.transaction():
+        catalog.lock_target(conn, schema, view)
+        records = catalog.records(conn, schema, view)
+        kept = _retained(records, keep)
+        doomed = [r for r in records if r.state != "Building" and r.version not in kept]
+        for rec in doomed:
+            _drop_version_table(conn, rec)
+            catalog.delete_version(conn, rec)
+    if doomed:
+        log.info("retention dropped %s of %s.%s", ", ".join(r.table for r in doomed), schema, view)
+    return [r.version for r in doomed]
+
+
+def drop_target(conn: psycopg.Connection, target: Target) -> list[str]:
+    """Drop the view, every version table in the catalog and the catalog rows (deletionPolicy: Delete)."""
+    schema, view = _target(conn, target)
+    with conn.transaction():
+        catalog.lock_target(conn, schema, view)
+        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, view)))
+        records = catalog.records(conn, schema, view)
+        for rec in records:
+            _drop_version_table(conn, rec)
+        catalog.delete_target(conn, schema, view)
+    return [r.table for r in records]
+
+
+def _retained(records: list[VersionRecord], keep: int) -> set[int]:
+    live = [r.version for r in records if r.state == "Live"]
+    others = [r.version for r in records if r.state in ("Ready", "Retired")]  # newest first
+    return set(live) | set(others[: max(keep - len(live), 0)])
+
+
+def _drop_version_table(conn: psycopg.Connection, rec: VersionRecord) -> None:
+    # The name is derived again rather than trusted from the catalog row, so nothing but a version table can go.
+    table = names.version_table(rec.view, rec.version)
+    if table != rec.table:
+        raise ValueError(f"catalog row of {rec.schema}.{rec.view} v{rec.version} names table {rec.table!r}; refusing")
+    conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(rec.schema, table)))
+
+
+def _switch(conn: psycopg.Connection, target: Target,
+            choose: Callable[[list[VersionRecord]], VersionRecord]) -> VersionRecord:
+    """Repoint the view at the version `choose` picks, in one transaction, retrying when locks are busy."""
+    schema, view = _target(conn, target)
+    for attempt in range(_LOCK_TRIES):
+        try:
+            with conn.transaction():
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (_LOCK_TIMEOUT,))
+                catalog.lock_target(conn, schema, view)
+                rec = choose(catalog.records(conn, schema, view))
+                _point_view(conn, rec)
+            log.info("%s.%s now serves v%d (%s)", schema, view, rec.version, rec.model)
+            return catalog.record(conn, schema, view, rec.version)  # type: ignore[return-value]
+        except psycopg.errors.LockNotAvailable:
+            if attempt + 1 == _LOCK_TRIES:
+                raise
+            log.warning("%s.%s is busy; retrying the cut-over", schema, view)
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _point_view(conn: psycopg.Connection, rec: VersionRecord) -> None:
+    view = sql.Identifier(rec.schema, rec.view)
+    grants = _view_grants(conn, view)
+    conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, embedding FROM {}").format(
+        view, sql.Identifier(rec.schema, rec.table)))
+    conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
+        view, sql.Literal(f"Managed by embedops: serves version {rec.version} ({rec.model}).")))
+    for privilege, grantee, grantable in grants:
+        conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
+            sql.SQL(privilege), view, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+    catalog.retire_live(conn, rec.schema, rec.view)
+    catalog.set_state(conn, rec, "Live")
+
+
+def _view_grants(conn: psycopg.Connection, view: sql.Identifier) -> list[tuple[str, str | None, bool]]:
+    """(privilege, grantee or None for PUBLIC, grantable) of the existing view, which DROP VIEW would lose."""
+    rows = conn.execute(
+        "SELECT a.privilege_type, CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, "
+        "a.is_grantable FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a "
+        "WHERE c.oid = to_regclass(%s) AND c.relkind = 'v' AND a.grantee <> c.relowner",
+        (view.as_string(conn),),
+    ).fetchall()
+    return [(p, g, bool(o)) for p, g, o in rows if p in _GRANTABLE]
+
+
+# -- building a version -------------------------------------------------------------------------
+
+
+def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple[VersionRecord, bool]:
+    """The Building version to write into, and whether it was resumed.
+
+    The newest version is resumed when it is still Building the same Build (this is also how
+    the shards of one build find each other); a Building version of anything else is marked
+    Failed, because it would never be finished, and a new version is allocated.
+    """
+    schema, view = _target(conn, target)
+    _check_build(build)
+    with conn.transaction():
+        catalog.lock_target(conn, schema, view)
+        records = catalog.records(conn, schema, view)
+        newest = records[0] if records else None
+        if newest is not None and newest.state == "Building":
+            if build.matches(newest):
+                return newest, True
+            log.warning("%s.%s v%d was still building from %s; superseded, marked Failed",
+                        schema, view, newest.version, newest.model)
+            catalog.set_state(conn, newest, "Failed")
+        version = catalog.next_version(conn, schema, view)
+        table = names.version_table(view, version)
+        _create_version_table(conn, schema, table, build)
+        rec = catalog.insert_building(conn, schema, view, version, table, build)
+    log.info("building %s.%s v%d into %s with %s", schema, view, version, table, build.model)
+    return rec, False
+
+
+def _check_build(build: Build) -> None:
+    limit = MAX_INDEXED_DIMENSIONS.get(build.vector_type)
+    if limit is None:
+        raise ValueError(f"ann.vectorType: {build.vector_type!r} is not one of {', '.join(MAX_INDEXED_DIMENSIONS)}")
+    if build.metric not in OPERATORS:
+        raise ValueError(f"ann.metric: {build.metric!r} is not one of {', '.join(OPERATORS)}")
+    if build.dimensions > limit:
+        hint = "; use halfvec" if build.vector_type == "vector" and build.dimensions <= MAX_INDEXED_DIMENSIONS["halfvec"] else ""
+        raise ValueError(
+            f"ann.vectorType: pgvector indexes {build.vector_type} columns of up to {limit} dimensions and "
+            f"the model has {build.dimensions}{hint}"
+        )
+    if build.shards < 1:
+        raise ValueError("embedding.shards: must be at least 1")
+
+
+def _create_version_table(conn: psycopg.Connection, schema: str, table: str, build: Build) -> None:
+    if conn.execute("SELECT to_regnamespace(%s)", (sql.Identifier(schema).as_string(conn),)).fetchone()[0] is None:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        # id_type is format_type()'s output for the source column, written by Postgres itself.
+        conn.execute(sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, embedding {}({}) NOT NULL)").format(
+            sql.Identifier(schema, table), sql.SQL(build.id_type), sql.SQL(build.vector_type),
+            sql.Literal(build.dimensions)))
+    except psycopg.errors.DuplicateTable:
+        raise ValueError(
+            f"target.name: table {schema}.{table} already exists and is not an embedops version; "
+            "rename it or choose another target name"
+        ) from None
+
+
+class VersionWriter:
+    """Writes one shard of a Building version; each chunk is committed together with the shard's progress."""
+
+    def __init__(self, conn: psycopg.Connection, rec: VersionRecord, shard: int):
+        if rec.state != "Building":
+            raise ValueError(f"{rec.schema}.{rec.table} is {rec.state}, not Building")
+        self._conn = conn
+        self.record = rec
+        self.shard = shard
+        self.progress: ShardProgress = catalog.progress(conn, rec, shard)
+        self._copy = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
+            sql.Identifier(rec.schema, rec.table))
+        self._types = [self._id_oid(), rec.vector_type]
+        self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
+
+    def _id_oid(self) -> int:
+        return self._conn.execute(
+            "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
+            "AND a.attname = 'id'",
+            (sql.Identifier(self.record.schema, self.record.table).as_string(self._conn),),
+        ).fetchone()[0]
+
+    def write(self, ids: Sequence[Any], vectors: np.ndarray) -> ShardProgress:
+        """Append rows (ids ascending, after the shard's last id) and commit them with the progress row."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        if not ids:
+            return self.progress
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            with cur.copy(self._copy) as copy:
+                copy.set_types(self._types)
+                for doc_id, vector in zip(ids, vectors):
+                    copy.write_row((doc_id, self._wrap(vector)))
+            moved = catalog.advance(self._conn, self.record, self.shard, self.progress, ids[-1], len(ids))
+            if moved is None:
+                raise BuildConflict(
+                    f"shard {self.shard} of {self.record.schema}.{self.record.table} moved on while a chunk was "
+                    "written (is another pod running the same shard?), or the version is no longer Building"
+                )
+        self.progress = moved
+        return moved
+
+    def finish(self) -> None:
+        with self._conn.transaction():
+            catalog.finish_shard(self._conn, self.record, self.shard)
+        self.progress = catalog.progress(self._conn, self.record, self.shard)
+
+
+def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpec,
+             maintenance_work_mem: str | None = None) -> VersionRecord | None:
+    """Build the ANN index, ANALYZE and mark the version Ready once every shard is done.
+
+    None while shards are still running or another pod is finalising; the record when the
+    version is no longer Building (already finalised, or Failed).
+    """
+    schema, view = _target(conn, target)
+    with conn.transaction():
+        if not catalog.try_lock_version(conn, schema, view, version):
+            return None
+        rec = catalog.record(conn, schema, view, version)
+        if rec is None:
+            raise ValueError(f"{schema}.{view} has no version {version}")
+        if rec.state != "Building":
+            return rec
+        done, rows = catalog.shard_totals(conn, rec)
+        if not done:
+            return None
+        table = sql.Identifier(schema, rec.table)
+        stored = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+        if stored != rows:
+            raise RuntimeError(f"{schema}.{rec.table} holds {stored} rows but its shards committed {rows}")
+        memory = maintenance_work_mem or _build_memory(conn, rec, ann, rows)
+        if memory:
+            conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
+        log.info("building the %s index of %s.%s (%d rows, maintenance_work_mem %s)", ann.method, schema,
+                 rec.table, rows, memory or "server default")
+        conn.execute(_ann_index(rec, ann, rows))
+        conn.execute(sql.SQL("ANALYZE {}").format(table))
+        catalog.set_state(conn, rec, "Ready", rows=rows)
+    return catalog.record(conn, schema, view, version)
+
+
+def ivfflat_lists(rows: int) -> int:
+    """pgvector's advice: rows/1000 lists up to 1M rows, sqrt(rows) above."""
+    return max(1, rows // 1000) if rows <= 1_000_000 else int(math.sqrt(rows))
+
+
+def _ann_index(rec: VersionRecord, ann: AnnSpec, rows: int) -> sql.Composed:
+    if ann.method not in _METHODS or rec.vector_type not in MAX_INDEXED_DIMENSIONS or rec.metric not in OPERATORS:
+        raise ValueError(f"unsupported index {ann.method} on {rec.vector_type} with {rec.metric}")
+    opclass = sql.SQL(f"{rec.vector_type}_{_OPCLASS_METRIC[rec.metric]}_ops")
+    if ann.method == "hnsw":
+        options = sql.SQL("m = {}, ef_construction = {}").format(sql.Literal(ann.m), sql.Literal(ann.ef_construction))
+    else:
+        options = sql.SQL("lists = {}").format(sql.Literal(ann.lists or ivfflat_lists(rows)))
+    return sql.SQL("CREATE INDEX ON {} USING {} (embedding {}) WITH ({})").format(
+        sql.Identifier(rec.schema, rec.table), sql.SQL(ann.method), opclass, options)
+
+
+def _build_memory(conn: psycopg.Connection, rec: VersionRecord, ann: AnnSpec, rows: int) -> str | None:
+    """maintenance_work_mem for the build: the estimated index size, clamped, or None to keep a larger server setting."""
+    element = rec.dimensions * (2 if rec.vector_type == "halfvec" else 4) + 8
+    per_row = element + (2 * ann.m * 8 + 64 if ann.method == "hnsw" else 16)
+    low, high = _BUILD_MEMORY
+    want = min(max(int(rows * per_row * 1.25), low), high)
+    current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
+    return f"{want // _MIB}MB" if want > current else None
+
+
+# -- reading a version --------------------------------------------------------------------------
+
+
+def search(conn: psycopg.Connection, rec: VersionRecord, queries: np.ndarray, limit: int, *,
+           ef_search: int = 40, probes: int = 10) -> list[list[str]]:
+    """Ids (as text) of the `limit` nearest rows of the version's table for each query vector, nearest first."""
+    query = sql.SQL("SELECT id::text FROM {} ORDER BY embedding {} CAST(%s AS {}) LIMIT {}").format(
+        sql.Identifier(rec.schema, rec.table), sql.SQL(OPERATORS[rec.metric]), sql.SQL(rec.vector_type),
+        sql.Literal(limit))
+    with conn.transaction():
+        # An HNSW scan returns at most ef_search rows, so the beam is at least as deep as the ranking.
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
+                     (str(max(ef_search, limit)), str(probes)))
+        return [[row[0] for row in conn.execute(query, (Vector(q),))] for q in queries]
+
+
+def sample_embeddings(conn: psycopg.Connection, rec: VersionRecord, n: int, seed: str) -> tuple[list[Any], np.ndarray]:
+    """`n` stored (id, embedding) rows drawn by a seeded hash of the id."""
+    rows = conn.execute(
+        sql.SQL("SELECT id, embedding FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(
+            sql.Identifier(rec.schema, rec.table)),
+        (seed, n),
+    ).fetchall()
+    if not rows:
+        return [], np.empty((0, rec.dimensions), dtype=np.float32)
+    return [r[0] for r in rows], np.stack([np.asarray(r[1].to_numpy(), dtype=np.float32) for r in rows])
+
+
+def save_probe(conn: psycopg.Connection, rec: VersionRecord, probe: ProbeResult, probe_set: str) -> None:
+    """Record a version's latest probe, and a fingerprint of the probe set it ran on."""
+    with conn.transaction():
+        catalog.save_probe(conn, rec, probe, probe_set)

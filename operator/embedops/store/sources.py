@@ -1,0 +1,141 @@
+"""Reading documents from a user's source table, in the order and the shards the workers need.
+
+Reads are keyset pages (`WHERE id > last ORDER BY id LIMIT n`) so a resumed run continues
+exactly after its last committed id, and each page is a short statement: no transaction is
+held open while the model encodes. That needs a unique, indexed id column, which is checked
+up front with an error naming the spec field, as are the table and its columns.
+
+A row belongs to shard `mod(abs(hashtext(id::text)::bigint), shards)`: stable across runs
+and pods, and independent of the id's type. (The bigint cast avoids abs() overflowing on
+hashtext's one int4 value without a positive counterpart.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import Format
+
+from embedops.api.index import TableSource
+from embedops.datasets import Doc
+from embedops.store import names
+
+
+TEXT_ID = "text"  # the id type of dataset corpora
+
+
+def check_names(src: TableSource) -> None:
+    names.check(src.schema_name, "source.table.schema")
+    names.check(src.table, "source.table.table")
+    names.check(src.id_column, "source.table.idColumn")
+    names.check(src.text_column, "source.table.textColumn")
+    if src.title_column is not None:
+        names.check(src.title_column, "source.table.titleColumn")
+
+
+def describe(src: TableSource) -> str:
+    """The source as the catalog records it; a build only resumes into a version of the same source."""
+    columns = [src.id_column, src.text_column, *([src.title_column] if src.title_column else [])]
+    return f"table {src.schema_name}.{src.table}({','.join(columns)})"
+
+
+def _qualified(conn: psycopg.Connection, src: TableSource) -> str:
+    return sql.Identifier(src.schema_name, src.table).as_string(conn)
+
+
+def inspect(conn: psycopg.Connection, src: TableSource) -> str:
+    """Check the table, its columns and its id key, and return the id's SQL type (format_type's text)."""
+    check_names(src)
+    qualified = _qualified(conn, src)
+    if conn.execute("SELECT to_regclass(%s)", (qualified,)).fetchone()[0] is None:
+        raise ValueError(f"source.table: table {src.schema_name}.{src.table} does not exist")
+    columns = {
+        name: (attnum, type_sql, base_oid, type_name)
+        for name, attnum, type_sql, base_oid, type_name in conn.execute(
+            "SELECT a.attname, a.attnum, format_type(a.atttypid, a.atttypmod), "
+            "CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END, t.typname "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+            "WHERE a.attrelid = to_regclass(%s) AND a.attnum > 0 AND NOT a.attisdropped",
+            (qualified,),
+        )
+    }
+    fields = [("idColumn", src.id_column), ("textColumn", src.text_column)]
+    if src.title_column:
+        fields.append(("titleColumn", src.title_column))
+    for field, column in fields:
+        if column not in columns:
+            raise ValueError(f"source.table.{field}: column {column!r} not found in {src.schema_name}.{src.table}")
+    attnum, type_sql, base_oid, type_name = columns[src.id_column]
+    unique = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) AND indisunique "
+        "AND indnkeyatts = 1 AND indkey[0] = %s AND indpred IS NULL)",
+        (qualified, attnum),
+    ).fetchone()[0]
+    if not unique:
+        raise ValueError(
+            f"source.table.idColumn: {src.id_column!r} of {src.schema_name}.{src.table} has no primary key or unique "
+            "index; embedops reads in id order to resume exactly, which needs a unique, indexed id"
+        )
+    try:
+        conn.adapters.get_dumper_by_oid(base_oid, Format.BINARY)
+    except psycopg.ProgrammingError:
+        raise ValueError(
+            f"source.table.idColumn: ids of type {type_name} are not supported; use text, varchar, integer, "
+            "bigint, numeric or uuid"
+        ) from None
+    return type_sql
+
+
+def _shard_filter(shard: int, shards: int) -> sql.Composable:
+    if shards == 1:
+        return sql.SQL("true")
+    return sql.SQL("mod(abs(hashtext({}::text)::bigint), {}) = {}").format(
+        sql.Identifier("id"), sql.Literal(shards), sql.Literal(shard)
+    )
+
+
+def _documents(src: TableSource) -> sql.Composable:
+    """`SELECT id, text, title FROM table` with the spec's columns renamed, as a subquery."""
+    title = sql.Identifier(src.title_column) if src.title_column else sql.SQL("NULL")
+    return sql.SQL("(SELECT {id} AS id, {text}::text AS text, {title}::text AS title FROM {table}) AS d").format(
+        id=sql.Identifier(src.id_column), text=sql.Identifier(src.text_column), title=title,
+        table=sql.Identifier(src.schema_name, src.table),
+    )
+
+
+def _doc(row: tuple) -> tuple[Any, str]:
+    doc_id, text, title = row
+    return doc_id, Doc(id=str(doc_id), text=text or "", title=title or "").full_text
+
+
+def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int) -> int:
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_documents(src), _shard_filter(shard, shards))
+    return conn.execute(query).fetchone()[0]
+
+
+def page(conn: psycopg.Connection, src: TableSource, id_type: str, shard: int, shards: int,
+         after: Any | None, limit: int) -> list[tuple[Any, str]]:
+    """The next `limit` (id, text to embed) of a shard after id `after` (its value or text form), in id order."""
+    after_filter = (
+        sql.SQL("true") if after is None
+        else sql.SQL("id > CAST({} AS {})").format(sql.Placeholder(), sql.SQL(id_type))
+    )
+    query = sql.SQL("SELECT id, text, title FROM {} WHERE {} AND {} ORDER BY id LIMIT {}").format(
+        _documents(src), _shard_filter(shard, shards), after_filter, sql.Literal(limit)
+    )
+    return [_doc(r) for r in conn.execute(query, () if after is None else (after,))]
+
+
+def texts(conn: psycopg.Connection, src: TableSource, ids: Sequence[Any]) -> dict[Any, str]:
+    """The current text to embed of each of `ids` still in the table."""
+    query = sql.SQL("SELECT id, text, title FROM {} WHERE id = ANY(%s)").format(_documents(src))
+    return dict(_doc(r) for r in conn.execute(query, (list(ids),)))
+
+
+def sample(conn: psycopg.Connection, src: TableSource, n: int, seed: str) -> list[tuple[Any, str]]:
+    """`n` rows drawn by a seeded hash of their id: uniform, and the same sample for the same seed."""
+    query = sql.SQL("SELECT id, text, title FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(_documents(src))
+    return [_doc(r) for r in conn.execute(query, (seed, n))]
