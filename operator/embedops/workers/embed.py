@@ -1,0 +1,197 @@
+"""The embed worker: embed one shard of a corpus into a new (or resumed) pgvector version table.
+
+Re-embedding a corpus takes hours on real data, and pods are preempted, evicted and retried,
+so the work is cut into chunks of `embedding.commitRows` rows, each committed with its shard's
+progress: a restarted pod continues after the last committed id, and a version is only
+resumed by a build of the same model, source and layout (see store.pgvector.begin_build).
+
+Documents are read in id order; a row belongs to one of `shards` pods by a stable hash of its
+id (Postgres' hashtext for tables, CRC-32 for dataset corpora), so the shards of an Indexed Job
+split the corpus without talking to each other. The pod that finishes last (any pod with
+`finalize`) builds the ANN index and marks the version Ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from embedops import modelzoo, progress
+from embedops.api.common import ApiModel
+from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, TableSource, Target
+from embedops.datasets import PreparedDataset
+from embedops.store import names, pgvector, sources
+from embedops.store.catalog import Build
+
+if TYPE_CHECKING:
+    import psycopg
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+
+class Config(ApiModel):
+    target: Target = Field(description="The view and schema the versions belong to.")
+    source: IndexSource = Field(description="The documents to embed.")
+    dataset_dir: Path | None = Field(
+        default=None, description="The prepared dataset folder of a `source.datasetRef` (its corpus is embedded)."
+    )
+    model: str = Field(min_length=1, description="Bundled model name or path of the model to embed with.")
+    model_name: str | None = Field(default=None, description="Name recorded in the catalog. Default: `model`.")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
+    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch size, sequence length, commit size, shards.")
+    shard: int = Field(default=0, ge=0, description="This pod's shard, 0-based (the Job completion index).")
+    shard_count: int | None = Field(default=None, ge=1, description="Shards in all. Default: `embedding.shards`.")
+    finalize: bool = Field(
+        default=True, description="Build the ANN index and mark the version Ready if every shard is done."
+    )
+    maintenance_work_mem: str | None = Field(
+        default=None, description="Postgres memory for the ANN build, e.g. `4GB`. Default: estimated from the rows."
+    )
+    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names.version_table(self.target.name, 1)
+        if self.source.dataset_ref is not None and self.dataset_dir is None:
+            raise ValueError("dataset_dir is required for a source.datasetRef")
+        if self.shard_count is not None and self.shard_count != self.embedding.shards:
+            raise ValueError(f"shard_count {self.shard_count} differs from embedding.shards {self.embedding.shards}")
+        if self.shard >= self.shards:
+            raise ValueError(f"shard {self.shard} is not below the {self.shards} shards")
+        return self
+
+    @property
+    def shards(self) -> int:
+        return self.shard_count or self.embedding.shards
+
+
+class Result(ApiModel):
+    """The version this shard wrote into, and how far it is."""
+
+    version: int
+    table: str
+    state: str = Field(description="The version's state: Building while shards are still running, then Ready.")
+    rows: int = Field(description="Rows of the version committed by all shards.")
+    shard_rows: int = Field(description="Rows of this shard committed.")
+    embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
+    resumed: bool
+    seconds: float
+    rows_per_second: float
+
+
+# -- documents ----------------------------------------------------------------------------------
+
+
+class TableDocuments:
+    """One shard of a source table, read in id order on its own connection."""
+
+    def __init__(self, conn: psycopg.Connection, src: TableSource, shard: int, shards: int):
+        self._conn, self._src, self._shard, self._shards = conn, src, shard, shards
+        self.id_type = sources.inspect(conn, src)
+        self.description = sources.describe(src)
+
+    def total(self) -> int:
+        return sources.count(self._conn, self._src, self._shard, self._shards)
+
+    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+        while rows := sources.page(self._conn, self._src, self.id_type, self._shard, self._shards, after, size):
+            yield rows
+            after = rows[-1][0]
+
+
+def in_shard(doc_id: str, shard: int, shards: int) -> bool:
+    """Dataset ids are sharded by CRC-32: stable across processes, unlike Python's salted hash()."""
+    return shards == 1 or zlib.crc32(doc_id.encode()) % shards == shard
+
+
+class DatasetDocuments:
+    """One shard of a prepared dataset's corpus, in id order."""
+
+    id_type = sources.TEXT_ID
+
+    def __init__(self, folder: Path, shard: int, shards: int):
+        dataset = PreparedDataset(folder)
+        corpus = dataset.corpus()
+        self._docs = [(i, corpus[i].full_text) for i in sorted(corpus) if in_shard(i, shard, shards)]
+        self.description = f"dataset {dataset.manifest.fingerprint}"
+
+    def total(self) -> int:
+        return len(self._docs)
+
+    def chunks(self, after: str | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+        remaining = [d for d in self._docs if after is None or d[0] > after]
+        for start in range(0, len(remaining), size):
+            yield remaining[start:start + size]
+
+
+# -- embedding ----------------------------------------------------------------------------------
+
+
+def normalizes(metric: str) -> bool:
+    """Cosine and inner product are served on unit vectors; L2 keeps the model's own lengths."""
+    return metric in ("cosine", "inner_product")
+
+
+def encode_documents(model: SentenceTransformer, texts: list[str], *, batch_size: int, normalize: bool) -> np.ndarray:
+    """float32 embeddings in input order. One call per chunk: sentence-transformers sorts the whole list
+    by length into batches (and restores the order), which is what keeps padding low."""
+    return model.encode_document(texts, batch_size=batch_size, normalize_embeddings=normalize,
+                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
+
+
+def run(config: Config, *, dsn: str | None = None) -> Result:
+    started = time.monotonic()
+    target = config.target
+    model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
+    fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
+    with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
+        docs = (
+            TableDocuments(reader, config.source.table, config.shard, config.shards) if config.source.table
+            else DatasetDocuments(config.dataset_dir, config.shard, config.shards)  # type: ignore[arg-type]
+        )
+        build = Build(
+            model=config.model_name or config.model, model_fingerprint=fingerprint,
+            dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
+            id_type=docs.id_type, source=docs.description, shards=config.shards,
+        )
+        rec, resumed = pgvector.begin_build(conn, target, build)
+        writer = pgvector.VersionWriter(conn, rec, config.shard)
+        already = writer.progress.rows
+        if not writer.progress.done:
+            embed_shard(model, docs, writer, config)
+            writer.finish()
+        if config.finalize:
+            pgvector.finalize(conn, target, rec.version, config.ann, config.maintenance_work_mem)
+        now = pgvector.version_record(conn, target, rec.version)
+    seconds = time.monotonic() - started
+    embedded = writer.progress.rows - already
+    return Result(
+        version=rec.version, table=rec.table, state=now.state, rows=now.rows, shard_rows=writer.progress.rows,
+        embedded=embedded, resumed=resumed and already > 0, seconds=round(seconds, 3),
+        rows_per_second=round(embedded / seconds, 2) if seconds > 0 else 0.0,
+    )
+
+
+def embed_shard(model: SentenceTransformer, docs: TableDocuments | DatasetDocuments, writer: pgvector.VersionWriter,
+                config: Config) -> None:
+    """Embed and commit the shard's remaining documents, chunk by chunk."""
+    rec = writer.record
+    remaining = docs.total() - writer.progress.rows
+    if writer.progress.rows:
+        log.info("resuming %s shard %d after %d rows", rec.table, config.shard, writer.progress.rows)
+    label = f"Embedding {rec.schema}.{rec.table}" + (f" shard {config.shard}/{config.shards}" if config.shards > 1 else "")
+    with progress.task(label, total=remaining) as task:
+        for chunk in docs.chunks(writer.progress.last_id, config.embedding.commit_rows):
+            ids = [doc_id for doc_id, _ in chunk]
+            vectors = encode_documents(model, [text for _, text in chunk], batch_size=config.embedding.batch_size,
+                                       normalize=normalizes(rec.metric))
+            writer.write(ids, vectors)
+            task.advance(len(chunk))
