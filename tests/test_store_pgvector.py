@@ -198,6 +198,12 @@ def test_an_existing_user_table_is_never_taken_over(conn):
     assert pgvector.versions(conn, TARGET) == []
 
 
+def test_a_table_with_the_views_name_is_never_replaced(conn):
+    conn.execute("CREATE TABLE public.docs (id int)")
+    with pytest.raises(ValueError, match="target.name: public.docs exists and is not a view"):
+        pgvector.begin_build(conn, TARGET, make_build(4))
+
+
 def test_too_many_dimensions_for_the_vector_type(conn):
     with pytest.raises(ValueError, match="use halfvec"):
         pgvector.begin_build(conn, TARGET, make_build(3072))

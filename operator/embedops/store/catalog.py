@@ -173,10 +173,13 @@ def lock_target(conn: psycopg.Connection, schema: str, view: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"embedops:{schema}.{view}",))
 
 
-def try_lock_version(conn: psycopg.Connection, schema: str, view: str, version: int) -> bool:
-    """Claim one version's finalisation for this transaction; False when another session holds it."""
-    key = f"embedops:{schema}.{view}:v{version}"
-    return bool(conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (key,)).fetchone()[0])
+def lock_version(conn: psycopg.Connection, schema: str, view: str, version: int) -> None:
+    """Serialise the finalisation of one version until the transaction ends.
+
+    Blocking, not try-lock: a shard that finds the lock taken by another shard's check (which
+    has just seen it unfinished) must wait and check again, or neither would build the index.
+    """
+    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"embedops:{schema}.{view}:v{version}",))
 
 
 def _record(row: tuple) -> VersionRecord:

@@ -18,7 +18,8 @@ def check(value: object, field: str) -> str:
     """`value` if it is a name embedops accepts (the api's SqlName rule), else ValueError naming `field`."""
     if not isinstance(value, str) or not _SQL_NAME.match(value):
         raise ValueError(
-            f"{field}: {value!r} is not an accepted SQL name (letters, digits and underscores, not starting with a digit)"
+            f"{field}: {value!r} is not an accepted SQL name "
+            "(letters, digits and underscores, not starting with a digit)"
         )
     if len(value.encode()) > MAX_IDENTIFIER_BYTES:
         raise ValueError(f"{field}: {value!r} is longer than {MAX_IDENTIFIER_BYTES} bytes")
@@ -31,7 +32,7 @@ def version_table(view: str, version: int) -> str:
     table = f"{view}_v{version}"
     if len(table.encode()) > MAX_IDENTIFIER_BYTES:
         raise ValueError(
-            f"target.name: {view!r} is too long for its version tables ({table!r} exceeds {MAX_IDENTIFIER_BYTES} bytes); "
-            "use a shorter name"
+            f"target.name: {view!r} is too long for its version tables "
+            f"({table!r} exceeds {MAX_IDENTIFIER_BYTES} bytes); use a shorter name"
         )
     return table

@@ -94,7 +94,9 @@ def versions(conn: psycopg.Connection, target: Target) -> list[IndexVersion]:
 
 
 def live_version(conn: psycopg.Connection, target: Target) -> IndexVersion | None:
-    return next((v for v in versions(conn, target) if v.state == "Live"), None)
+    """The version the view serves, if any."""
+    rec = live_record(conn, target)
+    return rec.to_api() if rec else None
 
 
 def live_record(conn: psycopg.Connection, target: Target) -> VersionRecord | None:
@@ -135,7 +137,8 @@ def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = 
         if to_version is not None:
             rec = next((r for r in retained if r.version == to_version), None)
             if rec is None:
-                raise ValueError(f"version {to_version} of {target.schema_name}.{target.name} is not a retained version")
+                raise ValueError(
+                    f"version {to_version} of {target.schema_name}.{target.name} is not a retained version")
             return rec
         live = next((r for r in records if r.state == "Live"), None)
         earlier = [r for r in retained if live is None or r.version < live.version]
@@ -250,10 +253,12 @@ def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple
 
     The newest version is resumed when it is still Building the same Build (this is also how
     the shards of one build find each other); a Building version of anything else is marked
-    Failed, because it would never be finished, and a new version is allocated.
+    Failed, because it would never be finished, and a new version is allocated. So one build
+    runs per target at a time: whoever starts a new one stops the Jobs of the old.
     """
     schema, view = _target(conn, target)
     _check_build(build)
+    _check_view_name_free(conn, schema, view)
     with conn.transaction():
         catalog.lock_target(conn, schema, view)
         records = catalog.records(conn, schema, view)
@@ -279,13 +284,22 @@ def _check_build(build: Build) -> None:
     if build.metric not in OPERATORS:
         raise ValueError(f"ann.metric: {build.metric!r} is not one of {', '.join(OPERATORS)}")
     if build.dimensions > limit:
-        hint = "; use halfvec" if build.vector_type == "vector" and build.dimensions <= MAX_INDEXED_DIMENSIONS["halfvec"] else ""
+        fits_halfvec = build.vector_type == "vector" and build.dimensions <= MAX_INDEXED_DIMENSIONS["halfvec"]
+        hint = "; use halfvec" if fits_halfvec else ""
         raise ValueError(
             f"ann.vectorType: pgvector indexes {build.vector_type} columns of up to {limit} dimensions and "
             f"the model has {build.dimensions}{hint}"
         )
     if build.shards < 1:
         raise ValueError("embedding.shards: must be at least 1")
+
+
+def _check_view_name_free(conn: psycopg.Connection, schema: str, view: str) -> None:
+    """Fail before hours of embedding, not at cut-over, when the view's name is taken by a table."""
+    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
+                        (sql.Identifier(schema, view).as_string(conn),)).fetchone()
+    if kind is not None and kind[0] != "v":
+        raise ValueError(f"target.name: {schema}.{view} exists and is not a view; embedops will not replace it")
 
 
 def _create_version_table(conn: psycopg.Connection, schema: str, table: str, build: Build) -> None:
@@ -356,13 +370,12 @@ def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpe
              maintenance_work_mem: str | None = None) -> VersionRecord | None:
     """Build the ANN index, ANALYZE and mark the version Ready once every shard is done.
 
-    None while shards are still running or another pod is finalising; the record when the
-    version is no longer Building (already finalised, or Failed).
+    None while shards are still running; the record once the version is no longer Building
+    (finalised here or by another shard's pod, or Failed).
     """
     schema, view = _target(conn, target)
     with conn.transaction():
-        if not catalog.try_lock_version(conn, schema, view, version):
-            return None
+        catalog.lock_version(conn, schema, view, version)
         rec = catalog.record(conn, schema, view, version)
         if rec is None:
             raise ValueError(f"{schema}.{view} has no version {version}")
@@ -404,7 +417,7 @@ def _ann_index(rec: VersionRecord, ann: AnnSpec, rows: int) -> sql.Composed:
 
 
 def _build_memory(conn: psycopg.Connection, rec: VersionRecord, ann: AnnSpec, rows: int) -> str | None:
-    """maintenance_work_mem for the build: the estimated index size, clamped, or None to keep a larger server setting."""
+    """maintenance_work_mem for the build: the index's estimated size, clamped; None keeps a larger server setting."""
     element = rec.dimensions * (2 if rec.vector_type == "halfvec" else 4) + 8
     per_row = element + (2 * ann.m * 8 + 64 if ann.method == "hnsw" else 16)
     low, high = _BUILD_MEMORY
