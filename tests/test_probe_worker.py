@@ -45,7 +45,8 @@ FACTS = [
     ("Lightning is a sudden electrostatic discharge during a thunderstorm.", "What is the electric flash in a storm?"),
     ("Penguins are flightless birds that live mostly in the Southern Hemisphere.",
      "Which birds cannot fly and live near Antarctica?"),
-    ("Glaciers are slow-moving rivers of ice formed from compacted snow.", "What are huge masses of moving ice called?"),
+    ("Glaciers are slow-moving rivers of ice formed from compacted snow.",
+     "What are huge masses of moving ice called?"),
     ("A solar panel converts sunlight directly into electricity using photovoltaic cells.",
      "How do rooftop panels generate power from the sun?"),
 ]

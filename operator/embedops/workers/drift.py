@@ -67,7 +67,7 @@ _BLOCK = 2048
 class Config(ApiModel):
     target: Target = Field(description="The index's view and schema.")
     version: int | None = Field(default=None, ge=1, description="Version to measure. Default: the live one.")
-    model: str = Field(min_length=1, description="Bundled model name or path; must be the model the version was built with.")
+    model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
     source: IndexSource = Field(description="The index's documents.")
     dataset_dir: Path | None = Field(default=None, description="The prepared dataset folder of a `source.datasetRef`.")
     sample_size: int = Field(default=1000, ge=10, le=100_000, description="Rows sampled on each side.")

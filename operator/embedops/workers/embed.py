@@ -9,6 +9,10 @@ Documents are read in id order; a row belongs to one of `shards` pods by a stabl
 id (Postgres' hashtext for tables, CRC-32 for dataset corpora), so the shards of an Indexed Job
 split the corpus without talking to each other. The pod that finishes last (any pod with
 `finalize`) builds the ANN index and marks the version Ready.
+
+A version holds the source as it was read: rows edited after their chunk was read, or added
+behind the read position, wait for the next version (the drift worker measures how far the
+live version has fallen behind).
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ from embedops.api.common import ApiModel
 from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, TableSource, Target
 from embedops.datasets import PreparedDataset
 from embedops.store import names, pgvector, sources
-from embedops.store.catalog import Build
 
 if TYPE_CHECKING:
     import psycopg
@@ -46,7 +49,7 @@ class Config(ApiModel):
     model: str = Field(min_length=1, description="Bundled model name or path of the model to embed with.")
     model_name: str | None = Field(default=None, description="Name recorded in the catalog. Default: `model`.")
     ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
-    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch size, sequence length, commit size, shards.")
+    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch, sequence length, commit size, shards.")
     shard: int = Field(default=0, ge=0, description="This pod's shard, 0-based (the Job completion index).")
     shard_count: int | None = Field(default=None, ge=1, description="Shards in all. Default: `embedding.shards`.")
     finalize: bool = Field(
@@ -83,8 +86,8 @@ class Result(ApiModel):
     shard_rows: int = Field(description="Rows of this shard committed.")
     embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
     resumed: bool
-    seconds: float
-    rows_per_second: float
+    seconds: float = Field(description="Wall time of the step, model loading and ANN build included.")
+    rows_per_second: float = Field(description="Rows embedded and committed per second of embedding.")
 
 
 # -- documents ----------------------------------------------------------------------------------
@@ -150,14 +153,14 @@ def encode_documents(model: SentenceTransformer, texts: list[str], *, batch_size
 def run(config: Config, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
-    model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
-    fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
         docs = (
             TableDocuments(reader, config.source.table, config.shard, config.shards) if config.source.table
             else DatasetDocuments(config.dataset_dir, config.shard, config.shards)  # type: ignore[arg-type]
         )
-        build = Build(
+        model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
+        fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
+        build = pgvector.Build(
             model=config.model_name or config.model, model_fingerprint=fingerprint,
             dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
             id_type=docs.id_type, source=docs.description, shards=config.shards,
@@ -165,18 +168,19 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         rec, resumed = pgvector.begin_build(conn, target, build)
         writer = pgvector.VersionWriter(conn, rec, config.shard)
         already = writer.progress.rows
+        embedding_started = time.monotonic()
         if not writer.progress.done:
             embed_shard(model, docs, writer, config)
             writer.finish()
+        embedding_seconds = time.monotonic() - embedding_started
         if config.finalize:
             pgvector.finalize(conn, target, rec.version, config.ann, config.maintenance_work_mem)
         now = pgvector.version_record(conn, target, rec.version)
-    seconds = time.monotonic() - started
     embedded = writer.progress.rows - already
     return Result(
         version=rec.version, table=rec.table, state=now.state, rows=now.rows, shard_rows=writer.progress.rows,
-        embedded=embedded, resumed=resumed and already > 0, seconds=round(seconds, 3),
-        rows_per_second=round(embedded / seconds, 2) if seconds > 0 else 0.0,
+        embedded=embedded, resumed=resumed and already > 0, seconds=round(time.monotonic() - started, 3),
+        rows_per_second=round(embedded / embedding_seconds, 2) if embedding_seconds > 0 else 0.0,
     )
 
 
@@ -187,8 +191,8 @@ def embed_shard(model: SentenceTransformer, docs: TableDocuments | DatasetDocume
     remaining = docs.total() - writer.progress.rows
     if writer.progress.rows:
         log.info("resuming %s shard %d after %d rows", rec.table, config.shard, writer.progress.rows)
-    label = f"Embedding {rec.schema}.{rec.table}" + (f" shard {config.shard}/{config.shards}" if config.shards > 1 else "")
-    with progress.task(label, total=remaining) as task:
+    shard = f" shard {config.shard}/{config.shards}" if config.shards > 1 else ""
+    with progress.task(f"Embedding {rec.schema}.{rec.table}{shard}", total=remaining) as task:
         for chunk in docs.chunks(writer.progress.last_id, config.embedding.commit_rows):
             ids = [doc_id for doc_id, _ in chunk]
             vectors = encode_documents(model, [text for _, text in chunk], batch_size=config.embedding.batch_size,

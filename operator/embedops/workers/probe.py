@@ -46,9 +46,9 @@ Qrels = dict[str, dict[str, int]]
 class Config(ApiModel):
     target: Target = Field(description="The index's view and schema.")
     version: int | None = Field(default=None, ge=1, description="Version to probe. Default: the live one.")
-    model: str = Field(min_length=1, description="Bundled model name or path; must be the model the version was built with.")
-    dataset_dir: Path | None = Field(default=None, description="Prepared dataset whose held-out queries are the probe set.")
-    path: Path | None = Field(default=None, description='JSONL probe set: {"query": str, "relevant": [id, ...]} a line.')
+    model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
+    dataset_dir: Path | None = Field(default=None, description="Prepared dataset whose held-out queries are probed.")
+    path: Path | None = Field(default=None, description='JSONL probe set, {"query": str, "relevant": [id, ...]} a line.')
     k: int = Field(default=10, ge=1, le=1000, description="Depth of recall@k.")
     max_queries: int | None = Field(default=None, ge=1, description="Probe at most this many queries.")
     ef_search: int = Field(default=40, ge=1, le=1000, description="hnsw.ef_search for the probe queries.")
@@ -159,12 +159,14 @@ def gate(recall: float, k: int, config: Config, rec: VersionRecord, live: Versio
         return True, f"{measured} meets minRecall {config.min_recall}" + (" (no live version)" if live is None else "")
     live_recall = _comparable_recall(live, k, probe_set)
     if live_recall is None:
-        return True, f"{measured} meets minRecall {config.min_recall}; live v{live.version} has no probe on this probe set to compare with"
+        return True, (f"{measured} meets minRecall {config.min_recall}; "
+                      f"live v{live.version} has no probe on this probe set to compare with")
     floor = live_recall - config.max_regression
     if recall < floor:
         return False, (f"{measured} regresses more than {config.max_regression} from live v{live.version}'s "
                        f"{live_recall:.4f}")
-    return True, f"{measured} meets minRecall {config.min_recall} and is within {config.max_regression} of live v{live.version}'s {live_recall:.4f}"
+    return True, (f"{measured} meets minRecall {config.min_recall} and is within {config.max_regression} "
+                  f"of live v{live.version}'s {live_recall:.4f}")
 
 
 def _comparable_recall(live: VersionRecord, k: int, probe_set: str) -> float | None:
