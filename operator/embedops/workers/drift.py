@@ -146,7 +146,8 @@ def drifted_share(reference: np.ndarray, current: np.ndarray, threshold: float =
 def centroid_distance(reference: np.ndarray, current: np.ndarray) -> float:
     a, b = reference.mean(0), current.mean(0)
     denominator = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return 1.0 - float(a @ b) / denominator if denominator > 0 else 0.0
+    # Clipped: rounding makes identical means come out a hair below zero.
+    return max(0.0, 1.0 - float(a @ b) / denominator) if denominator > 0 else 0.0
 
 
 def drift_scores(reference: np.ndarray, current: np.ndarray, *, seed: int = 0) -> DriftScores:

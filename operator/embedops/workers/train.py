@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -256,9 +257,18 @@ def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
 # -- the step -------------------------------------------------------------------------------------
 
 
+def _trainer_class() -> type:
+    from sentence_transformers import SentenceTransformerTrainer
+
+    class Trainer(SentenceTransformerTrainer):
+        def add_model_card_callback(self, default_args_dict: dict) -> None:
+            """No model card: it quotes training rows, and domain data must not leak into a published model."""
+
+    return Trainer
+
+
 def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
     """Train, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
-    from sentence_transformers import SentenceTransformerTrainer
     from transformers import PrinterCallback
 
     spec, out = config.spec, config.output_dir
@@ -286,8 +296,8 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
     args = training_args(spec, checkpoints, device)
 
     # Trainer: resumes from the last checkpoint when a previous run was killed.
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                                         callbacks=[ProgressCallback(), *callbacks])
+    trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                 callbacks=[ProgressCallback(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
     resume_from, resumed_from_step = last_checkpoint(checkpoints)
     if resume_from is not None:
@@ -300,7 +310,8 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
 
     # Save: the model folder and the evaluation next to it.
     model_dir = out / "model"
-    model.save(str(model_dir))
+    model.save(str(model_dir), create_model_card=False)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
     result = Result(
         model=ModelArtifact(location=str(model_dir), base_model=spec.base_model,
                             dimensions=embedding_dimension(model), fingerprint=modelzoo.fingerprint(model_dir)),
