@@ -101,3 +101,25 @@ def test_a_missing_dependency_fails_with_a_reason_and_stops_its_dependents(tmp_p
     assert not outcomes["FineTuneJob/default/job"].ok
     assert status.condition("Ready").reason == "DependencyNotFound"
     assert "EmbeddingDataset/default/nowhere" in status.condition("Ready").message
+
+
+def test_cli_versions_and_rollback(tmp_path, dsn, tiny_model_dir, capsys):
+    from embedops.cli import main
+
+    state = tmp_path / "state"
+    run(state, dsn, write_manifests(tmp_path / "m1", tiny_model_dir))
+    path = write_manifests(tmp_path / "m2", tiny_model_dir, epochs=2)
+    run(state, dsn, path)
+    common = ["-f", str(path), "--dsn", dsn, "--state-dir", str(state)]
+    assert main(["rollback", *common]) == 0
+    assert "public.docs now serves v1 (600 rows" in capsys.readouterr().out
+    assert main(["versions", *common]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("v2\tRetired\t600 rows") and lines[1].startswith("v1\tLive\t600 rows")
+    assert main(["rollback", *common]) == 1
+    assert "no earlier retained version" in capsys.readouterr().err
+
+    # Running the same manifests again respects the rollback: nothing rebuilt, v1 keeps serving.
+    idx = run(state, dsn, path)["EmbeddingIndex/default/idx"].status
+    assert idx.live_version == 1 and [v.version for v in idx.versions] == [2, 1]
+    assert idx.condition("Progressing").reason == "RolledBack"

@@ -69,6 +69,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if all(o.ok for o in outcomes.values()) else 1
 
 
+def _index_connection(args: argparse.Namespace):
+    """The target of the one EmbeddingIndex in -f, and a connection to its database (embedded or --dsn)."""
+    from embedops import manifests
+    from embedops.local import LocalRunner
+    from embedops.store import pgvector
+
+    indexes = [r.resource for r in manifests.load(args.filename) if r.resource.kind.kind == "EmbeddingIndex"]
+    if args.name:
+        indexes = [r for r in indexes if r.name == args.name]
+    if len(indexes) != 1:
+        raise SystemExit("error: -f must hold exactly one EmbeddingIndex (or pick one with --name)")
+    runner = LocalRunner(state_dir=args.state_dir, dsn=args.dsn or os.environ.get(DSN_ENV))
+    return indexes[0].spec.target, runner, pgvector.connect(runner.database())
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from embedops.store import pgvector
+
+    target, runner, conn = _index_connection(args)
+    try:
+        with conn:
+            for v in pgvector.versions(conn, target):
+                recall = f"recall@{v.probe.k} {v.probe.recall_at_k:.4f}" if v.probe else "not probed"
+                print(f"v{v.version}\t{v.state}\t{v.rows} rows\t{v.model}\t{recall}")
+    finally:
+        runner.close()
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Point the view back at a retained version; a later run that builds a new model cuts over again."""
+    from embedops.store import pgvector
+
+    target, runner, conn = _index_connection(args)
+    try:
+        with conn:
+            live = pgvector.rollback(conn, target, args.to)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        runner.close()
+    print(f"{target.schema_name}.{target.name} now serves v{live.version} ({live.rows} rows, {live.model})")
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker from a typed config file; the result JSON goes to stdout and --result."""
     import yaml
@@ -111,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check manifests against the API without running them")
     validate.add_argument("-f", "--filename", type=Path, action="append", required=True)
     validate.set_defaults(func=cmd_validate)
+
+    for name, func, help_ in (("versions", cmd_versions, "list an index's versions"),
+                              ("rollback", cmd_rollback, "serve an earlier retained version of an index")):
+        cmd = sub.add_parser(name, help=help_)
+        cmd.add_argument("-f", "--filename", type=Path, action="append", required=True)
+        cmd.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
+        cmd.add_argument("--dsn", help=f"Postgres DSN instead of the embedded server (or set {DSN_ENV})")
+        cmd.add_argument("--state-dir", type=Path, default=Path(".embedops"))
+        if name == "rollback":
+            cmd.add_argument("--to", type=int, help="version to serve (default: the newest one before the live one)")
+        cmd.set_defaults(func=func)
 
     worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
     worker.add_argument("name", choices=WORKERS)

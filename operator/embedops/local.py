@@ -215,9 +215,11 @@ class LocalRunner:
         dsn = self.database()
         fingerprint = modelzoo.fingerprint(modelzoo.resolve(model))
         with pgvector.connect(dsn) as conn:
+            # Retired counts: a version someone rolled back from is not rebuilt or cut over again.
             built = [v for v in pgvector.versions(conn, spec.target)
-                     if v.model_fingerprint == fingerprint and v.state in ("Live", "Ready")]
-        note = ""
+                     if v.model_fingerprint == fingerprint and v.state in ("Live", "Ready", "Retired")]
+        note: tuple[str, str] | None = None
+        gate = None
         try:
             if not built:
                 result = embed.run(embed.Config(
@@ -225,19 +227,23 @@ class LocalRunner:
                     model_name=model_name, ann=spec.ann, embedding=spec.embedding, shard=0, shard_count=1,
                     finalize=True, device=self.device,
                 ), dsn=dsn)
-                candidate = result.version
-                log.info("%s: v%d built, %d rows at %.0f rows/s", loaded.resource.key, candidate, result.rows,
+                log.info("%s: v%d built, %d rows at %.0f rows/s", loaded.resource.key, result.version, result.rows,
                          result.rows_per_second)
+                candidate, state = result.version, "Ready"
             else:
-                candidate = built[0].version
-            gate = probe.run(probe.Config(
-                target=spec.target, version=candidate, model=model, k=spec.probe.k,
-                max_queries=spec.probe.max_queries, ef_search=spec.ann.ef_search, probes=spec.ann.probes,
-                min_recall=spec.probe.min_recall, max_regression=spec.probe.max_regression,
-                promote=spec.pinned_version is None, device=self.device, **probe_set,
-            ), dsn=dsn)
-            if not gate.passed:
-                note = f"v{candidate} not cut over: {gate.reason}"
+                candidate, state = built[0].version, built[0].state
+            if state == "Retired":
+                note = ("RolledBack", f"v{candidate} holds this model but was rolled back from; not cut over again")
+            else:
+                # A Ready version is gated (and promoted unless pinned); the Live one is re-probed.
+                gate = probe.run(probe.Config(
+                    target=spec.target, version=candidate, model=model, k=spec.probe.k,
+                    max_queries=spec.probe.max_queries, ef_search=spec.ann.ef_search, probes=spec.ann.probes,
+                    min_recall=spec.probe.min_recall, max_regression=spec.probe.max_regression,
+                    promote=state == "Ready" and spec.pinned_version is None, device=self.device, **probe_set,
+                ), dsn=dsn)
+                if state == "Ready" and not gate.passed:
+                    note = ("GateFailed", f"v{candidate} not cut over: {gate.reason}")
             with pgvector.connect(dsn) as conn:
                 if spec.pinned_version is not None:
                     live = pgvector.live_version(conn, spec.target)
@@ -263,7 +269,7 @@ class LocalRunner:
         status = statuses.index_observed(spec, versions, generation, probe=live_v.probe if live_v else gate,
                                          drift=measured)
         if note and live_v is not None:
-            status.set_condition("Progressing", "False", "GateFailed", note, generation=generation)
+            status.set_condition("Progressing", "False", *note, generation=generation)
         return status
 
 
