@@ -31,6 +31,25 @@ SqlName = Annotated[
 ]
 
 
+def _one_of_message(prefix: str, aliases: tuple[str, ...]) -> str:
+    names = [f"{prefix}.{a}" for a in aliases]
+    return f"exactly one of {', '.join(names[:-1])} or {names[-1]} must be set"
+
+
+def exactly_one_rule(prefix: str, *aliases: str) -> dict[str, Any]:
+    """The CEL rule (for a model's json_schema_extra) that exactly one of the optional fields is set."""
+    rule = "[" + ", ".join(f"has(self.{a})" for a in aliases) + "].filter(x, x).size() == 1"
+    return {"x-kubernetes-validations": [{"rule": rule, "message": _one_of_message(prefix, aliases)}]}
+
+
+def check_exactly_one(model: BaseModel, prefix: str, *fields: str) -> None:
+    """The same check in pydantic, so `embedops run` and the operator reject what the API server would."""
+    given = [f for f in fields if getattr(model, f) is not None]
+    if len(given) != 1:
+        aliases = tuple(type(model).model_fields[f].alias or f for f in fields)
+        raise ValueError(_one_of_message(prefix, aliases))
+
+
 class ApiModel(BaseModel):
     """Base of every API model: camelCase on the wire, unknown fields rejected."""
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from embedops.api.common import ApiModel, BaseStatus, Database, SqlName
+from embedops.api.common import (
+    ApiModel,
+    BaseStatus,
+    Database,
+    SqlName,
+    check_exactly_one,
+    exactly_one_rule,
+)
 
 DEFAULT_MINING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -63,14 +70,7 @@ class DatasetSource(ApiModel):
     """Exactly one of `beir`, `pairs` or `postgres`."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": "[has(self.beir), has(self.pairs), has(self.postgres)].filter(x, x).size() == 1",
-                    "message": "exactly one of source.beir, source.pairs or source.postgres must be set",
-                }
-            ]
-        }
+        "json_schema_extra": exactly_one_rule("source", "beir", "pairs", "postgres")
     }
 
     beir: BeirSource | None = Field(default=None, description="A BEIR folder.")
@@ -79,9 +79,7 @@ class DatasetSource(ApiModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetSource:
-        given = [n for n in ("beir", "pairs", "postgres") if getattr(self, n) is not None]
-        if len(given) != 1:
-            raise ValueError(f"exactly one of source.beir, source.pairs or source.postgres must be set, got {given or 'none'}")
+        check_exactly_one(self, "source", "beir", "pairs", "postgres")
         return self
 
 

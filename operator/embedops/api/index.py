@@ -6,20 +6,25 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from embedops.api.common import ApiModel, BaseStatus, Database, LocalObjectReference, Resources, Scheduling, SqlName
+from embedops.api.common import (
+    ApiModel,
+    BaseStatus,
+    Database,
+    LocalObjectReference,
+    Resources,
+    Scheduling,
+    SqlName,
+    check_exactly_one,
+    exactly_one_rule,
+)
 
 _IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable; create a new EmbeddingIndex instead"}]
-
-
-def _exactly_one(*names: str) -> dict:
-    rule = "[" + ", ".join(f"has(self.{n})" for n in names) + "].filter(x, x).size() == 1"
-    return {"x-kubernetes-validations": [{"rule": rule, "message": f"exactly one of {', '.join(names)} must be set"}]}
 
 
 class IndexModel(ApiModel):
     """Exactly one of `fineTuneJobRef` or `name`."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": _exactly_one("fineTuneJobRef", "name")}
+    model_config = ApiModel.model_config | {"json_schema_extra": exactly_one_rule("model", "fineTuneJobRef", "name")}
 
     fine_tune_job_ref: LocalObjectReference | None = Field(
         default=None,
@@ -29,8 +34,7 @@ class IndexModel(ApiModel):
 
     @model_validator(mode="after")
     def _one(self) -> IndexModel:
-        if (self.fine_tune_job_ref is None) == (self.name is None):
-            raise ValueError("exactly one of model.fineTuneJobRef or model.name must be set")
+        check_exactly_one(self, "model", "fine_tune_job_ref", "name")
         return self
 
 
@@ -49,7 +53,7 @@ class TableSource(ApiModel):
 class IndexSource(ApiModel):
     """Exactly one of `table` or `datasetRef`."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": _exactly_one("table", "datasetRef")}
+    model_config = ApiModel.model_config | {"json_schema_extra": exactly_one_rule("source", "table", "datasetRef")}
 
     table: TableSource | None = Field(default=None, description="Documents in a table of the index's database.")
     dataset_ref: LocalObjectReference | None = Field(
@@ -58,8 +62,7 @@ class IndexSource(ApiModel):
 
     @model_validator(mode="after")
     def _one(self) -> IndexSource:
-        if (self.table is None) == (self.dataset_ref is None):
-            raise ValueError("exactly one of source.table or source.datasetRef must be set")
+        check_exactly_one(self, "source", "table", "dataset_ref")
         return self
 
 
