@@ -79,3 +79,16 @@ def test_condition_keeps_transition_time_while_status_is_unchanged():
     ready = status.condition("Ready")
     assert ready.last_transition_time == "2026-01-01T00:09:00Z" and ready.observed_generation == 2
     assert status.to_wire()["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:09:00Z"
+
+
+def test_probe_set_is_a_dataset_or_a_file_not_both():
+    with pytest.raises(InvalidResource, match="set at most one of probe.datasetRef or probe.path"):
+        parse_manifest(manifest("EmbeddingIndex", {
+            "model": {"name": "m"}, "source": {"table": {"table": "docs"}}, "target": {"name": "v"},
+            "probe": {"datasetRef": {"name": "d"}, "path": "probe.jsonl"},
+        }))
+
+
+def test_gpus_are_left_to_the_kind_when_unset():
+    job = parse_manifest(manifest("FineTuneJob", {"datasetRef": {"name": "d"}, "resources": {"memory": "16Gi"}}))
+    assert job.spec.resources.gpus is None and job.spec.resources.memory == "16Gi"

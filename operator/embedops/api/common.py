@@ -162,7 +162,15 @@ class Toleration(ApiModel):
 class Resources(ApiModel):
     """Compute resources of a worker pod."""
 
-    gpus: int = Field(default=0, ge=0, le=16, description="Number of `nvidia.com/gpu` to request (requests = limits).")
+    gpus: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description=(
+            "Number of `nvidia.com/gpu` to request (requests = limits). "
+            "Default: 1 for a FineTuneJob's training pod, 0 for an EmbeddingIndex's embedding pods."
+        ),
+    )
     cpu: str | None = Field(default=None, description="CPU request, a Kubernetes quantity such as `4` or `500m`.")
     memory: str | None = Field(default=None, description="Memory request and limit, a quantity such as `16Gi`.")
 

@@ -27,11 +27,11 @@ class BeirSource(ApiModel):
         ),
     )
     train_split: str = Field(default="train", description="qrels file used for training. Default: `train`.")
-    test_split: str | None = Field(
+    test_split: str = Field(
         default="test",
         description=(
-            "qrels file held out for evaluation. Default: `test`. Set to empty to split the train queries "
-            "deterministically instead (see `split`)."
+            "qrels file held out for evaluation. Default: `test`. Set to \"\" (empty) to split the train "
+            "queries deterministically instead (see `split`)."
         ),
     )
 
@@ -137,6 +137,12 @@ class HardNegativesSpec(ApiModel):
         ),
     )
     batch_size: int = Field(default=64, ge=1, description="Encoding batch size while mining. Default: 64.")
+
+    @model_validator(mode="after")
+    def _range(self) -> HardNegativesSpec:
+        if self.range_min >= self.range_max:
+            raise ValueError("hardNegatives.rangeMin must be below hardNegatives.rangeMax")
+        return self
 
 
 class AugmentSpec(ApiModel):

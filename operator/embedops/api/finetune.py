@@ -86,7 +86,7 @@ class FineTuneJobSpec(ApiModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Held-out evaluation.")
     resources: Resources = Field(
-        default_factory=lambda: Resources(gpus=1), description="Resources of the training pod. Default: 1 GPU."
+        default_factory=Resources, description="Resources of the training pod (1 GPU unless `gpus` says otherwise)."
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the training Job.")
 

@@ -109,6 +109,12 @@ class EmbedSpec(ApiModel):
 class ProbeSpec(ApiModel):
     """Retrieval probe: queries with known relevant ids, run through SQL against a version."""
 
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": {"x-kubernetes-validations": [
+            {"rule": "!(has(self.datasetRef) && has(self.path))", "message": "set at most one of probe.datasetRef or probe.path"}
+        ]}
+    }
+
     dataset_ref: LocalObjectReference | None = Field(
         default=None,
         description="Use this EmbeddingDataset's held-out queries; ids must match the index's ids. Default: the source dataset.",
@@ -129,6 +135,12 @@ class ProbeSpec(ApiModel):
     )
     max_queries: int | None = Field(default=None, ge=1, description="Probe at most this many queries.")
     interval_minutes: int = Field(default=30, ge=1, description="Re-probe the live version this often. Default: 30.")
+
+    @model_validator(mode="after")
+    def _one_set(self) -> ProbeSpec:
+        if self.dataset_ref is not None and self.path is not None:
+            raise ValueError("set at most one of probe.datasetRef or probe.path")
+        return self
 
 
 class DriftSpec(ApiModel):

@@ -516,9 +516,6 @@ def require_some(source: Source, train: Qrels, test: Qrels) -> None:
 
 def run(config: Config, *, dsn: str | None = None) -> Result:
     spec = config.spec
-    negatives_spec = spec.hard_negatives
-    if negatives_spec.enabled and negatives_spec.range_min >= negatives_spec.range_max:
-        raise ValueError("hardNegatives.rangeMin must be below hardNegatives.rangeMax")
     issues = Issues()
     source = read_source(config, dsn, issues)
     issues.check(spec.validation.max_invalid_fraction)
@@ -527,7 +524,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
 
     candidates = pair_candidates(source, train) + title_candidates(source.corpus, spec.augment, spec.validation,
                                                                    spec.split.seed)
-    negatives = (mine(candidates, source.corpus, negatives_spec, config.base_dir) if negatives_spec.enabled
+    negatives = (mine(candidates, source.corpus, spec.hard_negatives, config.base_dir) if spec.hard_negatives.enabled
                  else [c.given for c in candidates])
     examples = to_examples(candidates, negatives, source.corpus)
 
