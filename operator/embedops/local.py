@@ -8,8 +8,11 @@ folder, so a second run finds the versions of the first (and re-runs only what c
 
 State folder layout (default `.embedops/`):
     postgres/                          embedded server data
-    <namespace>/<kind>/<name>/         worker output (prepared data, model, checkpoints)
-    <namespace>/<kind>/<name>.status.json  the status the operator would write
+    <namespace>/<plural>/<name>/              worker output (prepared data, model, checkpoints)
+    <namespace>/<plural>/<name>.status.json   the status the operator would write
+
+One database serves the run: `--dsn`, or the embedded server. A Postgres dataset source and
+every index use it (in a cluster each names its own Secret).
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedops import modelzoo
+from embedops import status as statuses
 from embedops.api.common import BaseStatus
 from embedops.api.dataset import EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobStatus
 from embedops.api.index import EmbeddingIndexStatus
 from embedops.manifests import LoadedResource
-from embedops import modelzoo
-from embedops import status as statuses
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +114,13 @@ class LocalRunner:
 
     def run(self, resources: list[LoadedResource]) -> dict[str, Outcome]:
         steps = {"EmbeddingDataset": self._dataset, "FineTuneJob": self._finetune, "EmbeddingIndex": self._index}
-        status_cls = {"EmbeddingDataset": EmbeddingDatasetStatus, "FineTuneJob": FineTuneJobStatus,
-                      "EmbeddingIndex": EmbeddingIndexStatus}
         for loaded in resources:
-            kind = loaded.resource.kind.kind
+            kind = loaded.resource.kind
             log.info("%s: reconciling", loaded.resource.key)
             try:
-                outcome = steps[kind](loaded)
+                outcome = steps[kind.kind](loaded)
             except StepFailed as err:
-                status = statuses.failed(status_cls[kind], err.reason, str(err), self._generation(loaded))
+                status = statuses.failed(kind.status_model, err.reason, str(err), self._generation(loaded))
                 self._save(loaded, status, None)
                 outcome = Outcome(loaded, status, ok=False)
             ready = outcome.status.condition("Ready")
