@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-WORKERS = ("prepare", "train", "embed", "probe", "drift")
+WORKERS = ("prepare", "train", "embed", "publish", "probe", "drift", "cleanup")
 DSN_ENV = "EMBEDOPS_DSN"
 
 

@@ -208,70 +208,40 @@ class LocalRunner:
 
     def _reconcile_index(self, loaded: LoadedResource) -> EmbeddingIndexStatus:
         """Build a version for a new model, probe it, cut over if it passes, then measure the live one."""
-        from embedops.store import pgvector
-        from embedops.workers import drift, embed, probe
+        from embedops.workers import drift, embed, publish
 
         spec, generation = loaded.resource.spec, self._generation(loaded)
         model, model_name, dataset_dir, probe_set = self._index_inputs(loaded)
         dsn = self.database()
-        fingerprint = modelzoo.fingerprint(modelzoo.resolve(model))
-        with pgvector.connect(dsn) as conn:
-            # Retired counts: a version someone rolled back from is not rebuilt or cut over again.
-            built = [v for v in pgvector.versions(conn, spec.target)
-                     if v.model_fingerprint == fingerprint and v.state in ("Live", "Ready", "Retired")]
-        note: tuple[str, str] | None = None
-        gate = None
         try:
-            if not built:
-                result = embed.run(embed.Config(
-                    target=spec.target, source=spec.source, dataset_dir=dataset_dir, model=model,
-                    model_name=model_name, ann=spec.ann, embedding=spec.embedding, shard=0, shard_count=1,
-                    finalize=True, device=self.device,
-                ), dsn=dsn)
-                log.info("%s: v%d built, %d rows at %.0f rows/s", loaded.resource.key, result.version, result.rows,
-                         result.rows_per_second)
-                candidate, state = result.version, "Ready"
-            else:
-                candidate, state = built[0].version, built[0].state
-            if state == "Retired":
-                note = ("RolledBack", f"v{candidate} holds this model but was rolled back from; not cut over again")
-            else:
-                # A Ready version is gated (and promoted unless pinned); the Live one is re-probed.
-                gate = probe.run(probe.Config(
-                    target=spec.target, version=candidate, model=model, k=spec.probe.k,
-                    max_queries=spec.probe.max_queries, ef_search=spec.ann.ef_search, probes=spec.ann.probes,
-                    min_recall=spec.probe.min_recall, max_regression=spec.probe.max_regression,
-                    promote=state == "Ready" and spec.pinned_version is None, device=self.device, **probe_set,
-                ), dsn=dsn)
-                if state == "Ready" and not gate.passed:
-                    note = ("GateFailed", f"v{candidate} not cut over: {gate.reason}")
-            with pgvector.connect(dsn) as conn:
-                if spec.pinned_version is not None:
-                    live = pgvector.live_version(conn, spec.target)
-                    if live is None or live.version != spec.pinned_version:
-                        pgvector.cutover(conn, spec.target, spec.pinned_version)
-                dropped = pgvector.apply_retention(conn, spec.target, spec.keep_versions)
-                if dropped:
-                    log.info("%s: dropped versions %s beyond keepVersions", loaded.resource.key, dropped)
-                live = pgvector.live_version(conn, spec.target)
+            # A finished version of this model is reused, so a rolled-back model is not rebuilt.
+            built = embed.run(embed.Config(
+                target=spec.target, source=spec.source, dataset_dir=dataset_dir, model=model,
+                model_name=model_name, ann=spec.ann, embedding=spec.embedding, shard=0, shard_count=1,
+                finalize=True, device=self.device, reuse=True,
+            ), dsn=dsn)
+            if not built.reused:
+                log.info("%s: v%d built, %d rows at %.0f rows/s", loaded.resource.key, built.version, built.rows,
+                         built.rows_per_second)
+            published = publish.run(publish.Config(
+                target=spec.target, version=built.version, model=model, probe=spec.probe,
+                ef_search=spec.ann.ef_search, probes=spec.ann.probes, pinned_version=spec.pinned_version,
+                keep_versions=spec.keep_versions, device=self.device, **probe_set,
+            ), dsn=dsn)
+            if published.dropped:
+                log.info("%s: dropped versions %s beyond keepVersions", loaded.resource.key, published.dropped)
+            live = next((v for v in published.versions if v.state == "Live"), None)
             measured = None
             # Drift is measured in the live version's own embedding space, so only with its model.
-            if live is not None and spec.drift.enabled and live.model_fingerprint == fingerprint:
+            if live is not None and spec.drift.enabled and live.version == built.version:
                 measured = drift.run(drift.Config(
                     target=spec.target, version=live.version, model=model, source=spec.source,
                     dataset_dir=dataset_dir, sample_size=spec.drift.sample_size,
                     threshold=spec.drift.threshold, device=self.device,
                 ), dsn=dsn)
-            with pgvector.connect(dsn) as conn:
-                versions = pgvector.versions(conn, spec.target)
         except (ValueError, FileNotFoundError, modelzoo.ModelNotFound) as err:
             raise StepFailed("IndexFailed", str(err)) from err
-        live_v = next((v for v in versions if v.state == "Live"), None)
-        status = statuses.index_observed(spec, versions, generation, probe=live_v.probe if live_v else gate,
-                                         drift=measured)
-        if note and live_v is not None:
-            status.set_condition("Progressing", "False", *note, generation=generation)
-        return status
+        return statuses.index_published(spec, published, generation, drift=measured)
 
 
 def _source_stamp(spec: Any, base_dir: Path) -> list[Any]:

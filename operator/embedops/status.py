@@ -103,3 +103,14 @@ def index_observed(
         status.phase = "Degraded"
         status.set_condition("Degraded", "True", "QualityDegraded", "; ".join(problems), generation=generation)
     return status
+
+
+def index_published(spec: EmbeddingIndexSpec, published: BaseModel, generation: int | None,
+                    drift: DriftResult | None = None) -> EmbeddingIndexStatus:
+    """The index's status after a publish step (embedops.workers.publish.Result)."""
+    versions = published.versions
+    live = next((v for v in versions if v.state == "Live"), None)
+    status = index_observed(spec, versions, generation, probe=live.probe if live else published.probe, drift=drift)
+    if published.note_reason and live is not None:
+        status.set_condition("Progressing", "False", published.note_reason, published.note or "", generation=generation)
+    return status

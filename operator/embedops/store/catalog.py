@@ -131,6 +131,12 @@ class Build:
     source: str  # description of the documents, see sources.describe
     shards: int
 
+    def same_embeddings(self, rec: VersionRecord) -> bool:
+        """Whether `rec` holds what this build would write (the shard count aside)."""
+        return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type,
+                self.source) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type,
+                                 rec.source)
+
     def matches(self, rec: VersionRecord) -> bool:
         return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type, self.source,
                 self.shards) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type,

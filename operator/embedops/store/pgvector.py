@@ -248,6 +248,15 @@ def _view_grants(conn: psycopg.Connection, view: sql.Identifier) -> list[tuple[s
 # -- building a version -------------------------------------------------------------------------
 
 
+def find_built(conn: psycopg.Connection, target: Target, build: Build) -> VersionRecord | None:
+    """The newest finished (Ready, Live or Retired) version built like `build`, whatever its shard count."""
+    schema, view = _target(conn, target)
+    for rec in catalog.records(conn, schema, view):
+        if rec.state in _SERVING_STATES and build.same_embeddings(rec):
+            return rec
+    return None
+
+
 def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple[VersionRecord, bool]:
     """The Building version to write into, and whether it was resumed.
 

@@ -59,6 +59,11 @@ class Config(ApiModel):
         default=None, description="Postgres memory for the ANN build, e.g. `4GB`. Default: estimated from the rows."
     )
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
+    reuse: bool = Field(
+        default=True,
+        description="Return a finished version already built with this model, source and vector settings instead of "
+        "building it again (a model that comes back after a rollback is not re-embedded).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -86,6 +91,7 @@ class Result(ApiModel):
     shard_rows: int = Field(description="Rows of this shard committed.")
     embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
     resumed: bool
+    reused: bool = Field(default=False, description="An existing finished version was returned; nothing was embedded.")
     seconds: float = Field(description="Wall time of the step, model loading and ANN build included.")
     rows_per_second: float = Field(description="Rows embedded and committed per second of embedding.")
 
@@ -165,6 +171,11 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
             dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
             id_type=docs.id_type, source=docs.description, shards=config.shards,
         )
+        if config.reuse and (done := pgvector.find_built(conn, target, build)) is not None:
+            log.info("%s already holds these embeddings (%s); nothing to build", done.table, done.state)
+            return Result(version=done.version, table=done.table, state=done.state, rows=done.rows, shard_rows=0,
+                          embedded=0, resumed=False, reused=True, seconds=round(time.monotonic() - started, 3),
+                          rows_per_second=0.0)
         rec, resumed = pgvector.begin_build(conn, target, build)
         writer = pgvector.VersionWriter(conn, rec, config.shard)
         already = writer.progress.rows

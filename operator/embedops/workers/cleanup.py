@@ -1,0 +1,26 @@
+"""The cleanup worker: drop an index's view and version tables (`deletionPolicy: Delete` only).
+
+Only tables the catalog lists for the target are dropped, and each name is derived again
+from the view and version rather than trusted from the catalog (store.pgvector.drop_target).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from embedops.api.common import ApiModel
+from embedops.api.index import Target
+from embedops.store import pgvector
+
+
+class Config(ApiModel):
+    target: Target = Field(description="The index's view and schema.")
+
+
+class Result(ApiModel):
+    dropped: list[str] = Field(default_factory=list, description="Tables dropped.")
+
+
+def run(config: Config, *, dsn: str | None = None) -> Result:
+    with pgvector.connect(dsn) as conn:
+        return Result(dropped=pgvector.drop_target(conn, config.target))

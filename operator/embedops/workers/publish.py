@@ -1,0 +1,87 @@
+"""The publish worker: after a build, gate the candidate version, cut over, pin and prune.
+
+This is the step between "a version is built" and "applications see it", the same in a
+cluster (a Job after the embedding Job) and in local mode:
+
+1. The candidate (the version the embed step returned) is probed. A Ready candidate that
+   passes the gate is cut over, unless the index is pinned; a Live one is only re-probed.
+   A Retired candidate is one a person rolled back from: it is neither probed nor cut over
+   again, and the note says so.
+2. `pinnedVersion`, when set, is made the live version (a declarative rollback).
+3. Versions beyond `keepVersions` are dropped (the live one is always kept).
+
+The result carries the catalog's versions, so the caller can write them into status
+without a database connection of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydantic import Field
+
+from embedops.api.common import ApiModel
+from embedops.api.index import IndexVersion, ProbeResult, ProbeSpec, Target
+from embedops.store import pgvector
+from embedops.workers import probe
+
+log = logging.getLogger(__name__)
+
+
+class Config(ApiModel):
+    target: Target = Field(description="The index's view and schema.")
+    version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")
+    model: str = Field(min_length=1, description="Bundled model name or path the candidate was built with.")
+    dataset_dir: Path | None = Field(default=None, description="Prepared dataset whose held-out queries are probed.")
+    path: Path | None = Field(default=None, description="JSONL probe set instead of a dataset.")
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="k, query cap and gate thresholds.")
+    ef_search: int = Field(default=40, ge=1, le=1000, description="hnsw.ef_search for the probe queries.")
+    probes: int = Field(default=10, ge=1, description="ivfflat.probes for the probe queries.")
+    pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
+    keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
+    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
+
+
+class Result(ApiModel):
+    candidate: int = Field(description="The version gated.")
+    probe: ProbeResult | None = Field(default=None, description="The candidate's probe, when it was probed.")
+    note_reason: str | None = Field(default=None, description="Why the candidate is not live, one CamelCase word.")
+    note: str | None = Field(default=None, description="The same, for people.")
+    live_version: int | None = None
+    dropped: list[int] = Field(default_factory=list, description="Versions dropped by retention.")
+    versions: list[IndexVersion] = Field(default_factory=list, description="The catalog's versions after the step.")
+
+
+def run(config: Config, *, dsn: str | None = None) -> Result:
+    target = config.target
+    with pgvector.connect(dsn) as conn:
+        state = pgvector.version_record(conn, target, config.version).state
+    result = Result(candidate=config.version)
+    if state == "Retired":
+        result.note_reason = "RolledBack"
+        result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
+    else:
+        result.probe = probe.run(probe.Config(
+            target=target, version=config.version, model=config.model, dataset_dir=config.dataset_dir,
+            path=config.path, k=config.probe.k, max_queries=config.probe.max_queries, ef_search=config.ef_search,
+            probes=config.probes, min_recall=config.probe.min_recall, max_regression=config.probe.max_regression,
+            promote=state == "Ready" and config.pinned_version is None, device=config.device,
+        ), dsn=dsn)
+        if state == "Ready" and not result.probe.passed:
+            result.note_reason = "GateFailed"
+            result.note = f"v{config.version} not cut over: {result.probe.reason}"
+        elif state == "Ready" and config.pinned_version is not None:
+            result.note_reason = "Pinned"
+            result.note = f"v{config.version} passed the gate but the index is pinned to v{config.pinned_version}"
+    with pgvector.connect(dsn) as conn:
+        if config.pinned_version is not None:
+            live = pgvector.live_version(conn, target)
+            if live is None or live.version != config.pinned_version:
+                pgvector.cutover(conn, target, config.pinned_version)
+                log.info("%s.%s pinned to v%d", target.schema_name, target.name, config.pinned_version)
+        result.dropped = pgvector.apply_retention(conn, target, config.keep_versions)
+        result.versions = pgvector.versions(conn, target)
+    live_v = next((v for v in result.versions if v.state == "Live"), None)
+    result.live_version = live_v.version if live_v else None
+    return result
