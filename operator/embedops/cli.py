@@ -116,26 +116,35 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run one worker from a typed config file; the result JSON goes to stdout and --result."""
+    """Run one worker from a typed config; the result JSON goes to stdout and --result."""
     import yaml
     from pydantic import ValidationError
 
     from embedops.api.kinds import format_validation_error
+    from embedops.results import termination_message
 
     module = importlib.import_module(f"embedops.workers.{args.name}")
-    raw = yaml.safe_load(args.spec.read_text(encoding="utf-8")) if str(args.spec) != "-" else yaml.safe_load(sys.stdin)
+    if args.spec_json is not None:
+        raw, where = json.loads(args.spec_json), "--spec-json"
+    elif str(args.spec) == "-":
+        raw, where = yaml.safe_load(sys.stdin), "stdin"
+    else:
+        raw, where = yaml.safe_load(args.spec.read_text(encoding="utf-8")), str(args.spec)
+    # In an Indexed Job each pod is one shard: Kubernetes sets JOB_COMPLETION_INDEX.
+    if "shard" in module.Config.model_fields and isinstance(raw, dict) and "shard" not in raw \
+            and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
+        raw["shard"] = int(os.environ["JOB_COMPLETION_INDEX"])
     try:
         config = module.Config.model_validate(raw)
     except ValidationError as err:
-        print(f"error: invalid worker config {args.spec}:", file=sys.stderr)
+        print(f"error: invalid worker config ({where}):", file=sys.stderr)
         for line in format_validation_error(err, prefix="config"):
             print(f"  {line}", file=sys.stderr)
         return 2
     result = module.run(config, dsn=os.environ.get(DSN_ENV))
-    payload = json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True)
-    print(payload)
+    print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True))
     if args.result:
-        args.result.write_text(payload + "\n", encoding="utf-8")
+        args.result.write_text(termination_message(result), encoding="utf-8")
     return 0
 
 
@@ -171,8 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
     worker.add_argument("name", choices=WORKERS)
-    worker.add_argument("--spec", type=Path, required=True, help="worker config, YAML or JSON ('-' for stdin)")
-    worker.add_argument("--result", type=Path, help="also write the result JSON here (e.g. /dev/termination-log)")
+    given = worker.add_mutually_exclusive_group(required=True)
+    given.add_argument("--spec", type=Path, help="worker config file, YAML or JSON ('-' for stdin)")
+    given.add_argument("--spec-json", help="worker config as a JSON string (what the operator's Jobs pass)")
+    worker.add_argument("--result", type=Path,
+                        help="also write the result JSON here, trimmed to fit a termination message "
+                             "(e.g. /dev/termination-log)")
     worker.set_defaults(func=cmd_worker)
     return parser
 

@@ -21,7 +21,7 @@ S = TypeVar("S", bound=BaseStatus)
 def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
     """Build a status from the result fields it shares with the status model."""
     shared = set(status_cls.model_fields) & set(type(result).model_fields)
-    return status_cls(**{f: getattr(result, f) for f in shared})
+    return status_cls.model_validate({f: getattr(result, f) for f in shared})
 
 
 def progressing(status_cls: type[S], reason: str, message: str, generation: int | None) -> S:

@@ -115,6 +115,14 @@ class BaseStatus(ApiModel):
     )
     phase: str | None = Field(default=None, description="A one-word summary for display; conditions are authoritative.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions.")
+    inputs_hash: str | None = Field(
+        default=None,
+        description=(
+            "Hash of the spec and upstream outputs the last finished run used; when they change, the operator "
+            "starts a new run."
+        ),
+    )
+    active_job: str | None = Field(default=None, description="The Job doing this resource's work now, if any.")
 
     def set_condition(
         self,

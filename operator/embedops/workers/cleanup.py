@@ -10,15 +10,12 @@ from pydantic import Field
 
 from embedops.api.common import ApiModel
 from embedops.api.index import Target
+from embedops.results import CleanupResult as Result
 from embedops.store import pgvector
 
 
 class Config(ApiModel):
     target: Target = Field(description="The index's view and schema.")
-
-
-class Result(ApiModel):
-    dropped: list[str] = Field(default_factory=list, description="Tables dropped.")
 
 
 def run(config: Config, *, dsn: str | None = None) -> Result:

@@ -31,6 +31,7 @@ from embedops import modelzoo, progress
 from embedops.api.common import ApiModel
 from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, TableSource, Target
 from embedops.datasets import PreparedDataset
+from embedops.results import EmbedResult as Result
 from embedops.store import names, pgvector, sources
 
 if TYPE_CHECKING:
@@ -79,21 +80,6 @@ class Config(ApiModel):
     @property
     def shards(self) -> int:
         return self.shard_count or self.embedding.shards
-
-
-class Result(ApiModel):
-    """The version this shard wrote into, and how far it is."""
-
-    version: int
-    table: str
-    state: str = Field(description="The version's state: Building while shards are still running, then Ready.")
-    rows: int = Field(description="Rows of the version committed by all shards.")
-    shard_rows: int = Field(description="Rows of this shard committed.")
-    embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
-    resumed: bool
-    reused: bool = Field(default=False, description="An existing finished version was returned; nothing was embedded.")
-    seconds: float = Field(description="Wall time of the step, model loading and ANN build included.")
-    rows_per_second: float = Field(description="Rows embedded and committed per second of embedding.")
 
 
 # -- documents ----------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from embedops.api.dataset import (
     ValidationSpec,
 )
 from embedops.datasets import Doc, TrainExample
+from embedops.results import PrepareResult as Result
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,6 @@ class Config(ApiModel):
     spec: EmbeddingDatasetSpec = Field(description="The EmbeddingDataset spec.")
     base_dir: Path = Field(description="Relative paths in the spec resolve against this folder.")
     output_dir: Path = Field(description="Where the prepared dataset is written.")
-
-
-class Result(ApiModel):
-    """The EmbeddingDatasetStatus fields this step determines."""
-
-    counts: DatasetCounts
-    fingerprint: str
-    location: str
-    invalid_samples: list[str]
-    prepared_at: str
 
 
 class BadRow(ValueError):

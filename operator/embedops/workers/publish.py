@@ -22,7 +22,8 @@ from pathlib import Path
 from pydantic import Field
 
 from embedops.api.common import ApiModel
-from embedops.api.index import IndexVersion, ProbeResult, ProbeSpec, Target
+from embedops.api.index import ProbeSpec, Target
+from embedops.results import PublishResult as Result
 from embedops.store import pgvector
 from embedops.workers import probe
 
@@ -41,16 +42,6 @@ class Config(ApiModel):
     pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
     keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-
-class Result(ApiModel):
-    candidate: int = Field(description="The version gated.")
-    probe: ProbeResult | None = Field(default=None, description="The candidate's probe, when it was probed.")
-    note_reason: str | None = Field(default=None, description="Why the candidate is not live, one CamelCase word.")
-    note: str | None = Field(default=None, description="The same, for people.")
-    live_version: int | None = None
-    dropped: list[int] = Field(default_factory=list, description="Versions dropped by retention.")
-    versions: list[IndexVersion] = Field(default_factory=list, description="The catalog's versions after the step.")
 
 
 def run(config: Config, *, dsn: str | None = None) -> Result:

@@ -27,8 +27,16 @@ from transformers import TrainerCallback
 
 from embedops import modelzoo, progress, retrieval
 from embedops.api.common import ApiModel
-from embedops.api.finetune import EvaluationSpec, FineTuneJobSpec, IRMetrics, LossSpec, ModelArtifact, TrainingSpec
+from embedops.api.finetune import (
+    EvaluationSpec,
+    FineTuneJobSpec,
+    IRMetrics,
+    LossSpec,
+    ModelArtifact,
+    TrainingSpec,
+)
 from embedops.datasets import PreparedDataset, TrainExample
+from embedops.results import TrainResult as Result
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -46,21 +54,6 @@ class Config(ApiModel):
     output_dir: Path = Field(description="Where checkpoints/, model/ and evaluation.json are written.")
     base_dir: Path | None = Field(default=None, description="Relative model paths resolve against this folder.")
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-
-class Result(ApiModel):
-    """The FineTuneJobStatus fields this step determines."""
-
-    model: ModelArtifact
-    base_metrics: IRMetrics
-    tuned_metrics: IRMetrics
-    ndcg_gain: float
-    train_pairs: int
-    steps: int
-    resumed_from_step: int | None = None
-    start_time: str
-    completion_time: str
-    duration_seconds: float
 
 
 def _now() -> str:

@@ -1,0 +1,105 @@
+"""What each worker returns: small JSON documents, written to a pod's termination message.
+
+They live apart from the workers so that the operator, whose image has no torch, can read
+them; a worker module imports its own as `Result`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field
+
+from embedops.api.common import ApiModel
+from embedops.api.dataset import DatasetCounts
+from embedops.api.finetune import IRMetrics, ModelArtifact
+from embedops.api.index import IndexVersion, ProbeResult
+
+# Kubernetes keeps at most this many bytes of a container's termination message.
+TERMINATION_MESSAGE_BYTES = 4096
+
+
+class PrepareResult(ApiModel):
+    """The EmbeddingDatasetStatus fields this step determines."""
+
+    counts: DatasetCounts
+    fingerprint: str
+    location: str
+    invalid_samples: list[str]
+    prepared_at: str
+
+
+class TrainResult(ApiModel):
+    """The FineTuneJobStatus fields this step determines."""
+
+    model: ModelArtifact
+    base_metrics: IRMetrics
+    tuned_metrics: IRMetrics
+    ndcg_gain: float
+    train_pairs: int
+    steps: int
+    resumed_from_step: int | None = None
+    start_time: str
+    completion_time: str
+    duration_seconds: float
+
+
+class EmbedResult(ApiModel):
+    """The version this shard wrote into, and how far it is."""
+
+    version: int
+    table: str
+    state: str = Field(description="The version's state: Building while shards are still running, then Ready.")
+    rows: int = Field(description="Rows of the version committed by all shards.")
+    shard_rows: int = Field(description="Rows of this shard committed.")
+    embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
+    resumed: bool
+    reused: bool = Field(default=False, description="An existing finished version was returned; nothing was embedded.")
+    seconds: float = Field(description="Wall time of the step, model loading and ANN build included.")
+    rows_per_second: float = Field(description="Rows embedded and committed per second of embedding.")
+
+
+class PublishResult(ApiModel):
+    candidate: int = Field(description="The version gated.")
+    probe: ProbeResult | None = Field(default=None, description="The candidate's probe, when it was probed.")
+    note_reason: str | None = Field(default=None, description="Why the candidate is not live, one CamelCase word.")
+    note: str | None = Field(default=None, description="The same, for people.")
+    live_version: int | None = None
+    dropped: list[int] = Field(default_factory=list, description="Versions dropped by retention.")
+    versions: list[IndexVersion] = Field(default_factory=list, description="The catalog's versions after the step.")
+    versions_truncated: bool = Field(
+        default=False, description="Older versions were left out to fit the termination message."
+    )
+
+
+class CleanupResult(ApiModel):
+    dropped: list[str] = Field(default_factory=list, description="Tables dropped.")
+
+
+def termination_message(result: ApiModel) -> str:
+    """The result as compact JSON that fits a termination message.
+
+    Only a publish result can grow (one entry per retained version): older versions lose
+    their last probe first, then are left out, newest kept. Nothing a status needs is lost
+    for the live version.
+    """
+    doc = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    def encoded() -> str:
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    versions = doc.get("versions")
+    if len(encoded().encode()) > TERMINATION_MESSAGE_BYTES and isinstance(versions, list):
+        for v in versions:
+            if v.get("state") != "Live":
+                v.pop("probe", None)
+        while len(encoded().encode()) > TERMINATION_MESSAGE_BYTES and len(versions) > 1:
+            drop = next((v for v in reversed(versions) if v.get("state") != "Live"), None)
+            if drop is None:
+                break
+            versions.remove(drop)
+        doc["versionsTruncated"] = True
+    text = encoded()
+    if len(text.encode()) > TERMINATION_MESSAGE_BYTES:
+        raise ValueError(f"result of {len(text.encode())} bytes does not fit a termination message")
+    return text
