@@ -115,12 +115,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_error(path: Path | None, reason: str, message: str) -> None:
+    """A failed worker's termination message: what the operator shows in the resource's conditions."""
+    if path is not None:
+        text = json.dumps({"error": {"reason": reason, "message": message[:3000]}}, separators=(",", ":"))
+        path.write_text(text, encoding="utf-8")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker from a typed config; the result JSON goes to stdout and --result."""
     import yaml
     from pydantic import ValidationError
 
     from embedops.api.kinds import format_validation_error
+    from embedops.modelzoo import ModelNotFound
     from embedops.results import termination_message
 
     module = importlib.import_module(f"embedops.workers.{args.name}")
@@ -137,14 +145,38 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         config = module.Config.model_validate(raw)
     except ValidationError as err:
+        lines = format_validation_error(err, prefix="config")
         print(f"error: invalid worker config ({where}):", file=sys.stderr)
-        for line in format_validation_error(err, prefix="config"):
+        for line in lines:
             print(f"  {line}", file=sys.stderr)
+        _write_error(args.result, "InvalidConfig", "; ".join(lines))
         return 2
-    result = module.run(config, dsn=os.environ.get(DSN_ENV))
+    try:
+        result = module.run(config, dsn=os.environ.get(DSN_ENV))
+    except (ValueError, FileNotFoundError, ModelNotFound) as err:
+        # Bad input: the same run would fail again, so the exit code tells the Job not to retry.
+        print(f"error: {err}", file=sys.stderr)
+        _write_error(args.result, "InvalidInput", str(err))
+        return 3
     print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True))
     if args.result:
         args.result.write_text(termination_message(result), encoding="utf-8")
+    return 0
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """Run the operator (kopf) against the cluster of the kubeconfig or the in-cluster service account."""
+    import kopf
+
+    import embedops.handlers  # noqa: F401 - registers the handlers
+
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        standalone=True,  # one replica (the chart's Deployment uses the Recreate strategy); no peering CRDs
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz" if args.health_port else None,
+    )
     return 0
 
 
@@ -177,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "rollback":
             cmd.add_argument("--to", type=int, help="version to serve (default: the newest one before the live one)")
         cmd.set_defaults(func=func)
+
+    op = sub.add_parser("operator", help="run the Kubernetes operator")
+    op.add_argument("-n", "--namespace", action="append", default=[],
+                    help="watch only this namespace (repeatable; default: all namespaces)")
+    op.add_argument("--health-port", type=int, default=8081, help="port of /healthz (0: none; default 8081)")
+    op.set_defaults(func=cmd_operator)
 
     worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
     worker.add_argument("name", choices=WORKERS)

@@ -1,0 +1,213 @@
+"""Handlers of the three kinds, and of the Jobs they own.
+
+Each handler only finds out which resource to reconcile; `reconcile` reads what exists
+(the resource, its Jobs and their results, the resources it references), asks
+embedops.reconcile for a plan, and carries it out. Triggers:
+
+- create, update (spec, labels or annotations) and resume (operator start) of a resource;
+- a timer on each resource (EMBEDOPS_RECONCILE_SECONDS), for probe and drift schedules
+  and as a backstop for missed events;
+- any change of a Job the operator owns (a pod finished, a Job completed or failed);
+- a change of a resource's Ready condition, for the resources that reference it.
+
+kopf keeps its bookkeeping in annotations under `embedops.dev/` and uses the finalizer
+`embedops.dev/finalizer`, which it adds only to an EmbeddingIndex with
+`deletionPolicy: Delete` (the one deletion that has work to do: dropping tables).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+import kopf
+
+from embedops import metrics, reconcile
+from embedops.api.common import GROUP, VERSION, BaseStatus
+from embedops.api.index import EmbeddingIndexSpec
+from embedops.api.kinds import KINDS
+from embedops.handlers import kube
+from embedops.resources import naming
+from embedops.resources.jobs import WorkerStep, worker_job
+from embedops.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+SETTINGS = OperatorSettings.from_env()
+_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.WARNING  # kopf's own log lines do not become Events; ours are posted below
+    settings.execution.max_workers = 8
+    settings.watching.server_timeout = 300
+    kube.api()
+    metrics.serve(SETTINGS.metrics_port)
+
+
+# -- reconcile ----------------------------------------------------------------------------------
+
+
+def _with_transition_times(new: BaseStatus, old: dict[str, Any]) -> None:
+    """Keep a condition's lastTransitionTime when its status did not change."""
+    previous = {c.get("type"): c for c in old.get("conditions") or []}
+    for cond in new.conditions:
+        before = previous.get(cond.type)
+        if before is not None and before.get("status") == cond.status and before.get("lastTransitionTime"):
+            cond.last_transition_time = before["lastTransitionTime"]
+
+
+def reconcile_resource(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    """Reconcile one resource; returns the status written (None when unchanged or gone)."""
+    with _locks[f"{kind}/{namespace}/{name}"]:
+        body = kube.get_object(kind, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        metrics.METRICS.reconciles.labels(kind).inc()
+        try:
+            return _reconcile(kind, namespace, name, body)
+        except Exception:
+            metrics.METRICS.errors.labels(kind).inc()
+            raise
+
+
+def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    jobs = kube.owned_jobs(namespace, body["metadata"]["uid"])
+    related = {}
+    for ref_kind, ref_name in reconcile.references(body):
+        other = kube.get_object(ref_kind, namespace, ref_name)
+        if other is not None:
+            related[(ref_kind, ref_name)] = other.get("status") or {}
+    plan = reconcile.plan(reconcile.Observed(body=body, jobs=jobs, related=related), SETTINGS)
+    for manifest in plan.create:
+        if kube.create_job(manifest):
+            log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
+    for type_, reason, message in plan.events:
+        kopf.event(body, type=type_, reason=reason, message=message)
+    old = body.get("status") or {}
+    written = None
+    status = plan.status
+    if status is not None:
+        _with_transition_times(status, old)
+        wire = status.to_wire()
+        if wire != old:
+            kube.replace_status(kind, namespace, name, wire, exists="status" in body)
+            written = wire
+            if _ready(wire) != _ready(old):
+                _nudge_dependants(kind, namespace, name)
+    else:
+        status = _status_model(kind, old)
+    _observe_metrics(kind, namespace, name, body, status)
+    return written
+
+
+def _ready(status: dict[str, Any]) -> str | None:
+    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def _status_model(kind: str, raw: dict[str, Any]) -> BaseStatus:
+    model = KINDS[kind].status_model
+    try:
+        return model.model_validate(raw)
+    except Exception:  # noqa: BLE001 - metrics must not fail a reconcile
+        return model()
+
+
+def _observe_metrics(kind: str, namespace: str, name: str, body: dict[str, Any], status: BaseStatus) -> None:
+    try:
+        spec = KINDS[kind].spec_model.model_validate(body.get("spec") or {})
+    except Exception:  # noqa: BLE001 - an invalid spec still has a Ready series
+        spec = None
+    metrics.METRICS.observe(kind, namespace, name, spec, status)
+
+
+def _nudge_dependants(kind: str, namespace: str, name: str) -> None:
+    """Reconcile the resources that reference this one, now that its readiness changed."""
+    for other_kind in ("FineTuneJob", "EmbeddingIndex"):
+        for other in kube.list_objects(other_kind, namespace):
+            if (kind, name) in reconcile.references(other):
+                threading.Thread(target=_safe_reconcile, args=(other_kind, namespace, other["metadata"]["name"]),
+                                 daemon=True).start()
+
+
+def _safe_reconcile(kind: str, namespace: str, name: str) -> None:
+    try:
+        reconcile_resource(kind, namespace, name)
+    except Exception:  # noqa: BLE001 - the timer retries
+        log.exception("%s %s/%s: reconcile failed; the timer will retry", kind, namespace, name)
+
+
+def _handler(body: kopf.Body, **_: Any) -> None:
+    try:
+        reconcile_resource(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+    except kopf.PermanentError:
+        raise
+    except Exception as err:  # noqa: BLE001 - conflicts, API hiccups: retry with a delay
+        raise kopf.TemporaryError(f"reconcile failed: {err}", delay=10) from err
+
+
+for _kind in KINDS.values():
+    _plural = _kind.plural
+    kopf.on.resume(GROUP, VERSION, _plural, id="reconcile-on-resume")(_handler)
+    kopf.on.create(GROUP, VERSION, _plural, id="reconcile-on-create")(_handler)
+    kopf.on.update(GROUP, VERSION, _plural, id="reconcile-on-update")(_handler)
+    kopf.timer(GROUP, VERSION, _plural, id="reconcile-timer", interval=SETTINGS.reconcile_seconds,
+               idle=None, initial_delay=SETTINGS.reconcile_seconds)(_handler)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY})
+def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's argument name
+    owner = next((r for r in body["metadata"].get("ownerReferences") or []
+                  if r.get("apiVersion", "").startswith(f"{GROUP}/") and r.get("kind") in KINDS), None)
+    if owner is None or type == "DELETED":
+        return
+    _safe_reconcile(owner["kind"], body["metadata"]["namespace"], owner["name"])
+
+
+# -- deletion -----------------------------------------------------------------------------------
+
+
+def _deletes_tables(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("deletionPolicy") == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, "embeddingindexes", id="drop-tables", when=_deletes_tables)
+def drop_tables(body: kopf.Body, **_: Any) -> None:
+    """deletionPolicy: Delete: run a cleanup Job and let the resource go once it succeeded."""
+    spec = EmbeddingIndexSpec.model_validate(body.get("spec") or {})
+    owner = reconcile.owner_of(dict(body))
+    if spec.database.dsn_secret_ref is None:
+        return  # nothing was ever built
+    step = WorkerStep(step="cleanup", worker="cleanup", key=owner.uid, config={"target": spec.target.to_wire()},
+                      resources=spec.resources, scheduling=spec.scheduling, dsn_secret=spec.database.dsn_secret_ref,
+                      ttl_seconds=600)
+    manifest = worker_job(owner, step, SETTINGS)
+    # Not owned: the garbage collector would delete it with the resource it cleans up after.
+    manifest["metadata"].pop("ownerReferences")
+    job = kube.read_job(owner.namespace, manifest["metadata"]["name"])
+    if job is None:
+        kube.create_job(manifest)
+        raise kopf.TemporaryError(f"dropping {spec.target.schema_name}.{spec.target.name}: Job created", delay=5)
+    observed = kube.observe_job(job)
+    if observed.state == "Succeeded":
+        metrics.METRICS.forget("EmbeddingIndex", owner.namespace, owner.name)
+        return
+    if observed.state == "Failed":
+        kopf.warn(body, reason="CleanupFailed", message=f"Job {observed.name} failed: {observed.error}")
+        raise kopf.TemporaryError(f"cleanup Job {observed.name} failed; delete it to retry", delay=60)
+    raise kopf.TemporaryError(f"waiting for cleanup Job {observed.name}", delay=5)
+
+
+@kopf.on.event(GROUP, VERSION, "embeddingdatasets")
+@kopf.on.event(GROUP, VERSION, "finetunejobs")
+@kopf.on.event(GROUP, VERSION, "embeddingindexes")
+def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002
+    if type == "DELETED":
+        metrics.METRICS.forget(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])

@@ -1,0 +1,152 @@
+"""The operator's reads and writes against the API server (the kubernetes client, sync)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from embedops.api.common import GROUP, VERSION
+from embedops.api.kinds import KINDS
+from embedops.reconcile import ObservedJob
+from embedops.resources import naming
+from embedops.resources.jobs import CONTAINER
+
+log = logging.getLogger(__name__)
+
+_api: client.ApiClient | None = None
+
+
+def api() -> client.ApiClient:
+    global _api
+    if _api is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        _api = client.ApiClient()
+    return _api
+
+
+def plural(kind: str) -> str:
+    return KINDS[kind].plural
+
+
+def get_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return client.CustomObjectsApi(api()).get_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def list_objects(kind: str, namespace: str) -> list[dict[str, Any]]:
+    out = client.CustomObjectsApi(api()).list_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind))
+    return out.get("items", [])
+
+
+def replace_status(kind: str, namespace: str, name: str, status: dict[str, Any], *, exists: bool) -> None:
+    """Replace the whole status in one JSON patch (a merge patch could not remove fields)."""
+    op = "replace" if exists else "add"
+    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, plural(kind), name, [{"op": op, "path": "/status", "value": status}])
+
+
+def create_job(manifest: dict[str, Any]) -> bool:
+    """Create a Job; False when it exists already (a restart, or a concurrent reconcile)."""
+    try:
+        client.BatchV1Api(api()).create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+
+
+def read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return api().sanitize_for_serialization(client.BatchV1Api(api()).read_namespaced_job(name, namespace))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def owned_jobs(namespace: str, owner_uid: str) -> dict[str, ObservedJob]:
+    jobs = client.BatchV1Api(api()).list_namespaced_job(
+        namespace, label_selector=f"{naming.LABEL_OWNER_UID}={owner_uid}")
+    out = {}
+    for job in jobs.items:
+        raw = api().sanitize_for_serialization(job)
+        out[raw["metadata"]["name"]] = observe_job(raw)
+    return out
+
+
+def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def observe_job(job: dict[str, Any]) -> ObservedJob:
+    """A Job's state and its pods' results, read from their termination messages."""
+    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+    status = job.get("status") or {}
+    if _condition(job, "Complete"):
+        state = "Succeeded"
+    elif _condition(job, "Failed"):
+        state = "Failed"
+    elif status.get("active"):
+        state = "Running"
+    else:
+        state = "Pending"
+    suspended = bool((job.get("spec") or {}).get("suspend")) and state == "Pending"
+    results: dict[int, dict[str, Any]] = {}
+    error = None
+    if status.get("succeeded") or status.get("failed") or state in ("Succeeded", "Failed"):
+        pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}")
+        failures = []
+        for pod in pods.items:
+            raw = api().sanitize_for_serialization(pod)
+            message = _termination_message(raw)
+            phase = (raw.get("status") or {}).get("phase")
+            if phase == "Succeeded" and message:
+                try:
+                    doc = json.loads(message)
+                except json.JSONDecodeError:
+                    log.warning("pod %s/%s: termination message is not JSON", namespace, raw["metadata"]["name"])
+                    continue
+                index = int((raw["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
+                results[index] = doc
+            elif phase == "Failed":
+                failures.append((raw["metadata"].get("creationTimestamp") or "", message))
+        if state == "Failed":
+            failed = _condition(job, "Failed") or {}
+            newest = max(failures)[1] if failures else None
+            error = _error_text(newest) or failed.get("message") or failed.get("reason")
+    return ObservedJob(name=name, state=state, results=results, error=error, suspended=suspended)  # type: ignore[arg-type]
+
+
+def _termination_message(pod: dict[str, Any]) -> str | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            return terminated.get("message")
+    return None
+
+
+def _error_text(message: str | None) -> str | None:
+    """A worker's error document (`{"error": {reason, message}}`), or the log tail Kubernetes kept."""
+    if not message:
+        return None
+    try:
+        doc = json.loads(message)
+        err = doc["error"]
+        return f"{err['reason']}: {err['message']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return message.strip().splitlines()[-1][:500] if message.strip() else None

@@ -1,0 +1,192 @@
+"""Worker Jobs: one builder for every step, so every pod the operator starts looks the same.
+
+A worker pod runs `embedops worker <name> --spec-json <config> --result /dev/termination-log`:
+its typed config is in the pod spec (no ConfigMap to go stale, and `kubectl describe` shows
+exactly what ran), the database DSN comes from a Secret through the environment, and the
+small JSON result comes back through the termination message, which the operator copies
+into status. Exit code 2 (invalid config) and 3 (invalid input data) fail the Job at once
+through a pod failure policy: retrying would not help. Other failures retry up to
+`backoffLimit`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
+from embedops.resources import naming
+from embedops.settings import WORKSPACE, OperatorSettings
+
+GPU = "nvidia.com/gpu"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+CONTAINER = "worker"
+TERMINATION_LOG = "/dev/termination-log"
+EXIT_INVALID_CONFIG = 2
+EXIT_INVALID_INPUT = 3
+RUN_AS = 10001  # the worker image's non-root user
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The custom resource a child belongs to."""
+
+    kind: str
+    name: str
+    namespace: str
+    uid: str
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
+            "controller": True, "blockOwnerDeletion": True,
+        }
+
+
+@dataclass(frozen=True)
+class WorkerStep:
+    """One run of one worker for one owner."""
+
+    step: str  # prepare, train, embed, publish, probe, drift, cleanup
+    worker: str
+    key: str  # inputs hash: part of the name, so new inputs mean a new Job
+    config: dict[str, Any]
+    resources: Resources = field(default_factory=Resources)
+    scheduling: Scheduling = field(default_factory=Scheduling)
+    gpus: int = 0
+    dsn_secret: SecretKeySelector | None = None
+    shards: int | None = None  # an Indexed Job of this many completions, one pod each
+    ttl_seconds: int | None = None  # overrides scheduling.ttlSecondsAfterFinished
+
+    def job_name(self, owner: Owner) -> str:
+        return naming.child_name(owner.name, self.step, self.key)
+
+
+def worker_command(step: WorkerStep) -> list[str]:
+    return ["embedops", "worker", step.worker,
+            "--spec-json", json.dumps(step.config, sort_keys=True, separators=(",", ":")),
+            "--result", TERMINATION_LOG]
+
+
+def _resources(res: Resources, gpus: int) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if gpus:
+        requests[GPU] = limits[GPU] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _tolerations(scheduling: Scheduling, gpus: int) -> list[dict[str, Any]]:
+    tolerations = [t.to_wire() for t in scheduling.tolerations]
+    # GPU node pools are tainted nvidia.com/gpu; a pod that asks for GPUs tolerates it (as
+    # the ExtendedResourceToleration admission plugin would, where a cluster enables it).
+    if gpus and not any(t.get("key") == GPU for t in tolerations):
+        tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    return tolerations
+
+
+def _env(step: WorkerStep) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if step.dsn_secret is not None:
+        env.append({"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {
+            "name": step.dsn_secret.name, "key": step.dsn_secret.key}}})
+    return env
+
+
+def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
+    """The batch/v1 Job that runs `step` for `owner`."""
+    sched = step.scheduling
+    labels = naming.child_labels(owner.kind, owner.name, owner.uid, step.step, step.key)
+    job_labels = dict(labels)
+    if sched.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+    volumes: list[dict[str, Any]] = [
+        {"name": "workspace", "persistentVolumeClaim": {"claimName": settings.workspace_claim}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    if step.gpus:
+        # PyTorch data loaders share tensors through /dev/shm, which is 64 MiB by default.
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": settings.worker_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": worker_command(step),
+        "env": _env(step),
+        "volumeMounts": mounts,
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    if resources := _resources(step.resources, step.gpus):
+        container["resources"] = resources
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": volumes,
+        "securityContext": {
+            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if tolerations := _tolerations(sched, step.gpus):
+        pod_spec["tolerations"] = tolerations
+    if sched.affinity:
+        pod_spec["affinity"] = sched.affinity
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.service_account_name:
+        pod_spec["serviceAccountName"] = sched.service_account_name
+    job_spec: dict[str, Any] = {
+        "backoffLimit": sched.backoff_limit,
+        "suspend": sched.suspend,
+        "podFailurePolicy": {"rules": [{
+            "action": "FailJob",
+            "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                            "values": [EXIT_INVALID_CONFIG, EXIT_INVALID_INPUT]},
+        }]},
+        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+    }
+    if step.shards is not None:
+        job_spec.update(completionMode="Indexed", completions=step.shards, parallelism=step.shards)
+        # A shard that fails is retried on its own; the others go on.
+        job_spec["backoffLimitPerIndex"] = sched.backoff_limit
+        job_spec.pop("backoffLimit")
+    if sched.active_deadline_seconds is not None:
+        job_spec["activeDeadlineSeconds"] = sched.active_deadline_seconds
+    ttl = step.ttl_seconds if step.ttl_seconds is not None else sched.ttl_seconds_after_finished
+    if ttl is not None:
+        job_spec["ttlSecondsAfterFinished"] = ttl
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": step.job_name(owner),
+            "namespace": owner.namespace,
+            "labels": job_labels,
+            "ownerReferences": [owner.reference()],
+        },
+        "spec": job_spec,
+    }
