@@ -432,7 +432,9 @@ def _schedule(obs: Observed, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
             "minRecall": spec.probe.min_recall, "maxRegression": spec.probe.max_regression, **inputs.probe_set,
         }, ttl=ttl))
     minutes = spec.drift.interval_minutes
-    last = current.drift.checked_at if current.drift and current.drift.version == live.version else None
+    # A version's first drift measurement comes one interval after it was built: right away, the
+    # stored vectors and the source embedded again would match by construction.
+    last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
     if spec.drift.enabled and _due(last, minutes, obs.now):
         config = {"target": target, "version": live.version, "model": live.model, "source": spec.source.to_wire(),
                   "sampleSize": spec.drift.sample_size, "threshold": spec.drift.threshold}

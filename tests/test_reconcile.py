@@ -1,0 +1,217 @@
+"""The operator's planning, from observed state to Jobs and status, with no cluster."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from embedops.reconcile import ObservedJob, Observed, plan
+from embedops.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(worker_image="w:1")
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+
+
+def body(kind: str, name: str, spec: dict, status: dict | None = None, generation: int = 1, **meta) -> dict:
+    out = {"apiVersion": "embedops.dev/v1alpha1", "kind": kind,
+           "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": generation, **meta},
+           "spec": spec}
+    if status is not None:
+        out["status"] = status
+    return out
+
+
+def ready(plan_) -> tuple[str, str]:
+    cond = plan_.status.condition("Ready")
+    return cond.status, cond.reason
+
+
+DATASET_SPEC = {"source": {"beir": {"path": "data/scifact"}}}
+PREPARED = {"counts": {"corpus": 10, "trainPairs": 5, "testQueries": 3}, "fingerprint": "f" * 64,
+            "location": "/workspace/embedops/embeddingdatasets/ds/k", "invalidSamples": [],
+            "preparedAt": "2026-11-25T11:00:00Z"}
+
+
+def _run_dataset_to_ready() -> tuple[dict, str]:
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    first = plan(Observed(b, now=NOW), SETTINGS)
+    job = first.create[0]
+    name = job["metadata"]["name"]
+    b["status"] = first.status.to_wire()
+    done = plan(Observed(b, jobs={name: ObservedJob(name, "Succeeded", {0: PREPARED})}, now=NOW), SETTINGS)
+    b["status"] = done.status.to_wire()
+    return b, name
+
+
+def test_dataset_runs_one_prepare_job_and_copies_its_result():
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    first = plan(Observed(b, now=NOW), SETTINGS)
+    assert [j["metadata"]["name"].split("-")[1] for j in first.create] == ["prepare"]
+    assert ready(first) == ("False", "Preparing") and first.status.phase == "Running"
+    config = json.loads(first.create[0]["spec"]["template"]["spec"]["containers"][0]["command"][4])
+    assert config["baseDir"] == "/workspace" and config["spec"]["source"]["beir"]["path"] == "data/scifact"
+    name = first.create[0]["metadata"]["name"]
+    b["status"] = first.status.to_wire()
+    # While the Job runs, nothing new is created.
+    running = plan(Observed(b, jobs={name: ObservedJob(name, "Running")}, now=NOW), SETTINGS)
+    assert running.create == [] and running.status.active_job == name
+    b, _ = _run_dataset_to_ready()
+    assert b["status"]["fingerprint"] == "f" * 64 and b["status"]["counts"]["trainPairs"] == 5
+    assert b["status"]["phase"] == "Ready" and "activeJob" not in b["status"]
+    # Finished, and the Job deleted by its TTL: nothing runs again.
+    assert plan(Observed(b, now=NOW), SETTINGS).create == []
+    assert plan(Observed(b, now=NOW), SETTINGS).status is None
+
+
+def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
+    b, old = _run_dataset_to_ready()
+    b["spec"] = {**DATASET_SPEC, "split": {"testFraction": 0.3}}
+    b["metadata"]["generation"] = 2
+    again = plan(Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED})}, now=NOW), SETTINGS)
+    assert len(again.create) == 1 and again.create[0]["metadata"]["name"] != old
+    # The last good result stays Ready while the new run goes on.
+    assert ready(again)[0] == "True" and again.status.condition("Progressing").status == "True"
+    b2, old2 = _run_dataset_to_ready()
+    b2["metadata"]["annotations"] = {"embedops.dev/rerun": "2026-11-25"}
+    rerun = plan(Observed(b2, now=NOW), SETTINGS)
+    assert len(rerun.create) == 1 and rerun.create[0]["metadata"]["name"] != old2
+
+
+def test_invalid_spec_is_reported_not_raised():
+    b = body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "x"}, "pairs": {"path": "y"}}})
+    p = plan(Observed(b, now=NOW), SETTINGS)
+    assert p.create == [] and ready(p) == ("False", "InvalidSpec")
+    assert "exactly one of source.beir, source.pairs or source.postgres" in p.status.condition("Ready").message
+    assert p.events and p.events[0][:2] == ("Warning", "InvalidSpec")
+    # The same failure again posts no second event.
+    b["status"] = p.status.to_wire()
+    assert plan(Observed(b, now=NOW), SETTINGS).events == []
+
+
+def test_failed_job_fails_the_resource_with_the_workers_message():
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    name = plan(Observed(b, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    p = plan(Observed(b, jobs={name: ObservedJob(name, "Failed", error="InvalidInput: corpus.jsonl:3: bad")},
+                      now=NOW), SETTINGS)
+    assert ready(p) == ("False", "JobFailed") and p.status.phase == "Failed"
+    assert "corpus.jsonl:3: bad" in p.status.condition("Ready").message
+    assert p.create == []
+
+
+def test_finetune_waits_for_its_dataset_then_trains_on_a_gpu():
+    ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}})
+    waiting = plan(Observed(ft, now=NOW), SETTINGS)
+    assert waiting.create == [] and ready(waiting) == ("False", "DependencyNotFound")
+    ds, _ = _run_dataset_to_ready()
+    p = plan(Observed(ft, related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW), SETTINGS)
+    (job,) = p.create
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    config = json.loads(container["command"][4])
+    assert config["datasetDir"] == PREPARED["location"]
+    assert config["outputDir"].startswith("/workspace/embedops/finetunejobs/ft/")
+
+
+TRAINED = {
+    "model": {"location": "/workspace/embedops/finetunejobs/ft/k1/model", "baseModel": "m", "dimensions": 384,
+              "fingerprint": "a" * 64},
+    "baseMetrics": {"ndcgAt10": 0.6, "mrrAt10": 0.5, "recallAt10": 0.7, "recallAt100": 0.9, "queries": 3},
+    "tunedMetrics": {"ndcgAt10": 0.7, "mrrAt10": 0.6, "recallAt10": 0.8, "recallAt100": 0.95, "queries": 3},
+    "ndcgGain": 0.1, "trainPairs": 5, "steps": 2, "startTime": "2026-11-25T11:00:00Z",
+    "completionTime": "2026-11-25T11:10:00Z", "durationSeconds": 600.0,
+}
+INDEX_SPEC = {"model": {"fineTuneJobRef": {"name": "ft"}}, "source": {"datasetRef": {"name": "ds"}},
+              "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
+              "embedding": {"shards": 2}, "probe": {"minRecall": 0.5}}
+
+
+def _trained_status(model_fingerprint: str = "a" * 64) -> dict:
+    ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}})
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"]}
+    p = plan(Observed(ft, related=related, now=NOW), SETTINGS)
+    name = p.create[0]["metadata"]["name"]
+    result = json.loads(json.dumps(TRAINED))
+    result["model"]["fingerprint"] = model_fingerprint
+    done = plan(Observed(ft, jobs={name: ObservedJob(name, "Succeeded", {0: result})}, related=related, now=NOW),
+                SETTINGS)
+    return done.status.to_wire()
+
+
+def _publish_result(version: int, recall: float = 0.8) -> dict:
+    probe = {"version": version, "k": 10, "recallAtK": recall, "mrrAt10": 0.6, "ndcgAt10": 0.65, "queries": 3,
+             "passed": True, "reason": "ok", "checkedAt": "2026-11-25T12:00:00Z"}
+    return {"candidate": version, "probe": probe, "liveVersion": version, "dropped": [],
+            "versions": [{"version": version, "table": f"docs_v{version}", "model": "/m", "rows": 10,
+                          "state": "Live", "probe": probe, "createdAt": "2026-11-25T11:50:00Z"}]}
+
+
+def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
+    p = plan(Observed(ix, related=related, now=NOW), SETTINGS)
+    (embed,) = p.create
+    assert embed["spec"]["completions"] == 2 and ready(p) == ("False", "Embedding")
+    config = json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])
+    assert config["model"] == TRAINED["model"]["location"] and config["modelName"] == config["model"]
+    ix["status"] = p.status.to_wire()
+    en = embed["metadata"]["name"]
+    shard = {"version": 1, "table": "docs_v1", "rows": 10, "shardRows": 5, "embedded": 5, "resumed": False,
+             "seconds": 1.0, "rowsPerSecond": 50.0}
+    # One shard done: progress is reported, nothing new starts.
+    half = plan(Observed(ix, jobs={en: ObservedJob(en, "Running", {0: {**shard, "state": "Building"}})},
+                         related=related, now=NOW), SETTINGS)
+    assert half.create == [] and half.status.reindex.rows_done == 5
+    jobs = {en: ObservedJob(en, "Succeeded", {0: {**shard, "state": "Building"}, 1: {**shard, "state": "Ready"}})}
+    p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
+    (publish,) = p.create
+    assert ready(p) == ("False", "Publishing")
+    pconfig = json.loads(publish["spec"]["template"]["spec"]["containers"][0]["command"][4])
+    assert pconfig["version"] == 1 and pconfig["datasetDir"] == PREPARED["location"]
+    ix["status"] = p.status.to_wire()
+    pn = publish["metadata"]["name"]
+    jobs[pn] = ObservedJob(pn, "Succeeded", {0: _publish_result(1)})
+    p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
+    assert ready(p) == ("True", "Serving") and p.status.live_version == 1 and p.status.reindex is None
+    ix["status"] = p.status.to_wire()
+    # Steady state: nothing due yet, and nothing to write.
+    steady = plan(Observed(ix, jobs=jobs, related=related, now=NOW + dt.timedelta(minutes=5)), SETTINGS)
+    assert steady.create == [] and steady.status is None
+    # Half an hour on, a probe Job of the live version; an hour on, a drift Job too.
+    later = plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=61)), SETTINGS)
+    assert sorted(j["metadata"]["labels"]["embedops.dev/step"] for j in later.create) == ["drift", "probe"]
+    probe_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "probe")
+    assert probe_job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.periodic_job_ttl_seconds
+    # A probe below minRecall degrades the index.
+    name = probe_job["metadata"]["name"]
+    low = {"version": 1, "k": 10, "recallAtK": 0.2, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
+           "checkedAt": "2026-11-25T13:01:00Z"}
+    degraded = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low})}, related=related,
+                             now=NOW + dt.timedelta(minutes=61)), SETTINGS)
+    assert degraded.status.phase == "Degraded"
+    assert degraded.status.condition("Degraded").reason == "QualityDegraded"
+
+
+def test_index_follows_a_new_model_and_a_pin_republishes_without_rebuilding():
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
+    first = plan(Observed(ix, related=related, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    related2 = {**related, ("FineTuneJob", "ft"): _trained_status("b" * 64)}
+    second = plan(Observed(ix, related=related2, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    assert first != second  # a new model, a new build
+    pinned = body("EmbeddingIndex", "ix", {**INDEX_SPEC, "pinnedVersion": 1})
+    assert plan(Observed(pinned, related=related, now=NOW), SETTINGS).create[0]["metadata"]["name"] == first
+
+
+def test_index_without_database_or_model():
+    ix = body("EmbeddingIndex", "ix", {k: v for k, v in INDEX_SPEC.items() if k != "database"})
+    assert ready(plan(Observed(ix, now=NOW), SETTINGS)) == ("False", "MissingDatabase")
+    ds, _ = _run_dataset_to_ready()
+    untrained = {"conditions": [{"type": "Ready", "status": "False", "reason": "Training",
+                                 "lastTransitionTime": "2026-11-25T11:00:00Z"}]}
+    ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
+    p = plan(Observed(ix, related={("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): untrained},
+                      now=NOW), SETTINGS)
+    assert p.create == [] and ready(p) == ("False", "WaitingForModel")

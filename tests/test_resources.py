@@ -1,0 +1,123 @@
+"""The pure builders: worker Jobs from specs, with no cluster."""
+
+from __future__ import annotations
+
+import json
+
+from embedops.api.common import Resources, Scheduling, SecretKeySelector
+from embedops.resources import naming
+from embedops.resources.jobs import Owner, WorkerStep, worker_job
+from embedops.settings import OperatorSettings
+
+OWNER = Owner(kind="FineTuneJob", name="scifact-minilm", namespace="team-a", uid="0f9d1c9e-1111-2222-3333-444455556666")
+SETTINGS = OperatorSettings(worker_image="registry.example/embedops-worker:1.2.3", workspace_claim="ws")
+
+
+def _train_step(**overrides) -> WorkerStep:
+    args = dict(step="train", worker="train", key="abc123", config={"outputDir": "/workspace/x"}, gpus=1)
+    args.update(overrides)
+    return WorkerStep(**args)
+
+
+def test_training_job_requests_gpus_and_passes_scheduling_through():
+    scheduling = Scheduling.model_validate({
+        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "priorityClassName": "ml-batch", "queueName": "team-a-gpus", "backoffLimit": 4,
+        "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 600, "suspend": True,
+        "serviceAccountName": "trainer",
+    })
+    job = worker_job(OWNER, _train_step(gpus=2, scheduling=scheduling,
+                                        resources=Resources(cpu="8", memory="32Gi")), SETTINGS)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
+                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+    assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert pod["affinity"] == scheduling.affinity
+    assert pod["priorityClassName"] == "ml-batch"
+    assert pod["serviceAccountName"] == "trainer"
+    # The user's toleration, plus the one every GPU pool's taint needs.
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"], spec["suspend"]) == (
+        4, 7200, 600, True)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
+    # Kueue reads the label from the Job; the pods do not need it.
+    assert "kueue.x-k8s.io/queue-name" not in spec["template"]["metadata"]["labels"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in pod["volumes"]
+
+
+def test_job_identity_owner_labels_and_command():
+    job = worker_job(OWNER, _train_step(), SETTINGS)
+    meta = job["metadata"]
+    assert meta["name"] == worker_job(OWNER, _train_step(), SETTINGS)["metadata"]["name"]  # deterministic
+    assert meta["name"].startswith("scifact-minilm-train-") and len(meta["name"]) <= 63
+    assert meta["namespace"] == "team-a"
+    assert meta["ownerReferences"] == [{"apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob",
+                                        "name": "scifact-minilm", "uid": OWNER.uid, "controller": True,
+                                        "blockOwnerDeletion": True}]
+    labels = meta["labels"]
+    assert labels["app.kubernetes.io/managed-by"] == "embedops"
+    assert labels["app.kubernetes.io/instance"] == "scifact-minilm"
+    assert labels["app.kubernetes.io/component"] == "train"
+    assert labels[naming.LABEL_OWNER_UID] == OWNER.uid
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/embedops-worker:1.2.3"
+    cmd = container["command"]
+    assert cmd[:3] == ["embedops", "worker", "train"]
+    assert json.loads(cmd[cmd.index("--spec-json") + 1]) == {"outputDir": "/workspace/x"}
+    assert cmd[cmd.index("--result") + 1] == "/dev/termination-log"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # Invalid config or data fails the Job at once instead of retrying.
+    rule = job["spec"]["podFailurePolicy"]["rules"][0]
+    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3]
+
+
+def test_new_inputs_mean_a_new_job_name():
+    a = worker_job(OWNER, _train_step(key="k1"), SETTINGS)["metadata"]["name"]
+    b = worker_job(OWNER, _train_step(key="k2"), SETTINGS)["metadata"]["name"]
+    assert a != b
+
+
+def test_long_owner_names_fit_and_stay_distinct():
+    long_a = Owner(kind="EmbeddingIndex", name="a" * 200 + "-one", namespace="ns", uid="u1")
+    long_b = Owner(kind="EmbeddingIndex", name="a" * 200 + "-two", namespace="ns", uid="u2")
+    step = WorkerStep(step="embed", worker="embed", key="k", config={})
+    na, nb = worker_job(long_a, step, SETTINGS), worker_job(long_b, step, SETTINGS)
+    assert len(na["metadata"]["name"]) <= 63 and len(nb["metadata"]["name"]) <= 63
+    assert na["metadata"]["name"] != nb["metadata"]["name"]
+    assert len(na["metadata"]["labels"]["app.kubernetes.io/instance"]) <= 63
+
+
+def test_dsn_comes_from_the_secret_and_never_from_the_command():
+    step = WorkerStep(step="embed", worker="embed", key="k", config={"target": {"name": "docs"}},
+                      dsn_secret=SecretKeySelector(name="pg", key="uri"), shards=4)
+    job = worker_job(OWNER, step, SETTINGS)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "uri"}}} in container["env"]
+    assert "postgres" not in json.dumps(container["command"])
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 4, 4)
+    assert "nvidia.com/gpu" not in json.dumps(container.get("resources", {}))  # no GPUs unless asked
+    assert "tolerations" not in job["spec"]["template"]["spec"]
+
+
+def test_worker_pods_run_locked_down_with_the_workspace_mounted():
+    job = worker_job(OWNER, _train_step(), SETTINGS)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}}
+    assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "ws"}} in pod["volumes"]
+    assert {"name": "workspace", "mountPath": "/workspace"} in pod["containers"][0]["volumeMounts"]
+
+
+def test_settings_from_environment():
+    s = OperatorSettings.from_env({"EMBEDOPS_WORKER_IMAGE": "x/y:1", "EMBEDOPS_RECONCILE_SECONDS": "2",
+                                   "UNRELATED": "z"})
+    assert s.worker_image == "x/y:1" and s.reconcile_seconds == 2.0
