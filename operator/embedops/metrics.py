@@ -153,7 +153,11 @@ def _unix(stamp: str) -> float:
 METRICS = Metrics()
 
 
+_served: set[int] = set()
+
+
 def serve(port: int) -> None:
-    """Serve /metrics on `port` in a background thread (0: don't)."""
-    if port:
+    """Serve /metrics on `port` in a background thread, once per process (0: don't)."""
+    if port and port not in _served:
         start_http_server(port)
+        _served.add(port)

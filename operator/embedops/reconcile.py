@@ -28,7 +28,7 @@ from embedops.api.kinds import KINDS, format_validation_error
 from embedops.resources import naming
 from embedops.resources.jobs import Owner, WorkerStep, worker_job
 from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
-from embedops.settings import WORKSPACE, OperatorSettings
+from embedops.settings import OperatorSettings
 
 RERUN_ANNOTATION = "embedops.dev/rerun"
 
@@ -153,8 +153,8 @@ def _rerun(body: dict[str, Any]) -> str:
     return (body.get("metadata", {}).get("annotations") or {}).get(RERUN_ANNOTATION, "")
 
 
-def _workdir(plural: str, name: str, key: str) -> str:
-    return f"{WORKSPACE}/embedops/{plural}/{name}/{key}"
+def _workdir(settings: OperatorSettings, plural: str, name: str, key: str) -> str:
+    return f"{settings.workspace_path}/embedops/{plural}/{name}/{key}"
 
 
 def _single_result(job: ObservedJob, model: type, body: dict[str, Any], status_cls: type[BaseStatus]) -> Any:
@@ -209,8 +209,8 @@ def plan_dataset(obs: Observed, settings: OperatorSettings) -> Plan:
     name = body["metadata"]["name"]
     step = WorkerStep(
         step="prepare", worker="prepare", key=key,
-        config={"spec": spec.to_wire(), "baseDir": WORKSPACE,
-                "outputDir": _workdir("embeddingdatasets", name, key)},
+        config={"spec": spec.to_wire(), "baseDir": settings.workspace_path,
+                "outputDir": _workdir(settings, "embeddingdatasets", name, key)},
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
     plan, job = _run_step(obs, EmbeddingDatasetStatus, step, settings, "Preparing")
@@ -237,8 +237,8 @@ def plan_finetune(obs: Observed, settings: OperatorSettings) -> Plan:
     gpus = spec.resources.gpus if spec.resources.gpus is not None else 1
     step = WorkerStep(
         step="train", worker="train", key=key,
-        config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": WORKSPACE,
-                "outputDir": _workdir("finetunejobs", name, key)},
+        config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": settings.workspace_path,
+                "outputDir": _workdir(settings, "finetunejobs", name, key)},
         resources=spec.resources, scheduling=spec.scheduling, gpus=gpus,
     )
     plan, job = _run_step(obs, FineTuneJobStatus, step, settings, "Training")
@@ -264,7 +264,7 @@ class _IndexInputs:
     probe_set: dict[str, str]
 
 
-def _index_inputs(obs: Observed, spec: EmbeddingIndexSpec) -> _IndexInputs:
+def _index_inputs(obs: Observed, spec: EmbeddingIndexSpec, settings: OperatorSettings) -> _IndexInputs:
     """The model and data an index is built from now."""
     model = model_id = None
     if spec.model.fine_tune_job_ref is not None:
@@ -285,7 +285,7 @@ def _index_inputs(obs: Observed, spec: EmbeddingIndexSpec) -> _IndexInputs:
                       EmbeddingIndexStatus)
         dataset_dir, fingerprint = ds.location, ds.fingerprint
     if spec.probe.path:
-        probe_set = {"path": spec.probe.path if spec.probe.path.startswith("/") else f"{WORKSPACE}/{spec.probe.path}"}
+        probe_set = {"path": spec.probe.path if spec.probe.path.startswith("/") else f"{settings.workspace_path}/{spec.probe.path}"}
     elif spec.probe.dataset_ref is not None:
         ds = _related(obs, "EmbeddingDataset", spec.probe.dataset_ref.name, EmbeddingDatasetStatus,
                       EmbeddingIndexStatus)
@@ -368,7 +368,7 @@ def plan_index(obs: Observed, settings: OperatorSettings) -> Plan:
                             "spec.database.dsnSecretRef is required in a cluster"))
     gen = _generation(body)
     current: EmbeddingIndexStatus = _current_status(body, EmbeddingIndexStatus)  # type: ignore[assignment]
-    inputs = _index_inputs(obs, spec)
+    inputs = _index_inputs(obs, spec, settings)
     if inputs.model is None:
         if current.live_version is None:
             return _waiting(body, EmbeddingIndexStatus, "WaitingForModel",

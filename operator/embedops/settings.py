@@ -34,6 +34,11 @@ class OperatorSettings(BaseModel):
             "steps may land on different nodes."
         ),
     )
+    workspace_path: str = Field(
+        default="/workspace",
+        pattern=r"^/",
+        description="Where the workspace volume is mounted in worker pods; relative paths in specs resolve there.",
+    )
     reconcile_seconds: float = Field(
         default=30.0, gt=0, description="Every resource is reconciled at least this often (schedules, missed events)."
     )
@@ -49,4 +54,3 @@ class OperatorSettings(BaseModel):
         return cls.model_validate(given)
 
 
-WORKSPACE = "/workspace"

@@ -50,6 +50,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     kube.api()
     metrics.serve(SETTINGS.metrics_port)
+    log.info("embedops operator: worker image %s, workspace claim %s at %s", SETTINGS.worker_image,
+             SETTINGS.workspace_claim, SETTINGS.workspace_path)
 
 
 # -- reconcile ----------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         if kube.create_job(manifest):
             log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
     for type_, reason, message in plan.events:
-        kopf.event(body, type=type_, reason=reason, message=message)
+        kube.post_event(body, type_, reason, message)
     old = body.get("status") or {}
     written = None
     status = plan.status
@@ -98,7 +100,7 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         _with_transition_times(status, old)
         wire = status.to_wire()
         if wire != old:
-            kube.replace_status(kind, namespace, name, wire, exists="status" in body)
+            kube.replace_status(kind, namespace, name, old, wire)
             written = wire
             if _ready(wire) != _ready(old):
                 _nudge_dependants(kind, namespace, name)
@@ -200,14 +202,17 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
         metrics.METRICS.forget("EmbeddingIndex", owner.namespace, owner.name)
         return
     if observed.state == "Failed":
-        kopf.warn(body, reason="CleanupFailed", message=f"Job {observed.name} failed: {observed.error}")
+        kube.post_event(dict(body), "Warning", "CleanupFailed", f"Job {observed.name} failed: {observed.error}")
         raise kopf.TemporaryError(f"cleanup Job {observed.name} failed; delete it to retry", delay=60)
     raise kopf.TemporaryError(f"waiting for cleanup Job {observed.name}", delay=5)
 
 
-@kopf.on.event(GROUP, VERSION, "embeddingdatasets")
-@kopf.on.event(GROUP, VERSION, "finetunejobs")
-@kopf.on.event(GROUP, VERSION, "embeddingindexes")
-def forget_deleted(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002
-    if type == "DELETED":
-        metrics.METRICS.forget(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+def _deleted(type: str | None, **_: Any) -> bool:  # noqa: A002 - kopf's argument name
+    return type == "DELETED"
+
+
+@kopf.on.event(GROUP, VERSION, "embeddingdatasets", when=_deleted)
+@kopf.on.event(GROUP, VERSION, "finetunejobs", when=_deleted)
+@kopf.on.event(GROUP, VERSION, "embeddingindexes", when=_deleted)
+def forget_deleted(body: kopf.Body, **_: Any) -> None:
+    metrics.METRICS.forget(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])

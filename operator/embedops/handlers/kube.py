@@ -49,11 +49,44 @@ def list_objects(kind: str, namespace: str) -> list[dict[str, Any]]:
     return out.get("items", [])
 
 
-def replace_status(kind: str, namespace: str, name: str, status: dict[str, Any], *, exists: bool) -> None:
-    """Replace the whole status in one JSON patch (a merge patch could not remove fields)."""
-    op = "replace" if exists else "add"
+def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns `old` into `new`: removed keys become null."""
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = merge_patch(before, value)
+            if nested:
+                patch[key] = nested
+        elif value != before:
+            patch[key] = value
+    return patch
+
+
+def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Make the status `new`, removing what it no longer has."""
     client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural(kind), name, [{"op": op, "path": "/status", "value": status}])
+        GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)})
+
+
+def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """An Event about a resource, as `kubectl describe` shows it (posted from any thread)."""
+    import datetime as dt
+
+    meta = body["metadata"]
+    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": type_, "reason": reason, "message": message[:1024],
+        "source": {"component": "embedops-operator"}, "reportingComponent": "embedops.dev/operator",
+        "reportingInstance": "embedops-operator", "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    try:
+        client.CoreV1Api(api()).create_namespaced_event(meta["namespace"], event)
+    except ApiException as err:  # an event is never worth failing a reconcile
+        log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)
 
 
 def create_job(manifest: dict[str, Any]) -> bool:

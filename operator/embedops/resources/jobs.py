@@ -17,7 +17,7 @@ from typing import Any
 
 from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
 from embedops.resources import naming
-from embedops.settings import WORKSPACE, OperatorSettings
+from embedops.settings import OperatorSettings
 
 GPU = "nvidia.com/gpu"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -118,7 +118,7 @@ def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> di
         {"name": "workspace", "persistentVolumeClaim": {"claimName": settings.workspace_claim}},
         {"name": "tmp", "emptyDir": {}},
     ]
-    mounts = [{"name": "workspace", "mountPath": WORKSPACE}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts = [{"name": "workspace", "mountPath": settings.workspace_path}, {"name": "tmp", "mountPath": "/tmp"}]
     if step.gpus:
         # PyTorch data loaders share tensors through /dev/shm, which is 64 MiB by default.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})

@@ -1,0 +1,180 @@
+"""The operator against a real control plane: Jobs, scheduling on GPU nodes, results into status.
+
+Worker pods do not run here (kwok plays the kubelet); a test ends each pod with the
+termination message a worker would write, and checks what the operator makes of it.
+test_pod_spec.py runs the worker commands for real.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from tests.e2e.conftest import METRICS_PORT, running_operator, wait_for
+
+DATASET = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset", "metadata": {"name": "ds"},
+           "spec": {"source": {"beir": {"path": "data/scifact"}}}}
+FINETUNE = {"apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ft"},
+            "spec": {"datasetRef": {"name": "ds"}, "resources": {"cpu": "4", "memory": "16Gi"},
+                     "scheduling": {"priorityClassName": "", "queueName": "gpu-queue", "backoffLimit": 1,
+                                    "activeDeadlineSeconds": 3600}}}
+INDEX = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "ix"},
+         "spec": {"model": {"fineTuneJobRef": {"name": "ft"}}, "source": {"datasetRef": {"name": "ds"}},
+                  "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
+                  "embedding": {"shards": 2}, "probe": {"minRecall": 0.5}}}
+
+PREPARED = {"counts": {"corpus": 600, "trainPairs": 433, "testQueries": 100, "titlePairs": 200},
+            "fingerprint": "f" * 64, "location": "/workspace/embedops/embeddingdatasets/ds/k",
+            "invalidSamples": [], "preparedAt": "2026-11-25T11:00:00Z"}
+TRAINED = {
+    "model": {"location": "/workspace/embedops/finetunejobs/ft/k/model", "baseModel": "m", "dimensions": 384,
+              "fingerprint": "a" * 64},
+    "baseMetrics": {"ndcgAt10": 0.7897, "mrrAt10": 0.7623, "recallAt10": 0.905, "recallAt100": 0.97, "queries": 100},
+    "tunedMetrics": {"ndcgAt10": 0.8167, "mrrAt10": 0.7913, "recallAt10": 0.915, "recallAt100": 0.98, "queries": 100},
+    "ndcgGain": 0.027, "trainPairs": 433, "steps": 84, "startTime": "2026-11-25T11:00:00Z",
+    "completionTime": "2026-11-25T11:05:00Z", "durationSeconds": 288.0,
+}
+
+
+def _shard(state: str) -> str:
+    return json.dumps({"version": 1, "table": "docs_v1", "state": state, "rows": 600, "shardRows": 300,
+                       "embedded": 300, "resumed": False, "seconds": 10.0, "rowsPerSecond": 45.0})
+
+
+def _published() -> str:
+    probe = {"version": 1, "k": 10, "recallAtK": 0.91, "mrrAt10": 0.79, "ndcgAt10": 0.81, "queries": 100,
+             "passed": True, "reason": "recall@10 0.9100 >= 0.5", "checkedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                            time.gmtime())}
+    return json.dumps({"candidate": 1, "probe": probe, "liveVersion": 1, "dropped": [], "versions": [
+        {"version": 1, "table": "docs_v1", "model": TRAINED["model"]["location"], "rows": 600, "state": "Live",
+         "probe": probe, "createdAt": probe["checkedAt"]}]})
+
+
+def _secret(kube):
+    kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "pg"},
+                                                 "stringData": {"dsn": "postgresql://u:p@db.example:5432/x"}})
+
+
+def _prepare(kube) -> None:
+    job = kube.wait_job("prepare")
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    assert pod.spec.node_name == "cpu-0"  # no GPU asked, and the GPU node is tainted
+    kube.finish(pod.metadata.name, json.dumps(PREPARED))
+    kube.wait_ready("EmbeddingDataset", "ds")
+
+
+def test_full_lifecycle_on_the_control_plane(kube, operator):
+    _secret(kube)
+    for doc in (DATASET, FINETUNE, INDEX):
+        kube.apply(doc)
+    # The dataset's prepare Job runs first; the others wait for it.
+    _prepare(kube)
+    ds = kube.get("EmbeddingDataset", "ds")["status"]
+    assert ds["counts"]["trainPairs"] == 433 and ds["phase"] == "Ready" and ds["observedGeneration"] == 1
+
+    # Training: one GPU, scheduled on the GPU node, with the scheduling passed through.
+    job = kube.wait_job("train")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job.spec.backoff_limit == 1 and job.spec.active_deadline_seconds == 3600
+    assert job.metadata.owner_references[0].kind == "FineTuneJob"
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    assert pod.spec.node_name == "gpu-0"
+    assert pod.spec.containers[0].resources.limits["nvidia.com/gpu"] == "1"
+    progressing = kube.condition("FineTuneJob", "ft", "Progressing")
+    assert progressing["status"] == "True" and progressing["reason"] == "Training"
+    kube.finish(pod.metadata.name, json.dumps(TRAINED))
+    ft = kube.wait_ready("FineTuneJob", "ft")["status"]
+    assert ft["tunedMetrics"]["ndcgAt10"] == 0.8167 and ft["model"]["fingerprint"] == "a" * 64
+
+    # Re-embedding: an Indexed Job of two shards, then the publish step (probe gate, cut-over).
+    embed = kube.wait_job("embed")
+    assert embed.spec.completion_mode == "Indexed" and embed.spec.completions == 2
+    pods = sorted(kube.wait_running_pods(embed.metadata.name, 2),
+                  key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    env = {e.name: e for e in pods[0].spec.containers[0].env}
+    assert env["EMBEDOPS_DSN"].value_from.secret_key_ref.name == "pg"  # the DSN never in the spec itself
+    kube.finish(pods[0].metadata.name, _shard("Building"))
+    wait_for("re-index progress in status", lambda: (kube.get("EmbeddingIndex", "ix")["status"].get("reindex") or {})
+             .get("rowsDone") == 300)
+    kube.finish(pods[1].metadata.name, _shard("Ready"))
+    publish = kube.wait_job("publish")
+    (pod,) = kube.wait_running_pods(publish.metadata.name)
+    config = json.loads(pod.spec.containers[0].command[4])
+    assert config["version"] == 1 and config["datasetDir"] == PREPARED["location"]
+    kube.finish(pod.metadata.name, _published())
+    ix = kube.wait_ready("EmbeddingIndex", "ix")["status"]
+    assert ix["liveVersion"] == 1 and ix["rows"] == 600 and ix["probe"]["recallAtK"] == 0.91
+    assert "activeJob" not in ix and "reindex" not in ix
+
+    # Events, and metrics SREs alert on.
+    reasons = {e.reason for e in kube.events("ix")}
+    assert {"JobCreated", "Serving"} <= reasons
+    text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
+    ns = kube.ns
+    assert f'embedops_index_live_version{{index="ix",namespace="{ns}"}} 1.0' in text
+    assert f'embedops_index_probe_recall{{index="ix",k="10",namespace="{ns}",version="1"}} 0.91' in text
+    assert f'embedops_finetune_ndcg{{finetunejob="ft",model="tuned",namespace="{ns}"}} 0.8167' in text
+    assert f'embedops_resource_ready{{kind="EmbeddingIndex",name="ix",namespace="{ns}"}} 1.0' in text
+    # Exactly one Job per step: reconciles every second created nothing twice.
+    assert sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs()) == [
+        "embed", "prepare", "publish", "train"]
+
+
+def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
+    kube.apply(DATASET)
+    _prepare(kube)
+    big = json.loads(json.dumps(FINETUNE))
+    big["spec"]["resources"]["gpus"] = 4  # the GPU node has 2
+    kube.apply(big)
+    job = kube.wait_job("train")
+    pod = wait_for("the training pod", lambda: next(iter(kube.pods(job.metadata.name)), None))
+    event = wait_for("FailedScheduling", lambda: next(
+        (e for e in kube.events(pod.metadata.name) if e.reason == "FailedScheduling"), None))
+    assert "Insufficient nvidia.com/gpu" in event.message
+    time.sleep(2)
+    pod = kube.core.read_namespaced_pod(pod.metadata.name, kube.ns)
+    assert pod.status.phase == "Pending" and not pod.spec.node_name
+    assert kube.condition("FineTuneJob", "ft", "Progressing")["status"] == "True"
+
+
+def test_worker_failure_reaches_status_without_retries(kube, operator):
+    kube.apply(DATASET)
+    job = kube.wait_job("prepare")
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    error = {"error": {"reason": "InvalidInput", "message": "corpus.jsonl:7: missing \"_id\""}}
+    kube.finish(pod.metadata.name, json.dumps(error), exit_code=3)
+    wait_for("Failed phase", lambda: kube.get("EmbeddingDataset", "ds").get("status", {}).get("phase") == "Failed")
+    ready = kube.condition("EmbeddingDataset", "ds")
+    assert ready["reason"] == "JobFailed" and 'corpus.jsonl:7: missing "_id"' in ready["message"]
+    assert len(kube.pods(job.metadata.name)) == 1  # exit code 3: the pod failure policy failed the Job at once
+
+
+def test_invalid_spec_gives_a_condition_not_a_crash_loop(kube, operator):
+    # Valid for the API server, invalid for embedops: rangeMin must stay below rangeMax.
+    bad = json.loads(json.dumps(DATASET))
+    bad["spec"]["hardNegatives"] = {"rangeMin": 60, "rangeMax": 50}
+    kube.apply(bad)
+    wait_for("InvalidSpec", lambda: (kube.condition("EmbeddingDataset", "ds") or {}).get("reason") == "InvalidSpec")
+    assert "rangeMin" in kube.condition("EmbeddingDataset", "ds")["message"]
+    assert kube.jobs() == []
+    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in kube.events("ds"))
+
+
+def test_restart_mid_flight_creates_no_duplicates(kube):
+    with running_operator(kube.ns):
+        kube.apply(DATASET)
+        job = kube.wait_job("prepare")
+        (pod,) = kube.wait_running_pods(job.metadata.name)
+    # The operator is down while the pod finishes.
+    kube.finish(pod.metadata.name, json.dumps(PREPARED))
+    wait_for("the Job to complete", lambda: kube.batch.read_namespaced_job(job.metadata.name, kube.ns).status.succeeded)
+    kube.apply(FINETUNE)
+    with running_operator(kube.ns):
+        kube.wait_ready("EmbeddingDataset", "ds")
+        kube.wait_job("train")
+        time.sleep(3)  # several reconcile intervals
+    with running_operator(kube.ns):
+        time.sleep(3)
+    steps = sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs())
+    assert steps == ["prepare", "train"]
