@@ -4,7 +4,8 @@
 #
 #   hack/cluster.sh build        build the binaries that are missing (a no-op takes ~0.1 s)
 #   hack/cluster.sh up [DIR]     build if needed; start a cluster in DIR (default: .cluster in
-#                                the repo root, git-ignored); return when it is ready (~5 s)
+#                                the repo root, git-ignored; a relative DIR is taken from the
+#                                current directory); return when it is ready (~5 s)
 #   hack/cluster.sh down [DIR]   stop its processes (by PID file) and delete DIR (~1.5 s)
 #   hack/cluster.sh env [DIR]    print DIR/env
 #
@@ -14,8 +15,11 @@
 # etcd 3.7.0); hack/k8s/kwok: kwok v0.8.0. go.sum files are complete and builds are
 # -mod=readonly, CGO_ENABLED=0, -trimpath -ldflags='-s -w' (Kubernetes' version stamped in).
 # Output: ${EMBEDOPS_KUBE_CACHE:-$HOME/.cache/embedops/kube}/v1.37.2/bin/; a binary is
-# rebuilt only when it is missing or its hack/k8s module changed. Cold build on 2 cores:
-# ~16 min and ~0.6 GB of modules, ~4.6 GB of Go build cache.
+# rebuilt only when it is missing or its hack/k8s module changed. Measured on 2 cores:
+# cold (empty Go module and build caches) 15 min, fetching ~1 GB of modules and filling
+# ~4.6 GB of build cache (kube-apiserver 490 s, controller-manager 154 s, scheduler 14 s,
+# kubectl 41 s, etcd 56 s, kwok 150 s); with a warm build cache 51 s (mostly linking).
+# The binaries are reproducible: a cold build gives the same bytes.
 #
 # UP. All servers listen on 127.0.0.1 only, on free ports picked in 20000-31999, and run
 # detached (setsid) with their output in DIR/logs/<name>.log. `up` on a DIR whose cluster is
