@@ -71,6 +71,11 @@ def cluster(tmp_path_factory) -> Iterator[dict[str, str]]:
     print(f"control plane up in {time.monotonic() - started:.1f}s")
     env = dict(line.split("=", 1) for line in (folder / "env").read_text().splitlines() if "=" in line)
     os.environ["KUBECONFIG"] = env["KUBECONFIG"]
+    # The kubernetes client reads $KUBECONFIG once, at import, and kopf's login calls
+    # load_kube_config() with that default: point it at this cluster too.
+    from kubernetes.config import kube_config
+
+    kube_config.KUBE_CONFIG_DEFAULT_LOCATION = env["KUBECONFIG"]
     try:
         yield env
     finally:

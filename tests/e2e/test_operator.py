@@ -178,3 +178,32 @@ def test_restart_mid_flight_creates_no_duplicates(kube):
         time.sleep(3)
     steps = sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs())
     assert steps == ["prepare", "train"]
+
+
+def test_deletion_keeps_tables_unless_the_spec_says_delete(kube, operator):
+    _secret(kube)
+    kept = json.loads(json.dumps(INDEX))
+    kept["metadata"]["name"] = "kept"
+    kube.apply(kept)
+    wait_for("kept reconciled", lambda: kube.get("EmbeddingIndex", "kept").get("status"))
+    assert "embedops.dev/finalizer" not in (kube.get("EmbeddingIndex", "kept")["metadata"].get("finalizers") or [])
+    kube.custom.delete_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "kept")
+    wait_for("kept gone", lambda: not kube.custom.list_namespaced_custom_object(
+        "embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")["items"])
+    assert kube.jobs("cleanup") == []  # Retain: nothing touches the database
+
+    dropped = json.loads(json.dumps(INDEX))
+    dropped["metadata"]["name"] = "dropped"
+    dropped["spec"]["deletionPolicy"] = "Delete"
+    kube.apply(dropped)
+    wait_for("the finalizer", lambda: "embedops.dev/finalizer" in (
+        kube.get("EmbeddingIndex", "dropped")["metadata"].get("finalizers") or []))
+    kube.custom.delete_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "dropped")
+    job = kube.wait_job("cleanup")
+    assert json.loads(job.spec.template.spec.containers[0].command[4]) == {"target": {"name": "docs",
+                                                                                      "schema": "public"}}
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    assert kube.get("EmbeddingIndex", "dropped")["metadata"].get("deletionTimestamp")  # held until dropped
+    kube.finish(pod.metadata.name, json.dumps({"dropped": ["docs_v1"]}))
+    wait_for("dropped gone", lambda: not kube.custom.list_namespaced_custom_object(
+        "embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")["items"], timeout=60)

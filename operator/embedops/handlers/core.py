@@ -4,9 +4,10 @@ Each handler only finds out which resource to reconcile; `reconcile` reads what 
 (the resource, its Jobs and their results, the resources it references), asks
 embedops.reconcile for a plan, and carries it out. Triggers:
 
-- create, update (spec, labels or annotations) and resume (operator start) of a resource;
-- a timer on each resource (EMBEDOPS_RECONCILE_SECONDS), for probe and drift schedules
-  and as a backstop for missed events;
+- any watch event of a resource, the listing at operator start included (a status write
+  of our own comes back as an event too; its reconcile finds nothing to do);
+- a sweep thread that reconciles every known resource every EMBEDOPS_RECONCILE_SECONDS, for
+  probe and drift schedules, retries after errors, and missed events;
 - any change of a Job the operator owns (a pod finished, a Job completed or failed);
 - a change of a resource's Ready condition, for the resources that reference it.
 
@@ -142,26 +143,56 @@ def _nudge_dependants(kind: str, namespace: str, name: str) -> None:
 def _safe_reconcile(kind: str, namespace: str, name: str) -> None:
     try:
         reconcile_resource(kind, namespace, name)
-    except Exception:  # noqa: BLE001 - the timer retries
-        log.exception("%s %s/%s: reconcile failed; the timer will retry", kind, namespace, name)
+    except Exception as err:  # noqa: BLE001 - the sweep retries
+        log.warning("%s %s/%s: reconcile failed, retried on the next sweep: %s", kind, namespace, name, err)
 
 
-def _handler(body: kopf.Body, **_: Any) -> None:
-    try:
-        reconcile_resource(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
-    except kopf.PermanentError:
-        raise
-    except Exception as err:  # noqa: BLE001 - conflicts, API hiccups: retry with a delay
-        raise kopf.TemporaryError(f"reconcile failed: {err}", delay=10) from err
+# Every resource seen, reconciled again every EMBEDOPS_RECONCILE_SECONDS by the sweep thread.
+# (kopf's own timers would put a finalizer on every resource; only an index that drops its
+# tables on deletion should have one.)
+_known: dict[tuple[str, str, str], None] = {}
+_known_lock = threading.Lock()
+_stop = threading.Event()
+
+
+def _sweep() -> None:
+    while not _stop.wait(SETTINGS.reconcile_seconds):
+        with _known_lock:
+            keys = list(_known)
+        for kind, namespace, name in keys:
+            if _stop.is_set():
+                return
+            _safe_reconcile(kind, namespace, name)
+
+
+@kopf.on.startup()
+def start_sweep(**_: Any) -> None:
+    with _known_lock:
+        _known.clear()
+    _stop.clear()
+    threading.Thread(target=_sweep, name="embedops-sweep", daemon=True).start()
+
+
+@kopf.on.cleanup()
+def stop_sweep(**_: Any) -> None:
+    _stop.set()
+
+
+def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's argument name
+    """Any change of a resource (and each one listed at start): reconcile it."""
+    key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+    if type == "DELETED":
+        with _known_lock:
+            _known.pop(key, None)
+        metrics.METRICS.forget(*key)
+        return
+    with _known_lock:
+        _known[key] = None
+    _safe_reconcile(*key)
 
 
 for _kind in KINDS.values():
-    _plural = _kind.plural
-    kopf.on.resume(GROUP, VERSION, _plural, id="reconcile-on-resume")(_handler)
-    kopf.on.create(GROUP, VERSION, _plural, id="reconcile-on-create")(_handler)
-    kopf.on.update(GROUP, VERSION, _plural, id="reconcile-on-update")(_handler)
-    kopf.timer(GROUP, VERSION, _plural, id="reconcile-timer", interval=SETTINGS.reconcile_seconds,
-               idle=None, initial_delay=SETTINGS.reconcile_seconds)(_handler)
+    kopf.on.event(GROUP, VERSION, _kind.plural, id="reconcile")(resource_event)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY})
@@ -205,14 +236,3 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
         kube.post_event(dict(body), "Warning", "CleanupFailed", f"Job {observed.name} failed: {observed.error}")
         raise kopf.TemporaryError(f"cleanup Job {observed.name} failed; delete it to retry", delay=60)
     raise kopf.TemporaryError(f"waiting for cleanup Job {observed.name}", delay=5)
-
-
-def _deleted(type: str | None, **_: Any) -> bool:  # noqa: A002 - kopf's argument name
-    return type == "DELETED"
-
-
-@kopf.on.event(GROUP, VERSION, "embeddingdatasets", when=_deleted)
-@kopf.on.event(GROUP, VERSION, "finetunejobs", when=_deleted)
-@kopf.on.event(GROUP, VERSION, "embeddingindexes", when=_deleted)
-def forget_deleted(body: kopf.Body, **_: Any) -> None:
-    metrics.METRICS.forget(body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 from kubernetes import client, config
@@ -26,7 +27,8 @@ def api() -> client.ApiClient:
         try:
             config.load_incluster_config()
         except config.ConfigException:
-            config.load_kube_config()
+            # Read KUBECONFIG now: the client's default was fixed when it was imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
         _api = client.ApiClient()
     return _api
 
