@@ -2,32 +2,8 @@
 
 Every gauge is set from a resource's status each time the resource is reconciled, so a
 restarted operator exports the same series again within one reconcile interval, and the
-series of a deleted resource are removed. Labels: `namespace` and the resource's name
-(`index`, `finetunejob`, `dataset`); `version` is an index version number.
-
-| metric | labels | meaning |
-|---|---|---|
-| embedops_index_probe_recall | namespace, index, version, k | recall@k of the latest probe of the live version |
-| embedops_index_probe_mrr | namespace, index, version | MRR@10 of that probe |
-| embedops_index_probe_ndcg | namespace, index, version | nDCG@10 of that probe |
-| embedops_index_probe_timestamp_seconds | namespace, index | Unix time of that probe |
-| embedops_index_min_recall | namespace, index | the index's `spec.probe.minRecall` (alerts compare against it) |
-| embedops_index_drift_score | namespace, index, version | drift score (MMD²) of the latest measurement |
-| embedops_index_drift_threshold | namespace, index | the index's `spec.drift.threshold` |
-| embedops_index_drift_timestamp_seconds | namespace, index | Unix time of that measurement |
-| embedops_index_live_version | namespace, index | version the view serves |
-| embedops_index_rows | namespace, index, version | rows of each retained version |
-| embedops_index_reindex_rows | namespace, index, version | rows committed so far by a running re-index (finished shards) |
-| embedops_index_reindex_rows_per_second | namespace, index, version | embedding throughput of that re-index |
-| embedops_index_reindex_active | namespace, index | 1 while a re-index (embed or publish Job) runs, else 0 |
-| embedops_finetune_ndcg | namespace, finetunejob, model | nDCG@10 on held-out queries; model is `base` or `tuned` |
-| embedops_finetune_mrr | namespace, finetunejob, model | MRR@10, same |
-| embedops_finetune_recall_at_10 | namespace, finetunejob, model | Recall@10, same |
-| embedops_finetune_duration_seconds | namespace, finetunejob | training plus evaluation time of the last run |
-| embedops_resource_ready | namespace, kind, name | 1 when the Ready condition is True, else 0 |
-| embedops_resource_failed | namespace, kind, name | 1 when the resource's phase is Failed, else 0 |
-| embedops_reconcile_total | kind | reconciles run |
-| embedops_reconcile_errors_total | kind | reconciles that raised an error (retried) |
+series of a deleted resource are removed. Every metric and label is documented in
+docs/metrics.md; a test keeps that page and this module in step.
 """
 
 from __future__ import annotations
@@ -102,30 +78,39 @@ class Metrics:
             self._remove_matching(self._finetune_gauges, {"namespace": namespace, "finetunejob": name})
 
     def _observe_index(self, ns: str, name: str, spec: EmbeddingIndexSpec | None, st: EmbeddingIndexStatus) -> None:
-        # Versions come and go: start from a clean slate for this index.
-        self._remove_matching(self._index_gauges, {"namespace": ns, "index": name})
+        want: list[tuple[Gauge, tuple[str, ...], float]] = []
         if spec is not None:
-            self.min_recall.labels(ns, name).set(spec.probe.min_recall)
-            self.drift_threshold.labels(ns, name).set(spec.drift.threshold)
+            want += [(self.min_recall, (ns, name), spec.probe.min_recall),
+                     (self.drift_threshold, (ns, name), spec.drift.threshold)]
         if st.live_version is not None:
-            self.live_version.labels(ns, name).set(st.live_version)
-        for v in st.versions:
-            self.rows.labels(ns, name, str(v.version)).set(v.rows)
+            want.append((self.live_version, (ns, name), st.live_version))
+        want += [(self.rows, (ns, name, str(v.version)), v.rows) for v in st.versions]
         if st.probe is not None:
             v = str(st.probe.version)
-            self.probe_recall.labels(ns, name, v, str(st.probe.k)).set(st.probe.recall_at_k)
-            self.probe_mrr.labels(ns, name, v).set(st.probe.mrr_at_10)
-            self.probe_ndcg.labels(ns, name, v).set(st.probe.ndcg_at_10)
-            self.probe_time.labels(ns, name).set(_unix(st.probe.checked_at))
+            want += [(self.probe_recall, (ns, name, v, str(st.probe.k)), st.probe.recall_at_k),
+                     (self.probe_mrr, (ns, name, v), st.probe.mrr_at_10),
+                     (self.probe_ndcg, (ns, name, v), st.probe.ndcg_at_10),
+                     (self.probe_time, (ns, name), _unix(st.probe.checked_at))]
         if st.drift is not None:
-            self.drift_score.labels(ns, name, str(st.drift.version)).set(st.drift.score)
-            self.drift_time.labels(ns, name).set(_unix(st.drift.checked_at))
-        self.reindex_active.labels(ns, name).set(1 if st.active_job else 0)
+            want += [(self.drift_score, (ns, name, str(st.drift.version)), st.drift.score),
+                     (self.drift_time, (ns, name), _unix(st.drift.checked_at))]
+        want.append((self.reindex_active, (ns, name), 1 if st.active_job else 0))
         if st.reindex is not None:
             v = str(st.reindex.version)
-            self.reindex_rows.labels(ns, name, v).set(st.reindex.rows_done)
+            want.append((self.reindex_rows, (ns, name, v), st.reindex.rows_done))
             if st.reindex.rows_per_second is not None:
-                self.reindex_rate.labels(ns, name, v).set(st.reindex.rows_per_second)
+                want.append((self.reindex_rate, (ns, name, v), st.reindex.rows_per_second))
+        for gauge, labels, value in want:
+            gauge.labels(*labels).set(value)
+        # Versions come and go: drop this index's series that no longer apply (after setting the
+        # new ones, so a scrape never sees the index without its series).
+        keep = {(id(gauge), labels) for gauge, labels, _ in want}
+        for gauge in self._index_gauges:
+            names = gauge._labelnames
+            for values in list(gauge._metrics):
+                labels = dict(zip(names, values))
+                if labels["namespace"] == ns and labels["index"] == name and (id(gauge), values) not in keep:
+                    gauge.remove(*values)
 
     def _observe_finetune(self, ns: str, name: str, st: FineTuneJobStatus) -> None:
         for which, m in (("base", st.base_metrics), ("tuned", st.tuned_metrics)):
