@@ -96,6 +96,12 @@ def test_failed_job_fails_the_resource_with_the_workers_message():
     assert ready(p) == ("False", "JobFailed") and p.status.phase == "Failed"
     assert "corpus.jsonl:3: bad" in p.status.condition("Ready").message
     assert p.create == []
+    # A rerun after the failure: Progressing again, and no longer Degraded by the old failure.
+    b["status"] = p.status.to_wire()
+    b["metadata"]["annotations"] = {"embedops.dev/rerun": "1"}
+    again = plan(Observed(b, now=NOW), SETTINGS)
+    assert len(again.create) == 1 and again.status.condition("Progressing").status == "True"
+    assert again.status.condition("Degraded").status == "False"
 
 
 def test_finetune_waits_for_its_dataset_then_trains_on_a_gpu():
@@ -191,6 +197,18 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
                              now=NOW + dt.timedelta(minutes=61)), SETTINGS)
     assert degraded.status.phase == "Degraded"
     assert degraded.status.condition("Degraded").reason == "QualityDegraded"
+    # A spec change that needs no new version (a drift threshold) is still observed at once.
+    ix["metadata"]["generation"] = 2
+    ix["spec"] = {**INDEX_SPEC, "drift": {"threshold": 0.5}}
+    observed = plan(Observed(ix, jobs=jobs, related=related, now=NOW + dt.timedelta(minutes=5)), SETTINGS)
+    assert observed.create == [] and observed.status.observed_generation == 2
+    assert ready(observed) == ("True", "Serving")
+    # The rerun annotation re-embeds the source into a fresh version (no reuse of the built one).
+    ix["metadata"]["annotations"] = {"embedops.dev/rerun": "rows-changed"}
+    (again,) = plan(Observed(ix, jobs=jobs, related=related, now=NOW + dt.timedelta(minutes=5)), SETTINGS).create
+    assert again["metadata"]["labels"]["embedops.dev/step"] == "embed" and again["metadata"]["name"] != en
+    assert json.loads(again["spec"]["template"]["spec"]["containers"][0]["command"][4])["reuse"] is False
+    assert config["reuse"] is True
 
 
 def test_index_follows_a_new_model_and_a_pin_republishes_without_rebuilding():

@@ -125,6 +125,10 @@ def _progressing(base: BaseStatus, reason: str, message: str, generation: int | 
     if ready is None or ready.status != "True":
         status.set_condition("Ready", "False", reason, message, generation=generation)
     status.set_condition("Progressing", "True", reason, message, generation=generation)
+    degraded = base.condition("Degraded")
+    if base.phase == "Failed" and degraded is not None and degraded.status == "True":
+        # The failure this run follows (a fixed spec, a rerun) is no longer the resource's state.
+        status.set_condition("Degraded", "False", reason, message, generation=generation)
     return status
 
 
@@ -313,14 +317,17 @@ def _index_step(step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str,
                       dsn_secret=spec.database.dsn_secret_ref, shards=shards, ttl_seconds=ttl)
 
 
-def _embed_step(spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
+def _embed_step(spec: EmbeddingIndexSpec, inputs: _IndexInputs, rerun: str) -> WorkerStep:
     key = naming.inputs_hash(inputs.model_id, spec.source.to_wire(), inputs.dataset_fingerprint,
-                             spec.ann.to_wire(), spec.embedding.to_wire(), spec.target.to_wire())
+                             spec.ann.to_wire(), spec.embedding.to_wire(), spec.target.to_wire(), rerun)
     config = {
         "target": spec.target.to_wire(), "source": spec.source.to_wire(), "model": inputs.model,
         # The catalog records where the model is, so probes of any retained version can load it.
         "modelName": inputs.model, "ann": spec.ann.to_wire(), "embedding": spec.embedding.to_wire(),
-        "shardCount": spec.embedding.shards, "reuse": True,
+        "shardCount": spec.embedding.shards,
+        # A version already built from the same model and source is reused, unless the user asked
+        # for a fresh one with the rerun annotation (the table's rows changed, say).
+        "reuse": not rerun,
     }
     if inputs.dataset_dir:
         config["datasetDir"] = inputs.dataset_dir
@@ -375,7 +382,7 @@ def plan_index(obs: Observed, settings: OperatorSettings) -> Plan:
                             f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet")
         return _schedule(obs, spec, current, inputs, settings)
 
-    embed = _embed_step(spec, inputs)
+    embed = _embed_step(spec, inputs, _rerun(body))
     publish_key = naming.inputs_hash(embed.key, spec.probe.to_wire(), spec.pinned_version, spec.keep_versions)
     if current.inputs_hash == publish_key and current.active_job is None:
         return _schedule(obs, spec, current, inputs, settings)
@@ -458,7 +465,8 @@ def _schedule(obs: Observed, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
         elif job.state == "Failed":
             reason = f"{step.step.capitalize()}Failed"
             problems.append((reason, f"Job {name} failed: {job.error or 'no message'}"))
-    if status.probe == current.probe and status.drift == current.drift and not problems:
+    if (status.probe == current.probe and status.drift == current.drift and not problems
+            and current.observed_generation == gen):
         return plan
     refreshed = statuses.index_observed(spec, status.versions, gen, probe=status.probe, drift=status.drift)
     refreshed.inputs_hash = current.inputs_hash

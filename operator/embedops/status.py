@@ -95,7 +95,7 @@ def index_observed(
     problems = []
     if probe is not None and probe.version == live.version and probe.recall_at_k < spec.probe.min_recall:
         problems.append(f"recall@{probe.k} {probe.recall_at_k:.4f} below {spec.probe.min_recall}")
-    if drift is not None and drift.drifted:
+    if drift is not None and drift.score > spec.drift.threshold:  # today's threshold, not the measurement's
         problems.append(f"drift {drift.score:.4f} above {spec.drift.threshold}")
     message = f"serving v{live.version} ({live.rows} rows)"
     status = _ready(status, "Serving", message, generation)
