@@ -49,7 +49,13 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # kopf's own log lines do not become Events; ours are posted below
     settings.execution.max_workers = 8
     settings.watching.server_timeout = 300
-    kube.api()
+    # No cluster-wide watching of CRDs and namespaces (it would need cluster-wide RBAC): the
+    # served kinds are resolved once, here, so the CRDs must be installed first (the chart does).
+    settings.scanning.disabled = True
+    missing = kube.missing_kinds()
+    if missing:
+        raise kopf.PermanentError(f"the API server does not serve {', '.join(missing)} "
+                                  f"({GROUP}/{VERSION}): install the CRDs (crds/ or the Helm chart) first")
     metrics.serve(SETTINGS.metrics_port)
     log.info("embedops operator: worker image %s, workspace claim %s at %s", SETTINGS.worker_image,
              SETTINGS.workspace_claim, SETTINGS.workspace_path)

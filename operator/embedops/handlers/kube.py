@@ -33,6 +33,17 @@ def api() -> client.ApiClient:
     return _api
 
 
+def missing_kinds() -> list[str]:
+    """The embedops kinds the API server does not serve (discovery, allowed to any account)."""
+    try:
+        served = {r.kind for r in client.CustomObjectsApi(api()).get_api_resources(GROUP, VERSION).resources}
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        served = set()
+    return [kind for kind in KINDS if kind not in served]
+
+
 def plural(kind: str) -> str:
     return KINDS[kind].plural
 

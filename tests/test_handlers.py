@@ -1,0 +1,18 @@
+"""The operator's start-up, without a cluster."""
+
+from __future__ import annotations
+
+import kopf
+import pytest
+
+from embedops.handlers import core, kube
+
+
+def test_operator_refuses_to_start_without_its_crds(monkeypatch):
+    monkeypatch.setattr(kube, "missing_kinds", lambda: ["FineTuneJob", "EmbeddingIndex"])
+    settings = kopf.OperatorSettings()
+    with pytest.raises(kopf.PermanentError, match="does not serve FineTuneJob, EmbeddingIndex .*install the CRDs"):
+        core.configure(settings=settings)
+    # Served kinds are resolved at start: no cluster-wide watch of CRDs and namespaces to grant.
+    assert settings.scanning.disabled is True
+    assert settings.persistence.finalizer == "embedops.dev/finalizer"
