@@ -12,7 +12,7 @@
 # BINARIES. hack/k8s/go.mod pins k8s.io/kubernetes v1.37.2 (kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubectl) with a replace line per k8s.io staging
 # module (v0.37.2); hack/k8s/etcd: etcd v3.7.3 (Kubernetes 1.37 is built and tested with
-# etcd 3.7.0); hack/k8s/kwok: kwok v0.8.0. go.sum files are complete and builds are
+# etcd 3.7.0); hack/k8s/kwok: kwok v0.8.0; hack/k8s/helm: helm v4.3.1 (for the chart's tests). go.sum files are complete and builds are
 # -mod=readonly, CGO_ENABLED=0, -trimpath -ldflags='-s -w' (Kubernetes' version stamped in).
 # Output: ${EMBEDOPS_KUBE_CACHE:-$HOME/.cache/embedops/kube}/v1.37.2/bin/; a binary is
 # rebuilt only when it is missing or its hack/k8s module changed. Measured on 2 cores:
@@ -86,6 +86,7 @@ BINARIES=(
   "kubectl|.|k8s.io/kubernetes/cmd/kubectl"
   "etcd|etcd|go.etcd.io/etcd/server/v3"
   "kwok|kwok|sigs.k8s.io/kwok/cmd/kwok"
+  "helm|helm|helm.sh/helm/v4/cmd/helm"
 )
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
@@ -103,6 +104,9 @@ ldflags_for() { # $1: module directory
       flags+=" -X $pkg.gitVersion=$KUBE_VERSION -X $pkg.gitMajor=${v%%.*}"
       flags+=" -X $pkg.gitMinor=$(cut -d. -f2 <<<"$v") -X $pkg.gitTreeState=clean"
     done
+  fi
+  if [[ $1 == helm ]]; then # helm's own release stamp (its Makefile's LDFLAGS)
+    flags+=" -X helm.sh/helm/v4/internal/version.version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v4" {print $3}' "$MODDIR/helm/go.mod")"
   fi
   printf '%s' "$flags"
 }

@@ -4,9 +4,11 @@ CRDs are generated rather than written by hand so that the API server and the op
 disagree about what a valid spec is; `--check` is what CI and tests/test_crds.py run to catch a
 model change committed without its regenerated CRDs.
 
-    python hack/gen_crds.py                                 # write crds/
-    python hack/gen_crds.py --check                         # exit 1 naming each stale file
-    python hack/gen_crds.py --out charts/embedops/crds      # the same files elsewhere
+    python hack/gen_crds.py                      # write crds/ and the chart's copy
+    python hack/gen_crds.py --check              # exit 1 naming each stale file
+    python hack/gen_crds.py --out some/folder    # the same files elsewhere (only there)
+
+The chart (charts/embedops) templates its copy in files/crds/ behind `crds.enabled`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from embedops.api import crd
 
 ROOT = Path(__file__).resolve().parent.parent
+OUTPUTS = (ROOT / "crds", ROOT / "charts" / "embedops" / "files" / "crds")
 
 
 def _ours(path: Path) -> bool:
@@ -54,18 +57,20 @@ def write(out: Path, files: dict[str, str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "crds", help="folder of the CRD files (default: crds/)")
+    parser.add_argument("--out", type=Path, help="folder of the CRD files (default: crds/ and the chart's files/crds/)")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if the folder is stale")
     args = parser.parse_args(argv)
     files = crd.generate()
+    outs = [args.out] if args.out else list(OUTPUTS)
     if args.check:
-        problems = stale(args.out, files)
+        problems = [problem for out in outs for problem in stale(out, files)]
         for problem in problems:
             print(f"stale: {problem}", file=sys.stderr)
         if problems:
             print("regenerate with: python hack/gen_crds.py", file=sys.stderr)
         return 1 if problems else 0
-    write(args.out, files)
+    for out in outs:
+        write(out, files)
     return 0
 
 

@@ -5,7 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 hack/venv.sh dev
 # The e2e tests run a real control plane: build (or find cached) its binaries first,
-# outside pytest's per-test timeout (cold build ~15 min on 2 cores, cached ~1 s).
+# and helm, outside pytest's per-test timeout (cold build ~18 min on 2 cores, cached ~1 s).
 hack/cluster.sh build
+# promtool (alert rule tests) and Lua 5.1 (Argo CD health checks; Argo CD runs gopher-lua, a
+# Lua 5.1) come from Debian's packages.
+missing=()
+command -v promtool >/dev/null || missing+=(prometheus)
+command -v lua5.1 >/dev/null || missing+=(lua5.1)
+if ((${#missing[@]})); then
+  sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 exec .venv/bin/python -m pytest "$@"
