@@ -64,7 +64,8 @@ def _prepare(kube) -> None:
     kube.wait_ready("EmbeddingDataset", "ds")
 
 
-def test_full_lifecycle_on_the_control_plane(kube, operator):
+def run_lifecycle(kube) -> None:
+    """Dataset → fine-tune → index through to a live version, playing each worker's part."""
     _secret(kube)
     for doc in (DATASET, FINETUNE, INDEX):
         kube.apply(doc)
@@ -107,6 +108,9 @@ def test_full_lifecycle_on_the_control_plane(kube, operator):
     assert ix["liveVersion"] == 1 and ix["rows"] == 600 and ix["probe"]["recallAtK"] == 0.91
     assert "activeJob" not in ix and "reindex" not in ix
 
+
+def test_full_lifecycle_on_the_control_plane(kube, operator):
+    run_lifecycle(kube)
     # Events, and metrics SREs alert on.
     reasons = {e.reason for e in kube.events("ix")}
     assert {"JobCreated", "Serving"} <= reasons
