@@ -24,6 +24,17 @@ from tests.e2e.test_operator import run_lifecycle
 
 CHART = ROOT / "charts" / "embedops"
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+# Every permission the operator has; the lifecycle test below shows they suffice, and a change
+# here is a deliberate one. No Secrets, no deletes, no Pods created.
+RULES = [
+    {"apiGroups": ["embedops.dev"], "resources": ["embeddingdatasets", "finetunejobs", "embeddingindexes"],
+     "verbs": ["get", "list", "watch", "patch"]},
+    {"apiGroups": ["embedops.dev"],
+     "resources": ["embeddingdatasets/status", "finetunejobs/status", "embeddingindexes/status"], "verbs": ["patch"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
 ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
           "--set", "metrics.dashboard.enabled=true"]
 
@@ -114,7 +125,10 @@ def test_rendered_manifests(tools):
     dashboard = next(d for d in docs if d["kind"] == "ConfigMap")
     assert json.loads(dashboard["data"]["embedops.json"])["uid"] == "embedops"
 
+    assert next(d for d in docs if d["kind"] == "ClusterRole")["rules"] == RULES
+
     scoped = [d for d in yaml.safe_load_all(render(tools, "ops", "--set", "watchNamespaces={a,b}")) if d]
+    assert all(d["rules"] == RULES for d in scoped if d["kind"] == "Role")
     roles = sorted((d["kind"], d["metadata"]["namespace"]) for d in scoped if d["kind"].startswith(("Role", "Cluster")))
     assert roles == [("Role", "a"), ("Role", "b"), ("RoleBinding", "a"), ("RoleBinding", "b")]
     assert [a for a in next(d for d in scoped if d["kind"] == "Deployment")["spec"]["template"]["spec"][
