@@ -135,7 +135,7 @@ def test_rendered_manifests(tools):
         "containers"][0]["args"] if a.startswith("--namespace")] == ["--namespace=a", "--namespace=b"]
 
 
-def test_chart_applies_and_stays_in_sync(tools, monitoring_crds):
+def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
     """Server-side dry-run, then a real apply, then `kubectl diff`: nothing the server fills in
     differs from the chart (what Argo CD would otherwise show as a perpetual OutOfSync)."""
     ns = f"ops-{uuid.uuid4().hex[:6]}"
@@ -147,6 +147,8 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds):
     diff = kubectl(tools, "diff", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-f", "-",
                    stdin=manifests, check=False)
     assert diff.returncode == 0, f"the server changed what the chart applied:\n{diff.stdout}{diff.stderr}"
+    # The Deployment is schedulable as rendered (kwok plays the kubelet: no container runs).
+    kubectl(tools, "rollout", "status", "-n", ns, "deployment/embedops", "--timeout=60s")
     kubectl(tools, "delete", "namespace", ns, "--wait=false")
     kubectl(tools, "delete", "clusterrole,clusterrolebinding", "embedops", "--ignore-not-found")
 
