@@ -7,6 +7,7 @@ import os
 import numpy as np
 import psycopg
 import pytest
+from pgvector import HalfVector, Vector
 from psycopg import sql
 from pydantic import ValidationError
 
@@ -243,3 +244,32 @@ def test_a_view_name_too_long_for_its_version_tables_is_rejected(dsn):
     closed.close()
     with pytest.raises(ValueError, match="target.name: .* too long for its version tables"):
         pgvector.versions(closed, Target(name="d" * 61))
+
+
+@pytest.mark.parametrize("id_type,ids", [
+    ("smallint", [3, 7, 9]), ("integer", [1, 2**31 - 1, 5]), ("bigint", [-(2**62), 0, 2**62]),
+    ("text", ["doc-1", "é∑ unicode", ""]), ("varchar(40)", ["a", "b b", "c\tc"]),
+])
+@pytest.mark.parametrize("vector_type", ["vector", "halfvec"])
+def test_the_numpy_copy_stream_stores_what_psycopgs_adapters_store(conn, id_type, ids, vector_type):
+    vectors = np.random.default_rng(0).normal(size=(len(ids), 5)).astype(np.float32)
+    oid = conn.execute("SELECT %s::regtype::oid", (id_type,)).fetchone()[0]
+    data = pgvector.copy_binary(ids, oid, vectors, vector_type)
+    assert data is not None
+    stored = {}
+    for how in ("numpy", "adapters"):
+        conn.execute(f"CREATE TEMP TABLE t_{how} (id {id_type}, embedding {vector_type}(5))")
+        with conn.cursor() as cur, cur.copy(f"COPY t_{how} (id, embedding) FROM STDIN (FORMAT BINARY)") as copy:
+            if how == "numpy":
+                copy.write(data)
+            else:
+                copy.set_types([oid, vector_type])
+                for doc_id, v in zip(ids, vectors):
+                    copy.write_row((doc_id, (HalfVector if vector_type == "halfvec" else Vector)(v)))
+        stored[how] = conn.execute(f"SELECT id, embedding::text FROM t_{how} ORDER BY id").fetchall()
+    assert stored["numpy"] == stored["adapters"] and len(stored["numpy"]) == len(ids)
+
+
+def test_ids_copy_binary_does_not_encode_fall_back_to_the_adapters(conn):
+    uuid_oid = conn.execute("SELECT 'uuid'::regtype::oid").fetchone()[0]
+    assert pgvector.copy_binary(["x"], uuid_oid, np.zeros((1, 3), np.float32), "vector") is None

@@ -5,7 +5,7 @@ version tables `<name>_v<N>`. A new model is embedded into a new table while the
 serving the old one; the new table gets its ANN index and is probed, and only then does the
 view move. Readers never see a half-built index, and a rollback is one statement away.
 
-- Writes are binary COPY, each chunk committed in the same transaction as its shard's
+- Writes are binary COPY (the stream built with numpy, `copy_binary`), each chunk committed in the same transaction as its shard's
   progress row, so a killed pod resumes after its last commit with no row lost or doubled.
 - Cut-over and rollback are DROP VIEW + CREATE VIEW in one transaction (not CREATE OR
   REPLACE: a model with other dimensions changes the column's type). Readers wait for that
@@ -338,7 +338,8 @@ class VersionWriter:
         self.progress: ShardProgress = catalog.progress(conn, rec, shard)
         self._copy = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
             sql.Identifier(rec.schema, rec.table))
-        self._types = [self._id_oid(), rec.vector_type]
+        self._id_type = self._id_oid()
+        self._types = [self._id_type, rec.vector_type]
         self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
 
     def _id_oid(self) -> int:
@@ -355,11 +356,15 @@ class VersionWriter:
             raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
         if not ids:
             return self.progress
+        data = copy_binary(ids, self._id_type, np.asarray(vectors), self.record.vector_type)
         with self._conn.transaction(), self._conn.cursor() as cur:
             with cur.copy(self._copy) as copy:
-                copy.set_types(self._types)
-                for doc_id, vector in zip(ids, vectors):
-                    copy.write_row((doc_id, self._wrap(vector)))
+                if data is not None:
+                    copy.write(data)
+                else:  # an id type copy_binary does not encode: psycopg's adapters, row by row
+                    copy.set_types(self._types)
+                    for doc_id, vector in zip(ids, vectors):
+                        copy.write_row((doc_id, self._wrap(vector)))
             moved = catalog.advance(self._conn, self.record, self.shard, self.progress, ids[-1], len(ids))
             if moved is None:
                 raise BuildConflict(
@@ -373,6 +378,56 @@ class VersionWriter:
         with self._conn.transaction():
             catalog.finish_shard(self._conn, self.record, self.shard)
         self.progress = catalog.progress(self._conn, self.record, self.shard)
+
+
+# COPY ... (FORMAT BINARY): signature, flags, header extension length; a tuple count of -1 ends it.
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+_INT_IDS = {21: ">i2", 23: ">i4", 20: ">i8"}  # int2, int4, int8
+_TEXT_IDS = {25, 1043}  # text, varchar
+
+
+def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_type: str) -> bytes | memoryview | None:
+    """The whole binary COPY stream of (id, embedding) rows, built with numpy rather than row by row.
+
+    Each row is: 2 fields; the id (int2/int4/int8 big-endian, or text as UTF-8); the vector in
+    pgvector's binary form (int16 dimensions, int16 unused, big-endian float32, or float16 for
+    halfvec). None for an id type this does not encode (the caller falls back to psycopg's
+    adapters). Several times faster than `write_row`, which adapts every value in Python.
+    """
+    n, dim = vectors.shape
+    item = np.dtype(">f2" if vector_type == "halfvec" else ">f4")
+    vec_len = 4 + dim * item.itemsize
+
+    def fill_vectors(rows: np.ndarray) -> None:  # rows: (n, 8 + dim * itemsize) bytes
+        rows[:, 0:4] = np.frombuffer(vec_len.to_bytes(4, "big"), np.uint8)
+        rows[:, 4:6] = np.frombuffer(dim.to_bytes(2, "big"), np.uint8)
+        rows[:, 6:8] = 0
+        rows[:, 8:].view(item)[...] = vectors  # converted straight into place: one pass over the data
+
+    if id_oid in _INT_IDS:
+        kind = np.dtype(_INT_IDS[id_oid])
+        prefix = 2 + 4 + kind.itemsize
+        width = prefix + 4 + vec_len
+        out = np.empty(len(_COPY_HEADER) + n * width + len(_COPY_TRAILER), np.uint8)
+        out[:len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, np.uint8)
+        out[len(out) - 2:] = 0xFF
+        rows = out[len(_COPY_HEADER):len(out) - 2].reshape(n, width)
+        rows[:, 0:2] = np.frombuffer(b"\x00\x02", np.uint8)
+        rows[:, 2:6] = np.frombuffer(kind.itemsize.to_bytes(4, "big"), np.uint8)
+        rows[:, 6:prefix].view(kind)[:, 0] = np.asarray(ids, dtype=np.int64)
+        fill_vectors(rows[:, prefix:])
+        return out.data
+    if id_oid in _TEXT_IDS:
+        tails = np.empty((n, 4 + vec_len), np.uint8)
+        fill_vectors(tails)
+        parts = [_COPY_HEADER]
+        for doc_id, tail in zip(ids, tails):
+            raw = str(doc_id).encode()
+            parts += (b"\x00\x02", len(raw).to_bytes(4, "big"), raw, tail.data)
+        parts.append(_COPY_TRAILER)
+        return b"".join(parts)
+    return None
 
 
 def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpec,
