@@ -104,6 +104,13 @@ class EmbedSpec(ApiModel):
         default=2048, ge=1, description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048."
     )
     shards: int = Field(default=1, ge=1, le=1000, description="Pods that embed in parallel (an Indexed Job). Default: 1.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto",
+        description=(
+            "Arithmetic of the encoder: `auto` is bf16 on a CUDA GPU that supports it and float32 otherwise; "
+            "`fp32` always float32; `bf16` needs a GPU. Default: auto."
+        ),
+    )
 
 
 class ProbeSpec(ApiModel):

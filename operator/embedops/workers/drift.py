@@ -54,7 +54,7 @@ from embedops.api.common import ApiModel
 from embedops.api.index import DriftResult, IndexSource, Target
 from embedops.datasets import PreparedDataset
 from embedops.store import pgvector, sources
-from embedops.workers.embed import encode_documents, normalizes
+from embedops.workers.embed import normalizes
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,10 @@ def run(config: Config, *, dsn: str | None = None) -> DriftResult:
     if len(reference) < 2 or len(texts) < 2:
         raise ValueError(f"{rec.schema}.{rec.table}: too few rows to measure drift "
                          f"({len(reference)} stored, {len(texts)} current)")
-    current = encode_documents(model, texts, batch_size=config.batch_size, normalize=normalizes(rec.metric))
+    from embedops.workers.encoder import Encoder  # torch: only where a pod measures
+
+    # The same encoder as the embed worker, so that its arithmetic is no part of the drift.
+    current = Encoder(model, batch_size=config.batch_size, normalize=normalizes(rec.metric)).encode(texts)
     scores = drift_scores(reference, current)
     result = DriftResult(
         version=rec.version, score=round(scores.score, 6), centroid_distance=round(scores.centroid_distance, 6),

@@ -21,10 +21,10 @@ import logging
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import Field, model_validator
 
 from embedops import modelzoo, progress
@@ -135,13 +135,6 @@ def normalizes(metric: str) -> bool:
     return metric in ("cosine", "inner_product")
 
 
-def encode_documents(model: SentenceTransformer, texts: list[str], *, batch_size: int, normalize: bool) -> np.ndarray:
-    """float32 embeddings in input order. One call per chunk: sentence-transformers sorts the whole list
-    by length into batches (and restores the order), which is what keeps padding low."""
-    return model.encode_document(texts, batch_size=batch_size, normalize_embeddings=normalize,
-                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
-
-
 def run(config: Config, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
@@ -183,16 +176,29 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
 
 def embed_shard(model: SentenceTransformer, docs: TableDocuments | DatasetDocuments, writer: pgvector.VersionWriter,
                 config: Config) -> None:
-    """Embed and commit the shard's remaining documents, chunk by chunk."""
+    """Embed and commit the shard's remaining documents, chunk by chunk.
+
+    A chunk is written (COPY and commit, in a second thread) while the next one is encoded; the
+    writes stay in order, one at a time, so a killed run still resumes after its last commit.
+    """
     rec = writer.record
     remaining = docs.total() - writer.progress.rows
     if writer.progress.rows:
         log.info("resuming %s shard %d after %d rows", rec.table, config.shard, writer.progress.rows)
     shard = f" shard {config.shard}/{config.shards}" if config.shards > 1 else ""
-    with progress.task(f"Embedding {rec.schema}.{rec.table}{shard}", total=remaining) as task:
+    from embedops.workers.encoder import Encoder  # torch: only where a pod embeds
+
+    encoder = Encoder(model, batch_size=config.embedding.batch_size, normalize=normalizes(rec.metric),
+                      precision=config.embedding.precision)
+    with progress.task(f"Embedding {rec.schema}.{rec.table}{shard}", total=remaining) as task, \
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedops-copy") as copier:
+        pending: tuple[Future, int] | None = None
         for chunk in docs.chunks(writer.progress.last_id, config.embedding.commit_rows):
-            ids = [doc_id for doc_id, _ in chunk]
-            vectors = encode_documents(model, [text for _, text in chunk], batch_size=config.embedding.batch_size,
-                                       normalize=normalizes(rec.metric))
-            writer.write(ids, vectors)
-            task.advance(len(chunk))
+            vectors = encoder.encode([text for _, text in chunk])
+            if pending is not None:
+                pending[0].result()
+                task.advance(pending[1])
+            pending = (copier.submit(writer.write, [doc_id for doc_id, _ in chunk], vectors), len(chunk))
+        if pending is not None:
+            pending[0].result()
+            task.advance(pending[1])
