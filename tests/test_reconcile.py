@@ -77,6 +77,16 @@ def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
     assert len(rerun.create) == 1 and rerun.create[0]["metadata"]["name"] != old2
 
 
+def test_a_dataset_can_mine_on_a_gpu_node():
+    spec = {**DATASET_SPEC, "resources": {"gpus": 1, "memory": "32Gi"},
+            "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "mining"}}
+    (job,) = plan(Observed(body("EmbeddingDataset", "ds", spec), now=NOW), SETTINGS).create
+    pod = job["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["nodeSelector"] == {"pool": "gpu"} and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mining"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
 def test_invalid_spec_is_reported_not_raised():
     b = body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "x"}, "pairs": {"path": "y"}}})
     p = plan(Observed(b, now=NOW), SETTINGS)

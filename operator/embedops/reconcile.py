@@ -215,6 +215,7 @@ def plan_dataset(obs: Observed, settings: OperatorSettings) -> Plan:
         step="prepare", worker="prepare", key=key,
         config={"spec": spec.to_wire(), "baseDir": settings.workspace_path,
                 "outputDir": _workdir(settings, "embeddingdatasets", name, key)},
+        resources=spec.resources, scheduling=spec.scheduling, gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
     plan, job = _run_step(obs, EmbeddingDatasetStatus, step, settings, "Preparing")

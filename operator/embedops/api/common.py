@@ -176,7 +176,8 @@ class Resources(ApiModel):
         le=16,
         description=(
             "Number of `nvidia.com/gpu` to request (requests = limits). "
-            "Default: 1 for a FineTuneJob's training pod, 0 for an EmbeddingIndex's embedding pods."
+            "Default: 1 for a FineTuneJob's training pod, 0 for an EmbeddingIndex's embedding pods and an "
+            "EmbeddingDataset's prepare pod."
         ),
     )
     cpu: str | None = Field(default=None, description="CPU request, a Kubernetes quantity such as `4` or `500m`.")

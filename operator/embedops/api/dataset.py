@@ -8,6 +8,8 @@ from embedops.api.common import (
     ApiModel,
     BaseStatus,
     Database,
+    Resources,
+    Scheduling,
     SqlName,
     check_exactly_one,
     exactly_one_rule,
@@ -168,6 +170,14 @@ class EmbeddingDatasetSpec(ApiModel):
     split: SplitSpec = Field(default_factory=SplitSpec, description="Split used when the source has no test split.")
     hard_negatives: HardNegativesSpec = Field(default_factory=HardNegativesSpec, description="Hard-negative mining.")
     augment: AugmentSpec = Field(default_factory=AugmentSpec, description="Extra pairs from the corpus.")
+    resources: Resources = Field(
+        default_factory=Resources,
+        description=(
+            "Resources of the prepare pod (no GPU by default). Mining hard negatives embeds the whole corpus: "
+            "give large corpora a GPU (`gpus: 1`)."
+        ),
+    )
+    scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the prepare Job.")
 
 
 class DatasetCounts(ApiModel):
