@@ -114,7 +114,14 @@ class BaseStatus(ApiModel):
         default=None, description="The .metadata.generation the status reflects."
     )
     phase: str | None = Field(default=None, description="A one-word summary for display; conditions are authoritative.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, Progressing and Degraded conditions.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Ready, Progressing and Degraded conditions.",
+        # The Kubernetes convention for conditions: one entry per type, merged by type under
+        # server-side apply.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     inputs_hash: str | None = Field(
         default=None,
         description=(
