@@ -170,7 +170,11 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
     import embedops.handlers  # noqa: F401 - registers the handlers
 
-    kopf.configure(verbose=args.verbose)
+    # Logging is set up in main(): kopf.configure would add a second handler (every line twice).
+    # kopf logs each handler run at INFO ("Handler 'reconcile' succeeded", every event and
+    # sweep); that is debug detail here. Failures still log at WARNING and above.
+    if not args.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,  # one replica (the chart's Deployment uses the Recreate strategy); no peering CRDs
         clusterwide=not args.namespace,

@@ -52,7 +52,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No cluster-wide watching of CRDs and namespaces (it would need cluster-wide RBAC): the
     # served kinds are resolved once, here, so the CRDs must be installed first (the chart does).
     settings.scanning.disabled = True
-    missing = kube.missing_kinds()
+    try:
+        missing = kube.missing_kinds()
+    except kube.NoCredentials as err:
+        raise kopf.PermanentError(str(err)) from None
     if missing:
         raise kopf.PermanentError(f"the API server does not serve {', '.join(missing)} "
                                   f"({GROUP}/{VERSION}): install the CRDs (crds/ or the Helm chart) first")

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 _api: client.ApiClient | None = None
 
 
+class NoCredentials(Exception):
+    """Neither in a cluster nor given a usable kubeconfig."""
+
+
 def api() -> client.ApiClient:
     global _api
     if _api is None:
@@ -28,7 +32,13 @@ def api() -> client.ApiClient:
             config.load_incluster_config()
         except config.ConfigException:
             # Read KUBECONFIG now: the client's default was fixed when it was imported.
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+            path = os.environ.get("KUBECONFIG")
+            try:
+                config.load_kube_config(config_file=path)
+            except (config.ConfigException, OSError) as err:
+                where = f"$KUBECONFIG ({path})" if path else "~/.kube/config"
+                raise NoCredentials(f"no Kubernetes credentials: not running in a cluster, and {where} "
+                                    f"gives none ({err})") from None
         _api = client.ApiClient()
     return _api
 
