@@ -16,3 +16,11 @@ def test_operator_refuses_to_start_without_its_crds(monkeypatch):
     # Served kinds are resolved at start: no cluster-wide watch of CRDs and namespaces to grant.
     assert settings.scanning.disabled is True
     assert settings.persistence.finalizer == "embedops.dev/finalizer"
+
+
+def test_operator_without_credentials_stops_with_one_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(kube, "_api", None)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(kopf.PermanentError, match=r"no Kubernetes credentials: .*\$KUBECONFIG \(.*missing\)"):
+        core.configure(settings=kopf.OperatorSettings())
