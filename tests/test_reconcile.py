@@ -67,8 +67,10 @@ def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
     b, old = _run_dataset_to_ready()
     b["spec"] = {**DATASET_SPEC, "split": {"testFraction": 0.3}}
     b["metadata"]["generation"] = 2
-    again = plan(Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED})}, now=NOW), SETTINGS)
+    again = plan(Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED}, step="prepare")}, now=NOW),
+                 SETTINGS)
     assert len(again.create) == 1 and again.create[0]["metadata"]["name"] != old
+    assert again.delete == []  # a finished run is history, not in the way
     # The last good result stays Ready while the new run goes on.
     assert ready(again)[0] == "True" and again.status.condition("Progressing").status == "True"
     b2, old2 = _run_dataset_to_ready()
@@ -243,3 +245,16 @@ def test_index_without_database_or_model():
     p = plan(Observed(ix, related={("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): untrained},
                       now=NOW), SETTINGS)
     assert p.create == [] and ready(p) == ("False", "WaitingForModel")
+
+
+def test_a_run_superseded_while_pending_is_deleted():
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    first = plan(Observed(b, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    b["spec"] = {**DATASET_SPEC, "resources": {"memory": "64Gi"}}
+    b["metadata"]["generation"] = 2
+    jobs = {first: ObservedJob(first, "Pending", step="prepare"),
+            "ds-probe-x": ObservedJob("ds-probe-x", "Running", step="probe")}
+    p = plan(Observed(b, jobs=jobs, now=NOW), SETTINGS)
+    assert len(p.create) == 1 and p.create[0]["metadata"]["name"] != first
+    assert p.delete == [first]  # only the same step's run
+    assert ("Normal", "JobSuperseded", f"deleted Job {first}: its inputs changed") in p.events

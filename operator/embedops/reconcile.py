@@ -44,6 +44,7 @@ class ObservedJob:
     results: dict[int, dict[str, Any]] = field(default_factory=dict)  # completion index -> result JSON
     error: str | None = None  # why it failed, from a pod's termination message or the Job's condition
     suspended: bool = False
+    step: str | None = None  # its embedops.dev/step label
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class Observed:
 class Plan:
     status: BaseStatus | None = None  # None: leave status as it is
     create: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # names of owned Jobs to delete (superseded runs)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
@@ -181,8 +183,14 @@ def _run_step(obs: Observed, status_cls: type[BaseStatus], step: WorkerStep, set
     if job is None:
         status = _progressing(base, running_reason, f"Job {name} created", gen)
         status.active_job = name
-        return Plan(status=status, create=[worker_job(owner, step, settings)],
-                    events=[("Normal", "JobCreated", f"created Job {name}")]), None
+        # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
+        # a Kueue quota (and an embed Job would keep writing a version nobody wants).
+        superseded = sorted(j.name for j in obs.jobs.values()
+                            if j.step == step.step and j.name != name and j.state in ("Pending", "Running"))
+        events = [("Normal", "JobCreated", f"created Job {name}")]
+        events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
+        return Plan(status=status, create=[worker_job(owner, step, settings)], delete=superseded,
+                    events=events), None
     if job.state in ("Pending", "Running"):
         reason = "Suspended" if job.suspended else running_reason
         message = f"Job {name} is suspended" if job.suspended else f"Job {name} is {job.state.lower()}"

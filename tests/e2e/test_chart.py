@@ -25,13 +25,13 @@ from tests.e2e.test_operator import run_lifecycle
 CHART = ROOT / "charts" / "embedops"
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 # Every permission the operator has; the lifecycle test below shows they suffice, and a change
-# here is a deliberate one. No Secrets, no deletes, no Pods created.
+# here is a deliberate one. No Secrets, no Pods created, nothing deleted but superseded Jobs.
 RULES = [
     {"apiGroups": ["embedops.dev"], "resources": ["embeddingdatasets", "finetunejobs", "embeddingindexes"],
      "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["embedops.dev"],
      "resources": ["embeddingdatasets/status", "finetunejobs/status", "embeddingindexes/status"], "verbs": ["patch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
@@ -179,7 +179,7 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
 
     # Least privilege: what the operator must never be able to do.
     for verb, what, where in (("get", "secrets", kube.ns), ("list", "secrets", kube.ns),
-                              ("delete", "jobs", kube.ns), ("create", "pods", kube.ns),
+                              ("delete", "pods", kube.ns), ("create", "pods", kube.ns),
                               ("delete", "embeddingindexes.embedops.dev", kube.ns),
                               ("list", "embeddingindexes.embedops.dev", "default"),
                               ("list", "jobs", "default")):

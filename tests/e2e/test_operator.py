@@ -141,6 +141,16 @@ def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
     assert pod.status.phase == "Pending" and not pod.spec.node_name
     assert kube.condition("FineTuneJob", "ft", "Progressing")["status"] == "True"
 
+    # Asking for what fits replaces the pending run: its Job is deleted, the new one scheduled.
+    kube.patch("FineTuneJob", "ft", {"spec": {"resources": {"gpus": 1}}})
+    wait_for("the pending Job deleted", lambda: job.metadata.name not in {j.metadata.name for j in kube.jobs("train")})
+    new = kube.wait_job("train")
+    (pod,) = kube.wait_running_pods(new.metadata.name)
+    assert pod.spec.node_name == "gpu-0"
+    assert any(e.reason == "JobSuperseded" for e in kube.events("ft"))
+    kube.finish(pod.metadata.name, json.dumps(TRAINED))  # free the GPU for the tests that follow
+    kube.wait_ready("FineTuneJob", "ft")
+
 
 def test_worker_failure_reaches_status_without_retries(kube, operator):
     kube.apply(DATASET)

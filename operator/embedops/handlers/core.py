@@ -101,6 +101,9 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
     for manifest in plan.create:
         if kube.create_job(manifest):
             log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
+    for job_name in plan.delete:
+        kube.delete_job(namespace, job_name)
+        log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
     for type_, reason, message in plan.events:
         kube.post_event(body, type_, reason, message)
     old = body.get("status") or {}

@@ -123,6 +123,15 @@ def create_job(manifest: dict[str, Any]) -> bool:
         raise
 
 
+def delete_job(namespace: str, name: str) -> None:
+    """Delete a Job and its pods (gone already is fine)."""
+    try:
+        client.BatchV1Api(api()).delete_namespaced_job(name, namespace, propagation_policy="Background")
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
 def read_job(namespace: str, name: str) -> dict[str, Any] | None:
     try:
         return api().sanitize_for_serialization(client.BatchV1Api(api()).read_namespaced_job(name, namespace))
@@ -185,7 +194,9 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
             failed = _condition(job, "Failed") or {}
             newest = max(failures)[1] if failures else None
             error = _error_text(newest) or failed.get("message") or failed.get("reason")
-    return ObservedJob(name=name, state=state, results=results, error=error, suspended=suspended)  # type: ignore[arg-type]
+    step = (job["metadata"].get("labels") or {}).get(naming.LABEL_STEP)
+    return ObservedJob(name=name, state=state, results=results, error=error, suspended=suspended,  # type: ignore[arg-type]
+                       step=step)
 
 
 def _termination_message(pod: dict[str, Any]) -> str | None:
