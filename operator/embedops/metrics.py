@@ -9,6 +9,7 @@ docs/metrics.md; a test keeps that page and this module in step.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, start_http_server
@@ -104,13 +105,8 @@ class Metrics:
             gauge.labels(*labels).set(value)
         # Versions come and go: drop this index's series that no longer apply (after setting the
         # new ones, so a scrape never sees the index without its series).
-        keep = {(id(gauge), labels) for gauge, labels, _ in want}
-        for gauge in self._index_gauges:
-            names = gauge._labelnames
-            for values in list(gauge._metrics):
-                labels = dict(zip(names, values))
-                if labels["namespace"] == ns and labels["index"] == name and (id(gauge), values) not in keep:
-                    gauge.remove(*values)
+        self._remove_matching(self._index_gauges, {"namespace": ns, "index": name},
+                              keep={(id(gauge), labels) for gauge, labels, _ in want})
 
     def _observe_finetune(self, ns: str, name: str, st: FineTuneJobStatus) -> None:
         for which, m in (("base", st.base_metrics), ("tuned", st.tuned_metrics)):
@@ -122,12 +118,14 @@ class Metrics:
             self.ft_duration.labels(ns, name).set(st.duration_seconds)
 
     @staticmethod
-    def _remove_matching(gauges: tuple[Gauge, ...], match: dict[str, str]) -> None:
+    def _remove_matching(gauges: tuple[Gauge, ...], match: dict[str, str],
+                         keep: AbstractSet[tuple[int, tuple[str, ...]]] = frozenset()) -> None:
+        """Remove the series whose labels match, except those in `keep` ((id(gauge), label values))."""
         for g in gauges:
             names = g._labelnames
             for values in list(g._metrics):
                 labels = dict(zip(names, values))
-                if all(labels.get(k) == v for k, v in match.items() if k in labels):
+                if all(labels.get(k) == v for k, v in match.items() if k in labels) and (id(g), values) not in keep:
                     g.remove(*values)
 
 

@@ -39,8 +39,9 @@ ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prom
           "--set", "metrics.dashboard.enabled=true"]
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
+         stdin: str | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, env=env)
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(cmd[:4])} ... failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
     return done
@@ -60,11 +61,7 @@ def helm(tools, *args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def kubectl(tools, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([tools["kubectl"], *args], input=stdin, capture_output=True, text=True, timeout=120,
-                          env=tools["env"])
-    if check and done.returncode != 0:
-        pytest.fail(f"kubectl {' '.join(args[:3])} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return done
+    return _run([tools["kubectl"], *args], env=tools["env"], check=check, stdin=stdin)
 
 
 def render(tools, namespace: str, *args: str) -> str:

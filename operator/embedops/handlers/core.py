@@ -162,7 +162,7 @@ def _safe_reconcile(kind: str, namespace: str, name: str) -> None:
 # Every resource seen, reconciled again every EMBEDOPS_RECONCILE_SECONDS by the sweep thread.
 # (kopf's own timers would put a finalizer on every resource; only an index that drops its
 # tables on deletion should have one.)
-_known: dict[tuple[str, str, str], None] = {}
+_known: set[tuple[str, str, str]] = set()
 _known_lock = threading.Lock()
 _stop = threading.Event()
 
@@ -195,11 +195,11 @@ def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa
     key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
     if type == "DELETED":
         with _known_lock:
-            _known.pop(key, None)
+            _known.discard(key)
         metrics.METRICS.forget(*key)
         return
     with _known_lock:
-        _known[key] = None
+        _known.add(key)
     _safe_reconcile(*key)
 
 

@@ -411,8 +411,8 @@ def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_typ
         width = prefix + 4 + vec_len
         out = np.empty(len(_COPY_HEADER) + n * width + len(_COPY_TRAILER), np.uint8)
         out[:len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, np.uint8)
-        out[len(out) - 2:] = 0xFF
-        rows = out[len(_COPY_HEADER):len(out) - 2].reshape(n, width)
+        out[len(out) - len(_COPY_TRAILER):] = np.frombuffer(_COPY_TRAILER, np.uint8)
+        rows = out[len(_COPY_HEADER):len(out) - len(_COPY_TRAILER)].reshape(n, width)
         rows[:, 0:2] = np.frombuffer(b"\x00\x02", np.uint8)
         rows[:, 2:6] = np.frombuffer(kind.itemsize.to_bytes(4, "big"), np.uint8)
         rows[:, 6:prefix].view(kind)[:, 0] = np.asarray(ids, dtype=np.int64)
