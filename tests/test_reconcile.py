@@ -201,6 +201,9 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     assert sorted(j["metadata"]["labels"]["embedops.dev/step"] for j in later.create) == ["drift", "probe"]
     probe_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "probe")
     assert probe_job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.periodic_job_ttl_seconds
+    drift_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "drift")
+    # Drift re-encodes with the arithmetic the version was built with.
+    assert json.loads(drift_job["spec"]["template"]["spec"]["containers"][0]["command"][4])["precision"] == "auto"
     # A probe below minRecall degrades the index.
     name = probe_job["metadata"]["name"]
     low = {"version": 1, "k": 10, "recallAtK": 0.2, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,

@@ -237,7 +237,7 @@ class LocalRunner:
                 measured = drift.run(drift.Config(
                     target=spec.target, version=live.version, model=model, source=spec.source,
                     dataset_dir=dataset_dir, sample_size=spec.drift.sample_size,
-                    threshold=spec.drift.threshold, device=self.device,
+                    threshold=spec.drift.threshold, precision=spec.embedding.precision, device=self.device,
                 ), dsn=dsn)
         except (ValueError, FileNotFoundError, modelzoo.ModelNotFound) as err:
             raise StepFailed("IndexFailed", str(err)) from err

@@ -453,7 +453,8 @@ def _schedule(obs: Observed, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
     if spec.drift.enabled and _due(last, minutes, obs.now):
         config = {"target": target, "version": live.version, "model": live.model, "source": spec.source.to_wire(),
-                  "sampleSize": spec.drift.sample_size, "threshold": spec.drift.threshold}
+                  "sampleSize": spec.drift.sample_size, "threshold": spec.drift.threshold,
+                  "precision": spec.embedding.precision}
         if inputs.dataset_dir:
             config["datasetDir"] = inputs.dataset_dir
         steps.append(_index_step("drift", _slot(obs.now, minutes), spec, config, ttl=ttl))

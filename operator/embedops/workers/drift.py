@@ -77,6 +77,9 @@ class Config(ApiModel):
     )
     seed: int | None = Field(default=None, description="Seed of the samples. Default: a new sample each run.")
     batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="The encoder's arithmetic: the index's `embedding.precision`, as the version was built."
+    )
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
 
     @model_validator(mode="after")
@@ -202,7 +205,8 @@ def run(config: Config, *, dsn: str | None = None) -> DriftResult:
     from embedops.workers.encoder import Encoder  # torch: only where a pod measures
 
     # The same encoder as the embed worker, so that its arithmetic is no part of the drift.
-    current = Encoder(model, batch_size=config.batch_size, normalize=normalizes(rec.metric)).encode(texts)
+    current = Encoder(model, batch_size=config.batch_size, normalize=normalizes(rec.metric),
+                      precision=config.precision).encode(texts)
     scores = drift_scores(reference, current)
     result = DriftResult(
         version=rec.version, score=round(scores.score, 6), centroid_distance=round(scores.centroid_distance, 6),
