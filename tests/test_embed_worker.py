@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from embedops import modelzoo
-from embedops.datasets import Doc, write_prepared
+from embedops.prepared import Doc, write_prepared
 from embedops.store import catalog, pgvector
 from embedops.workers import embed
 

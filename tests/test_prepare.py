@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from embedops import modelzoo, retrieval
 from embedops.api.dataset import EmbeddingDatasetSpec
-from embedops.datasets import PreparedDataset
+from embedops.prepared import PreparedDataset
 from embedops.workers import prepare
 
 NO_MINING = {"hardNegatives": {"enabled": False}}

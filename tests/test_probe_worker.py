@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from embedops.api.index import Target
-from embedops.datasets import Doc, write_prepared
+from embedops.prepared import Doc, write_prepared
 from embedops.store import pgvector
 from embedops.workers import embed, probe
 

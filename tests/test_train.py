@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from embedops import modelzoo
 from embedops.api.finetune import FineTuneJobSpec
-from embedops.datasets import Doc, PreparedDataset, TrainExample, write_prepared
+from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"

@@ -25,8 +25,8 @@ from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, ProbeResult, ReindexProgress
 from embedops.api.kinds import KINDS, format_validation_error
-from embedops.resources import naming
-from embedops.resources.jobs import Owner, WorkerStep, worker_job
+from embedops.builders import naming
+from embedops.builders.jobs import Owner, WorkerStep, worker_job
 from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
 from embedops.settings import OperatorSettings
 

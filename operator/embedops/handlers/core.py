@@ -30,8 +30,8 @@ from embedops.api.common import GROUP, VERSION, BaseStatus
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.api.kinds import KINDS
 from embedops.handlers import kube
-from embedops.resources import naming
-from embedops.resources.jobs import WorkerStep, worker_job
+from embedops.builders import naming
+from embedops.builders.jobs import WorkerStep, worker_job
 from embedops.settings import OperatorSettings
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from kubernetes.client.exceptions import ApiException
 from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS
 from embedops.reconcile import ObservedJob
-from embedops.resources import naming
-from embedops.resources.jobs import CONTAINER
+from embedops.builders import naming
+from embedops.builders.jobs import CONTAINER
 
 log = logging.getLogger(__name__)
 

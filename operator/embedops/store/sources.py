@@ -20,7 +20,7 @@ from psycopg import sql
 from psycopg.pq import Format
 
 from embedops.api.index import TableSource
-from embedops.datasets import Doc
+from embedops.prepared import Doc
 from embedops.store import names
 
 

@@ -52,7 +52,7 @@ from pydantic import Field, model_validator
 from embedops import modelzoo
 from embedops.api.common import ApiModel
 from embedops.api.index import DriftResult, IndexSource, Target
-from embedops.datasets import PreparedDataset
+from embedops.prepared import PreparedDataset
 from embedops.store import pgvector, sources
 from embedops.workers.embed import normalizes
 

@@ -30,7 +30,7 @@ from pydantic import Field, model_validator
 from embedops import modelzoo, progress
 from embedops.api.common import ApiModel
 from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, TableSource, Target
-from embedops.datasets import PreparedDataset
+from embedops.prepared import PreparedDataset
 from embedops.results import EmbedResult as Result
 from embedops.store import names, pgvector, sources
 

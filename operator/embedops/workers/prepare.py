@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from embedops import datasets, progress
+from embedops import prepared, progress
 from embedops.api.common import ApiModel
 from embedops.api.dataset import (
     AugmentSpec,
@@ -37,7 +37,7 @@ from embedops.api.dataset import (
     SplitSpec,
     ValidationSpec,
 )
-from embedops.datasets import Doc, TrainExample
+from embedops.prepared import Doc, TrainExample
 from embedops.results import PrepareResult as Result
 
 log = logging.getLogger(__name__)
@@ -530,7 +530,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         with_negatives=sum(bool(e.negatives) for e in examples),
     )
     prepared_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    manifest = datasets.write_prepared(
+    manifest = prepared.write_prepared(
         config.output_dir,
         corpus=source.corpus.values(),
         train=examples,

@@ -32,7 +32,7 @@ from pydantic import Field, model_validator
 from embedops import evaluation, modelzoo
 from embedops.api.common import ApiModel
 from embedops.api.index import ProbeResult, Target
-from embedops.datasets import PreparedDataset
+from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
 from embedops.workers.embed import normalizes

@@ -35,7 +35,7 @@ from embedops.api.finetune import (
     ModelArtifact,
     TrainingSpec,
 )
-from embedops.datasets import PreparedDataset, TrainExample
+from embedops.prepared import PreparedDataset, TrainExample
 from embedops.results import TrainResult as Result
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from embedops.api.common import Resources, Scheduling, SecretKeySelector
-from embedops.resources import naming
-from embedops.resources.jobs import Owner, WorkerStep, worker_job
+from embedops.builders import naming
+from embedops.builders.jobs import Owner, WorkerStep, worker_job
 from embedops.settings import OperatorSettings
 
 OWNER = Owner(kind="FineTuneJob", name="scifact-minilm", namespace="team-a", uid="0f9d1c9e-1111-2222-3333-444455556666")

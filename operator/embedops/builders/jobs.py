@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
-from embedops.resources import naming
+from embedops.builders import naming
 from embedops.settings import OperatorSettings
 
 GPU = "nvidia.com/gpu"
