@@ -74,8 +74,8 @@ def test_the_worker_sees_no_drift_on_unchanged_text_and_drift_on_rewritten_text(
     built = embed.run(embed.Config(target=target, source=source, model=str(tiny_model_dir), device="cpu"), dsn=dsn)
     with pgvector.connect(dsn) as conn:
         pgvector.cutover(conn, embed.Config(target=target, source=source, model="m").target, built.version)
-    config = drift.Config(target=target, source=source, model=str(tiny_model_dir), sample_size=120, seed=7,
-                          device="cpu")
+    config = drift.Config(target=target, source=source, model=str(tiny_model_dir), drift={"sampleSize": 120},
+                          seed=7, device="cpu")
 
     unchanged = drift.run(config, dsn=dsn)
     assert (unchanged.version, unchanged.reference_rows, unchanged.current_rows) == (built.version, 120, 120)
@@ -90,3 +90,32 @@ def test_the_worker_sees_no_drift_on_unchanged_text_and_drift_on_rewritten_text(
 
     sampled = drift.run(config.model_copy(update={"current": "random"}), dsn=dsn)
     assert sampled.drifted and sampled.current_rows == 120
+
+
+def test_drift_encodes_with_the_index_embedding_settings(dsn, tiny_model_dir, tmp_path, monkeypatch):
+    """An index whose batch size was lowered to fit a small GPU must not run out of memory in drift."""
+    from embedops.prepared import Doc, write_prepared
+    from embedops.workers import encoder
+
+    corpus = [Doc(id=f"d{i}", text=f"{TOPICS[i % 5]} note {i}") for i in range(60)]
+    write_prepared(tmp_path / "ds", corpus=corpus, train=[], test_queries={}, test_qrels={})
+    target, source = {"name": "notes_index"}, {"datasetRef": {"name": "ds"}}
+    embedding = {"batchSize": 7, "maxSeqLength": 24}
+    built = embed.run(embed.Config(target=target, source=source, dataset_dir=tmp_path / "ds", embedding=embedding,
+                                   model=str(tiny_model_dir), device="cpu"), dsn=dsn)
+    seen = []
+
+    class Spy(encoder.Encoder):
+        def __init__(self, model, **kwargs):
+            seen.append((kwargs["batch_size"], model.max_seq_length))
+            super().__init__(model, **kwargs)
+
+    monkeypatch.setattr(encoder, "Encoder", Spy)
+    config = drift.Config(target=target, version=built.version, source=source, dataset_dir=tmp_path / "ds",
+                          model=str(tiny_model_dir), drift={"sampleSize": 40}, embedding=embedding, seed=3,
+                          device="cpu")
+    unchanged = drift.run(config, dsn=dsn)
+    assert seen == [(7, 24)]
+    # The corpus as it was embedded: the same vectors, whichever sample is drawn.
+    assert unchanged.current_rows == 40 and unchanged.score < 1e-6
+    assert drift.run(config.model_copy(update={"current": "random"}), dsn=dsn).current_rows == 40

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from embedops import modelzoo
 from embedops.prepared import Doc, write_prepared
 from embedops.store import catalog, pgvector
-from embedops.workers import embed
+from embedops.workers import documents, embed
 
 ROWS = 300
 WORDS = "river stone cloud market engine garden violin harbor pepper lantern quartz meadow".split()
@@ -136,7 +136,7 @@ def test_a_dataset_corpus_with_halfvec_ivfflat_and_l2(tmp_path, dsn, tiny_model_
     expected = tiny_model.encode([d.full_text for d in docs[:10]], normalize_embeddings=False)
     np.testing.assert_allclose(np.stack([vectors[d.id] for d in docs[:10]]).astype(np.float32), expected,
                                rtol=2e-3, atol=2e-3)  # halfvec keeps about three digits
-    assert embed.in_shard("d1", 0, 2) != embed.in_shard("d1", 1, 2)
+    assert documents.in_shard("d1", 0, 2) != documents.in_shard("d1", 1, 2)
 
 
 def test_a_new_model_starts_a_new_version_instead_of_resuming(source, tiny_model_dir, tmp_path, monkeypatch):
@@ -150,7 +150,7 @@ def test_a_new_model_starts_a_new_version_instead_of_resuming(source, tiny_model
         embed.run(config(tiny_model_dir), dsn=source)
     monkeypatch.undo()
     other = build_tiny_model(tmp_path / "other", hidden=16, seed=1)
-    result = embed.run(config(other, modelName="tiny-16"), dsn=source)
+    result = embed.run(config(other), dsn=source)
     assert (result.version, result.rows, result.resumed) == (2, ROWS, False)
     with pgvector.connect(source) as conn:
         assert [(v.version, v.state, v.dimensions) for v in pgvector.versions(conn, config(other).target)] == [

@@ -5,14 +5,14 @@ from __future__ import annotations
 import kopf
 import pytest
 
-from embedops.handlers import core, kube
+from embedops.handlers import kube, triggers
 
 
 def test_operator_refuses_to_start_without_its_crds(monkeypatch):
     monkeypatch.setattr(kube, "missing_kinds", lambda: ["FineTuneJob", "EmbeddingIndex"])
     settings = kopf.OperatorSettings()
     with pytest.raises(kopf.PermanentError, match="does not serve FineTuneJob, EmbeddingIndex .*install the CRDs"):
-        core.configure(settings=settings)
+        triggers.configure(settings=settings)
     # Served kinds are resolved at start: no cluster-wide watch of CRDs and namespaces to grant.
     assert settings.scanning.disabled is True
     assert settings.persistence.finalizer == "embedops.dev/finalizer"
@@ -23,4 +23,4 @@ def test_operator_without_credentials_stops_with_one_clear_error(monkeypatch, tm
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(kopf.PermanentError, match=r"no Kubernetes credentials: .*\$KUBECONFIG \(.*missing\)"):
-        core.configure(settings=kopf.OperatorSettings())
+        triggers.configure(settings=kopf.OperatorSettings())

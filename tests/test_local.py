@@ -1,13 +1,16 @@
-"""Local mode end to end: the quickstart's resources, run twice, behave as the operator will.
+"""Local mode end to end: the quickstart's resources, run again and again, behave as the operator does.
 
 A tiny random model stands in for MiniLM so the whole chain (prepare with mining, train,
-embed into pgvector, probe gate, cut-over, drift) runs in seconds; quality is not the point
-here, the lifecycle is.
+embed into pgvector, probe gate, cut-over, scheduled probe and drift) runs in seconds;
+quality is not the point here, the lifecycle is. (tests/e2e/test_parity.py runs the same
+resources through the operator and compares the statuses.)
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import psycopg
@@ -43,12 +46,13 @@ def write_manifests(folder: Path, model: Path, *, epochs: int = 1, index: dict |
     return path
 
 
-def run(state: Path, dsn: str, path: Path):
-    runner = LocalRunner(state_dir=state, dsn=dsn, device="cpu")
+def run(state: Path, dsn: str, path: Path, *, later: dt.timedelta = dt.timedelta()):
+    runner = LocalRunner(state_dir=state, dsn=dsn, device="cpu",
+                         clock=lambda: dt.datetime.now(dt.timezone.utc) + later)
     return runner.run(manifests.load([path]))
 
 
-def test_quickstart_lifecycle_builds_probes_cuts_over_and_follows_the_model(tmp_path, dsn, tiny_model_dir):
+def test_quickstart_lifecycle_builds_probes_cuts_over_and_follows_the_model(tmp_path, dsn, tiny_model_dir, caplog):
     state = tmp_path / "state"
     first = run(state, dsn, write_manifests(tmp_path / "m1", tiny_model_dir))
     assert all(o.ok for o in first.values()), {k: o.status.conditions for k, o in first.items()}
@@ -57,12 +61,24 @@ def test_quickstart_lifecycle_builds_probes_cuts_over_and_follows_the_model(tmp_
     assert ds.counts.corpus == 600 and ds.counts.test_queries == 100
     assert job.tuned_metrics.queries == 100 and Path(job.model.location, "model.safetensors").is_file()
     assert idx.live_version == 1 and idx.rows == 600 and idx.probe.version == 1 and idx.probe.passed
-    assert idx.drift.version == 1 and not idx.drift.drifted
-    saved = json.loads((state / "default" / "embeddingindexes" / "idx.status.json").read_text())
-    assert saved["status"]["liveVersion"] == 1
+    # As in a cluster: the first drift measurement comes one interval after the version was built.
+    assert idx.drift is None
+    saved = json.loads((state / "default" / "embeddingindexes" / "idx.json").read_text())
+    assert saved["status"]["liveVersion"] == 1 and saved["metadata"]["generation"] == 1
     assert saved["status"]["conditions"][0]["type"] == "Ready"
+    # The catalog names the model by its path, as the operator's does, so any version can be probed again.
+    assert idx.versions[0].model == job.model.location and idx.live_model == job.model.location
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM public.docs").fetchone()[0] == 600
+
+    # An hour later the schedule is due: the live version is probed again and its drift measured.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedops.local"):
+        later = run(state, dsn, write_manifests(tmp_path / "m1", tiny_model_dir), later=dt.timedelta(minutes=61))
+    assert all(o.reused for k, o in later.items() if not k.startswith("EmbeddingIndex"))
+    assert sorted(m.split(": running ")[1] for m in caplog.messages if ": running " in m) == ["drift", "probe"]
+    idx = later["EmbeddingIndex/default/idx"].status
+    assert idx.drift.version == 1 and not idx.drift.drifted and idx.probe.version == 1
 
     # A new model (a changed job spec) becomes v2 beside v1; the unchanged dataset is reused.
     second = run(state, dsn, write_manifests(tmp_path / "m2", tiny_model_dir, epochs=2))
@@ -100,7 +116,7 @@ def test_a_missing_dependency_fails_with_a_reason_and_stops_its_dependents(tmp_p
     status = outcomes["FineTuneJob/default/job"].status
     assert not outcomes["FineTuneJob/default/job"].ok
     assert status.condition("Ready").reason == "DependencyNotFound"
-    assert "EmbeddingDataset/default/nowhere" in status.condition("Ready").message
+    assert status.condition("Ready").message == "EmbeddingDataset nowhere does not exist"
 
 
 def test_cli_versions_and_rollback(tmp_path, dsn, tiny_model_dir, capsys):
@@ -123,3 +139,50 @@ def test_cli_versions_and_rollback(tmp_path, dsn, tiny_model_dir, capsys):
     idx = run(state, dsn, path)["EmbeddingIndex/default/idx"].status
     assert idx.live_version == 1 and [v.version for v in idx.versions] == [2, 1]
     assert idx.condition("Progressing").reason == "RolledBack"
+
+
+def test_a_failed_step_gets_the_operators_reason_and_the_next_run_retries_it(tmp_path, dsn):
+    data = tmp_path / "m" / "pairs.jsonl"
+    data.parent.mkdir()
+    data.write_text("not json\n" * 5, encoding="utf-8")
+    path = tmp_path / "m" / "ds.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset",
+                                    "metadata": {"name": "pairs"},
+                                    "spec": {"source": {"pairs": {"path": "pairs.jsonl"}},
+                                             "hardNegatives": {"enabled": False}}}))
+    key = "EmbeddingDataset/default/pairs"
+    failed = run(tmp_path / "state", dsn, path)[key]
+    ready = failed.status.condition("Ready")
+    assert not failed.ok and failed.status.phase == "Failed" and ready.reason == "JobFailed"
+    assert ready.message.startswith("Job pairs-prepare-") and "failed: InvalidInput: pairs.jsonl: 5 of 5 rows" in ready.message
+    # The next run tries again (the same failure), rather than keeping the old one.
+    again = run(tmp_path / "state", dsn, path)[key]
+    assert not again.reused and again.status.condition("Ready").reason == "JobFailed"
+    # Fixed data is prepared.
+    data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"document {i}"}) + "\n" for i in range(20)),
+                    encoding="utf-8")
+    fixed = run(tmp_path / "state", dsn, path)[key]
+    assert fixed.ok and fixed.status.condition("Ready").reason == "Prepared" and fixed.status.counts.corpus == 20
+    # Edited again: prepared again, though the spec did not change (the operator needs the rerun annotation).
+    data.write_text(data.read_text(encoding="utf-8") + json.dumps({"query": "q", "positive": "doc"}) + "\n",
+                    encoding="utf-8")
+    edited = run(tmp_path / "state", dsn, path)[key]
+    assert not edited.reused and edited.status.counts.corpus == 21
+    assert run(tmp_path / "state", dsn, path)[key].reused
+
+
+def test_a_relative_model_path_resolves_against_the_manifest_folder(tmp_path, dsn, tiny_model_dir):
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, folder / "models" / "tiny")
+    path = folder / "all.yaml"
+    path.write_text(yaml.safe_dump_all([{"apiVersion": "embedops.dev/v1alpha1", **d} for d in [
+        {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
+         "spec": {"source": {"beir": {"path": str(SAMPLE)}}, "hardNegatives": {"enabled": False}}},
+        {"kind": "EmbeddingIndex", "metadata": {"name": "idx"},
+         "spec": {"model": {"name": "models/tiny"}, "source": {"datasetRef": {"name": "ds"}},
+                  "target": {"name": "docs"}, "embedding": {"maxSeqLength": 32}}},
+    ]]))
+    idx = run(tmp_path / "state", dsn, path)["EmbeddingIndex/default/idx"]
+    assert idx.ok and idx.status.live_model == str(folder / "models" / "tiny")

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from embedops.api.index import Target
+from embedops.api.index import ProbeSpec, Target
 from embedops.prepared import Doc, write_prepared
 from embedops.store import pgvector
 from embedops.workers import embed, probe
@@ -77,8 +77,9 @@ def build(dsn: str, model: str, dataset: Path) -> int:
     return embed.run(cfg, dsn=dsn).version
 
 
-def probe_config(model: str, dataset: Path, **kw) -> probe.Config:
-    return probe.Config(target=TARGET, model=model, dataset_dir=dataset, device="cpu", **kw)
+def probe_config(model: str, dataset: Path, min_recall: float = 0.0, **kw) -> probe.Config:
+    return probe.Config(target=TARGET, model=model, dataset_dir=dataset, device="cpu",
+                        probe={"minRecall": min_recall}, **kw)
 
 
 def test_minilm_passes_the_gate_that_a_random_model_fails(dsn, knowledge_base, tiny_model_dir):
@@ -117,13 +118,14 @@ def test_a_jsonl_probe_set_against_a_table_source(dsn, tmp_path, tiny_model_dir)
     lines.append({"query": FACTS[4][1], "relevant": {"5": 2, "6": 0}})
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
 
-    result = probe.run(probe.Config(target=TARGET, version=version, model=str(tiny_model_dir), path=path, k=5,
-                                    max_queries=3, device="cpu"), dsn=dsn)
+    result = probe.run(probe.Config(target=TARGET, version=version, model=str(tiny_model_dir),
+                                    probe={"path": str(path), "k": 5, "maxQueries": 3}, device="cpu"), dsn=dsn)
 
     assert (result.version, result.k, result.queries, result.passed) == (version, 5, 3, True)
     assert 0 <= result.recall_at_k <= 1 and "no live version" in result.reason
     with pytest.raises(ValueError, match="not the model v1 was built with"):
-        probe.run(probe.Config(target=TARGET, version=version, model="all-MiniLM-L6-v2", path=path), dsn=dsn)
+        probe.run(probe.Config(target=TARGET, version=version, model="all-MiniLM-L6-v2", probe={"path": str(path)}),
+                  dsn=dsn)
 
 
 def test_malformed_probe_lines_are_reported_with_file_and_line(tmp_path):
@@ -160,10 +162,10 @@ def test_the_gate_only_compares_probes_of_the_same_probe_set():
 
     live_probe = {"version": 1, "k": 10, "recallAtK": 0.8, "mrrAt10": 0.5, "ndcgAt10": 0.6, "queries": 5,
                   "checkedAt": "2026-01-01T00:00:00Z"}
-    config = probe.Config(target=TARGET, model="m", path="p.jsonl", min_recall=0.5)
+    spec = ProbeSpec(min_recall=0.5)
     new = record(2, "Ready")
-    assert probe.gate(0.79, 10, config, new, record(1, "Live", live_probe, "set-a"), "set-a")[0]
-    assert not probe.gate(0.77, 10, config, new, record(1, "Live", live_probe, "set-a"), "set-a")[0]
-    passed, reason = probe.gate(0.6, 10, config, new, record(1, "Live", live_probe, "set-b"), "set-a")
+    assert probe.gate(0.79, 10, spec, new, record(1, "Live", live_probe, "set-a"), "set-a")[0]
+    assert not probe.gate(0.77, 10, spec, new, record(1, "Live", live_probe, "set-a"), "set-a")[0]
+    passed, reason = probe.gate(0.6, 10, spec, new, record(1, "Live", live_probe, "set-b"), "set-a")
     assert passed and "no probe on this probe set" in reason
-    assert not probe.gate(0.4, 10, config, new, None, "set-a")[0]
+    assert not probe.gate(0.4, 10, spec, new, None, "set-a")[0]

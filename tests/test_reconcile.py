@@ -172,7 +172,8 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     (embed,) = p.create
     assert embed["spec"]["completions"] == 2 and ready(p) == ("False", "Embedding")
     config = json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])
-    assert config["model"] == TRAINED["model"]["location"] and config["modelName"] == config["model"]
+    # The catalog records where the model is, so probes of any retained version can load it.
+    assert config["model"] == TRAINED["model"]["location"]
     ix["status"] = p.status.to_wire()
     en = embed["metadata"]["name"]
     shard = {"version": 1, "table": "docs_v1", "rows": 10, "shardRows": 5, "embedded": 5, "resumed": False,
@@ -203,7 +204,8 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     assert probe_job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.periodic_job_ttl_seconds
     drift_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "drift")
     # Drift re-encodes with the arithmetic the version was built with.
-    assert json.loads(drift_job["spec"]["template"]["spec"]["containers"][0]["command"][4])["precision"] == "auto"
+    drift_config = json.loads(drift_job["spec"]["template"]["spec"]["containers"][0]["command"][4])
+    assert drift_config["embedding"]["precision"] == "auto" and drift_config["embedding"]["batchSize"] == 64
     # A probe below minRecall degrades the index.
     name = probe_job["metadata"]["name"]
     low = {"version": 1, "k": 10, "recallAtK": 0.2, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
@@ -261,3 +263,59 @@ def test_a_run_superseded_while_pending_is_deleted():
     assert len(p.create) == 1 and p.create[0]["metadata"]["name"] != first
     assert p.delete == [first]  # only the same step's run
     assert ("Normal", "JobSuperseded", f"deleted Job {first}: its inputs changed") in p.events
+
+
+def test_a_relative_model_name_resolves_in_the_workspace():
+    ds, _ = _run_dataset_to_ready()
+    spec = {**INDEX_SPEC, "model": {"name": "models/tuned"}}
+    (embed,) = plan(Observed(body("EmbeddingIndex", "ix", spec), related={("EmbeddingDataset", "ds"): ds["status"]},
+                             now=NOW), SETTINGS).create
+    assert json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])["model"] == \
+        "/workspace/models/tuned"
+    bundled = {**INDEX_SPEC, "model": {"name": "all-MiniLM-L6-v2"}}
+    (embed,) = plan(Observed(body("EmbeddingIndex", "ix", bundled), related={("EmbeddingDataset", "ds"): ds["status"]},
+                             now=NOW), SETTINGS).create
+    assert json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])["model"] == "all-MiniLM-L6-v2"
+
+
+def _job_names(kind: str, spec: dict, related: dict | None = None) -> list[str]:
+    return [j["metadata"]["name"] for j in plan(Observed(body(kind, "r", spec), related=related or {}, now=NOW),
+                                                SETTINGS).create]
+
+
+def test_spelling_out_the_defaults_starts_nothing_new():
+    """An operator upgrade that fills in a new default is a spec that spells that default out."""
+    from embedops.api.kinds import KINDS
+
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    for kind, spec in (("EmbeddingDataset", DATASET_SPEC), ("FineTuneJob", {"datasetRef": {"name": "ds"}}),
+                       ("EmbeddingIndex", INDEX_SPEC)):
+        full = KINDS[kind].spec_model.model_validate(spec).model_dump(mode="json", by_alias=True)
+        assert len(json.dumps(full)) > 2 * len(json.dumps(spec))
+        assert _job_names(kind, full, related) == _job_names(kind, spec, related), kind
+
+
+def test_a_new_defaulted_field_keeps_the_job_names(monkeypatch):
+    import dataclasses
+
+    from pydantic import Field, create_model
+
+    from embedops.api.dataset import EmbeddingDatasetSpec
+    from embedops.api.kinds import KINDS
+
+    before = _job_names("EmbeddingDataset", DATASET_SPEC)
+    newer = create_model("EmbeddingDatasetSpec", __base__=EmbeddingDatasetSpec, shuffle_buffer=(int, Field(default=7)))
+    monkeypatch.setitem(KINDS, "EmbeddingDataset", dataclasses.replace(KINDS["EmbeddingDataset"], spec_model=newer))
+    assert _job_names("EmbeddingDataset", DATASET_SPEC) == before
+    assert _job_names("EmbeddingDataset", {**DATASET_SPEC, "shuffleBuffer": 8}) != before
+
+
+def test_search_and_schedule_settings_rebuild_nothing():
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    embed = _job_names("EmbeddingIndex", INDEX_SPEC, related)
+    tuned = {**INDEX_SPEC, "ann": {"efSearch": 100}, "embedding": {"shards": 4, "batchSize": 16},
+             "probe": {"minRecall": 0.5, "intervalMinutes": 5}}
+    assert _job_names("EmbeddingIndex", tuned, related) == embed
+    assert _job_names("EmbeddingIndex", {**INDEX_SPEC, "embedding": {"maxSeqLength": 128}}, related) != embed

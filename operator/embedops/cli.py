@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 
-WORKERS = ("prepare", "train", "embed", "publish", "probe", "drift", "cleanup")
+from embedops.workers import runner
+
 DSN_ENV = "EMBEDOPS_DSN"
 
 
@@ -81,16 +81,16 @@ def _index_connection(args: argparse.Namespace):
     if len(indexes) != 1:
         raise SystemExit("error: -f must hold exactly one EmbeddingIndex (or pick one with --name)")
     runner = LocalRunner(state_dir=args.state_dir, dsn=args.dsn or os.environ.get(DSN_ENV))
-    return indexes[0].spec.target, runner, pgvector.connect(runner.database())
+    return indexes[0], runner, pgvector.connect(runner.database())
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from embedops.store import pgvector
 
-    target, runner, conn = _index_connection(args)
+    index, runner, conn = _index_connection(args)
     try:
         with conn:
-            for v in pgvector.versions(conn, target):
+            for v in pgvector.versions(conn, index.spec.target):
                 recall = f"recall@{v.probe.k} {v.probe.recall_at_k:.4f}" if v.probe else "not probed"
                 print(f"v{v.version}\t{v.state}\t{v.rows} rows\t{v.model}\t{recall}")
     finally:
@@ -102,10 +102,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     """Point the view back at a retained version; a later run that builds a new model cuts over again."""
     from embedops.store import pgvector
 
-    target, runner, conn = _index_connection(args)
+    index, runner, conn = _index_connection(args)
+    target = index.spec.target
     try:
         with conn:
             live = pgvector.rollback(conn, target, args.to)
+        runner.republish(index)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -115,23 +117,12 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_error(path: Path | None, reason: str, message: str) -> None:
-    """A failed worker's termination message: what the operator shows in the resource's conditions."""
-    if path is not None:
-        text = json.dumps({"error": {"reason": reason, "message": message[:3000]}}, separators=(",", ":"))
-        path.write_text(text, encoding="utf-8")
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker from a typed config; the result JSON goes to stdout and --result."""
     import yaml
-    from pydantic import ValidationError
 
-    from embedops.api.kinds import format_validation_error
-    from embedops.modelzoo import ModelNotFound
-    from embedops.results import termination_message
+    from embedops.results import error_message, termination_message
 
-    module = importlib.import_module(f"embedops.workers.{args.name}")
     if args.spec_json is not None:
         raw, where = json.loads(args.spec_json), "--spec-json"
     elif str(args.spec) == "-":
@@ -139,25 +130,19 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         raw, where = yaml.safe_load(args.spec.read_text(encoding="utf-8")), str(args.spec)
     # In an Indexed Job each pod is one shard: Kubernetes sets JOB_COMPLETION_INDEX.
-    if "shard" in module.Config.model_fields and isinstance(raw, dict) and "shard" not in raw \
-            and os.environ.get("JOB_COMPLETION_INDEX", "").isdigit():
-        raw["shard"] = int(os.environ["JOB_COMPLETION_INDEX"])
+    index = os.environ.get("JOB_COMPLETION_INDEX", "")
     try:
-        config = module.Config.model_validate(raw)
-    except ValidationError as err:
-        lines = format_validation_error(err, prefix="config")
-        print(f"error: invalid worker config ({where}):", file=sys.stderr)
-        for line in lines:
-            print(f"  {line}", file=sys.stderr)
-        _write_error(args.result, "InvalidConfig", "; ".join(lines))
-        return 2
-    try:
-        result = module.run(config, dsn=os.environ.get(DSN_ENV))
-    except (ValueError, FileNotFoundError, ModelNotFound) as err:
-        # Bad input: the same run would fail again, so the exit code tells the Job not to retry.
-        print(f"error: {err}", file=sys.stderr)
-        _write_error(args.result, "InvalidInput", str(err))
-        return 3
+        result = runner.run(args.name, raw, dsn=os.environ.get(DSN_ENV), shard=int(index) if index.isdigit() else None)
+    except runner.WorkerError as err:
+        if err.reason == "InvalidConfig":
+            print(f"error: invalid worker config ({where}):", file=sys.stderr)
+            for line in err.problems:
+                print(f"  {line}", file=sys.stderr)
+        else:
+            print(f"error: {err}", file=sys.stderr)
+        if args.result:
+            args.result.write_text(error_message(err.reason, str(err)), encoding="utf-8")
+        return err.exit_code
     print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True))
     if args.result:
         args.result.write_text(termination_message(result), encoding="utf-8")
@@ -221,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_operator)
 
     worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
-    worker.add_argument("name", choices=WORKERS)
+    worker.add_argument("name", choices=runner.NAMES)
     given = worker.add_mutually_exclusive_group(required=True)
     given.add_argument("--spec", type=Path, help="worker config file, YAML or JSON ('-' for stdin)")
     given.add_argument("--spec-json", help="worker config as a JSON string (what the operator's Jobs pass)")

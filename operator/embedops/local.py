@@ -1,48 +1,59 @@
-"""Local mode: run the resources of a manifest set end to end on this machine.
+"""Local mode: the lifecycle of a set of manifests, carried out on this machine.
 
-`embedops run -f DIR` does what the operator does in a cluster, in the same order and
-with the same workers and status structure, but in-process: datasets are prepared,
-fine-tune jobs trained, indexes embedded into pgvector, probed, cut over and measured.
-Without `--dsn`, an embedded PostgreSQL + pgvector server keeps its data in the state
-folder, so a second run finds the versions of the first (and re-runs only what changed).
+`embedops run -f DIR` is the second executor of embedops.reconcile's plan (the operator is the
+first). For each resource, in dependency order, it plans; runs each planned Job's worker
+in-process (an Indexed Job's shards one after the other) through the same entry point a pod
+uses; records the worker's result as the Job's outcome; writes the planned status; and plans
+again until the plan creates nothing. Reasons, conditions, catalog rows and the probe and drift
+schedules are those of a cluster, because they come from the same planner.
+
+What a cluster provides, and what stands in for it here:
+- the API server: each resource is kept in the state folder as the server would hold it (spec,
+  generation, annotations, status), so a later run continues where this one stopped;
+- the workspace volume: relative paths in a spec resolve against its manifest's folder, and
+  steps write their output under the state folder;
+- the database Secrets: one database serves every step, `--dsn` or an embedded server whose
+  data is in the state folder.
+
+Two behaviours are local mode's own (docs/design.md says why):
+- a source file edited since a dataset was first run here is prepared again, as though the
+  `embedops.dev/rerun` annotation had been set (an operator cannot see the workspace's files);
+- a run retries a step whose Job failed in an earlier run (a cluster keeps the failed Job, and
+  its failure, until the rerun annotation changes).
 
 State folder layout (default `.embedops/`):
-    postgres/                          embedded server data
-    <namespace>/<plural>/<name>/              worker output (prepared data, model, checkpoints)
-    <namespace>/<plural>/<name>.status.json   the status the operator would write
-
-One database serves the run: `--dsn`, or the embedded server. A Postgres dataset source and
-every index use it (in a cluster each names its own Secret).
+    postgres/                                    embedded server data
+    <namespace>/<plural>/<name>.json             the resource as the API server would hold it
+    <namespace>/<plural>/<name>/<inputs hash>/   a step's output (prepared data, model, checkpoints)
 """
 
 from __future__ import annotations
 
-import hashlib
+import datetime as dt
 import json
 import logging
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedops import modelzoo
+from embedops import reconcile
 from embedops import status as statuses
-from embedops.api.common import BaseStatus
-from embedops.api.dataset import EmbeddingDatasetStatus
-from embedops.api.finetune import FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexStatus
+from embedops.api.common import API_VERSION, BaseStatus
+from embedops.api.conditions import Reason
+from embedops.api.kinds import KINDS
+from embedops.builders import naming
 from embedops.manifests import LoadedResource
+from embedops.results import describe_error, error_message, termination_message
+from embedops.settings import OperatorSettings
+from embedops.workers import runner
 
 log = logging.getLogger(__name__)
 
-
-class StepFailed(RuntimeError):
-    def __init__(self, reason: str, message: str):
-        self.reason = reason
-        super().__init__(message)
-
-
-def _hash(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+SETTINGS = OperatorSettings()  # only shapes the Job manifests, which are read back, never submitted
+SOURCE_STAMP_ANNOTATION = "embedops.dev/local-source-stamp"
+MAX_ROUNDS = 50  # far above any lifecycle's length: reaching it is a planner bug, not a slow resource
 
 
 @dataclass
@@ -50,7 +61,7 @@ class Outcome:
     loaded: LoadedResource
     status: BaseStatus
     ok: bool
-    reused: bool = False
+    reused: bool = False  # nothing ran: the state folder already held this result
 
 
 @dataclass
@@ -58,34 +69,14 @@ class LocalRunner:
     state_dir: Path
     dsn: str | None = None
     device: str | None = None
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)  # when probes and drift are due
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _server: Any = None
 
-    # -- plumbing -------------------------------------------------------------------------
+    def __post_init__(self) -> None:
+        self.state_dir = self.state_dir.resolve()
 
-    def _dir(self, loaded: LoadedResource) -> Path:
-        r = loaded.resource
-        return self.state_dir / r.namespace / r.kind.plural / r.name
-
-    def _status_path(self, loaded: LoadedResource) -> Path:
-        return self._dir(loaded).with_name(loaded.resource.name + ".status.json")
-
-    def _save(self, loaded: LoadedResource, status: BaseStatus, inputs: str | None) -> None:
-        path = self._status_path(loaded)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"inputs": inputs, "status": status.to_wire()}, indent=2) + "\n", encoding="utf-8")
-
-    def _previous(self, loaded: LoadedResource, status_cls: type[BaseStatus], inputs: str) -> BaseStatus | None:
-        """The saved status when it was computed from the same inputs and is Ready."""
-        path = self._status_path(loaded)
-        if not path.is_file():
-            return None
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        if saved.get("inputs") != inputs:
-            return None
-        status = status_cls.model_validate(saved["status"])
-        ready = status.condition("Ready")
-        return status if ready and ready.status == "True" else None
+    # -- the database -----------------------------------------------------------------------
 
     def database(self) -> str:
         if self.dsn:
@@ -101,147 +92,137 @@ class LocalRunner:
             self._server.stop()
             self._server = None
 
-    def _dependency(self, loaded: LoadedResource, kind: str, name: str) -> Outcome:
-        key = f"{kind}/{loaded.resource.namespace}/{name}"
-        outcome = self.outcomes.get(key)
-        if outcome is None:
-            raise StepFailed("DependencyNotFound", f"{key} is not among the applied manifests")
-        if not outcome.ok:
-            raise StepFailed("DependencyNotReady", f"{key} is not Ready")
-        return outcome
+    # -- the stored objects -----------------------------------------------------------------
 
-    # -- the three kinds ------------------------------------------------------------------
+    def _path(self, kind: str, namespace: str, name: str) -> Path:
+        return self.state_dir / namespace / KINDS[kind].plural / f"{name}.json"
+
+    def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        path = self._path(kind, namespace, name)
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def _write(self, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        path = self._path(body["kind"], meta["namespace"], meta["name"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    def _apply(self, loaded: LoadedResource) -> dict[str, Any]:
+        """The resource as `kubectl apply` leaves it: a new generation when its spec changed."""
+        r = loaded.resource
+        spec = r.spec.to_wire()
+        stored = self._read(r.kind.kind, r.namespace, r.name) or {}
+        meta = stored.get("metadata") or {}
+        generation = meta.get("generation", 0) + (stored.get("spec") != spec)
+        annotations = dict(r.metadata.get("annotations") or {})
+        if r.kind.kind == "EmbeddingDataset":
+            _rerun_when_files_change(annotations, meta.get("annotations") or {}, r.spec, loaded.base_dir)
+        status = stored.get("status") or {}
+        if _ready_reason(status) == Reason.JOB_FAILED:
+            status.pop("inputsHash", None)  # retried: see the module docstring
+        return {
+            "apiVersion": API_VERSION, "kind": r.kind.kind,
+            "metadata": {"name": r.name, "namespace": r.namespace, "uid": meta.get("uid") or f"local-{uuid.uuid4()}",
+                         "generation": generation, "annotations": annotations},
+            "spec": spec, "status": status,
+        }
+
+    def republish(self, index: Any) -> None:
+        """An index's versions changed outside the lifecycle (`embedops rollback`): its next run publishes
+        again, which records the catalog's versions in its status (and the rollback as RolledBack)."""
+        body = self._read(index.kind.kind, index.namespace, index.name)
+        if body is not None and (body.get("status") or {}).pop("inputsHash", None):
+            self._write(body)
+
+    def _related(self, body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+        related = {}
+        for kind, name in reconcile.references(body):
+            other = self._read(kind, body["metadata"]["namespace"], name)
+            if other is not None:
+                related[(kind, name)] = other.get("status") or {}
+        return related
+
+    # -- the lifecycle ----------------------------------------------------------------------
 
     def run(self, resources: list[LoadedResource]) -> dict[str, Outcome]:
-        steps = {"EmbeddingDataset": self._dataset, "FineTuneJob": self._finetune, "EmbeddingIndex": self._index}
+        """Reconcile each resource (dependencies first) until its plan creates nothing."""
         for loaded in resources:
-            kind = loaded.resource.kind
             log.info("%s: reconciling", loaded.resource.key)
-            try:
-                outcome = steps[kind.kind](loaded)
-            except StepFailed as err:
-                status = statuses.failed(kind.status_model, err.reason, str(err), self._generation(loaded))
-                self._save(loaded, status, None)
-                outcome = Outcome(loaded, status, ok=False)
-            ready = outcome.status.condition("Ready")
+            outcome = self._reconcile(loaded)
+            ready = outcome.status.condition(statuses.READY)
             log.info("%s: Ready=%s %s", loaded.resource.key, ready.status if ready else "?",
                      ready.message if ready else "")
             self.outcomes[loaded.resource.key] = outcome
         return self.outcomes
 
-    @staticmethod
-    def _generation(loaded: LoadedResource) -> int:
-        return int(loaded.resource.metadata.get("generation") or 1)
-
-    def _dataset(self, loaded: LoadedResource) -> Outcome:
-        from embedops.workers import prepare
-
-        spec, out = loaded.resource.spec, self._dir(loaded)
-        inputs = _hash(spec.to_wire(), _source_stamp(spec, loaded.base_dir))
-        if (prev := self._previous(loaded, EmbeddingDatasetStatus, inputs)) is not None:
-            return Outcome(loaded, prev, ok=True, reused=True)
-        config = prepare.Config(spec=spec, base_dir=loaded.base_dir, output_dir=out)
-        try:
-            result = prepare.run(config, dsn=self.database() if spec.source.postgres else None)
-        except (ValueError, FileNotFoundError) as err:
-            raise StepFailed("InvalidData", str(err)) from err
-        status = statuses.dataset_prepared(result, self._generation(loaded))
-        self._save(loaded, status, inputs)
-        return Outcome(loaded, status, ok=True)
-
-    def _finetune(self, loaded: LoadedResource) -> Outcome:
-        from embedops.workers import train
-
-        spec, out = loaded.resource.spec, self._dir(loaded)
-        dataset = self._dependency(loaded, "EmbeddingDataset", spec.dataset_ref.name)
-        inputs = _hash(spec.to_wire(), dataset.status.fingerprint, self.device)
-        if (prev := self._previous(loaded, FineTuneJobStatus, inputs)) is not None:
-            return Outcome(loaded, prev, ok=True, reused=True)
-        stamp = out / "inputs.txt"
-        if stamp.is_file() and stamp.read_text() != inputs:
-            # Checkpoints of other inputs must not be resumed from.
-            import shutil
-
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(inputs)
-        config = train.Config(spec=spec, dataset_dir=Path(dataset.status.location), output_dir=out,
-                              base_dir=loaded.base_dir, device=self.device)
-        try:
-            result = train.run(config)
-        except ValueError as err:
-            raise StepFailed("TrainingFailed", str(err)) from err
-        status = statuses.finetune_finished(result, spec, self._generation(loaded))
-        self._save(loaded, status, inputs)
-        return Outcome(loaded, status, ok=status.phase == "Succeeded")
-
-    def _index(self, loaded: LoadedResource) -> Outcome:
-        status = self._reconcile_index(loaded)
-        self._save(loaded, status, None)
-        ready = status.condition("Ready")
-        return Outcome(loaded, status, ok=bool(ready and ready.status == "True"))
-
-    def _index_inputs(self, loaded: LoadedResource) -> tuple[str, str, Path | None, dict[str, Any]]:
-        """The model (path, catalog name), the corpus dataset folder and the probe set of an index."""
-        spec = loaded.resource.spec
-        if spec.model.fine_tune_job_ref is not None:
-            job = self._dependency(loaded, "FineTuneJob", spec.model.fine_tune_job_ref.name)
-            model, model_name = job.status.model.location, f"FineTuneJob/{spec.model.fine_tune_job_ref.name}"
+    def _reconcile(self, loaded: LoadedResource) -> Outcome:
+        body = self._apply(loaded)
+        layout = reconcile.Layout(inputs=str(loaded.base_dir), outputs=str(self.state_dir / loaded.resource.namespace),
+                                  database_secrets=False)
+        jobs: dict[str, reconcile.ObservedJob] = {}
+        for _ in range(MAX_ROUNDS):
+            observed = reconcile.Observed(body=body, jobs=jobs, related=self._related(body), now=self.clock())
+            plan = reconcile.plan(observed, SETTINGS, layout)
+            for name in plan.delete:
+                jobs.pop(name, None)
+            for type_, reason, message in plan.events:
+                (log.warning if type_ == "Warning" else log.info)("%s: %s %s", loaded.resource.key, reason, message)
+            if plan.status is not None:
+                body["status"] = plan.status.to_wire()
+            self._write(body)
+            if not plan.create:
+                break
+            for manifest in plan.create:
+                job = self._run_job(manifest)
+                jobs[job.name] = job
         else:
-            model = spec.model.name
-            if not modelzoo.is_bundled(model) and not Path(model).is_absolute():
-                model = str(loaded.base_dir / model)
-            model_name = spec.model.name
-        dataset_dir = None
-        if spec.source.dataset_ref is not None:
-            dataset_dir = Path(self._dependency(loaded, "EmbeddingDataset", spec.source.dataset_ref.name).status.location)
-        if spec.probe.path:
-            probe_set = {"path": loaded.base_dir / spec.probe.path}
-        elif spec.probe.dataset_ref is not None:
-            dep = self._dependency(loaded, "EmbeddingDataset", spec.probe.dataset_ref.name)
-            probe_set = {"dataset_dir": Path(dep.status.location)}
-        elif dataset_dir is not None:
-            probe_set = {"dataset_dir": dataset_dir}
-        else:
-            raise StepFailed("NoProbeSet", "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)")
-        return model, model_name, dataset_dir, probe_set
+            raise RuntimeError(f"{loaded.resource.key}: the plan did not settle after {MAX_ROUNDS} rounds")
+        status = statuses.parse(loaded.resource.kind.status_model, body["status"])
+        return Outcome(loaded, status, ok=statuses.is_ready(status), reused=not jobs)
 
-    def _reconcile_index(self, loaded: LoadedResource) -> EmbeddingIndexStatus:
-        """Build a version for a new model, probe it, cut over if it passes, then measure the live one."""
-        from embedops.workers import drift, embed, publish
+    def _run_job(self, manifest: dict[str, Any]) -> reconcile.ObservedJob:
+        """What the Job's pods would do, in this process: its command's worker and config, each shard in turn."""
+        meta, spec = manifest["metadata"], manifest["spec"]
+        name, step = meta["name"], meta["labels"][naming.LABEL_STEP]
+        if spec.get("suspend"):
+            return reconcile.ObservedJob(name, "Pending", suspended=True, step=step)
+        command = spec["template"]["spec"]["containers"][0]["command"]
+        worker, raw = command[2], json.loads(command[command.index("--spec-json") + 1])
+        shards = spec.get("completions") if spec.get("completionMode") == "Indexed" else None
+        dsn = self.database() if _needs_database(worker, raw) else None
+        log.info("%s: running %s", name, worker)
+        results: dict[int, dict[str, Any]] = {}
+        for index in range(shards or 1):
+            try:
+                result = runner.run(worker, raw, dsn=dsn, shard=index if shards else None, device=self.device)
+            except runner.WorkerError as err:
+                error = describe_error(error_message(err.reason, str(err)))
+                return reconcile.ObservedJob(name, "Failed", results, error=error, step=step)
+            except Exception as err:  # noqa: BLE001 - a pod's crash: its Job fails with the message
+                log.debug("%s failed", name, exc_info=True)
+                return reconcile.ObservedJob(name, "Failed", results, error=f"{type(err).__name__}: {err}", step=step)
+            results[index] = json.loads(termination_message(result))
+        return reconcile.ObservedJob(name, "Succeeded", results, step=step)
 
-        spec, generation = loaded.resource.spec, self._generation(loaded)
-        model, model_name, dataset_dir, probe_set = self._index_inputs(loaded)
-        dsn = self.database()
-        try:
-            # A finished version of this model is reused, so a rolled-back model is not rebuilt.
-            built = embed.run(embed.Config(
-                target=spec.target, source=spec.source, dataset_dir=dataset_dir, model=model,
-                model_name=model_name, ann=spec.ann, embedding=spec.embedding, shard=0, shard_count=1,
-                finalize=True, device=self.device, reuse=True,
-            ), dsn=dsn)
-            if not built.reused:
-                log.info("%s: v%d built, %d rows at %.0f rows/s", loaded.resource.key, built.version, built.rows,
-                         built.rows_per_second)
-            published = publish.run(publish.Config(
-                target=spec.target, version=built.version, model=model, probe=spec.probe,
-                ef_search=spec.ann.ef_search, probes=spec.ann.probes, pinned_version=spec.pinned_version,
-                keep_versions=spec.keep_versions, device=self.device, **probe_set,
-            ), dsn=dsn)
-            if published.dropped:
-                log.info("%s: dropped versions %s beyond keepVersions", loaded.resource.key, published.dropped)
-            live = next((v for v in published.versions if v.state == "Live"), None)
-            measured = None
-            # Drift is measured in the live version's own embedding space, so only with its model.
-            if live is not None and spec.drift.enabled and live.version == built.version:
-                measured = drift.run(drift.Config(
-                    target=spec.target, version=live.version, model=model, source=spec.source,
-                    dataset_dir=dataset_dir, sample_size=spec.drift.sample_size,
-                    threshold=spec.drift.threshold, precision=spec.embedding.precision, device=self.device,
-                ), dsn=dsn)
-        except (ValueError, FileNotFoundError, modelzoo.ModelNotFound) as err:
-            raise StepFailed("IndexFailed", str(err)) from err
-        return statuses.index_published(spec, published, generation, drift=measured)
+
+def _needs_database(worker: str, config: dict[str, Any]) -> bool:
+    """Whether a step's pod would get the database's DSN (so the embedded server starts only when needed)."""
+    if worker == "prepare":
+        return "postgres" in config["spec"]["source"]
+    return worker != "train"
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+
+
+def _rerun_when_files_change(annotations: dict[str, str], stored: dict[str, str], spec: Any, base_dir: Path) -> None:
+    """Prepare a dataset again when its source files changed since it was first run here."""
+    stamp = naming.inputs_hash(_source_stamp(spec, base_dir))
+    first = annotations[SOURCE_STAMP_ANNOTATION] = stored.get(SOURCE_STAMP_ANNOTATION, stamp)
+    if stamp != first:
+        given = annotations.get(reconcile.RERUN_ANNOTATION)
+        annotations[reconcile.RERUN_ANNOTATION] = f"{given};files:{stamp}" if given else f"files:{stamp}"
 
 
 def _source_stamp(spec: Any, base_dir: Path) -> list[Any]:

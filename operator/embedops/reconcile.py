@@ -1,12 +1,15 @@
-"""What the operator should do about one resource: observed state in, a plan out.
+"""The lifecycle of the three kinds: observed state in, a plan out. The only copy of it.
 
-Pure functions. The kopf handlers (embedops.handlers) gather the observations (the resource,
-the Jobs it owns with their pods' results, the statuses of the resources it references),
-call `plan`, and carry the plan out: create the Jobs, write the status, post the events.
+Pure functions, carried out by two executors:
+- the operator (embedops.handlers.executor) gathers the observations from the API server (the
+  resource, the Jobs it owns with their pods' results, the statuses of the resources it
+  references), creates the planned Jobs, writes the status and posts the events;
+- local mode (embedops.local) runs each planned Job's worker in-process, records its result as
+  the Job's outcome, and plans again until nothing new is planned.
 
 Reconciliation is level-based: the plan is derived from what exists now, not from which
 event arrived, so a restarted operator, a missed event or a duplicate one all lead to the
-same plan. Every Job's name is a hash of its owner and its inputs (resources.naming), so
+same plan. Every Job's name is a hash of its owner and its inputs (builders.naming), so
 "create" is idempotent, and `status.inputsHash` records which inputs the last finished run
 used, so a Job deleted after it finished (ttlSecondsAfterFinished) is not run again.
 """
@@ -14,13 +17,17 @@ used, so a Job deleted after it finished (ttlSecondsAfterFinished) is not run ag
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from embedops import modelzoo
 from embedops import status as statuses
 from embedops.api.common import BaseStatus
+from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, ProbeResult, ReindexProgress
@@ -37,7 +44,7 @@ JobState = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 @dataclass(frozen=True)
 class ObservedJob:
-    """A Job the resource owns, as the handlers read it."""
+    """A Job the resource owns, as an executor observed it."""
 
     name: str
     state: JobState
@@ -58,12 +65,64 @@ class Observed:
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where the planned steps read and write, and how they reach the database."""
+
+    inputs: str  # relative paths in specs (sources, probe sets, models) resolve against this folder
+    outputs: str  # a step writes under <outputs>/<kind plural>/<name>/<inputs hash>/
+    # True: each resource names the Secret holding its database's DSN (a cluster). False: the
+    # executor hands every step its one database (local mode: --dsn or the embedded server).
+    database_secrets: bool = True
+
+    @classmethod
+    def workspace(cls, settings: OperatorSettings) -> Layout:
+        """The operator's: everything on the workspace volume, outputs under `embedops/`."""
+        return cls(inputs=settings.workspace_path, outputs=f"{settings.workspace_path}/embedops")
+
+    def resolve(self, path: str) -> str:
+        return path if posixpath.isabs(path) else posixpath.join(self.inputs, path)
+
+    def workdir(self, plural: str, name: str, key: str) -> str:
+        return posixpath.join(self.outputs, plural, name, key)
+
+
 @dataclass
 class Plan:
     status: BaseStatus | None = None  # None: leave status as it is
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # names of owned Jobs to delete (superseded runs)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+
+
+@dataclass(frozen=True)
+class _Context:
+    obs: Observed
+    settings: OperatorSettings
+    layout: Layout
+    status_cls: type[BaseStatus]
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.obs.body
+
+    @property
+    def generation(self) -> int | None:
+        return self.body.get("metadata", {}).get("generation")
+
+    @cached_property
+    def current(self) -> Any:
+        """The status as stored (read once; every builder copies it before changing anything)."""
+        return statuses.parse(self.status_cls, self.body.get("status"))
+
+    @property
+    def rerun(self) -> str:
+        return (self.body.get("metadata", {}).get("annotations") or {}).get(RERUN_ANNOTATION, "")
+
+    def finished(self, key: str) -> bool:
+        """The last finished run used these inputs and the status reflects this generation."""
+        current = self.current
+        return current.inputs_hash == key and current.observed_generation == self.generation
 
 
 class _Stop(Exception):
@@ -73,7 +132,7 @@ class _Stop(Exception):
         self.plan = plan
 
 
-# -- helpers ------------------------------------------------------------------------------------
+# -- plans every kind makes -----------------------------------------------------------------------
 
 
 def owner_of(body: dict[str, Any]) -> Owner:
@@ -82,187 +141,130 @@ def owner_of(body: dict[str, Any]) -> Owner:
                  uid=meta.get("uid", ""))
 
 
-def _generation(body: dict[str, Any]) -> int | None:
-    return body.get("metadata", {}).get("generation")
-
-
-def _current_status(body: dict[str, Any], status_cls: type[BaseStatus]) -> BaseStatus:
-    """The status as stored, or an empty one when it cannot be read (an older operator's, say)."""
+def _parse_spec(ctx: _Context) -> Any:
     try:
-        return status_cls.model_validate(body.get("status") or {})
-    except ValidationError:
-        return status_cls()
-
-
-def _parse_spec(body: dict[str, Any], spec_cls: type, status_cls: type[BaseStatus]) -> Any:
-    try:
-        return spec_cls.model_validate(body.get("spec") or {})
+        return KINDS[ctx.body["kind"]].spec_model.model_validate(ctx.body.get("spec") or {})
     except ValidationError as err:
-        message = "; ".join(format_validation_error(err, prefix="spec"))
-        raise _Stop(_failed(body, status_cls, "InvalidSpec", message, warn=True)) from err
+        raise _Stop(_failed(ctx, Reason.INVALID_SPEC, "; ".join(format_validation_error(err, prefix="spec")))) from err
 
 
-def _failed(body: dict[str, Any], status_cls: type[BaseStatus], reason: str, message: str, *,
-            warn: bool = True) -> Plan:
-    base = _current_status(body, status_cls)
-    status = statuses.failed(status_cls, reason, message, _generation(body), base)
-    status.active_job = None
-    unchanged = _same_condition(base, status, "Ready")
-    events = [] if unchanged or not warn else [("Warning", reason, message)]
-    return Plan(status=status, events=events)
+def _failed(ctx: _Context, reason: Reason, message: str) -> Plan:
+    """A terminal failure, with one Warning event when it is new."""
+    base = ctx.current
+    status = statuses.failed(ctx.status_cls, reason, message, ctx.generation, base)
+    unchanged = statuses.same_condition(base, status, statuses.READY)
+    return Plan(status=status, events=[] if unchanged else [("Warning", reason, message)])
 
 
-def _waiting(body: dict[str, Any], status_cls: type[BaseStatus], reason: str, message: str) -> Plan:
-    base = _current_status(body, status_cls)
-    status = _progressing(base, reason, message, _generation(body))
-    return Plan(status=status)
+def _waiting(ctx: _Context, reason: Reason, message: str) -> Plan:
+    return Plan(status=statuses.progressing(ctx.current, reason, message, ctx.generation))
 
 
-def _progressing(base: BaseStatus, reason: str, message: str, generation: int | None) -> BaseStatus:
-    """Progressing, keeping what the last finished run published (a model, a live version)."""
-    status = base.model_copy(deep=True)
-    status.observed_generation = generation
-    status.phase = "Running"
-    ready = base.condition("Ready")
-    if ready is None or ready.status != "True":
-        status.set_condition("Ready", "False", reason, message, generation=generation)
-    status.set_condition("Progressing", "True", reason, message, generation=generation)
-    degraded = base.condition("Degraded")
-    if base.phase == "Failed" and degraded is not None and degraded.status == "True":
-        # The failure this run follows (a fixed spec, a rerun) is no longer the resource's state.
-        status.set_condition("Degraded", "False", reason, message, generation=generation)
-    return status
-
-
-def _same_condition(a: BaseStatus, b: BaseStatus, type_: str) -> bool:
-    ca, cb = a.condition(type_), b.condition(type_)
-    return ca is not None and cb is not None and (ca.status, ca.reason, ca.message) == (cb.status, cb.reason, cb.message)
-
-
-def _related(obs: Observed, kind: str, name: str, status_cls: type[BaseStatus], dependant_cls: type[BaseStatus]
-             ) -> BaseStatus:
+def _related(ctx: _Context, kind: str, name: str) -> Any:
     """The status of a referenced resource that must be Ready; stops planning while it is not."""
-    raw = obs.related.get((kind, name))
+    raw = ctx.obs.related.get((kind, name))
     if raw is None:
-        raise _Stop(_waiting(obs.body, dependant_cls, "DependencyNotFound", f"{kind} {name} does not exist"))
-    try:
-        status = status_cls.model_validate(raw)
-    except ValidationError:
-        status = status_cls()
-    ready = status.condition("Ready")
-    if ready is None or ready.status != "True":
-        raise _Stop(_waiting(obs.body, dependant_cls, "DependencyNotReady", f"waiting for {kind} {name} to be Ready"))
+        raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_FOUND, f"{kind} {name} does not exist"))
+    status = statuses.parse(KINDS[kind].status_model, raw)
+    if not statuses.is_ready(status):
+        raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_READY, f"waiting for {kind} {name} to be Ready"))
     return status
 
 
-def _rerun(body: dict[str, Any]) -> str:
-    return (body.get("metadata", {}).get("annotations") or {}).get(RERUN_ANNOTATION, "")
+def _require_secret(ctx: _Context, ref: Any, field_path: str) -> None:
+    if ctx.layout.database_secrets and ref is None:
+        raise _Stop(_failed(ctx, Reason.MISSING_DATABASE, f"{field_path} is required in a cluster"))
 
 
-def _workdir(settings: OperatorSettings, plural: str, name: str, key: str) -> str:
-    return f"{settings.workspace_path}/embedops/{plural}/{name}/{key}"
-
-
-def _single_result(job: ObservedJob, model: type, body: dict[str, Any], status_cls: type[BaseStatus]) -> Any:
-    raw = job.results.get(0)
+def _single_result(ctx: _Context, job: ObservedJob, model: type[BaseModel]) -> Any:
     try:
-        return model.model_validate(raw)
+        return model.model_validate(job.results.get(0))
     except ValidationError as err:
-        raise _Stop(_failed(body, status_cls, "BadWorkerResult",
+        raise _Stop(_failed(ctx, Reason.BAD_WORKER_RESULT,
                             f"Job {job.name} finished without a readable result: {err.error_count()} problems")) from err
 
 
-def _run_step(obs: Observed, status_cls: type[BaseStatus], step: WorkerStep, settings: OperatorSettings,
-              running_reason: str) -> tuple[Plan | None, ObservedJob | None]:
+def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | None, ObservedJob | None]:
     """Drive one Job: create it, report it running, or hand back the finished Job."""
-    owner = owner_of(obs.body)
+    owner = owner_of(ctx.body)
     name = step.job_name(owner)
-    job = obs.jobs.get(name)
-    base = _current_status(obs.body, status_cls)
-    gen = _generation(obs.body)
+    job = ctx.obs.jobs.get(name)
     if job is None:
-        status = _progressing(base, running_reason, f"Job {name} created", gen)
+        status = statuses.progressing(ctx.current, running, f"Job {name} created", ctx.generation)
         status.active_job = name
         # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
         # a Kueue quota (and an embed Job would keep writing a version nobody wants).
-        superseded = sorted(j.name for j in obs.jobs.values()
+        superseded = sorted(j.name for j in ctx.obs.jobs.values()
                             if j.step == step.step and j.name != name and j.state in ("Pending", "Running"))
         events = [("Normal", "JobCreated", f"created Job {name}")]
         events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
-        return Plan(status=status, create=[worker_job(owner, step, settings)], delete=superseded,
+        return Plan(status=status, create=[worker_job(owner, step, ctx.settings)], delete=superseded,
                     events=events), None
     if job.state in ("Pending", "Running"):
-        reason = "Suspended" if job.suspended else running_reason
+        reason = Reason.SUSPENDED if job.suspended else running
         message = f"Job {name} is suspended" if job.suspended else f"Job {name} is {job.state.lower()}"
-        status = _progressing(base, reason, message, gen)
+        status = statuses.progressing(ctx.current, reason, message, ctx.generation)
         status.active_job = name
         return Plan(status=status), None
     if job.state == "Failed":
-        plan = _failed(obs.body, status_cls, "JobFailed", f"Job {name} failed: {job.error or 'no message'}")
+        plan = _failed(ctx, Reason.JOB_FAILED, f"Job {name} failed: {job.error or 'no message'}")
         plan.status.inputs_hash = step.key
         return plan, None
     return None, job
 
 
+def _done(status: BaseStatus, key: str, extra: list[tuple[str, str, str]] | None = None) -> Plan:
+    """A finished run: its status, remembered by its inputs, and the Ready condition as an event."""
+    status.inputs_hash = key
+    ready = status.condition(statuses.READY)
+    return Plan(status=status, events=[("Normal" if ready.status == "True" else "Warning", ready.reason,
+                                        ready.message), *(extra or [])])
+
+
 # -- EmbeddingDataset ---------------------------------------------------------------------------
 
 
-def plan_dataset(obs: Observed, settings: OperatorSettings) -> Plan:
-    body = obs.body
-    spec: EmbeddingDatasetSpec = _parse_spec(body, EmbeddingDatasetSpec, EmbeddingDatasetStatus)
+def plan_dataset(ctx: _Context) -> Plan:
+    spec: EmbeddingDatasetSpec = _parse_spec(ctx)
     pg = spec.source.postgres
-    if pg is not None and pg.database.dsn_secret_ref is None:
-        raise _Stop(_failed(body, EmbeddingDatasetStatus, "MissingDatabase",
-                            "spec.source.postgres.database.dsnSecretRef is required in a cluster"))
-    key = naming.inputs_hash(spec.to_wire(), _rerun(body))
-    current = _current_status(body, EmbeddingDatasetStatus)
-    if current.inputs_hash == key and current.observed_generation == _generation(body):
+    if pg is not None:
+        _require_secret(ctx, pg.database.dsn_secret_ref, "spec.source.postgres.database.dsnSecretRef")
+    key = naming.step_key("prepare", naming.identity(spec), ctx.rerun)
+    if ctx.finished(key):
         return Plan()
-    name = body["metadata"]["name"]
     step = WorkerStep(
         step="prepare", worker="prepare", key=key,
-        config={"spec": spec.to_wire(), "baseDir": settings.workspace_path,
-                "outputDir": _workdir(settings, "embeddingdatasets", name, key)},
+        config={"spec": spec.to_wire(), "baseDir": ctx.layout.inputs,
+                "outputDir": ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key)},
         resources=spec.resources, scheduling=spec.scheduling, gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
-    plan, job = _run_step(obs, EmbeddingDatasetStatus, step, settings, "Preparing")
+    plan, job = _run_step(ctx, step, Reason.PREPARING)
     if plan is not None:
         return plan
-    result = _single_result(job, PrepareResult, body, EmbeddingDatasetStatus)
-    status = statuses.dataset_prepared(result, _generation(body))
-    status.inputs_hash = key
-    return Plan(status=status, events=[("Normal", "Prepared", status.condition("Ready").message)])
+    return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.generation), key)
 
 
 # -- FineTuneJob --------------------------------------------------------------------------------
 
 
-def plan_finetune(obs: Observed, settings: OperatorSettings) -> Plan:
-    body = obs.body
-    spec: FineTuneJobSpec = _parse_spec(body, FineTuneJobSpec, FineTuneJobStatus)
-    dataset = _related(obs, "EmbeddingDataset", spec.dataset_ref.name, EmbeddingDatasetStatus, FineTuneJobStatus)
-    key = naming.inputs_hash(spec.to_wire(), dataset.fingerprint, _rerun(body))
-    current = _current_status(body, FineTuneJobStatus)
-    if current.inputs_hash == key and current.observed_generation == _generation(body):
+def plan_finetune(ctx: _Context) -> Plan:
+    spec: FineTuneJobSpec = _parse_spec(ctx)
+    dataset = _related(ctx, "EmbeddingDataset", spec.dataset_ref.name)
+    key = naming.step_key("train", naming.identity(spec), dataset.fingerprint, ctx.rerun)
+    if ctx.finished(key):
         return Plan()
-    name = body["metadata"]["name"]
-    gpus = spec.resources.gpus if spec.resources.gpus is not None else 1
     step = WorkerStep(
         step="train", worker="train", key=key,
-        config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": settings.workspace_path,
-                "outputDir": _workdir(settings, "finetunejobs", name, key)},
-        resources=spec.resources, scheduling=spec.scheduling, gpus=gpus,
+        config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": ctx.layout.inputs,
+                "outputDir": ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key)},
+        resources=spec.resources, scheduling=spec.scheduling,
+        gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
     )
-    plan, job = _run_step(obs, FineTuneJobStatus, step, settings, "Training")
+    plan, job = _run_step(ctx, step, Reason.TRAINING)
     if plan is not None:
         return plan
-    result = _single_result(job, TrainResult, body, FineTuneJobStatus)
-    status = statuses.finetune_finished(result, spec, _generation(body))
-    status.inputs_hash = key
-    ready = status.condition("Ready")
-    kind = "Normal" if ready.status == "True" else "Warning"
-    return Plan(status=status, events=[(kind, ready.reason, ready.message)])
+    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.generation), key)
 
 
 # -- EmbeddingIndex -----------------------------------------------------------------------------
@@ -274,48 +276,45 @@ class _IndexInputs:
     model_id: str | None  # what identifies the embeddings: the model's fingerprint, or its name
     dataset_dir: str | None
     dataset_fingerprint: str | None
-    probe_set: dict[str, str]
+    probe: dict[str, Any]  # spec.probe as the workers take it, its path resolved
+    probe_dataset_dir: str | None  # the prepared dataset whose held-out queries are probed, without a path
 
 
-def _index_inputs(obs: Observed, spec: EmbeddingIndexSpec, settings: OperatorSettings) -> _IndexInputs:
+def _index_model(ctx: _Context, spec: EmbeddingIndexSpec) -> tuple[str | None, str | None]:
+    if spec.model.fine_tune_job_ref is None:
+        name = spec.model.name
+        model = name if modelzoo.is_bundled(name) else ctx.layout.resolve(name)
+        return model, model
+    ref = spec.model.fine_tune_job_ref.name
+    raw = ctx.obs.related.get(("FineTuneJob", ref))
+    if raw is None:
+        raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_FOUND, f"FineTuneJob {ref} does not exist"))
+    job = statuses.parse(FineTuneJobStatus, raw)
+    # Only a model that passed its own evaluation is followed; the index keeps what it serves otherwise.
+    if job.model is not None and statuses.is_ready(job):
+        return job.model.location, job.model.fingerprint
+    return None, None
+
+
+def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
     """The model and data an index is built from now."""
-    model = model_id = None
-    if spec.model.fine_tune_job_ref is not None:
-        ref = spec.model.fine_tune_job_ref.name
-        raw = obs.related.get(("FineTuneJob", ref))
-        if raw is None:
-            raise _Stop(_waiting(obs.body, EmbeddingIndexStatus, "DependencyNotFound", f"FineTuneJob {ref} does not exist"))
-        job = _lenient(FineTuneJobStatus, raw)
-        ready = job.condition("Ready")
-        # Only a model that passed its own evaluation is followed; the index keeps what it serves otherwise.
-        if job.model is not None and ready is not None and ready.status == "True":
-            model, model_id = job.model.location, job.model.fingerprint
-    else:
-        model = model_id = spec.model.name
+    model, model_id = _index_model(ctx, spec)
     dataset_dir = fingerprint = None
     if spec.source.dataset_ref is not None:
-        ds = _related(obs, "EmbeddingDataset", spec.source.dataset_ref.name, EmbeddingDatasetStatus,
-                      EmbeddingIndexStatus)
+        ds = _related(ctx, "EmbeddingDataset", spec.source.dataset_ref.name)
         dataset_dir, fingerprint = ds.location, ds.fingerprint
+    probe = spec.probe.to_wire()
+    probe_dataset_dir = None
     if spec.probe.path:
-        probe_set = {"path": spec.probe.path if spec.probe.path.startswith("/") else f"{settings.workspace_path}/{spec.probe.path}"}
+        probe["path"] = ctx.layout.resolve(spec.probe.path)
     elif spec.probe.dataset_ref is not None:
-        ds = _related(obs, "EmbeddingDataset", spec.probe.dataset_ref.name, EmbeddingDatasetStatus,
-                      EmbeddingIndexStatus)
-        probe_set = {"datasetDir": ds.location}
+        probe_dataset_dir = _related(ctx, "EmbeddingDataset", spec.probe.dataset_ref.name).location
     elif dataset_dir is not None:
-        probe_set = {"datasetDir": dataset_dir}
+        probe_dataset_dir = dataset_dir
     else:
-        raise _Stop(_failed(obs.body, EmbeddingIndexStatus, "NoProbeSet",
+        raise _Stop(_failed(ctx, Reason.NO_PROBE_SET,
                             "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)"))
-    return _IndexInputs(model, model_id, dataset_dir, fingerprint, probe_set)
-
-
-def _lenient(status_cls: type[BaseStatus], raw: dict[str, Any]) -> Any:
-    try:
-        return status_cls.model_validate(raw)
-    except ValidationError:
-        return status_cls()
+    return _IndexInputs(model, model_id, dataset_dir, fingerprint, probe, probe_dataset_dir)
 
 
 def _index_step(step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str, Any], *,
@@ -326,21 +325,27 @@ def _index_step(step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str,
                       dsn_secret=spec.database.dsn_secret_ref, shards=shards, ttl_seconds=ttl)
 
 
+def _with_dataset(config: dict[str, Any], dataset_dir: str | None) -> dict[str, Any]:
+    return {**config, "datasetDir": dataset_dir} if dataset_dir else config
+
+
 def _embed_step(spec: EmbeddingIndexSpec, inputs: _IndexInputs, rerun: str) -> WorkerStep:
-    key = naming.inputs_hash(inputs.model_id, spec.source.to_wire(), inputs.dataset_fingerprint,
-                             spec.ann.to_wire(), spec.embedding.to_wire(), spec.target.to_wire(), rerun)
+    # What the version's vectors and layout depend on; batch size, commit size and shard count
+    # only change how fast it is built, and search settings only what probes measure.
+    key = naming.step_key(
+        "embed", inputs.model_id, naming.identity(spec.source), inputs.dataset_fingerprint,
+        naming.identity(spec.ann, exclude={"ef_search", "probes"}),
+        naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
+        naming.identity(spec.target), rerun,
+    )
     config = {
         "target": spec.target.to_wire(), "source": spec.source.to_wire(), "model": inputs.model,
-        # The catalog records where the model is, so probes of any retained version can load it.
-        "modelName": inputs.model, "ann": spec.ann.to_wire(), "embedding": spec.embedding.to_wire(),
-        "shardCount": spec.embedding.shards,
+        "ann": spec.ann.to_wire(), "embedding": spec.embedding.to_wire(), "shardCount": spec.embedding.shards,
         # A version already built from the same model and source is reused, unless the user asked
         # for a fresh one with the rerun annotation (the table's rows changed, say).
         "reuse": not rerun,
     }
-    if inputs.dataset_dir:
-        config["datasetDir"] = inputs.dataset_dir
-    return _index_step("embed", key, spec, config, shards=spec.embedding.shards)
+    return _index_step("embed", key, spec, _with_dataset(config, inputs.dataset_dir), shards=spec.embedding.shards)
 
 
 def _candidate(job: ObservedJob) -> EmbedResult | None:
@@ -376,115 +381,102 @@ def _slot(now: dt.datetime, minutes: int) -> str:
     return "s" + str(int(now.timestamp() // (minutes * 60)))
 
 
-def plan_index(obs: Observed, settings: OperatorSettings) -> Plan:
-    body = obs.body
-    spec: EmbeddingIndexSpec = _parse_spec(body, EmbeddingIndexSpec, EmbeddingIndexStatus)
-    if spec.database.dsn_secret_ref is None:
-        raise _Stop(_failed(body, EmbeddingIndexStatus, "MissingDatabase",
-                            "spec.database.dsnSecretRef is required in a cluster"))
-    gen = _generation(body)
-    current: EmbeddingIndexStatus = _current_status(body, EmbeddingIndexStatus)  # type: ignore[assignment]
-    inputs = _index_inputs(obs, spec, settings)
+def plan_index(ctx: _Context) -> Plan:
+    spec: EmbeddingIndexSpec = _parse_spec(ctx)
+    _require_secret(ctx, spec.database.dsn_secret_ref, "spec.database.dsnSecretRef")
+    current: EmbeddingIndexStatus = ctx.current
+    inputs = _index_inputs(ctx, spec)
     if inputs.model is None:
         if current.live_version is None:
-            return _waiting(body, EmbeddingIndexStatus, "WaitingForModel",
+            return _waiting(ctx, Reason.WAITING_FOR_MODEL,
                             f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet")
-        return _schedule(obs, spec, current, inputs, settings)
+        return _schedule(ctx, spec, current, inputs)
 
-    embed = _embed_step(spec, inputs, _rerun(body))
-    publish_key = naming.inputs_hash(embed.key, spec.probe.to_wire(), spec.pinned_version, spec.keep_versions)
+    embed = _embed_step(spec, inputs, ctx.rerun)
+    publish_key = naming.step_key(
+        "publish", embed.key, naming.identity(spec.probe, exclude={"interval_minutes"}),
+        naming.identity(spec.ann, include={"ef_search", "probes"}), spec.pinned_version, spec.keep_versions,
+    )
     if current.inputs_hash == publish_key and current.active_job is None:
-        return _schedule(obs, spec, current, inputs, settings)
+        return _schedule(ctx, spec, current, inputs)
 
-    plan, job = _run_step(obs, EmbeddingIndexStatus, embed, settings, "Embedding")
+    plan, job = _run_step(ctx, embed, Reason.EMBEDDING)
     if plan is not None:
-        embed_job = obs.jobs.get(embed.job_name(owner_of(body)))
+        embed_job = ctx.obs.jobs.get(embed.job_name(owner_of(ctx.body)))
         if embed_job is not None and embed_job.state != "Failed":
             plan.status.reindex = _reindex_progress(embed_job)
         return plan
     built = _candidate(job)
     if built is None:
-        return _failed(body, EmbeddingIndexStatus, "BadWorkerResult",
-                       f"Job {job.name} finished but no shard reported a finished version")
+        return _failed(ctx, Reason.BAD_WORKER_RESULT, f"Job {job.name} finished but no shard reported a finished version")
 
     config = {"target": spec.target.to_wire(), "version": built.version, "model": inputs.model,
-              "probe": spec.probe.to_wire(), "efSearch": spec.ann.ef_search, "probes": spec.ann.probes,
-              "keepVersions": spec.keep_versions, **inputs.probe_set}
+              "probe": inputs.probe, "ann": spec.ann.to_wire(), "keepVersions": spec.keep_versions}
     if spec.pinned_version is not None:
         config["pinnedVersion"] = spec.pinned_version
-    publish = _index_step("publish", publish_key, spec, config)
-    plan, job = _run_step(obs, EmbeddingIndexStatus, publish, settings, "Publishing")
+    publish = _index_step("publish", publish_key, spec, _with_dataset(config, inputs.probe_dataset_dir))
+    plan, job = _run_step(ctx, publish, Reason.PUBLISHING)
     if plan is not None:
         plan.status.reindex = None
         return plan
-    result = _single_result(job, PublishResult, body, EmbeddingIndexStatus)
-    status = statuses.index_published(spec, result, gen, drift=current.drift)
-    status.inputs_hash = publish_key
-    ready = status.condition("Ready")
-    events = [("Normal" if ready.status == "True" else "Warning", ready.reason, ready.message)]
-    if result.note_reason:
-        events.append(("Warning" if result.note_reason == "GateFailed" else "Normal", result.note_reason,
-                       result.note or ""))
-    return Plan(status=status, events=events)
+    result = _single_result(ctx, job, PublishResult)
+    notes = [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason,
+              result.note or "")] if result.note_reason else []
+    return _done(statuses.index_published(spec, result, ctx.generation, drift=current.drift), publish_key, notes)
 
 
-def _schedule(obs: Observed, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs,
-              settings: OperatorSettings) -> Plan:
-    """Steady state: re-probe the live version and measure its drift when they are due."""
-    gen = _generation(obs.body)
-    owner = owner_of(obs.body)
-    live = next((v for v in current.versions if v.state == "Live"), None)
-    plan = Plan()
-    if live is None:
-        return plan
-    target = spec.target.to_wire()
-    ttl = settings.periodic_job_ttl_seconds
+def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus,
+                     inputs: _IndexInputs, live: Any) -> list[WorkerStep]:
+    """The probe and drift runs of the live version that are due now."""
+    now, ttl = ctx.obs.now, ctx.settings.periodic_job_ttl_seconds
+    common = {"target": spec.target.to_wire(), "version": live.version, "model": live.model}
     steps: list[WorkerStep] = []
     minutes = spec.probe.interval_minutes
-    if _due(current.probe.checked_at if current.probe else None, minutes, obs.now):
-        steps.append(_index_step("probe", _slot(obs.now, minutes), spec, {
-            "target": target, "version": live.version, "model": live.model, "k": spec.probe.k,
-            "maxQueries": spec.probe.max_queries, "efSearch": spec.ann.ef_search, "probes": spec.ann.probes,
-            "minRecall": spec.probe.min_recall, "maxRegression": spec.probe.max_regression, **inputs.probe_set,
-        }, ttl=ttl))
+    if _due(current.probe.checked_at if current.probe else None, minutes, now):
+        config = _with_dataset({**common, "probe": inputs.probe, "ann": spec.ann.to_wire()}, inputs.probe_dataset_dir)
+        steps.append(_index_step("probe", _slot(now, minutes), spec, config, ttl=ttl))
     minutes = spec.drift.interval_minutes
     # A version's first drift measurement comes one interval after it was built: right away, the
     # stored vectors and the source embedded again would match by construction.
     last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
-    if spec.drift.enabled and _due(last, minutes, obs.now):
-        config = {"target": target, "version": live.version, "model": live.model, "source": spec.source.to_wire(),
-                  "sampleSize": spec.drift.sample_size, "threshold": spec.drift.threshold,
-                  "precision": spec.embedding.precision}
-        if inputs.dataset_dir:
-            config["datasetDir"] = inputs.dataset_dir
-        steps.append(_index_step("drift", _slot(obs.now, minutes), spec, config, ttl=ttl))
+    if spec.drift.enabled and _due(last, minutes, now):
+        config = _with_dataset({**common, "source": spec.source.to_wire(), "drift": spec.drift.to_wire(),
+                                "embedding": spec.embedding.to_wire()}, inputs.dataset_dir)
+        steps.append(_index_step("drift", _slot(now, minutes), spec, config, ttl=ttl))
+    return steps
 
-    status = current.model_copy(deep=True)
-    problems: list[tuple[str, str]] = []
-    for step in steps:
+
+def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs) -> Plan:
+    """Steady state: re-probe the live version and measure its drift when they are due."""
+    owner = owner_of(ctx.body)
+    live = next((v for v in current.versions if v.state == "Live"), None)
+    plan = Plan()
+    if live is None:
+        return plan
+    probe, drift = current.probe, current.drift
+    problems: list[tuple[Reason, str]] = []
+    for step in _scheduled_steps(ctx, spec, current, inputs, live):
         name = step.job_name(owner)
-        job = obs.jobs.get(name)
+        job = ctx.obs.jobs.get(name)
         if job is None:
-            plan.create.append(worker_job(owner, step, settings))
+            plan.create.append(worker_job(owner, step, ctx.settings))
             plan.events.append(("Normal", "JobCreated", f"created Job {name}"))
         elif job.state == "Succeeded" and 0 in job.results:
             if step.step == "probe":
-                status.probe = ProbeResult.model_validate(job.results[0])
+                probe = ProbeResult.model_validate(job.results[0])
             else:
-                status.drift = DriftResult.model_validate(job.results[0])
+                drift = DriftResult.model_validate(job.results[0])
         elif job.state == "Failed":
-            reason = f"{step.step.capitalize()}Failed"
-            problems.append((reason, f"Job {name} failed: {job.error or 'no message'}"))
-    if (status.probe == current.probe and status.drift == current.drift and not problems
-            and current.observed_generation == gen):
+            problems.append((SCHEDULED_FAILURES[step.step], f"Job {name} failed: {job.error or 'no message'}"))
+    if probe == current.probe and drift == current.drift and not problems and current.observed_generation == ctx.generation:
         return plan
-    refreshed = statuses.index_observed(spec, status.versions, gen, probe=status.probe, drift=status.drift)
+    refreshed = statuses.index_observed(spec, current.versions, ctx.generation, probe=probe, drift=drift)
     refreshed.inputs_hash = current.inputs_hash
-    note = current.condition("Progressing")
-    if note is not None and note.reason in ("GateFailed", "RolledBack", "Pinned"):
-        refreshed.set_condition("Progressing", "False", note.reason, note.message, generation=gen)
+    note = current.condition(statuses.PROGRESSING)
+    if note is not None and note.reason in PUBLISH_NOTES:
+        statuses.note(refreshed, note.reason, note.message, ctx.generation)
     for reason, message in problems:
-        refreshed.set_condition("Degraded", "True", reason, message, generation=gen)
+        statuses.scheduled_failure(refreshed, reason, message, ctx.generation)
         plan.events.append(("Warning", reason, message))
     plan.status = refreshed
     return plan
@@ -495,15 +487,19 @@ def _schedule(obs: Observed, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
 PLANNERS = {"EmbeddingDataset": plan_dataset, "FineTuneJob": plan_finetune, "EmbeddingIndex": plan_index}
 
 
-def plan(obs: Observed, settings: OperatorSettings) -> Plan:
+def plan(obs: Observed, settings: OperatorSettings, layout: Layout | None = None) -> Plan:
     """The plan for one resource of any of the three kinds."""
     kind = obs.body["kind"]
     if kind not in KINDS:
         raise ValueError(f"not an embedops kind: {kind}")
+    ctx = _Context(obs, settings, layout or Layout.workspace(settings), KINDS[kind].status_model)
     try:
-        return PLANNERS[kind](obs, settings)
+        result = PLANNERS[kind](ctx)
     except _Stop as stop:
-        return stop.plan
+        result = stop.plan
+    if result.status is not None:
+        result.status.carry_transition_times(ctx.current)
+    return result
 
 
 def references(body: dict[str, Any]) -> list[tuple[str, str]]:

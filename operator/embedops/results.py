@@ -7,10 +7,12 @@ them; a worker module imports its own as `Result`.
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import Field
 
 from embedops.api.common import ApiModel
+from embedops.api.conditions import Reason
 from embedops.api.dataset import DatasetCounts
 from embedops.api.finetune import IRMetrics, ModelArtifact
 from embedops.api.index import IndexVersion, ProbeResult
@@ -62,7 +64,8 @@ class EmbedResult(ApiModel):
 class PublishResult(ApiModel):
     candidate: int = Field(description="The version gated.")
     probe: ProbeResult | None = Field(default=None, description="The candidate's probe, when it was probed.")
-    note_reason: str | None = Field(default=None, description="Why the candidate is not live, one CamelCase word.")
+    note_reason: Literal[Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED] | None = Field(
+        default=None, description="Why the candidate is not live: GateFailed, RolledBack or Pinned.")
     note: str | None = Field(default=None, description="The same, for people.")
     live_version: int | None = None
     dropped: list[int] = Field(default_factory=list, description="Versions dropped by retention.")
@@ -103,3 +106,19 @@ def termination_message(result: ApiModel) -> str:
     if len(text.encode()) > TERMINATION_MESSAGE_BYTES:
         raise ValueError(f"result of {len(text.encode())} bytes does not fit a termination message")
     return text
+
+
+def error_message(reason: str, message: str) -> str:
+    """A failed worker's termination message: what the planner shows in the resource's conditions."""
+    return json.dumps({"error": {"reason": reason, "message": message[:3000]}}, separators=(",", ":"))
+
+
+def describe_error(text: str | None) -> str | None:
+    """`reason: message` of a worker's error document, or the log tail Kubernetes kept instead."""
+    if not text or not text.strip():
+        return None
+    try:
+        err = json.loads(text)["error"]
+        return f"{err['reason']}: {err['message']}"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return text.strip().splitlines()[-1][:500]

@@ -1,21 +1,43 @@
-"""Status builders shared by local mode and the operator: worker results in, status objects out.
+"""Status builders: what a resource's status says, from the planner's observations and the workers' results.
 
-Both paths must write the same status structure, so the mapping from a worker's result
-to conditions, phase and fields lives here, once.
+Every status the planner writes, in a cluster or in local mode, is built here, so one place
+decides what `Ready`, `Progressing` and `Degraded` mean for each kind, and which phase shows.
+The words themselves come from embedops.api.conditions.
 """
 
 from __future__ import annotations
 
 from typing import TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from embedops.api.common import BaseStatus
+from embedops.api.conditions import ConditionType, Reason
 from embedops.api.dataset import EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, IndexVersion, ProbeResult
 
 S = TypeVar("S", bound=BaseStatus)
+
+READY, PROGRESSING, DEGRADED = ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED
+
+
+def parse(status_cls: type[S], raw: dict | None) -> S:
+    """A status as stored, or an empty one when it cannot be read (an older operator's, say)."""
+    try:
+        return status_cls.model_validate(raw or {})
+    except ValidationError:
+        return status_cls()
+
+
+def is_ready(status: BaseStatus) -> bool:
+    ready = status.condition(READY)
+    return ready is not None and ready.status == "True"
+
+
+def same_condition(a: BaseStatus, b: BaseStatus, type_: ConditionType) -> bool:
+    ca, cb = a.condition(type_), b.condition(type_)
+    return ca is not None and cb is not None and (ca.status, ca.reason, ca.message) == (cb.status, cb.reason, cb.message)
 
 
 def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
@@ -24,30 +46,39 @@ def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
     return status_cls.model_validate({f: getattr(result, f) for f in shared})
 
 
-def progressing(status_cls: type[S], reason: str, message: str, generation: int | None) -> S:
-    status = status_cls(observed_generation=generation, phase="Running")
-    status.set_condition("Ready", "False", reason, message, generation=generation)
-    status.set_condition("Progressing", "True", reason, message, generation=generation)
+def progressing(base: S, reason: Reason, message: str, generation: int | None) -> S:
+    """Work under way, keeping what the last finished run published (a model, a live version)."""
+    status = base.model_copy(deep=True)
+    status.observed_generation = generation
+    status.phase = "Running"
+    if not is_ready(base):
+        status.set_condition(READY, "False", reason, message, generation=generation)
+    status.set_condition(PROGRESSING, "True", reason, message, generation=generation)
+    degraded = base.condition(DEGRADED)
+    if base.phase == "Failed" and degraded is not None and degraded.status == "True":
+        # The failure this run follows (a fixed spec, a rerun) is no longer the resource's state.
+        status.set_condition(DEGRADED, "False", reason, message, generation=generation)
     return status
 
 
-def failed(status_cls: type[S], reason: str, message: str, generation: int | None, base: S | None = None) -> S:
+def failed(status_cls: type[S], reason: Reason, message: str, generation: int | None, base: S | None = None) -> S:
     """A terminal failure: Ready=False, Degraded=True, with a reason a person can act on."""
     status = base.model_copy(deep=True) if base is not None else status_cls()
     status.observed_generation = generation
     status.phase = "Failed"
-    status.set_condition("Ready", "False", reason, message, generation=generation)
-    status.set_condition("Progressing", "False", reason, message, generation=generation)
-    status.set_condition("Degraded", "True", reason, message, generation=generation)
+    status.active_job = None
+    status.set_condition(READY, "False", reason, message, generation=generation)
+    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
+    status.set_condition(DEGRADED, "True", reason, message, generation=generation)
     return status
 
 
-def _ready(status: S, reason: str, message: str, generation: int | None, phase: str = "Ready") -> S:
+def _ready(status: S, reason: Reason, message: str, generation: int | None, phase: str = "Ready") -> S:
     status.observed_generation = generation
     status.phase = phase
-    status.set_condition("Ready", "True", reason, message, generation=generation)
-    status.set_condition("Progressing", "False", reason, message, generation=generation)
-    status.set_condition("Degraded", "False", reason, message, generation=generation)
+    status.set_condition(READY, "True", reason, message, generation=generation)
+    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
+    status.set_condition(DEGRADED, "False", reason, message, generation=generation)
     return status
 
 
@@ -60,7 +91,7 @@ def dataset_prepared(result: BaseModel, generation: int | None) -> EmbeddingData
         if counts
         else "prepared"
     )
-    return _ready(status, "Prepared", message, generation)
+    return _ready(status, Reason.PREPARED, message, generation)
 
 
 def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, generation: int | None) -> FineTuneJobStatus:
@@ -68,8 +99,9 @@ def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, generation: int 
     base, tuned = status.base_metrics, status.tuned_metrics
     message = f"nDCG@10 {base.ndcg_at_10:.4f} -> {tuned.ndcg_at_10:.4f}" if base and tuned else "trained"
     if spec.evaluation.require_improvement and base and tuned and tuned.ndcg_at_10 <= base.ndcg_at_10:
-        return failed(FineTuneJobStatus, "NoImprovement", message + " (not above the base model)", generation, status)
-    return _ready(status, "Trained", message, generation, phase="Succeeded")
+        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", generation,
+                      status)
+    return _ready(status, Reason.TRAINED, message, generation, phase="Succeeded")
 
 
 def index_observed(
@@ -91,26 +123,36 @@ def index_observed(
     )
     if live is None:
         reason = probe.reason if probe and probe.passed is False else "no version passed the probe gate yet"
-        return failed(EmbeddingIndexStatus, "NoLiveVersion", reason, generation, status)
+        return failed(EmbeddingIndexStatus, Reason.NO_LIVE_VERSION, reason, generation, status)
     problems = []
     if probe is not None and probe.version == live.version and probe.recall_at_k < spec.probe.min_recall:
         problems.append(f"recall@{probe.k} {probe.recall_at_k:.4f} below {spec.probe.min_recall}")
     if drift is not None and drift.score > spec.drift.threshold:  # today's threshold, not the measurement's
         problems.append(f"drift {drift.score:.4f} above {spec.drift.threshold}")
     message = f"serving v{live.version} ({live.rows} rows)"
-    status = _ready(status, "Serving", message, generation)
+    status = _ready(status, Reason.SERVING, message, generation)
     if problems:
         status.phase = "Degraded"
-        status.set_condition("Degraded", "True", "QualityDegraded", "; ".join(problems), generation=generation)
+        status.set_condition(DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=generation)
     return status
 
 
 def index_published(spec: EmbeddingIndexSpec, published: BaseModel, generation: int | None,
                     drift: DriftResult | None = None) -> EmbeddingIndexStatus:
-    """The index's status after a publish step (embedops.workers.publish.Result)."""
+    """The index's status after a publish step (embedops.results.PublishResult)."""
     versions = published.versions
     live = next((v for v in versions if v.state == "Live"), None)
     status = index_observed(spec, versions, generation, probe=live.probe if live else published.probe, drift=drift)
     if published.note_reason and live is not None:
-        status.set_condition("Progressing", "False", published.note_reason, published.note or "", generation=generation)
+        note(status, published.note_reason, published.note or "", generation)
     return status
+
+
+def note(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
+    """What the last publish step decided (GateFailed, RolledBack, Pinned), beside a serving index."""
+    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
+
+
+def scheduled_failure(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
+    """A scheduled probe or drift Job failed: the index keeps serving, Degraded says why."""
+    status.set_condition(DEGRADED, "True", reason, message, generation=generation)

@@ -8,9 +8,11 @@ with 2 `nvidia.com/gpu` (tainted, as GPU pools are) and one with CPUs only.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -167,11 +169,11 @@ def running_operator(namespace: str, **settings: str) -> Iterator[Any]:
     """The operator (kopf, in this process) watching `namespace`."""
     import kopf.testing
 
-    from embedops.handlers import core
+    from embedops.handlers import executor
 
-    saved = core.SETTINGS
+    saved = executor.SETTINGS
     if settings:
-        core.SETTINGS = core.SETTINGS.model_copy(update=settings)
+        executor.SETTINGS = executor.SETTINGS.model_copy(update=settings)
     try:
         with kopf.testing.KopfRunner(
             ["run", "--standalone", "--namespace", namespace, "-m", "embedops.handlers"],
@@ -179,7 +181,7 @@ def running_operator(namespace: str, **settings: str) -> Iterator[Any]:
         ) as runner:
             yield runner
     finally:
-        core.SETTINGS = saved
+        executor.SETTINGS = saved
     assert runner.exception is None, runner.output
     assert "Traceback" not in runner.output, runner.output
 
@@ -256,3 +258,28 @@ class Kube:
 @pytest.fixture
 def kube(api, namespace) -> Kube:
     return Kube(api, namespace)
+
+
+def run_pod_command(kube: Kube, pod: Any, workdir: Path) -> str:
+    """Run a worker pod's command on this machine, as the kubelet would: its env resolved, its result returned."""
+    container = pod.spec.containers[0]
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    for var in container.env or []:
+        if var.value is not None:
+            env[var.name] = var.value
+        elif var.value_from.secret_key_ref is not None:
+            ref = var.value_from.secret_key_ref
+            secret = kube.core.read_namespaced_secret(ref.name, kube.ns)
+            env[var.name] = base64.b64decode(secret.data[ref.key]).decode()
+        elif var.value_from.field_ref is not None:
+            path = var.value_from.field_ref.field_path  # metadata.annotations['...']
+            key = path.split("'")[1]
+            env[var.name] = pod.metadata.annotations[key]
+    command = list(container.command)
+    result = workdir / f"{pod.metadata.name}.termination-log"
+    command[command.index("--result") + 1] = str(result)  # the kubelet's /dev/termination-log
+    proc = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if "EMBEDOPS_DSN" in env:
+        assert env["EMBEDOPS_DSN"] not in proc.stdout + proc.stderr  # the DSN is never logged
+    return result.read_text()

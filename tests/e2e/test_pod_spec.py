@@ -11,16 +11,12 @@ mounted at a temporary folder (EMBEDOPS_WORKSPACE_PATH).
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 
-from tests.e2e.conftest import running_operator
+from tests.e2e.conftest import run_pod_command, running_operator
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOPICS = ["protein folding", "river delta sediment", "jazz harmony", "sourdough baking", "orbital mechanics",
@@ -30,29 +26,6 @@ TOPICS = ["protein folding", "river delta sediment", "jazz harmony", "sourdough 
 def _docs() -> list[tuple[str, str]]:
     return [(f"d{i:02d}", f"A note about {topic}, number {j}: how {topic} works and why it matters.")
             for i, (topic, j) in enumerate((t, j) for t in TOPICS for j in range(3))]
-
-
-def _run_pod_command(kube, pod, workdir: Path) -> str:
-    container = pod.spec.containers[0]
-    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    for var in container.env or []:
-        if var.value is not None:
-            env[var.name] = var.value
-        elif var.value_from.secret_key_ref is not None:
-            ref = var.value_from.secret_key_ref
-            secret = kube.core.read_namespaced_secret(ref.name, kube.ns)
-            env[var.name] = base64.b64decode(secret.data[ref.key]).decode()
-        elif var.value_from.field_ref is not None:
-            path = var.value_from.field_ref.field_path  # metadata.annotations['...']
-            key = path.split("'")[1]
-            env[var.name] = pod.metadata.annotations[key]
-    command = list(container.command)
-    result = workdir / f"{pod.metadata.name}.termination-log"
-    command[command.index("--result") + 1] = str(result)  # the kubelet's /dev/termination-log
-    proc = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert env["EMBEDOPS_DSN"] not in proc.stdout + proc.stderr  # the DSN is never logged
-    return result.read_text()
 
 
 def test_index_pods_run_as_written_against_embedded_postgres(kube, dsn, tmp_path):
@@ -75,10 +48,10 @@ def test_index_pods_run_as_written_against_embedded_postgres(kube, dsn, tmp_path
     with running_operator(kube.ns, workspace_path=str(workspace)):
         embed = kube.wait_job("embed")
         for pod in kube.wait_running_pods(embed.metadata.name, 2):
-            kube.finish(pod.metadata.name, _run_pod_command(kube, pod, tmp_path))
+            kube.finish(pod.metadata.name, run_pod_command(kube, pod, tmp_path))
         publish = kube.wait_job("publish")
         (pod,) = kube.wait_running_pods(publish.metadata.name)
-        kube.finish(pod.metadata.name, _run_pod_command(kube, pod, tmp_path))
+        kube.finish(pod.metadata.name, run_pod_command(kube, pod, tmp_path))
         status = kube.wait_ready("EmbeddingIndex", "notes")["status"]
 
     assert status["liveVersion"] == 1 and status["rows"] == 30

@@ -143,23 +143,28 @@ class BaseStatus(ApiModel):
     ) -> None:
         """Set one condition, keeping lastTransitionTime when its status does not change."""
         stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
-        for i, cond in enumerate(self.conditions):
-            if cond.type == type_:
-                keep = cond.last_transition_time if cond.status == status else stamp
-                self.conditions[i] = Condition(
-                    type=type_, status=status, reason=reason, message=message,
-                    last_transition_time=keep, observed_generation=generation,
-                )
-                return
-        self.conditions.append(
-            Condition(
-                type=type_, status=status, reason=reason, message=message,
-                last_transition_time=stamp, observed_generation=generation,
-            )
-        )
+        before = self.condition(type_)
+        cond = Condition(type=type_, status=status, reason=reason, message=message,
+                         last_transition_time=_transition_time(before, status, stamp),
+                         observed_generation=generation)
+        if before is None:
+            self.conditions.append(cond)
+        else:
+            self.conditions[self.conditions.index(before)] = cond
+
+    def carry_transition_times(self, stored: BaseStatus) -> None:
+        """Keep the stored status's lastTransitionTime of each condition whose status did not change."""
+        for cond in self.conditions:
+            cond.last_transition_time = _transition_time(stored.condition(cond.type), cond.status,
+                                                         cond.last_transition_time)
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
+
+
+def _transition_time(before: Condition | None, status: ConditionStatus, stamp: str) -> str:
+    """A condition's lastTransitionTime: the previous one while its status stays the same."""
+    return before.last_transition_time if before is not None and before.status == status else stamp
 
 
 class Toleration(ApiModel):

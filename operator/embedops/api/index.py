@@ -18,6 +18,9 @@ from embedops.api.common import (
     exactly_one_rule,
 )
 
+# The encoder's arithmetic, for embedding and for drift (which must match how a version was built).
+Precision = Literal["auto", "fp32", "bf16"]
+
 _IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable; create a new EmbeddingIndex instead"}]
 
 
@@ -65,6 +68,11 @@ class IndexSource(ApiModel):
         check_exactly_one(self, "source", "table", "dataset_ref")
         return self
 
+    @property
+    def kind(self) -> Literal["table", "dataset"]:
+        """Which one is set: what the workers dispatch on."""
+        return "table" if self.table is not None else "dataset"
+
 
 class Target(ApiModel):
     """The stable name applications query; versions live beside it as `<name>_v<N>` tables."""
@@ -104,7 +112,7 @@ class EmbedSpec(ApiModel):
         default=2048, ge=1, description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048."
     )
     shards: int = Field(default=1, ge=1, le=1000, description="Pods that embed in parallel (an Indexed Job). Default: 1.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    precision: Precision = Field(
         default="auto",
         description=(
             "Arithmetic of the encoder: `auto` is bf16 on a CUDA GPU that supports it and float32 otherwise; "

@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from pydantic import BaseModel
+
 from embedops.api.common import GROUP
 
 MANAGED_BY = "embedops"
@@ -24,9 +26,27 @@ ANNOTATION_PREFIX = GROUP  # kopf keeps its bookkeeping in annotations under thi
 _MAX_NAME = 63  # a Job's name becomes its pods' `job-name` label value
 
 
+# What each step produces from its inputs, versioned: bump a step's number when a change of
+# embedops (a default that changes results, a new recipe) must run that step again for every
+# resource that relies on it. Spec fields enter a step's key only where they differ from their
+# defaults (`identity`), so an upgrade that adds a defaulted field re-runs nothing.
+STEP_VERSIONS = {"prepare": 1, "train": 1, "embed": 1, "publish": 1}
+
+
 def inputs_hash(*parts: Any) -> str:
     """A short stable hash of JSON-able parts (spec, upstream fingerprints)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def identity(model: BaseModel, *, include: set[str] | None = None, exclude: set[str] | None = None) -> dict[str, Any]:
+    """The part of a spec (or of one of its sections) that a step's key hashes: what differs from the defaults."""
+    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True,
+                            include=include, exclude=exclude)
+
+
+def step_key(step: str, *parts: Any) -> str:
+    """The inputs hash of one run of `step`: its parts and the step's version."""
+    return inputs_hash(step, STEP_VERSIONS[step], *parts)
 
 
 def child_name(owner: str, step: str, key: str) -> str:

@@ -1,3 +1,3 @@
 """The kopf entry points. Importing this package registers the handlers (`embedops operator` does)."""
 
-from embedops.handlers import core  # noqa: F401
+from embedops.handlers import triggers  # noqa: F401

@@ -12,6 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS
+from embedops.results import describe_error
 from embedops.reconcile import ObservedJob
 from embedops.builders import naming
 from embedops.builders.jobs import CONTAINER
@@ -193,7 +194,7 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
         if state == "Failed":
             failed = _condition(job, "Failed") or {}
             newest = max(failures)[1] if failures else None
-            error = _error_text(newest) or failed.get("message") or failed.get("reason")
+            error = describe_error(newest) or failed.get("message") or failed.get("reason")
     step = (job["metadata"].get("labels") or {}).get(naming.LABEL_STEP)
     return ObservedJob(name=name, state=state, results=results, error=error, suspended=suspended,  # type: ignore[arg-type]
                        step=step)
@@ -205,15 +206,3 @@ def _termination_message(pod: dict[str, Any]) -> str | None:
             terminated = (cs.get("state") or {}).get("terminated") or {}
             return terminated.get("message")
     return None
-
-
-def _error_text(message: str | None) -> str | None:
-    """A worker's error document (`{"error": {reason, message}}`), or the log tail Kubernetes kept."""
-    if not message:
-        return None
-    try:
-        doc = json.loads(message)
-        err = doc["error"]
-        return f"{err['reason']}: {err['message']}"
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return message.strip().splitlines()[-1][:500] if message.strip() else None

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import random
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,9 +50,9 @@ from pydantic import Field, model_validator
 
 from embedops import modelzoo
 from embedops.api.common import ApiModel
-from embedops.api.index import DriftResult, IndexSource, Target
-from embedops.prepared import PreparedDataset
-from embedops.store import pgvector, sources
+from embedops.api.index import DriftResult, DriftSpec, EmbedSpec, IndexSource, Target
+from embedops.store import pgvector
+from embedops.workers import documents
 from embedops.workers.embed import normalizes
 
 log = logging.getLogger(__name__)
@@ -70,16 +69,16 @@ class Config(ApiModel):
     model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
     source: IndexSource = Field(description="The index's documents.")
     dataset_dir: Path | None = Field(default=None, description="The prepared dataset folder of a `source.datasetRef`.")
-    sample_size: int = Field(default=1000, ge=10, le=100_000, description="Rows sampled on each side.")
-    threshold: float = Field(default=0.015, ge=0, description="MMD² above which the version has drifted.")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="The index's drift settings: sample size, threshold.")
+    embedding: EmbedSpec = Field(
+        default_factory=EmbedSpec,
+        description="The index's embedding settings: the current sample is encoded as the version was built "
+        "(sequence length, precision), in batches of its batch size.",
+    )
     current: Literal["same_ids", "random"] = Field(
         default="same_ids", description="Current sample: the reference ids' text now, or a random source sample."
     )
     seed: int | None = Field(default=None, description="Seed of the samples. Default: a new sample each run.")
-    batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch.")
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        default="auto", description="The encoder's arithmetic: the index's `embedding.precision`, as the version was built."
-    )
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
 
     @model_validator(mode="after")
@@ -173,47 +172,41 @@ def drift_scores(reference: np.ndarray, current: np.ndarray, *, seed: int = 0) -
 # -- samples ------------------------------------------------------------------------------------
 
 
-def current_texts(config: Config, reader: Any, ids: list[Any], seed: str) -> list[str]:
+def current_texts(config: Config, docs: documents.Documents, ids: list[Any], seed: str) -> list[str]:
     """The current sample's texts: the reference ids' text now (those still present), or a random sample."""
-    if config.source.table is not None:
-        if config.current == "same_ids":
-            now = sources.texts(reader, config.source.table, ids)
-            return [now[i] for i in ids if i in now]
-        return [text for _, text in sources.sample(reader, config.source.table, config.sample_size, seed)]
-    corpus = PreparedDataset(config.dataset_dir).corpus()  # type: ignore[arg-type]
     if config.current == "same_ids":
-        return [corpus[i].full_text for i in ids if i in corpus]
-    picked = random.Random(seed).sample(sorted(corpus), min(config.sample_size, len(corpus)))
-    return [corpus[i].full_text for i in picked]
+        now = docs.texts(ids)
+        return [now[i] for i in ids if i in now]
+    return docs.sample(config.drift.sample_size, seed)
 
 
 def run(config: Config, *, dsn: str | None = None) -> DriftResult:
-    if config.source.table is not None:
-        sources.check_names(config.source.table)
     seed = str(config.seed) if config.seed is not None else secrets.token_hex(8)
-    model = modelzoo.load(config.model, device=config.device)
+    model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
     model_fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
     with pgvector.connect(dsn) as conn:
         rec = pgvector.version_record(conn, config.target, config.version)
         if rec.model_fingerprint and rec.model_fingerprint != model_fingerprint:
             raise ValueError(f"model {config.model!r} is not the model v{rec.version} was built with ({rec.model})")
-        ids, reference = pgvector.sample_embeddings(conn, rec, config.sample_size, seed)
-        texts = current_texts(config, conn, ids, seed + ":current")
+        ids, reference = pgvector.sample_embeddings(conn, rec, config.drift.sample_size, seed)
+        docs = documents.open_documents(config.source, conn=conn, dataset_dir=config.dataset_dir)
+        texts = current_texts(config, docs, ids, seed + ":current")
     if len(reference) < 2 or len(texts) < 2:
         raise ValueError(f"{rec.schema}.{rec.table}: too few rows to measure drift "
                          f"({len(reference)} stored, {len(texts)} current)")
     from embedops.workers.encoder import Encoder  # torch: only where a pod measures
 
-    # The same encoder as the embed worker, so that its arithmetic is no part of the drift.
-    current = Encoder(model, batch_size=config.batch_size, normalize=normalizes(rec.metric),
-                      precision=config.precision).encode(texts)
+    # The same encoder, sequence length and precision as the embed worker, so that its arithmetic is
+    # no part of the drift.
+    current = Encoder(model, batch_size=config.embedding.batch_size, normalize=normalizes(rec.metric),
+                      precision=config.embedding.precision).encode(texts)
     scores = drift_scores(reference, current)
     result = DriftResult(
         version=rec.version, score=round(scores.score, 6), centroid_distance=round(scores.centroid_distance, 6),
         drifted_components=round(scores.drifted_components, 4), reference_rows=len(reference),
-        current_rows=len(current), drifted=scores.score > config.threshold,
+        current_rows=len(current), drifted=scores.score > config.drift.threshold,
         checked_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
     log.info("drift of %s: MMD² %.4f (threshold %s), centroid distance %.4f, %.0f%% components drifted",
-             rec.table, result.score, config.threshold, result.centroid_distance, 100 * result.drifted_components)
+             rec.table, result.score, config.drift.threshold, result.centroid_distance, 100 * result.drifted_components)
     return result

@@ -5,10 +5,8 @@ so the work is cut into chunks of `embedding.commitRows` rows, each committed wi
 progress: a restarted pod continues after the last committed id, and a version is only
 resumed by a build of the same model, source and layout (see store.pgvector.begin_build).
 
-Documents are read in id order; a row belongs to one of `shards` pods by a stable hash of its
-id (Postgres' hashtext for tables, CRC-32 for dataset corpora), so the shards of an Indexed Job
-split the corpus without talking to each other. The pod that finishes last (any pod with
-`finalize`) builds the ANN index and marks the version Ready.
+Documents are read in id order, one shard per pod (workers.documents); the pod that finishes
+last (any pod with `finalize`) builds the ANN index and marks the version Ready.
 
 A version holds the source as it was read: rows edited after their chunk was read, or added
 behind the read position, wait for the next version (the drift worker measures how far the
@@ -19,23 +17,20 @@ from __future__ import annotations
 
 import logging
 import time
-import zlib
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import Field, model_validator
 
 from embedops import modelzoo, progress
 from embedops.api.common import ApiModel
-from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, TableSource, Target
-from embedops.prepared import PreparedDataset
+from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, Target
 from embedops.results import EmbedResult as Result
-from embedops.store import names, pgvector, sources
+from embedops.store import names, pgvector
+from embedops.workers import documents
 
 if TYPE_CHECKING:
-    import psycopg
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
@@ -48,7 +43,6 @@ class Config(ApiModel):
         default=None, description="The prepared dataset folder of a `source.datasetRef` (its corpus is embedded)."
     )
     model: str = Field(min_length=1, description="Bundled model name or path of the model to embed with.")
-    model_name: str | None = Field(default=None, description="Name recorded in the catalog. Default: `model`.")
     ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
     embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch, sequence length, commit size, shards.")
     shard: int = Field(default=0, ge=0, description="This pod's shard, 0-based (the Job completion index).")
@@ -82,51 +76,6 @@ class Config(ApiModel):
         return self.shard_count or self.embedding.shards
 
 
-# -- documents ----------------------------------------------------------------------------------
-
-
-class TableDocuments:
-    """One shard of a source table, read in id order on its own connection."""
-
-    def __init__(self, conn: psycopg.Connection, src: TableSource, shard: int, shards: int):
-        self._conn, self._src, self._shard, self._shards = conn, src, shard, shards
-        self.id_type = sources.inspect(conn, src)
-        self.description = sources.describe(src)
-
-    def total(self) -> int:
-        return sources.count(self._conn, self._src, self._shard, self._shards)
-
-    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
-        while rows := sources.page(self._conn, self._src, self.id_type, self._shard, self._shards, after, size):
-            yield rows
-            after = rows[-1][0]
-
-
-def in_shard(doc_id: str, shard: int, shards: int) -> bool:
-    """Dataset ids are sharded by CRC-32: stable across processes, unlike Python's salted hash()."""
-    return shards == 1 or zlib.crc32(doc_id.encode()) % shards == shard
-
-
-class DatasetDocuments:
-    """One shard of a prepared dataset's corpus, in id order."""
-
-    id_type = sources.TEXT_ID
-
-    def __init__(self, folder: Path, shard: int, shards: int):
-        dataset = PreparedDataset(folder)
-        corpus = dataset.corpus()
-        self._docs = [(i, corpus[i].full_text) for i in sorted(corpus) if in_shard(i, shard, shards)]
-        self.description = f"dataset {dataset.manifest.fingerprint}"
-
-    def total(self) -> int:
-        return len(self._docs)
-
-    def chunks(self, after: str | None, size: int) -> Iterator[list[tuple[Any, str]]]:
-        remaining = [d for d in self._docs if after is None or d[0] > after]
-        for start in range(0, len(remaining), size):
-            yield remaining[start:start + size]
-
-
 # -- embedding ----------------------------------------------------------------------------------
 
 
@@ -139,14 +88,12 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
-        docs = (
-            TableDocuments(reader, config.source.table, config.shard, config.shards) if config.source.table
-            else DatasetDocuments(config.dataset_dir, config.shard, config.shards)  # type: ignore[arg-type]
-        )
+        docs = documents.open_documents(config.source, conn=reader, dataset_dir=config.dataset_dir,
+                                        shard=config.shard, shards=config.shards)
         model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
         fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
         build = pgvector.Build(
-            model=config.model_name or config.model, model_fingerprint=fingerprint,
+            model=config.model, model_fingerprint=fingerprint,
             dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
             id_type=docs.id_type, source=docs.description, shards=config.shards,
         )
@@ -174,7 +121,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
     )
 
 
-def embed_shard(model: SentenceTransformer, docs: TableDocuments | DatasetDocuments, writer: pgvector.VersionWriter,
+def embed_shard(model: SentenceTransformer, docs: documents.Documents, writer: pgvector.VersionWriter,
                 config: Config) -> None:
     """Embed and commit the shard's remaining documents, chunk by chunk.
 

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from embedops import evaluation, modelzoo
 from embedops.api.common import ApiModel
-from embedops.api.index import ProbeResult, Target
+from embedops.api.index import AnnSpec, ProbeResult, ProbeSpec, Target
 from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
@@ -47,21 +47,18 @@ class Config(ApiModel):
     target: Target = Field(description="The index's view and schema.")
     version: int | None = Field(default=None, ge=1, description="Version to probe. Default: the live one.")
     model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
-    dataset_dir: Path | None = Field(default=None, description="Prepared dataset whose held-out queries are probed.")
-    path: Path | None = Field(default=None, description='JSONL probe set, {"query": str, "relevant": [id, ...]} a line.')
-    k: int = Field(default=10, ge=1, le=1000, description="Depth of recall@k.")
-    max_queries: int | None = Field(default=None, ge=1, description="Probe at most this many queries.")
-    ef_search: int = Field(default=40, ge=1, le=1000, description="hnsw.ef_search for the probe queries.")
-    probes: int = Field(default=10, ge=1, description="ivfflat.probes for the probe queries.")
-    min_recall: float = Field(default=0.0, ge=0, le=1, description="Gate: lowest acceptable recall@k.")
-    max_regression: float = Field(default=0.02, ge=0, le=1, description="Gate: largest drop of recall@k below live.")
+    probe: ProbeSpec = Field(default_factory=ProbeSpec,
+                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
+    dataset_dir: Path | None = Field(
+        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
     promote: bool = Field(default=False, description="Cut over to the version when it passes the gate.")
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
 
     @model_validator(mode="after")
     def _one_probe_set(self) -> Config:
-        if (self.dataset_dir is None) == (self.path is None):
-            raise ValueError("exactly one of dataset_dir or path must be set")
+        if (self.dataset_dir is None) == (self.probe.path is None):
+            raise ValueError("exactly one of dataset_dir or probe.path must be set")
         return self
 
 
@@ -127,16 +124,16 @@ def read_jsonl(path: Path) -> tuple[dict[str, str], Qrels]:
 
 def load_probe_set(config: Config) -> tuple[dict[str, str], Qrels]:
     """The probe queries and judgements, at most max_queries of them (in file or query-id order)."""
-    if config.path is not None:
-        queries, qrels = read_jsonl(Path(config.path))
+    if config.probe.path is not None:
+        queries, qrels = read_jsonl(Path(config.probe.path))
     else:
         dataset = PreparedDataset(config.dataset_dir)  # type: ignore[arg-type]
         qrels = dataset.test_qrels()
         queries = {q: t for q, t in sorted(dataset.test_queries().items()) if q in qrels}
         if not queries:
             raise ProbeSetError(f"{config.dataset_dir}: the prepared dataset has no judged held-out queries")
-    if config.max_queries is not None:
-        queries = dict(list(queries.items())[: config.max_queries])
+    if config.probe.max_queries is not None:
+        queries = dict(list(queries.items())[: config.probe.max_queries])
     return queries, {q: qrels[q] for q in queries}
 
 
@@ -149,23 +146,23 @@ def fingerprint(queries: dict[str, str], qrels: Qrels) -> str:
 # -- gate ---------------------------------------------------------------------------------------
 
 
-def gate(recall: float, k: int, config: Config, rec: VersionRecord, live: VersionRecord | None,
+def gate(recall: float, k: int, spec: ProbeSpec, rec: VersionRecord, live: VersionRecord | None,
          probe_set: str) -> tuple[bool, str]:
     """Whether the version may serve, and why, in words a person reads in `kubectl describe`."""
     measured = f"recall@{k} {recall:.4f}"
-    if recall < config.min_recall:
-        return False, f"{measured} is below minRecall {config.min_recall}"
+    if recall < spec.min_recall:
+        return False, f"{measured} is below minRecall {spec.min_recall}"
     if live is None or live.version == rec.version:
-        return True, f"{measured} meets minRecall {config.min_recall}" + (" (no live version)" if live is None else "")
+        return True, f"{measured} meets minRecall {spec.min_recall}" + (" (no live version)" if live is None else "")
     live_recall = _comparable_recall(live, k, probe_set)
     if live_recall is None:
-        return True, (f"{measured} meets minRecall {config.min_recall}; "
+        return True, (f"{measured} meets minRecall {spec.min_recall}; "
                       f"live v{live.version} has no probe on this probe set to compare with")
-    floor = live_recall - config.max_regression
+    floor = live_recall - spec.max_regression
     if recall < floor:
-        return False, (f"{measured} regresses more than {config.max_regression} from live v{live.version}'s "
+        return False, (f"{measured} regresses more than {spec.max_regression} from live v{live.version}'s "
                        f"{live_recall:.4f}")
-    return True, (f"{measured} meets minRecall {config.min_recall} and is within {config.max_regression} "
+    return True, (f"{measured} meets minRecall {spec.min_recall} and is within {spec.max_regression} "
                   f"of live v{live.version}'s {live_recall:.4f}")
 
 
@@ -184,7 +181,8 @@ def run(config: Config, *, dsn: str | None = None) -> ProbeResult:
     probe_set = fingerprint(queries, qrels)
     model = modelzoo.load(config.model, device=config.device)
     model_fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
-    depth = max(config.k, 10)  # MRR@10 and nDCG@10 need ten results whatever k is
+    k = config.probe.k
+    depth = max(k, 10)  # MRR@10 and nDCG@10 need ten results whatever k is
     with pgvector.connect(dsn) as conn:
         rec = pgvector.version_record(conn, config.target, config.version)
         if rec.state in ("Building", "Failed"):
@@ -194,15 +192,15 @@ def run(config: Config, *, dsn: str | None = None) -> ProbeResult:
         ids = list(queries)
         vectors = model.encode_query([queries[q] for q in ids], normalize_embeddings=normalizes(rec.metric),
                                      convert_to_numpy=True, show_progress_bar=False)
-        rankings = pgvector.search(conn, rec, vectors, depth, ef_search=config.ef_search, probes=config.probes)
-        scores = evaluation.score(dict(zip(ids, rankings)), qrels, recall_ks=(config.k,))
+        rankings = pgvector.search(conn, rec, vectors, depth, ef_search=config.ann.ef_search, probes=config.ann.probes)
+        scores = evaluation.score(dict(zip(ids, rankings)), qrels, recall_ks=(k,))
         live = pgvector.live_record(conn, config.target)
-        passed, reason = gate(scores.recall[config.k], config.k, config, rec, live, probe_set)
+        passed, reason = gate(scores.recall[k], k, config.probe, rec, live, probe_set)
         if passed and config.promote and rec.state != "Live":
             pgvector.cutover(conn, config.target, rec.version)
             reason += f"; cut over to v{rec.version}"
         result = ProbeResult(
-            version=rec.version, k=config.k, recall_at_k=round(scores.recall[config.k], 6),
+            version=rec.version, k=k, recall_at_k=round(scores.recall[k], 6),
             mrr_at_10=round(scores.mrr_at_10, 6), ndcg_at_10=round(scores.ndcg_at_10, 6), queries=scores.queries,
             passed=passed, reason=reason, checked_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         )

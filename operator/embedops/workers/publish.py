@@ -22,7 +22,8 @@ from pathlib import Path
 from pydantic import Field
 
 from embedops.api.common import ApiModel
-from embedops.api.index import ProbeSpec, Target
+from embedops.api.conditions import Reason
+from embedops.api.index import AnnSpec, ProbeSpec, Target
 from embedops.results import PublishResult as Result
 from embedops.store import pgvector
 from embedops.workers import probe
@@ -34,11 +35,11 @@ class Config(ApiModel):
     target: Target = Field(description="The index's view and schema.")
     version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")
     model: str = Field(min_length=1, description="Bundled model name or path the candidate was built with.")
-    dataset_dir: Path | None = Field(default=None, description="Prepared dataset whose held-out queries are probed.")
-    path: Path | None = Field(default=None, description="JSONL probe set instead of a dataset.")
-    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="k, query cap and gate thresholds.")
-    ef_search: int = Field(default=40, ge=1, le=1000, description="hnsw.ef_search for the probe queries.")
-    probes: int = Field(default=10, ge=1, description="ivfflat.probes for the probe queries.")
+    probe: ProbeSpec = Field(default_factory=ProbeSpec,
+                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
+    dataset_dir: Path | None = Field(
+        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
     pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
     keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
     device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
@@ -50,20 +51,19 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         state = pgvector.version_record(conn, target, config.version).state
     result = Result(candidate=config.version)
     if state == "Retired":
-        result.note_reason = "RolledBack"
+        result.note_reason = Reason.ROLLED_BACK
         result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
     else:
         result.probe = probe.run(probe.Config(
-            target=target, version=config.version, model=config.model, dataset_dir=config.dataset_dir,
-            path=config.path, k=config.probe.k, max_queries=config.probe.max_queries, ef_search=config.ef_search,
-            probes=config.probes, min_recall=config.probe.min_recall, max_regression=config.probe.max_regression,
-            promote=state == "Ready" and config.pinned_version is None, device=config.device,
+            target=target, version=config.version, model=config.model, probe=config.probe, ann=config.ann,
+            dataset_dir=config.dataset_dir, promote=state == "Ready" and config.pinned_version is None,
+            device=config.device,
         ), dsn=dsn)
         if state == "Ready" and not result.probe.passed:
-            result.note_reason = "GateFailed"
+            result.note_reason = Reason.GATE_FAILED
             result.note = f"v{config.version} not cut over: {result.probe.reason}"
         elif state == "Ready" and config.pinned_version is not None:
-            result.note_reason = "Pinned"
+            result.note_reason = Reason.PINNED
             result.note = f"v{config.version} passed the gate but the index is pinned to v{config.pinned_version}"
     with pgvector.connect(dsn) as conn:
         if config.pinned_version is not None:

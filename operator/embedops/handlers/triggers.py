@@ -1,8 +1,7 @@
-"""Handlers of the three kinds, and of the Jobs they own.
+"""What makes the operator reconcile a resource: kopf's handlers of the three kinds and their Jobs.
 
-Each handler only finds out which resource to reconcile; `reconcile` reads what exists
-(the resource, its Jobs and their results, the resources it references), asks
-embedops.reconcile for a plan, and carries it out. Triggers:
+Each trigger only finds out which resource to reconcile and hands it to
+embedops.handlers.executor, which observes, plans and carries the plan out. Triggers:
 
 - any watch event of a resource, the listing at operator start included (a status write
   of our own comes back as an event too; its reconcile finds nothing to do);
@@ -20,24 +19,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
 from typing import Any
 
 import kopf
 
 from embedops import metrics, reconcile
-from embedops.api.common import GROUP, VERSION, BaseStatus
+from embedops.api.common import GROUP, VERSION
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.api.kinds import KINDS
-from embedops.handlers import kube
 from embedops.builders import naming
 from embedops.builders.jobs import WorkerStep, worker_job
-from embedops.settings import OperatorSettings
+from embedops.handlers import executor, kube
 
 log = logging.getLogger(__name__)
-
-SETTINGS = OperatorSettings.from_env()
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @kopf.on.startup()
@@ -59,104 +53,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     if missing:
         raise kopf.PermanentError(f"the API server does not serve {', '.join(missing)} "
                                   f"({GROUP}/{VERSION}): install the CRDs (crds/ or the Helm chart) first")
-    metrics.serve(SETTINGS.metrics_port)
-    log.info("embedops operator: worker image %s, workspace claim %s at %s", SETTINGS.worker_image,
-             SETTINGS.workspace_claim, SETTINGS.workspace_path)
-
-
-# -- reconcile ----------------------------------------------------------------------------------
-
-
-def _with_transition_times(new: BaseStatus, old: dict[str, Any]) -> None:
-    """Keep a condition's lastTransitionTime when its status did not change."""
-    previous = {c.get("type"): c for c in old.get("conditions") or []}
-    for cond in new.conditions:
-        before = previous.get(cond.type)
-        if before is not None and before.get("status") == cond.status and before.get("lastTransitionTime"):
-            cond.last_transition_time = before["lastTransitionTime"]
-
-
-def reconcile_resource(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """Reconcile one resource; returns the status written (None when unchanged or gone)."""
-    with _locks[f"{kind}/{namespace}/{name}"]:
-        body = kube.get_object(kind, namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
-            return None
-        metrics.METRICS.reconciles.labels(kind).inc()
-        try:
-            return _reconcile(kind, namespace, name, body)
-        except Exception:
-            metrics.METRICS.errors.labels(kind).inc()
-            raise
-
-
-def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    jobs = kube.owned_jobs(namespace, body["metadata"]["uid"])
-    related = {}
-    for ref_kind, ref_name in reconcile.references(body):
-        other = kube.get_object(ref_kind, namespace, ref_name)
-        if other is not None:
-            related[(ref_kind, ref_name)] = other.get("status") or {}
-    plan = reconcile.plan(reconcile.Observed(body=body, jobs=jobs, related=related), SETTINGS)
-    for manifest in plan.create:
-        if kube.create_job(manifest):
-            log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
-    for job_name in plan.delete:
-        kube.delete_job(namespace, job_name)
-        log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
-    for type_, reason, message in plan.events:
-        kube.post_event(body, type_, reason, message)
-    old = body.get("status") or {}
-    written = None
-    status = plan.status
-    if status is not None:
-        _with_transition_times(status, old)
-        wire = status.to_wire()
-        if wire != old:
-            kube.replace_status(kind, namespace, name, old, wire)
-            written = wire
-            if _ready(wire) != _ready(old):
-                _nudge_dependants(kind, namespace, name)
-    else:
-        status = _status_model(kind, old)
-    _observe_metrics(kind, namespace, name, body, status)
-    return written
-
-
-def _ready(status: dict[str, Any]) -> str | None:
-    return next((c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-
-
-def _status_model(kind: str, raw: dict[str, Any]) -> BaseStatus:
-    model = KINDS[kind].status_model
-    try:
-        return model.model_validate(raw)
-    except Exception:  # noqa: BLE001 - metrics must not fail a reconcile
-        return model()
-
-
-def _observe_metrics(kind: str, namespace: str, name: str, body: dict[str, Any], status: BaseStatus) -> None:
-    try:
-        spec = KINDS[kind].spec_model.model_validate(body.get("spec") or {})
-    except Exception:  # noqa: BLE001 - an invalid spec still has a Ready series
-        spec = None
-    metrics.METRICS.observe(kind, namespace, name, spec, status)
-
-
-def _nudge_dependants(kind: str, namespace: str, name: str) -> None:
-    """Reconcile the resources that reference this one, now that its readiness changed."""
-    for other_kind in ("FineTuneJob", "EmbeddingIndex"):
-        for other in kube.list_objects(other_kind, namespace):
-            if (kind, name) in reconcile.references(other):
-                threading.Thread(target=_safe_reconcile, args=(other_kind, namespace, other["metadata"]["name"]),
-                                 daemon=True).start()
-
-
-def _safe_reconcile(kind: str, namespace: str, name: str) -> None:
-    try:
-        reconcile_resource(kind, namespace, name)
-    except Exception as err:  # noqa: BLE001 - the sweep retries
-        log.warning("%s %s/%s: reconcile failed, retried on the next sweep: %s", kind, namespace, name, err)
+    metrics.serve(executor.SETTINGS.metrics_port)
+    log.info("embedops operator: worker image %s, workspace claim %s at %s", executor.SETTINGS.worker_image,
+             executor.SETTINGS.workspace_claim, executor.SETTINGS.workspace_path)
 
 
 # Every resource seen, reconciled again every EMBEDOPS_RECONCILE_SECONDS by the sweep thread.
@@ -168,13 +67,13 @@ _stop = threading.Event()
 
 
 def _sweep() -> None:
-    while not _stop.wait(SETTINGS.reconcile_seconds):
+    while not _stop.wait(executor.SETTINGS.reconcile_seconds):
         with _known_lock:
             keys = list(_known)
         for kind, namespace, name in keys:
             if _stop.is_set():
                 return
-            _safe_reconcile(kind, namespace, name)
+            executor.safe_reconcile(kind, namespace, name)
 
 
 @kopf.on.startup()
@@ -200,7 +99,7 @@ def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa
         return
     with _known_lock:
         _known.add(key)
-    _safe_reconcile(*key)
+    executor.safe_reconcile(*key)
 
 
 for _kind in KINDS.values():
@@ -213,7 +112,7 @@ def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A
                   if r.get("apiVersion", "").startswith(f"{GROUP}/") and r.get("kind") in KINDS), None)
     if owner is None or type == "DELETED":
         return
-    _safe_reconcile(owner["kind"], body["metadata"]["namespace"], owner["name"])
+    executor.safe_reconcile(owner["kind"], body["metadata"]["namespace"], owner["name"])
 
 
 # -- deletion -----------------------------------------------------------------------------------
@@ -233,7 +132,7 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     step = WorkerStep(step="cleanup", worker="cleanup", key=owner.uid, config={"target": spec.target.to_wire()},
                       resources=spec.resources, scheduling=spec.scheduling, dsn_secret=spec.database.dsn_secret_ref,
                       ttl_seconds=600)
-    manifest = worker_job(owner, step, SETTINGS)
+    manifest = worker_job(owner, step, executor.SETTINGS)
     # Not owned: the garbage collector would delete it with the resource it cleans up after.
     manifest["metadata"].pop("ownerReferences")
     job = kube.read_job(owner.namespace, manifest["metadata"]["name"])

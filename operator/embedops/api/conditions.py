@@ -1,0 +1,58 @@
+"""The condition vocabulary: every condition type and reason a status can carry.
+
+Statuses are read by people (`kubectl describe`), by the Argo CD health script, by alerts and
+by the docs' reason table; a reason spelt differently in one place is a health check that
+silently stops matching. So the words live here, once, as CloudNativePG keeps its condition
+types and reasons next to its API types, and tests tie the docs and the health script to them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    READY = "Ready"
+    PROGRESSING = "Progressing"
+    DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    # Work under way (Progressing=True): the step whose Job runs, or what is awaited.
+    PREPARING = "Preparing"
+    TRAINING = "Training"
+    EMBEDDING = "Embedding"
+    PUBLISHING = "Publishing"
+    SUSPENDED = "Suspended"
+    DEPENDENCY_NOT_FOUND = "DependencyNotFound"
+    DEPENDENCY_NOT_READY = "DependencyNotReady"
+    WAITING_FOR_MODEL = "WaitingForModel"
+    # Done (Ready=True).
+    PREPARED = "Prepared"
+    TRAINED = "Trained"
+    SERVING = "Serving"
+    # Terminal failures (Ready=False, Degraded=True): nothing is retried until the spec or the
+    # embedops.dev/rerun annotation changes.
+    INVALID_SPEC = "InvalidSpec"
+    MISSING_DATABASE = "MissingDatabase"
+    NO_PROBE_SET = "NoProbeSet"
+    JOB_FAILED = "JobFailed"
+    BAD_WORKER_RESULT = "BadWorkerResult"
+    NO_IMPROVEMENT = "NoImprovement"
+    NO_LIVE_VERSION = "NoLiveVersion"
+    # An index that still serves, but not well (Degraded=True beside Ready=True).
+    QUALITY_DEGRADED = "QualityDegraded"
+    PROBE_FAILED = "ProbeFailed"
+    DRIFT_FAILED = "DriftFailed"
+    # What the last publish step decided, on Progressing=False beside Ready=True.
+    GATE_FAILED = "GateFailed"
+    ROLLED_BACK = "RolledBack"
+    PINNED = "Pinned"
+
+
+TERMINAL = frozenset({
+    Reason.INVALID_SPEC, Reason.MISSING_DATABASE, Reason.NO_PROBE_SET, Reason.JOB_FAILED,
+    Reason.BAD_WORKER_RESULT, Reason.NO_IMPROVEMENT, Reason.NO_LIVE_VERSION,
+})
+PUBLISH_NOTES = frozenset({Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED})
+SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED}

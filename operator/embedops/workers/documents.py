@@ -1,0 +1,111 @@
+"""The documents of an index's source, as the embed and drift workers read them.
+
+Both workers see one interface, `Documents`: the embed worker pages through a shard in id
+order (and resumes after the last committed id), the drift worker looks up the current text
+of stored ids or draws a seeded sample. A new kind of source is its API model in
+`IndexSource`, one reader class here and one `case` in `open_documents`; nothing else changes.
+
+A row belongs to one of `shards` pods by a stable hash of its id (Postgres' hashtext for
+tables, CRC-32 for dataset corpora), so the shards of an Indexed Job split the corpus
+without talking to each other.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, assert_never
+
+from embedops.api.index import IndexSource, TableSource
+from embedops.prepared import PreparedDataset
+from embedops.store import sources
+
+if TYPE_CHECKING:
+    import psycopg
+
+
+class Documents(Protocol):
+    id_type: str  # SQL type of the ids, for the version table
+    description: str  # the source as the catalog records it: a build only resumes into the same source
+
+    def total(self) -> int:
+        """Documents in this shard."""
+
+    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+        """(id, text to embed) of this shard after id `after`, in id order, `size` at a time."""
+
+    def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
+        """The current text to embed of each of `ids` still in the source."""
+
+    def sample(self, n: int, seed: str) -> list[str]:
+        """The texts of `n` documents drawn at random, the same ones for the same seed."""
+
+
+class TableDocuments:
+    """One shard of a source table, read in id order on its own connection."""
+
+    def __init__(self, conn: psycopg.Connection, src: TableSource, shard: int, shards: int):
+        self._conn, self._src, self._shard, self._shards = conn, src, shard, shards
+        self.id_type = sources.inspect(conn, src)
+        self.description = sources.describe(src)
+
+    def total(self) -> int:
+        return sources.count(self._conn, self._src, self._shard, self._shards)
+
+    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+        while rows := sources.page(self._conn, self._src, self.id_type, self._shard, self._shards, after, size):
+            yield rows
+            after = rows[-1][0]
+
+    def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
+        return sources.texts(self._conn, self._src, ids)
+
+    def sample(self, n: int, seed: str) -> list[str]:
+        return [text for _, text in sources.sample(self._conn, self._src, n, seed)]
+
+
+def in_shard(doc_id: str, shard: int, shards: int) -> bool:
+    """Dataset ids are sharded by CRC-32: stable across processes, unlike Python's salted hash()."""
+    return shards == 1 or zlib.crc32(doc_id.encode()) % shards == shard
+
+
+class DatasetDocuments:
+    """One shard of a prepared dataset's corpus, in id order."""
+
+    id_type = sources.TEXT_ID
+
+    def __init__(self, folder: Path, shard: int, shards: int):
+        dataset = PreparedDataset(folder)
+        self._texts = {i: doc.full_text for i, doc in sorted(dataset.corpus().items()) if in_shard(i, shard, shards)}
+        self.description = f"dataset {dataset.manifest.fingerprint}"
+
+    def total(self) -> int:
+        return len(self._texts)
+
+    def chunks(self, after: str | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+        remaining = [(i, text) for i, text in self._texts.items() if after is None or i > after]
+        for start in range(0, len(remaining), size):
+            yield remaining[start:start + size]
+
+    def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
+        return {i: self._texts[i] for i in ids if i in self._texts}
+
+    def sample(self, n: int, seed: str) -> list[str]:
+        picked = random.Random(seed).sample(sorted(self._texts), min(n, len(self._texts)))
+        return [self._texts[i] for i in picked]
+
+
+def open_documents(source: IndexSource, *, conn: psycopg.Connection, dataset_dir: Path | None,
+                   shard: int = 0, shards: int = 1) -> Documents:
+    """The reader of `source`'s documents (one shard of them)."""
+    match source.kind:
+        case "table":
+            return TableDocuments(conn, source.table, shard, shards)
+        case "dataset":
+            if dataset_dir is None:
+                raise ValueError("dataset_dir is required for a source.datasetRef")
+            return DatasetDocuments(dataset_dir, shard, shards)
+        case unknown:
+            assert_never(unknown)

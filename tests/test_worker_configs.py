@@ -1,0 +1,59 @@
+"""Every Job the planner can create carries a config its worker parses: the two sides never drift apart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from embedops.reconcile import Observed, ObservedJob, plan
+from embedops.workers import runner
+from tests.test_reconcile import INDEX_SPEC, NOW, SETTINGS, _publish_result, _run_dataset_to_ready, _trained_status, body
+
+
+def _command(job: dict) -> tuple[str, dict]:
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    return command[2], json.loads(command[command.index("--spec-json") + 1])
+
+
+def _index_jobs(spec: dict, related: dict) -> list[dict]:
+    """The embed, publish, probe and drift Jobs of one index, driven through its lifecycle."""
+    ix = body("EmbeddingIndex", "ix", spec)
+    jobs: dict[str, ObservedJob] = {}
+    created = []
+    for results in ({0: {"version": 1, "table": "docs_v1", "state": "Ready", "rows": 10, "shardRows": 10,
+                         "embedded": 10, "resumed": False, "seconds": 1.0, "rowsPerSecond": 10.0}},
+                    {0: _publish_result(1)}):
+        p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
+        (job,) = p.create
+        created.append(job)
+        ix["status"] = p.status.to_wire()
+        jobs[job["metadata"]["name"]] = ObservedJob(job["metadata"]["name"], "Succeeded", results)
+    ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
+    created += plan(Observed(ix, related=related, now=NOW + dt.timedelta(hours=2)), SETTINGS).create
+    return created
+
+
+def test_every_planned_job_config_parses_with_its_workers_config():
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    jobs = [
+        plan(Observed(body("EmbeddingDataset", "a", {"source": {"beir": {"path": "data/x"}}}), now=NOW),
+             SETTINGS).create[0],
+        plan(Observed(body("EmbeddingDataset", "b", {"source": {"postgres": {
+            "table": "pairs", "database": {"dsnSecretRef": {"name": "pg"}}}}}), now=NOW), SETTINGS).create[0],
+        plan(Observed(body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}}), related=related, now=NOW),
+             SETTINGS).create[0],
+        *_index_jobs(INDEX_SPEC, related),
+        *_index_jobs({**INDEX_SPEC, "model": {"name": "all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}},
+                      "probe": {"path": "probes/docs.jsonl", "k": 5}, "embedding": {"batchSize": 8},
+                      "pinnedVersion": 1}, related),
+    ]
+    steps = [j["metadata"]["labels"]["embedops.dev/step"] for j in jobs]
+    assert sorted(set(steps)) == ["drift", "embed", "prepare", "probe", "publish", "train"]
+    for job in jobs:
+        worker, raw = _command(job)
+        config = runner.parse_config(worker, raw, shard=0)  # unknown keys are rejected, so nothing is dropped
+        if worker == "drift":
+            assert config.embedding.batch_size == raw["embedding"]["batchSize"]
+        if worker in ("probe", "publish") and "path" in raw["probe"]:
+            assert config.probe.path == "/workspace/probes/docs.jsonl"
