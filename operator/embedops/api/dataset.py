@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from embedops.api.common import (
@@ -83,6 +85,13 @@ class DatasetSource(ApiModel):
     def _exactly_one(self) -> DatasetSource:
         check_exactly_one(self, "source", "beir", "pairs", "postgres")
         return self
+
+    @property
+    def kind(self) -> Literal["beir", "pairs", "postgres"]:
+        """Which one is set: what the prepare worker dispatches on."""
+        if self.beir is not None:
+            return "beir"
+        return "pairs" if self.pairs is not None else "postgres"
 
 
 class ValidationSpec(ApiModel):

@@ -1,0 +1,28 @@
+"""Source readers of the prepare worker: one module per kind of `EmbeddingDataset` source.
+
+Each reader validates its rows (reporting bad ones through `rows.Issues`) and returns a
+`rows.Source`, so the prepare step never depends on where data came from. A new kind of
+source is its API model in `DatasetSource`, one module here and one `case` in `read`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import assert_never
+
+from embedops.api.dataset import DatasetSource, ValidationSpec
+from embedops.workers.readers import beir, pairs, postgres
+from embedops.workers.readers.rows import Issues, Source
+
+
+def read(source: DatasetSource, *, base_dir: Path, rules: ValidationSpec, issues: Issues, dsn: str | None) -> Source:
+    """Read and validate `source`; relative paths resolve against base_dir."""
+    match source.kind:
+        case "beir":
+            return beir.read(source.beir, base_dir, rules, issues)
+        case "pairs":
+            return pairs.read(source.pairs, base_dir, rules, issues)
+        case "postgres":
+            return postgres.read(source.postgres, dsn, rules, issues)
+        case unknown:
+            assert_never(unknown)

@@ -1,0 +1,126 @@
+"""What every source reader shares: row checks, the report of invalid rows, and the shape of what is read.
+
+Real domain data is messy, and one bad line must not cost a user their whole dataset, nor
+may a wrong format pass silently. So every row is validated and bad rows are reported by
+file and line and skipped, while a file whose invalid share is too high fails the step.
+Readers of every source kind report through one `Issues` and return one `Source`, so the
+step after them never knows where the data came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from embedops.api.dataset import ValidationSpec
+from embedops.prepared import Doc
+
+INVALID_SAMPLES = 10
+Qrels = dict[str, dict[str, int]]
+
+
+class BadRow(ValueError):
+    """A row that fails validation; its message is the reason shown to the user."""
+
+
+@dataclass
+class Issues:
+    """Invalid rows by file, to report them and to judge whether a file is wrong as a whole."""
+
+    rows: list[dict[str, object]] = field(default_factory=list)
+    seen: Counter[str] = field(default_factory=Counter)
+    bad: Counter[str] = field(default_factory=Counter)
+
+    def add(self, file: str, line: int, reason: str) -> None:
+        self.rows.append({"file": file, "line": line, "reason": reason})
+        self.bad[file] += 1
+
+    def samples(self) -> list[str]:
+        return [f"{r['file']}:{r['line']}: {r['reason']}" for r in self.rows[:INVALID_SAMPLES]]
+
+    def check(self, max_fraction: float) -> None:
+        for file, total in self.seen.items():
+            if total and self.bad[file] / total > max_fraction:
+                first = "; ".join(s for s in self.samples() if s.startswith(f"{file}:"))[:600]
+                raise ValueError(
+                    f"{file}: {self.bad[file]} of {total} rows are invalid, more than "
+                    f"validation.maxInvalidFraction={max_fraction} (a wrong format?); first problems: {first}"
+                )
+
+
+@dataclass
+class Source:
+    """What a reader found, in one shape for all source kinds."""
+
+    corpus: dict[str, Doc]
+    queries: dict[str, str]
+    train_qrels: Qrels
+    test_qrels: Qrels | None  # None: split the train queries
+    given_negatives: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)  # (query, doc) -> doc ids
+    duplicates: int = 0
+
+
+def checked_text(row: dict, key: str, rules: ValidationSpec, *, required: bool = True) -> str:
+    value = row.get(key)
+    if value is None and not required:
+        return ""
+    if value is None:
+        raise BadRow(f"missing field {key!r}")
+    if not isinstance(value, str):
+        raise BadRow(f"field {key!r} must be a string, got {type(value).__name__}")
+    n = len(value.strip())
+    if n < rules.min_chars and (required or n):
+        raise BadRow(f"field {key!r} is empty" if n == 0
+                     else f"field {key!r} is shorter than {rules.min_chars} characters")
+    if n > rules.max_chars:
+        raise BadRow(f"field {key!r} is longer than validation.maxChars={rules.max_chars} ({n} characters)")
+    return value
+
+
+def checked_id(row: dict, key: str) -> str:
+    value = row.get(key)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise BadRow(f"missing field {key!r}" if value is None else f"field {key!r} must be a string")
+    if not str(value).strip():
+        raise BadRow(f"field {key!r} is empty")
+    return str(value)
+
+
+def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each non-blank line that is a JSON object; the others are reported."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            issues.seen[name] += 1
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                issues.add(name, lineno, "not valid UTF-8")
+                continue
+            except json.JSONDecodeError as err:
+                issues.add(name, lineno, f"not valid JSON ({err.msg} at column {err.colno})")
+                continue
+            if not isinstance(row, dict):
+                issues.add(name, lineno, "not a JSON object")
+                continue
+            yield lineno, row
+
+
+def display_name(path_as_written: str) -> str:
+    """How a user file is named in messages: as the user wrote it, never as an absolute path."""
+    path = Path(path_as_written)
+    return path.name if path.is_absolute() else path_as_written
+
+
+def resolve(path_as_written: str, base_dir: Path) -> Path:
+    path = Path(path_as_written)
+    return path if path.is_absolute() else base_dir / path
+
+
+def content_id(prefix: str, text: str) -> str:
+    return prefix + hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]
