@@ -28,7 +28,7 @@ def test_validate_reports_every_problem_with_file_and_field(tmp_path, capsys):
     assert main(["validate", "-f", str(bad)]) == 2
     err = capsys.readouterr().err
     assert f"{bad}[0] (FineTuneJob/j): spec.training.epochs: Input should be greater than or equal to 1" in err
-    assert f"{bad}[1] (EmbeddingIndex/i): spec.target.name: String should match pattern" in err
+    assert f"{bad}[1] (EmbeddingIndex/i): spec.target.name: 'v x' is not a lower-case SQL name" in err
 
 
 def test_duplicate_resources_are_rejected(tmp_path, capsys):

@@ -345,7 +345,8 @@ def _rule_problems(root: Schema) -> list[str]:
             text, message = rule["rule"], rule.get("message", "")
             if not message.strip() or "\n" in message:
                 problems.append(f"{where}: {text!r} needs a one-line message")
-            for name in re.findall(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", text):
+            # Properties, not methods (`self.startsWith(...)`).
+            for name in re.findall(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\()", text):
                 if name not in node.get("properties", {}):
                     problems.append(f"{where}: {text!r} names {name!r}, not a property here")
                 elif name in _CEL_RESERVED:

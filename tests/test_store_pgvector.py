@@ -240,10 +240,24 @@ def test_hostile_names_are_rejected_before_any_sql(dsn, name):
 
 
 def test_a_view_name_too_long_for_its_version_tables_is_rejected(dsn):
+    with pytest.raises(ValidationError, match="at most 56 characters"):
+        Target(name="d" * 57)
+    # The store checks again, for a target that never went through the model.
     closed = psycopg.connect(dsn, autocommit=True)
     closed.close()
     with pytest.raises(ValueError, match="target.name: .* too long for its version tables"):
-        pgvector.versions(closed, Target(name="d" * 61))
+        pgvector.versions(closed, Target.model_construct(schema_name="public", name="d" * 61))
+
+
+def test_version_numbers_stop_where_the_table_names_would_not_fit(conn):
+    from embedops.api.index import MAX_VERSION
+    from embedops.store import catalog
+
+    catalog.ensure(conn)
+    conn.execute("INSERT INTO embedops.index_targets VALUES ('public', 'docs', %s)", (MAX_VERSION - 1,))
+    assert catalog.next_version(conn, "public", "docs") == MAX_VERSION
+    with pytest.raises(ValueError, match=f"all {MAX_VERSION} version numbers are used"):
+        catalog.next_version(conn, "public", "docs")
 
 
 @pytest.mark.parametrize("id_type,ids", [

@@ -31,7 +31,7 @@ from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, ProbeResult, ReindexProgress
-from embedops.api.kinds import KINDS, format_validation_error
+from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
 from embedops.builders.jobs import Owner, WorkerStep, worker_job
 from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
@@ -143,7 +143,7 @@ def owner_of(body: dict[str, Any]) -> Owner:
 
 def _parse_spec(ctx: _Context) -> Any:
     try:
-        return KINDS[ctx.body["kind"]].spec_model.model_validate(ctx.body.get("spec") or {})
+        return validate_spec(ctx.body["kind"], ctx.body.get("spec"))
     except ValidationError as err:
         raise _Stop(_failed(ctx, Reason.INVALID_SPEC, "; ".join(format_validation_error(err, prefix="spec")))) from err
 

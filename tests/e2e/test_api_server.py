@@ -58,6 +58,16 @@ def test_schema_and_cel_rules_reject_bad_resources(kube):
     hostile["spec"]["target"]["name"] = 'docs"; DROP TABLE users; --'
     assert "spec.target.name" in _rejected(kube, hostile)
 
+    # The same rules as `embedops validate`: reserved schemas, pgvector's bounds.
+    reserved = json.loads(json.dumps(INDEX))
+    reserved["spec"]["target"]["schema"] = "information_schema"
+    assert "is reserved" in _rejected(kube, reserved)
+    degree = json.loads(json.dumps(INDEX))
+    degree["spec"]["ann"] = {"m": 40}
+    assert "efConstruction must be at least twice ann.m" in _rejected(kube, degree)
+    degree["spec"]["ann"] = {"m": 40, "efConstruction": 80}
+    kube.apply(degree)
+
 
 
 def test_unknown_fields_are_rejected_by_kubectl(cluster, kube):

@@ -23,6 +23,8 @@ K8sName = Annotated[
     str,
     StringConstraints(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
 ]
+# A namespace (RFC 1123 label).
+K8sNamespace = Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 # A Postgres identifier as embedops accepts it: letters, digits and underscores, not starting
 # with a digit, at most 63 bytes. Everything is still quoted with psycopg.sql.Identifier.
 SqlName = Annotated[
@@ -63,6 +65,28 @@ class ApiModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict as it appears in a manifest or in `status` (camelCase, no nulls)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class ObjectMeta(ApiModel):
+    """A manifest's metadata, checked as the API server checks it (names, namespaces, types, no unknown keys).
+
+    The fields the API server fills in are accepted too, so `kubectl get -o yaml` output applies.
+    """
+
+    name: K8sName = Field(description="The resource's name (RFC 1123 subdomain).")
+    namespace: K8sNamespace | None = Field(default=None, description="Its namespace (RFC 1123 label).")
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    generate_name: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: str | None = None
+    deletion_timestamp: str | None = None
+    deletion_grace_period_seconds: int | None = None
+    finalizers: list[str] = Field(default_factory=list)
+    owner_references: list[dict[str, Any]] = Field(default_factory=list)
+    managed_fields: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class LocalObjectReference(ApiModel):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from embedops.api.common import (
     ApiModel,
@@ -74,17 +74,52 @@ class IndexSource(ApiModel):
         return "table" if self.table is not None else "dataset"
 
 
+# Versions are numbered up to this, so that `<name>_v<N>` always fits Postgres's 63-byte names.
+MAX_VERSION = 99_999
+# Schemas an index never writes into: Postgres's own, and embedops' catalog.
+RESERVED_SCHEMAS = ("information_schema", "embedops")
+_RESERVED_RULE = {
+    "rule": "!self.startsWith('pg_') && !(self in " + str(list(RESERVED_SCHEMAS)).replace('"', "'") + ")",
+    "message": "is reserved (pg_*, information_schema, embedops: Postgres's own schemas and embedops' catalog)",
+}
+# Lower case: the objects embedops creates are named as applications will write them unquoted.
+TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
+
+
 class Target(ApiModel):
     """The stable name applications query; versions live beside it as `<name>_v<N>` tables."""
 
     model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _IMMUTABLE}}
 
-    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the view and its tables. Default: `public`.")
-    name: SqlName = Field(description="Name of the view applications query (`id`, `embedding` columns). Immutable.")
+    schema_name: TargetName = Field(
+        default="public", alias="schema", max_length=63,
+        description="Schema of the view and its tables (lower case; not pg_*, information_schema or embedops). "
+        "Default: `public`.",
+        json_schema_extra={"x-kubernetes-validations": [_RESERVED_RULE]},
+    )
+    name: TargetName = Field(
+        max_length=63 - len(f"_v{MAX_VERSION}"),
+        description="Name of the view applications query (`id`, `embedding` columns): lower case, at most 56 "
+        "characters, so that every version table `<name>_v<N>` (N up to 99999) fits Postgres's 63-byte names. "
+        "Immutable.",
+    )
+
+    @field_validator("schema_name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.startswith("pg_") or value in RESERVED_SCHEMAS:
+            raise ValueError(_RESERVED_RULE["message"])
+        return value
+
+
+_EF_RULE = {"rule": "(has(self.efConstruction) ? self.efConstruction : 64) >= 2 * (has(self.m) ? self.m : 16)",
+            "message": "ann.efConstruction must be at least twice ann.m (pgvector refuses smaller)"}
 
 
 class AnnSpec(ApiModel):
     """Approximate nearest-neighbour index built on every version."""
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_EF_RULE]}}
 
     method: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="hnsw or ivfflat. Default: hnsw.")
     metric: Literal["cosine", "l2", "inner_product"] = Field(
@@ -97,10 +132,17 @@ class AnnSpec(ApiModel):
     m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree. Default: 16 (pgvector's).")
     ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam. Default: 64 (pgvector's).")
     lists: int | None = Field(
-        default=None, ge=1, description="IVFFlat lists. Default: rows/1000 (at least 1), sqrt(rows) above 1M rows."
+        default=None, ge=1, le=32768,
+        description="IVFFlat lists (pgvector allows up to 32768). Default: rows/1000 (at least 1), sqrt(rows) above 1M rows.",
     )
     ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW search beam used by probes. Default: 40.")
-    probes: int = Field(default=10, ge=1, description="IVFFlat lists searched by probes. Default: 10.")
+    probes: int = Field(default=10, ge=1, le=32768, description="IVFFlat lists searched by probes. Default: 10.")
+
+    @model_validator(mode="after")
+    def _pgvector_bounds(self) -> AnnSpec:
+        if self.ef_construction < 2 * self.m:
+            raise ValueError(_EF_RULE["message"])
+        return self
 
 
 class EmbedSpec(ApiModel):

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from embedops.api.common import API_VERSION, GROUP, VERSION, BaseStatus
+from embedops.api.common import API_VERSION, GROUP, VERSION, BaseStatus, K8sName, K8sNamespace, ObjectMeta, SqlName
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, TargetName
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ KINDS: dict[str, Kind] = {k.kind: k for k in (DATASET, FINETUNE, INDEX)}
 ORDER = ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex")
 
 
+# What a manifest may hold at the top level (`status` is ignored, as `kubectl apply` ignores it).
+TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+
+
 class InvalidResource(ValueError):
     """A manifest that is not a valid embedops resource; the message names the offending field."""
 
@@ -96,6 +101,17 @@ class InvalidResource(ValueError):
         self.where = where
         self.problems = problems
         super().__init__(f"{where}: " + "; ".join(problems))
+
+
+# The name patterns of the API, in words.
+_PATTERNS = {
+    K8sName.__metadata__[0].pattern: "a lower-case RFC 1123 name (a-z, 0-9, '-' and '.', starting and ending "
+                                     "with a letter or digit)",
+    K8sNamespace.__metadata__[0].pattern: "a lower-case RFC 1123 label (a-z, 0-9 and '-', starting and ending "
+                                          "with a letter or digit)",
+    SqlName.__metadata__[0].pattern: "an SQL name (letters, digits and underscores, not starting with a digit)",
+    TargetName.__metadata__[0].pattern: "a lower-case SQL name (a-z, 0-9 and underscores, not starting with a digit)",
+}
 
 
 def format_validation_error(err: ValidationError, prefix: str = "spec") -> list[str]:
@@ -106,6 +122,8 @@ def format_validation_error(err: ValidationError, prefix: str = "spec") -> list[
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
+        elif e["type"] == "string_pattern_mismatch" and e["ctx"]["pattern"] in _PATTERNS:
+            msg = f"{e['input']!r} is not {_PATTERNS[e['ctx']['pattern']]}"
         lines.append(f"{path}: {msg}")
     return lines
 
@@ -125,17 +143,25 @@ class Resource:
         return f"{self.kind.kind}/{self.namespace}/{self.name}"
 
 
+def validate_spec(kind: str, spec: Any) -> Any:
+    """A spec as its model, with the API server's strictness: `"3"` is not an integer, `"yes"` not a boolean.
+
+    Validated as JSON (what the API server stores), so YAML-only values such as dates arrive as
+    their text; raises pydantic's ValidationError.
+    """
+    return KINDS[kind].spec_model.model_validate_json(json.dumps(spec or {}, default=str), strict=True)
+
+
 def parse_spec(kind: str, spec: dict[str, Any] | None, where: str) -> Any:
     """Validate a spec dict into its model, raising InvalidResource that names each bad field."""
-    k = KINDS[kind]
     try:
-        return k.spec_model.model_validate(spec or {})
+        return validate_spec(kind, spec)
     except ValidationError as err:
         raise InvalidResource(where, format_validation_error(err)) from None
 
 
 def parse_manifest(doc: dict[str, Any], where: str = "manifest") -> Resource:
-    """Parse one Kubernetes manifest of an embedops kind."""
+    """Parse one Kubernetes manifest of an embedops kind, as strictly as the API server would."""
     if not isinstance(doc, dict):
         raise InvalidResource(where, ["not a mapping"])
     api_version, kind = doc.get("apiVersion"), doc.get("kind")
@@ -143,16 +169,20 @@ def parse_manifest(doc: dict[str, Any], where: str = "manifest") -> Resource:
         raise InvalidResource(where, [f"apiVersion: expected {API_VERSION}, got {api_version!r}"])
     if kind not in KINDS:
         raise InvalidResource(where, [f"kind: expected one of {', '.join(ORDER)}, got {kind!r}"])
-    meta = doc.get("metadata") or {}
-    name = meta.get("name")
-    if not name or not isinstance(name, str):
-        raise InvalidResource(where, ["metadata.name: required"])
-    where = f"{where} ({kind}/{name})"
+    problems = [f"{key}: unknown field" for key in doc if key not in TOP_LEVEL_FIELDS]
+    try:
+        meta = ObjectMeta.model_validate_json(json.dumps(doc.get("metadata") or {}, default=str), strict=True)
+    except ValidationError as err:
+        raise InvalidResource(where, problems + format_validation_error(err, prefix="metadata")) from None
+    where = f"{where} ({kind}/{meta.name})"
+    if problems:
+        raise InvalidResource(where, problems)
     spec = parse_spec(kind, doc.get("spec"), where)
-    return Resource(kind=KINDS[kind], name=name, namespace=meta.get("namespace") or "default", spec=spec, metadata=meta)
+    return Resource(kind=KINDS[kind], name=meta.name, namespace=meta.namespace or "default", spec=spec,
+                    metadata=meta.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True))
 
 
 __all__ = [
     "API_VERSION", "GROUP", "VERSION", "KINDS", "ORDER", "Kind", "Resource", "InvalidResource",
-    "parse_manifest", "parse_spec", "format_validation_error",
+    "parse_manifest", "parse_spec", "validate_spec", "format_validation_error",
 ]

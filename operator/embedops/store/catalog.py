@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from embedops.api.index import IndexVersion, ProbeResult
+from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult
 
 SCHEMA = "embedops"
 
@@ -210,12 +210,17 @@ def record(conn: psycopg.Connection, schema: str, view: str, version: int) -> Ve
 
 
 def next_version(conn: psycopg.Connection, schema: str, view: str) -> int:
-    return conn.execute(
+    """The next version number of a view; numbers are never reused, and stop at MAX_VERSION."""
+    version = conn.execute(
         "INSERT INTO embedops.index_targets AS t (target_schema, target_name, last_version) VALUES (%s, %s, 1) "
         "ON CONFLICT (target_schema, target_name) DO UPDATE SET last_version = t.last_version + 1 "
         "RETURNING last_version",
         (schema, view),
     ).fetchone()[0]
+    if version > MAX_VERSION:
+        raise ValueError(f"target {schema}.{view}: all {MAX_VERSION} version numbers are used; "
+                         "create a new EmbeddingIndex with another target.name")
+    return version
 
 
 def insert_building(conn: psycopg.Connection, schema: str, view: str, version: int, table: str,
