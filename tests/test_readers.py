@@ -1,10 +1,63 @@
-"""The prepare worker's source readers (`workers/readers/`): dispatch by kind and the row checks they share."""
+"""The prepare worker's source readers (`workers/readers/`): dispatch by kind and the row checks they share.
+
+Issue 12, "nothing a user types leaves a resource stuck": whatever bytes a source holds, a
+row is either kept or reported as `file:line: reason`, and a file that cannot be used fails
+with a message naming it, before anything downstream (the index's COPY, the qrels) trips on it.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from embedops.api.dataset import DatasetSource
+from embedops.api.dataset import DatasetSource, EmbeddingDatasetSpec, ValidationSpec
+from embedops.workers import prepare, readers
+from embedops.workers.readers.rows import Issues, Source
+
+HEADER = "query-id\tcorpus-id\tscore"
+
+
+def jsonl(*rows: dict) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def corpus_rows(n: int = 5) -> list[dict]:
+    return [{"_id": f"d{i}", "title": f"Title {i}", "text": f"document {i} text"} for i in range(n)]
+
+
+def query_rows(n: int = 5) -> list[dict]:
+    return [{"_id": f"q{i}", "text": f"question {i}"} for i in range(n)]
+
+
+def beir(tmp_path: Path, *, corpus: str | bytes | None = None, queries: str | bytes | None = None,
+         train: str | bytes | None = None, test: str | bytes | None = None) -> Path:
+    """A BEIR folder of 5 documents and queries (q4 held out); any file can be given instead, as text or bytes."""
+    files = {
+        "corpus.jsonl": jsonl(*corpus_rows()) if corpus is None else corpus,
+        "queries.jsonl": jsonl(*query_rows()) if queries is None else queries,
+        "qrels/train.tsv": "".join(f"{line}\n" for line in [HEADER, *(f"q{i}\td{i}\t1" for i in range(4))])
+        if train is None else train,
+        "qrels/test.tsv": f"{HEADER}\nq4\td4\t1\n" if test is None else test,
+    }
+    folder = tmp_path / "beir"
+    for name, content in files.items():
+        path = folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    return folder
+
+
+def read(tmp_path: Path, source: dict) -> tuple[Source, list[str]]:
+    """What the reader of `source` returns, and its `file:line: reason` reports."""
+    issues = Issues()
+    found = readers.read(DatasetSource.model_validate(source), base_dir=tmp_path, rules=ValidationSpec(),
+                         issues=issues, dsn=None)
+    return found, [f"{r['file']}:{r['line']}: {r['reason']}" for r in issues.rows]
+
+
+BEIR = {"beir": {"path": "beir"}}
 
 
 @pytest.mark.parametrize("source, kind", [
@@ -14,3 +67,59 @@ from embedops.api.dataset import DatasetSource
 ])
 def test_a_source_names_its_kind(source, kind):
     assert DatasetSource.model_validate(source).kind == kind
+
+
+# -- 1, 2: characters no database or encoder accepts ----------------------------------------------
+
+
+def test_nul_in_an_id_or_a_text_is_a_bad_row(tmp_path):
+    # Postgres rejects NUL in text: let through, it would break the index's COPY on every retry.
+    beir(tmp_path, corpus=jsonl(*corpus_rows(), {"_id": "d\x005", "text": "fine"}, {"_id": "d6", "text": "a\x00b"},
+                                {"_id": "d7", "title": "t\x00", "text": "fine"}),
+         queries=jsonl(*query_rows(), {"_id": "q\x005", "text": "fine"}, {"_id": "q6", "text": "a\x00b"}))
+    found, reported = read(tmp_path, BEIR)
+    assert reported == [
+        "corpus.jsonl:6: field '_id' contains a NUL character (U+0000)",
+        "corpus.jsonl:7: field 'text' contains a NUL character (U+0000)",
+        "corpus.jsonl:8: field 'title' contains a NUL character (U+0000)",
+        "queries.jsonl:6: field '_id' contains a NUL character (U+0000)",
+        "queries.jsonl:7: field 'text' contains a NUL character (U+0000)",
+    ]
+    assert sorted(found.corpus) == [f"d{i}" for i in range(5)]
+    assert not any("\x00" in text for text in found.queries.values())
+
+
+def test_nul_in_a_pair_is_a_bad_row(tmp_path):
+    (tmp_path / "pairs.jsonl").write_text(jsonl(
+        {"query": "query 0", "positive": "answer 0"},
+        {"query": "query\x00 1", "positive": "answer 1"},
+        {"query": "query 2", "positive": "answer 2", "negatives": ["fine", "not\x00fine"]},
+    ))
+    found, reported = read(tmp_path, {"pairs": {"path": "pairs.jsonl"}})
+    assert reported == ["pairs.jsonl:2: field 'query' contains a NUL character (U+0000)",
+                        "pairs.jsonl:3: field 'negatives[1]' contains a NUL character (U+0000)"]
+    assert [d.text for d in found.corpus.values()] == ["answer 0"]
+
+
+def test_a_lone_surrogate_is_a_bad_row_with_file_and_line(tmp_path):
+    # JSON can spell a lone surrogate ("\ud800"); Python decodes it, and only encoding to UTF-8 fails.
+    lines = [json.dumps(r) for r in corpus_rows()] + ['{"_id": "d5", "text": "broken \\ud800 text"}',
+                                                      '{"_id": "\\udc00", "text": "fine"}']
+    beir(tmp_path, corpus="".join(f"{line}\n" for line in lines))
+    found, reported = read(tmp_path, BEIR)
+    assert reported == ["corpus.jsonl:6: field 'text' contains a lone surrogate (U+D800), which is not valid Unicode",
+                        "corpus.jsonl:7: field '_id' contains a lone surrogate (U+DC00), which is not valid Unicode"]
+    assert sorted(found.corpus) == [f"d{i}" for i in range(5)]
+
+
+def test_a_lone_surrogate_in_pairs_does_not_fail_the_whole_prepare(tmp_path):
+    lines = [json.dumps({"query": f"query {i}", "positive": f"answer {i}"}) for i in range(20)]
+    lines.append('{"query": "query \\ud83d", "positive": "answer"}')
+    (tmp_path / "pairs.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    result = prepare.run(prepare.Config(
+        spec=EmbeddingDatasetSpec.model_validate({"source": {"pairs": {"path": "pairs.jsonl"}},
+                                                  "hardNegatives": {"enabled": False}}),
+        base_dir=tmp_path, output_dir=tmp_path / "out"))
+    assert result.invalid_samples == [
+        "pairs.jsonl:21: field 'query' contains a lone surrogate (U+D83D), which is not valid Unicode"]
+    assert result.counts.corpus == 20

@@ -72,6 +72,7 @@ def checked_text(row: dict, key: str, rules: ValidationSpec, *, required: bool =
         raise BadRow(f"missing field {key!r}")
     if not isinstance(value, str):
         raise BadRow(f"field {key!r} must be a string, got {type(value).__name__}")
+    checked_characters(key, value)
     n = len(value.strip())
     if n < rules.min_chars and (required or n):
         raise BadRow(f"field {key!r} is empty" if n == 0
@@ -87,7 +88,23 @@ def checked_id(row: dict, key: str) -> str:
         raise BadRow(f"missing field {key!r}" if value is None else f"field {key!r} must be a string")
     if not str(value).strip():
         raise BadRow(f"field {key!r} is empty")
-    return str(value)
+    return checked_characters(key, str(value))
+
+
+def checked_characters(key: str, value: str) -> str:
+    """`value`, unless it holds what would fail later and far from its row.
+
+    Postgres text cannot hold NUL (the index's COPY would fail on every retry), and a lone
+    surrogate, which JSON can spell ("\\ud800"), cannot be written as UTF-8.
+    """
+    if "\0" in value:
+        raise BadRow(f"field {key!r} contains a NUL character (U+0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise BadRow(f"field {key!r} contains a lone surrogate (U+{ord(value[err.start]):04X}), "
+                     "which is not valid Unicode") from None
+    return value
 
 
 def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dict]]:
