@@ -16,6 +16,7 @@ from embedops.api.dataset import DatasetSource, EmbeddingDatasetSpec, Validation
 from embedops.workers import prepare, readers
 from embedops.workers.readers.rows import Issues, Source
 
+BOM = b"\xef\xbb\xbf"
 HEADER = "query-id\tcorpus-id\tscore"
 
 
@@ -123,3 +124,21 @@ def test_a_lone_surrogate_in_pairs_does_not_fail_the_whole_prepare(tmp_path):
     assert result.invalid_samples == [
         "pairs.jsonl:21: field 'query' contains a lone surrogate (U+D83D), which is not valid Unicode"]
     assert result.counts.corpus == 20
+
+
+# -- 3: a byte-order mark -------------------------------------------------------------------------
+
+
+def test_a_bom_at_the_start_of_a_file_is_not_part_of_its_first_row(tmp_path):
+    beir(tmp_path, corpus=BOM + jsonl(*corpus_rows()).encode(), queries=BOM + jsonl(*query_rows()).encode(),
+         train=BOM + f"{HEADER}\nq0\td0\t1\nq1\td1\t1\n".encode(), test=BOM + b"q4\td4\t1\n")
+    found, reported = read(tmp_path, BEIR)
+    assert reported == []
+    assert sorted(found.corpus) == [f"d{i}" for i in range(5)] and sorted(found.queries) == [f"q{i}" for i in range(5)]
+    assert found.train_qrels == {"q0": {"d0": 1}, "q1": {"d1": 1}} and found.test_qrels == {"q4": {"d4": 1}}
+
+
+def test_a_bom_at_the_start_of_a_pairs_file_is_not_part_of_its_first_row(tmp_path):
+    (tmp_path / "pairs.jsonl").write_bytes(BOM + jsonl({"query": "query 0", "positive": "answer 0"}).encode())
+    found, reported = read(tmp_path, {"pairs": {"path": "pairs.jsonl"}})
+    assert reported == [] and list(found.queries.values()) == ["query 0"]

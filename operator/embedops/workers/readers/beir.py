@@ -92,7 +92,8 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
     require_file(path, name)
     qrels: Qrels = {}
     duplicates = 0
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+    # utf-8-sig: a BOM is not part of the header.
+    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -9,6 +9,7 @@ step after them never knows where the data came from.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 from collections import Counter
@@ -111,6 +112,8 @@ def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dic
     """(line number, object) of each non-blank line that is a JSON object; the others are reported."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
+            if lineno == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # as utf-8-sig does: some editors and exports write one
             if not raw.strip():
                 continue
             issues.seen[name] += 1
