@@ -48,7 +48,8 @@ def test_beir_bad_rows_are_reported_by_file_and_line_and_good_rows_kept(tmp_path
     beir_folder(
         tmp_path, 20,
         corpus_extra=['{"_id": "bad", "text": ', '{"_id": "d20"}', '{"_id": "d21", "text": "   "}',
-                      '{"_id": "d0", "text": "a second d0"}', '{"_id": "d22", "text": 7}'],
+                      '{"_id": "d0", "text": "a second d0"}', '{"_id": "d22", "text": 7}',
+                      json.dumps({"_id": "d1", "title": "Title 1", "text": "document 1 text"})],
         queries_extra=['{"text": "no id"}'],
         train_extra=["q0\tmissing-doc\t1", "nobody\td1\t1", "q1\td1\tmaybe", "q2\td2\t1"],
     )
@@ -59,6 +60,7 @@ def test_beir_bad_rows_are_reported_by_file_and_line_and_good_rows_kept(tmp_path
     assert "corpus.jsonl:21: not valid JSON" in samples
     assert "corpus.jsonl:22: missing field 'text'" in samples
     assert "corpus.jsonl:23: field 'text' is empty" in samples
+    assert "corpus.jsonl:24: id 'd0' was already defined at line 1 with a different text; the first is kept" in samples
     assert "corpus.jsonl:25: field 'text' must be a string, got int" in samples
     assert "queries.jsonl:21: missing field '_id'" in samples
     assert "qrels/train.tsv:18: corpus id 'missing-doc' is not in corpus.jsonl" in samples
@@ -66,13 +68,13 @@ def test_beir_bad_rows_are_reported_by_file_and_line_and_good_rows_kept(tmp_path
     assert "qrels/train.tsv:20: score 'maybe' is not an integer" in samples
     assert str(tmp_path) not in samples
     counts = result.counts
-    assert counts.invalid_rows == 8
-    assert counts.duplicates == 2  # the second d0 and the repeated q2-d2 judgement
+    assert counts.invalid_rows == 9
+    assert counts.duplicates == 2  # the repeated d1 and q2-d2 judgement
     assert counts.corpus == 20 and counts.train_queries == 16 and counts.test_queries == 4
     assert counts.title_pairs == 20 and counts.train_pairs == 36
     data = PreparedDataset(tmp_path / "out")
-    assert data.corpus()["d0"].text == "document 0 text"  # the first of a duplicated id wins
-    assert len((tmp_path / "out" / "invalid_rows.jsonl").read_text().splitlines()) == 8
+    assert data.corpus()["d0"].text == "document 0 text"  # the first of a redefined id wins
+    assert len((tmp_path / "out" / "invalid_rows.jsonl").read_text().splitlines()) == 9
     assert "secret" not in (tmp_path / "out" / "test_queries.jsonl").read_text()
 
 

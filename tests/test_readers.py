@@ -142,3 +142,21 @@ def test_a_bom_at_the_start_of_a_pairs_file_is_not_part_of_its_first_row(tmp_pat
     (tmp_path / "pairs.jsonl").write_bytes(BOM + jsonl({"query": "query 0", "positive": "answer 0"}).encode())
     found, reported = read(tmp_path, {"pairs": {"path": "pairs.jsonl"}})
     assert reported == [] and list(found.queries.values()) == ["query 0"]
+
+
+# -- 4: one id, two texts -------------------------------------------------------------------------
+
+
+def test_an_id_defined_twice_with_different_texts_is_reported_and_the_first_kept(tmp_path):
+    beir(tmp_path,
+         corpus=jsonl(*corpus_rows(), {"_id": "d1", "title": "Title 1", "text": "another text"},
+                      corpus_rows()[2], {"_id": "d3", "title": "Another title", "text": "document 3 text"}),
+         queries=jsonl(*query_rows(), {"_id": "q0", "text": "another question"}, query_rows()[1]))
+    found, reported = read(tmp_path, BEIR)
+    assert reported == [
+        "corpus.jsonl:6: id 'd1' was already defined at line 2 with a different text; the first is kept",
+        "corpus.jsonl:8: id 'd3' was already defined at line 4 with a different title; the first is kept",
+        "queries.jsonl:6: id 'q0' was already defined at line 1 with a different text; the first is kept",
+    ]
+    assert found.duplicates == 2  # d2 and q1, repeated as they were
+    assert found.corpus["d1"].text == "document 1 text" and found.queries["q0"] == "question 0"

@@ -1,14 +1,17 @@
 """The BEIR reader: a folder of `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv`.
 
-BEIR is the format of public retrieval benchmarks and of many exported domain datasets;
-its ids are the user's own, so duplicates are found by id, and judgements (qrels) are only
-kept when both their query and their document survived validation.
+BEIR is the format of public retrieval benchmarks and of many exported domain datasets.
+Its ids are the user's own, so repeats are found by id (an id defined twice with different
+content is reported, not silently resolved), and judgements (qrels) are only kept when both
+their query and their document survived validation.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from embedops.api.dataset import BeirSource, ValidationSpec
 from embedops.prepared import Doc
@@ -25,14 +28,19 @@ from embedops.workers.readers.rows import (
 )
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues) -> Source:
     folder = resolve(src.path, base_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r} is not a folder")
-    corpus, dup_docs = read_corpus(folder / "corpus.jsonl", rules, issues)
-    queries, dup_queries = read_queries(folder / "queries.jsonl", rules, issues)
+    require_file(folder / "corpus.jsonl", "corpus.jsonl")
+    corpus, dup_docs = read_by_id(folder / "corpus.jsonl", "corpus.jsonl", lambda row: parse_doc(row, rules), issues)
+    # Only `_id` and `text` of a query are read: other fields (SciFact's `metadata`) may hold the answers.
+    require_file(folder / "queries.jsonl", "queries.jsonl")
+    queries, dup_queries = read_by_id(folder / "queries.jsonl", "queries.jsonl",
+                                      lambda row: (checked_id(row, "_id"), checked_text(row, "text", rules)), issues)
     train, dup_train = read_qrels(folder, src.train_split, queries, corpus, issues)
     test, dup_test = read_qrels(folder, src.test_split, queries, corpus, issues) if src.test_split else (None, 0)
     return Source(corpus=corpus, queries=queries, train_qrels=train, test_qrels=test,
@@ -44,45 +52,41 @@ def require_file(path: Path, name: str) -> None:
         raise FileNotFoundError(f"{name} not found in the BEIR folder")
 
 
-def read_corpus(path: Path, rules: ValidationSpec, issues: Issues) -> tuple[dict[str, Doc], int]:
-    require_file(path, "corpus.jsonl")
-    corpus: dict[str, Doc] = {}
+def parse_doc(row: dict, rules: ValidationSpec) -> tuple[str, Doc]:
+    doc = Doc(id=checked_id(row, "_id"), text=checked_text(row, "text", rules),
+              title=checked_text(row, "title", rules, required=False))
+    return doc.id, doc
+
+
+def read_by_id(path: Path, name: str, parse: Callable[[dict], tuple[str, T]],
+               issues: Issues) -> tuple[dict[str, T], int]:
+    """The valid rows of a JSONL file by id, and how many repeated an earlier row exactly.
+
+    The first definition of an id is kept. A repeat that differs from it is reported: one of
+    the two is wrong, and silently keeping the first would hide which.
+    """
+    kept: dict[str, T] = {}
     first_line: dict[str, int] = {}
     duplicates = 0
-    for lineno, row in jsonl_rows(path, "corpus.jsonl", issues):
+    for lineno, row in jsonl_rows(path, name, issues):
         try:
-            doc = Doc(id=checked_id(row, "_id"), text=checked_text(row, "text", rules),
-                      title=checked_text(row, "title", rules, required=False))
+            key, value = parse(row)
         except BadRow as err:
-            issues.add("corpus.jsonl", lineno, str(err))
+            issues.add(name, lineno, str(err))
             continue
-        if doc.id in corpus:
+        if key not in kept:
+            kept[key], first_line[key] = value, lineno
+        elif kept[key] == value:
             duplicates += 1
-            log.warning("corpus.jsonl:%d: duplicate document id %r (first at line %d), skipped",
-                        lineno, doc.id, first_line[doc.id])
-            continue
-        corpus[doc.id] = doc
-        first_line[doc.id] = lineno
-    return corpus, duplicates
+            log.warning("%s:%d: duplicate of line %d (id %r), skipped", name, lineno, first_line[key], key)
+        else:
+            issues.add(name, lineno, f"id {key!r} was already defined at line {first_line[key]} with a different "
+                                     f"{difference(kept[key], value)}; the first is kept")
+    return kept, duplicates
 
 
-def read_queries(path: Path, rules: ValidationSpec, issues: Issues) -> tuple[dict[str, str], int]:
-    # Only `_id` and `text` are read: other fields (SciFact's `metadata`) may hold the answers.
-    require_file(path, "queries.jsonl")
-    queries: dict[str, str] = {}
-    duplicates = 0
-    for lineno, row in jsonl_rows(path, "queries.jsonl", issues):
-        try:
-            qid, text = checked_id(row, "_id"), checked_text(row, "text", rules)
-        except BadRow as err:
-            issues.add("queries.jsonl", lineno, str(err))
-            continue
-        if qid in queries:
-            duplicates += 1
-            log.warning("queries.jsonl:%d: duplicate query id %r, skipped", lineno, qid)
-            continue
-        queries[qid] = text
-    return queries, duplicates
+def difference(first: Doc | str, again: Doc | str) -> str:
+    return "title" if isinstance(first, Doc) and first.text == again.text else "text"
 
 
 def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[str, Doc],
