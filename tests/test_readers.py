@@ -160,3 +160,52 @@ def test_an_id_defined_twice_with_different_texts_is_reported_and_the_first_kept
     ]
     assert found.duplicates == 2  # d2 and q1, repeated as they were
     assert found.corpus["d1"].text == "document 1 text" and found.queries["q0"] == "question 0"
+
+
+# -- 5: a file with no rows -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("empty, name", [("corpus", "corpus.jsonl"), ("queries", "queries.jsonl"),
+                                         ("train", "qrels/train.tsv"), ("test", "qrels/test.tsv")])
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_a_beir_file_without_rows_fails_naming_it(tmp_path, empty, name, content):
+    beir(tmp_path, **{empty: content})
+    with pytest.raises(ValueError, match=rf"^{name} is empty \(it has no rows\)$"):
+        read(tmp_path, BEIR)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_qrels_with_a_header_only_have_no_rows(tmp_path, split):
+    beir(tmp_path, **{split: HEADER + "\n"})
+    with pytest.raises(ValueError, match=rf"^qrels/{split}.tsv is empty \(it has no rows\)$"):
+        read(tmp_path, BEIR)
+
+
+@pytest.mark.parametrize("empty", ["path", "testPath"])
+def test_a_pairs_file_without_rows_fails_naming_it(tmp_path, empty):
+    rows = jsonl({"query": "query 0", "positive": "answer 0"})
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("" if empty == "path" else rows)
+    (tmp_path / "data" / "test.jsonl").write_text("\n" if empty == "testPath" else rows)
+    name = "data/train.jsonl" if empty == "path" else "data/test.jsonl"
+    with pytest.raises(ValueError, match=rf"^{name} is empty \(it has no rows\)$"):
+        read(tmp_path, {"pairs": {"path": "data/train.jsonl", "testPath": "data/test.jsonl"}})
+
+
+def test_an_empty_corpus_is_not_blamed_on_the_qrels(tmp_path):
+    beir(tmp_path, corpus="")
+    spec = EmbeddingDatasetSpec.model_validate({"source": BEIR, "hardNegatives": {"enabled": False}})
+    with pytest.raises(ValueError, match=r"^corpus.jsonl is empty"):
+        prepare.run(prepare.Config(spec=spec, base_dir=tmp_path, output_dir=tmp_path / "out"))
+
+
+@pytest.mark.postgres
+def test_an_empty_table_fails_naming_it(tmp_path, dsn):
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pairs (query text, positive text)")
+    issues = Issues()
+    with pytest.raises(ValueError, match=r"^source.postgres: public.pairs is empty \(it has no rows\)$"):
+        readers.read(DatasetSource.model_validate({"postgres": {"table": "pairs"}}), base_dir=tmp_path,
+                     rules=ValidationSpec(), issues=issues, dsn=dsn)

@@ -24,6 +24,7 @@ from embedops.workers.readers.rows import (
     checked_text,
     display_name,
     jsonl_rows,
+    require_rows,
     resolve,
 )
 
@@ -95,7 +96,7 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
     path = folder / name
     require_file(path, name)
     qrels: Qrels = {}
-    duplicates = 0
+    rows = duplicates = 0
     # utf-8-sig: a BOM is not part of the header.
     with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
         for lineno, line in enumerate(f, 1):
@@ -104,6 +105,7 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
             cells = line.rstrip("\r\n").split("\t")
             if lineno == 1 and cells[0].strip().lower() == "query-id":
                 continue
+            rows += 1
             issues.seen[name] += 1
             try:
                 qid, did, rel = parse_qrel(cells, queries, corpus)
@@ -114,6 +116,7 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
                 duplicates += 1
                 continue
             qrels[qid][did] = rel
+    require_rows(name, rows)
     return qrels, duplicates
 
 

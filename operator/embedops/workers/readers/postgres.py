@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from embedops.api.dataset import PostgresSource, ValidationSpec
 from embedops.workers.readers.pairs import pairs_to_source, parse_pair
-from embedops.workers.readers.rows import BadRow, Issues, Source
+from embedops.workers.readers.rows import BadRow, Issues, Source, require_rows
 
 
 def read(src: PostgresSource, dsn: str | None, rules: ValidationSpec, issues: Issues) -> Source:
@@ -30,6 +30,7 @@ def read(src: PostgresSource, dsn: str | None, rules: ValidationSpec, issues: Is
             rows = conn.execute(query).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
         raise ValueError(f"source.postgres: {err.diag.message_primary}") from None
+    require_rows(f"source.postgres: {name}", len(rows))
     # Tables have no row order; sorting makes the output (and the row numbers in reports) stable.
     rows.sort(key=lambda r: tuple("" if v is None else str(v) for v in r))
     pairs = []

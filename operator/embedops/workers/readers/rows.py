@@ -109,13 +109,19 @@ def checked_characters(key: str, value: str) -> str:
 
 
 def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dict]]:
-    """(line number, object) of each non-blank line that is a JSON object; the others are reported."""
+    """(line number, object) of each non-blank line that is a JSON object; the others are reported.
+
+    A file with no rows at all fails, naming itself: its emptiness would otherwise surface
+    later as rows of other files that refer to it.
+    """
+    rows = 0
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if lineno == 1:
                 raw = raw.removeprefix(codecs.BOM_UTF8)  # as utf-8-sig does: some editors and exports write one
             if not raw.strip():
                 continue
+            rows += 1
             issues.seen[name] += 1
             try:
                 row = json.loads(raw.decode("utf-8"))
@@ -129,6 +135,12 @@ def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dic
                 issues.add(name, lineno, "not a JSON object")
                 continue
             yield lineno, row
+    require_rows(name, rows)
+
+
+def require_rows(name: str, rows: int) -> None:
+    if not rows:
+        raise ValueError(f"{name} is empty (it has no rows)")
 
 
 def display_name(path_as_written: str) -> str:
