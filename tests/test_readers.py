@@ -209,3 +209,19 @@ def test_an_empty_table_fails_naming_it(tmp_path, dsn):
     with pytest.raises(ValueError, match=r"^source.postgres: public.pairs is empty \(it has no rows\)$"):
         readers.read(DatasetSource.model_validate({"postgres": {"table": "pairs"}}), base_dir=tmp_path,
                      rules=ValidationSpec(), issues=issues, dsn=dsn)
+
+
+# -- 6: bytes that are not UTF-8 in qrels ---------------------------------------------------------
+
+
+def test_qrels_lines_that_are_not_utf8_are_reported_as_such(tmp_path):
+    beir(tmp_path, train=f"{HEADER}\nq0\td0\t1\n".encode() + b"q1\td\xff1\t1\nq2\td2\t1\n")
+    found, reported = read(tmp_path, BEIR)
+    assert reported == ["qrels/train.tsv:3: not valid UTF-8"]
+    assert found.train_qrels == {"q0": {"d0": 1}, "q2": {"d2": 1}}
+
+
+def test_qrels_keep_their_line_endings_and_header(tmp_path):
+    beir(tmp_path, train=f"{HEADER}\r\nq0\td0\t1\r\nq1\td1\t1\rq2\td2\t1".encode())
+    found, reported = read(tmp_path, BEIR)
+    assert reported == [] and found.train_qrels == {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d2": 1}}

@@ -97,18 +97,18 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
     require_file(path, name)
     qrels: Qrels = {}
     rows = duplicates = 0
-    # utf-8-sig: a BOM is not part of the header.
-    with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
+    # utf-8-sig: a BOM is not part of the header. Undecodable bytes are kept (as surrogates) to be
+    # reported by line rather than replaced by U+FFFD, which would only show up as an unknown id.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            cells = line.rstrip("\r\n").split("\t")
-            if lineno == 1 and cells[0].strip().lower() == "query-id":
+            if lineno == 1 and line.split("\t", 1)[0].strip().lower() == "query-id":
                 continue
             rows += 1
             issues.seen[name] += 1
             try:
-                qid, did, rel = parse_qrel(cells, queries, corpus)
+                qid, did, rel = parse_qrel(line, queries, corpus)
             except BadRow as err:
                 issues.add(name, lineno, str(err))
                 continue
@@ -120,7 +120,12 @@ def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[s
     return qrels, duplicates
 
 
-def parse_qrel(cells: list[str], queries: dict[str, str], corpus: dict[str, Doc]) -> tuple[str, str, int]:
+def parse_qrel(line: str, queries: dict[str, str], corpus: dict[str, Doc]) -> tuple[str, str, int]:
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # bytes the decoder escaped
+        raise BadRow("not valid UTF-8") from None
+    cells = line.rstrip("\r\n").split("\t")
     if len(cells) < 3:
         raise BadRow(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cells)}")
     qid, did, raw = (c.strip() for c in cells[:3])
