@@ -225,3 +225,60 @@ def test_qrels_keep_their_line_endings_and_header(tmp_path):
     beir(tmp_path, train=f"{HEADER}\r\nq0\td0\t1\r\nq1\td1\t1\rq2\td2\t1".encode())
     found, reported = read(tmp_path, BEIR)
     assert reported == [] and found.train_qrels == {"q0": {"d0": 1}, "q1": {"d1": 1}, "q2": {"d2": 1}}
+
+
+# -- 7: only the expected files are read ----------------------------------------------------------
+
+
+@pytest.fixture
+def watch_files(monkeypatch):
+    """From its call on: fail any listing of a folder, and record the files opened."""
+    import os
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a folder was listed: {args[:1]}")
+
+    def watch() -> list[str]:
+        for name in ("rglob", "glob", "iterdir", "walk"):
+            monkeypatch.setattr(Path, name, refuse, raising=False)
+        for name in ("walk", "scandir", "listdir"):
+            monkeypatch.setattr(os, name, refuse)
+        opened: list[str] = []
+        real_open = Path.open
+
+        def recording_open(self, *args, **kwargs):
+            opened.append(str(self))
+            return real_open(self, *args, **kwargs)
+
+        monkeypatch.setattr(Path, "open", recording_open)
+        return opened
+
+    return watch
+
+
+def test_the_filesystem_root_as_a_beir_folder_fails_at_once_naming_the_missing_file(tmp_path, watch_files):
+    opened = watch_files()
+    with pytest.raises(FileNotFoundError,
+                       match=r"^source.beir.path '/': corpus.jsonl not found \(a BEIR folder holds corpus.jsonl, "
+                             r"queries.jsonl and qrels/<split>.tsv\)$"):
+        readers.read(DatasetSource.model_validate({"beir": {"path": "/"}}), base_dir=tmp_path,
+                     rules=ValidationSpec(), issues=Issues(), dsn=None)
+    assert opened == []
+
+
+@pytest.mark.parametrize("missing", ["queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"])
+def test_a_missing_beir_file_fails_before_any_file_is_read(tmp_path, watch_files, missing):
+    (beir(tmp_path) / missing).unlink()
+    opened = watch_files()
+    with pytest.raises(FileNotFoundError, match=rf"^source.beir.path 'beir': {missing} not found"):
+        read(tmp_path, BEIR)
+    assert opened == []
+
+
+def test_a_beir_folder_is_read_without_listing_it(tmp_path, watch_files):
+    folder = beir(tmp_path)
+    (folder / "unrelated.jsonl").write_text("not json\n")
+    opened = watch_files()
+    read(tmp_path, BEIR)
+    assert sorted(Path(p).relative_to(folder).as_posix() for p in opened) == [
+        "corpus.jsonl", "qrels/test.tsv", "qrels/train.tsv", "queries.jsonl"]

@@ -3,7 +3,8 @@
 BEIR is the format of public retrieval benchmarks and of many exported domain datasets.
 Its ids are the user's own, so repeats are found by id (an id defined twice with different
 content is reported, not silently resolved), and judgements (qrels) are only kept when both
-their query and their document survived validation.
+their query and their document survived validation. Only the files the format names are
+read: a folder is never listed, so a wrong path costs nothing.
 """
 
 from __future__ import annotations
@@ -36,10 +37,14 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
     folder = resolve(src.path, base_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r} is not a folder")
-    require_file(folder / "corpus.jsonl", "corpus.jsonl")
+    splits = [src.train_split, *([src.test_split] if src.test_split else [])]
+    # The expected files only, all checked before any is read: the folder is never listed.
+    for name in ("corpus.jsonl", "queries.jsonl", *(qrels_name(s) for s in splits)):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r}: {name} not found "
+                                    "(a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
     corpus, dup_docs = read_by_id(folder / "corpus.jsonl", "corpus.jsonl", lambda row: parse_doc(row, rules), issues)
     # Only `_id` and `text` of a query are read: other fields (SciFact's `metadata`) may hold the answers.
-    require_file(folder / "queries.jsonl", "queries.jsonl")
     queries, dup_queries = read_by_id(folder / "queries.jsonl", "queries.jsonl",
                                       lambda row: (checked_id(row, "_id"), checked_text(row, "text", rules)), issues)
     train, dup_train = read_qrels(folder, src.train_split, queries, corpus, issues)
@@ -48,9 +53,8 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
                   duplicates=dup_docs + dup_queries + dup_train + dup_test)
 
 
-def require_file(path: Path, name: str) -> None:
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} not found in the BEIR folder")
+def qrels_name(split: str) -> str:
+    return f"qrels/{split}.tsv"
 
 
 def parse_doc(row: dict, rules: ValidationSpec) -> tuple[str, Doc]:
@@ -92,14 +96,12 @@ def difference(first: Doc | str, again: Doc | str) -> str:
 
 def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[str, Doc],
                issues: Issues) -> tuple[Qrels, int]:
-    name = f"qrels/{split}.tsv"
-    path = folder / name
-    require_file(path, name)
+    name = qrels_name(split)
     qrels: Qrels = {}
     rows = duplicates = 0
     # utf-8-sig: a BOM is not part of the header. Undecodable bytes are kept (as surrogates) to be
     # reported by line rather than replaced by U+FFFD, which would only show up as an unknown id.
-    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+    with (folder / name).open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -146,7 +146,7 @@ def require_rows(name: str, rows: int) -> None:
 def display_name(path_as_written: str) -> str:
     """How a user file is named in messages: as the user wrote it, never as an absolute path."""
     path = Path(path_as_written)
-    return path.name if path.is_absolute() else path_as_written
+    return (path.name or path_as_written) if path.is_absolute() else path_as_written  # "/" has no name
 
 
 def resolve(path_as_written: str, base_dir: Path) -> Path:
