@@ -9,7 +9,7 @@ import pytest
 from transformers import TrainerCallback
 
 from embedops import modelzoo
-from embedops.api.finetune import FineTuneJobSpec
+from embedops.api.finetune import FineTuneJobSpec, LossSpec
 from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
 
@@ -101,6 +101,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir,
     assert steps_taken == [5, 6]
     # save_total_limit keeps the last two checkpoints.
     assert not (tmp_path / "job" / "checkpoints").exists(), "a finished run leaves no checkpoints behind"
+
+
+def test_an_unknown_loss_type_is_not_trained_as_another(tiny_model_dir):
+    model = modelzoo.load(str(tiny_model_dir), device="cpu")
+    with pytest.raises(AssertionError):
+        train.build_loss(model, LossSpec.model_construct(type="AngleLoss"))
 
 
 def test_triplet_loss_without_negatives_fails_clearly(tmp_path, tiny_model_dir):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 from pydantic import Field
 from transformers import TrainerCallback
@@ -133,12 +133,16 @@ def build_loss(model: SentenceTransformer, spec: LossSpec) -> nn.Module:
         TripletLoss,
     )
 
-    if spec.type == "MultipleNegativesRankingLoss":
-        loss = MultipleNegativesRankingLoss(model, scale=spec.scale)
-    elif spec.type == "CachedMultipleNegativesRankingLoss":
-        loss = CachedMultipleNegativesRankingLoss(model, scale=spec.scale, mini_batch_size=spec.mini_batch_size)
-    else:
-        loss = TripletLoss(model, triplet_margin=spec.triplet_margin)
+    loss: nn.Module
+    match spec.type:
+        case "MultipleNegativesRankingLoss":
+            loss = MultipleNegativesRankingLoss(model, scale=spec.scale)
+        case "CachedMultipleNegativesRankingLoss":
+            loss = CachedMultipleNegativesRankingLoss(model, scale=spec.scale, mini_batch_size=spec.mini_batch_size)
+        case "TripletLoss":
+            loss = TripletLoss(model, triplet_margin=spec.triplet_margin)
+        case _:
+            assert_never(spec.type)
     if not spec.matryoshka_dims:
         return loss
     size = embedding_dimension(model)
