@@ -1,8 +1,9 @@
-"""The train worker: a real (tiny) training run, kill and resume, losses, and one slow real fine-tune."""
+"""The train worker: a real (tiny) training run, kill and resume, losses, warm-up, one slow real fine-tune."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,28 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir,
     assert steps_taken == [5, 6]
     # save_total_limit keeps the last two checkpoints.
     assert not (tmp_path / "job" / "checkpoints").exists(), "a finished run leaves no checkpoints behind"
+
+
+def test_warm_up_is_a_count_of_the_planned_steps(tmp_path, tiny_model_dir):
+    dataset = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
+    spec = job(tiny_model_dir, batchSize=4, maxSteps=None, epochs=1, warmupRatio=0.5)
+    examples = PreparedDataset(dataset).train_examples()
+    planned = train.planned_steps(train.build_train_dataset(examples, spec)[0], spec.training)
+    assert planned == 6  # three groups of 6 or 7 pairs, two batches of 4 each
+    args = train.training_args(spec, tmp_path / "checkpoints", "cpu", planned)
+    assert args.warmup_steps == 3 and isinstance(args.warmup_steps, int)
+    assert train.training_args(spec, tmp_path / "c", "cpu", 7).warmup_steps == math.ceil(0.5 * 7)
+
+    rates = []
+
+    class LearningRates(TrainerCallback):
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            rates.append(lr_scheduler.get_last_lr()[0])
+
+    result = run_job(tmp_path, spec, dataset, callbacks=[LearningRates()])
+    assert result.steps == planned
+    peak = spec.training.learning_rate
+    assert rates == pytest.approx([peak / 3, peak * 2 / 3, peak, peak * 2 / 3, peak / 3, 0.0])
 
 
 def test_an_unknown_loss_type_is_not_trained_as_another(tiny_model_dir):

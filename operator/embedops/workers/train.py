@@ -15,6 +15,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -116,6 +117,22 @@ def build_train_dataset(examples: list[TrainExample], spec: FineTuneJobSpec) -> 
     return dataset, len(examples)
 
 
+def groups_of(dataset: Dataset | DatasetDict) -> list[Dataset]:
+    from datasets import DatasetDict
+
+    return list(dataset.values()) if isinstance(dataset, DatasetDict) else [dataset]
+
+
+def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec) -> int:
+    """The optimizer steps training will take: maxSteps, or epochs of one step per batchSize pairs of each group.
+
+    The trainer counts the same way (each group's last batch may be smaller); a test holds the two together.
+    """
+    if training.max_steps:
+        return training.max_steps
+    return training.epochs * sum(math.ceil(len(group) / training.batch_size) for group in groups_of(dataset))
+
+
 # -- loss -----------------------------------------------------------------------------------
 
 
@@ -185,7 +202,7 @@ def precision_flags(precision: str, device: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str):
+def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int):
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     t: TrainingSpec = spec.training
@@ -195,7 +212,8 @@ def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str):
         max_steps=t.max_steps or -1,
         per_device_train_batch_size=t.batch_size,
         learning_rate=t.learning_rate,
-        warmup_steps=t.warmup_ratio,  # below 1: a share of the steps
+        # A count of steps: transformers 5 reads a float below 1 as a ratio, transformers 4 as a count.
+        warmup_steps=math.ceil(t.warmup_ratio * total_steps),
         weight_decay=t.weight_decay,
         seed=t.seed,
         data_seed=t.seed,
@@ -290,7 +308,7 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
 
     # Training arguments: checkpoints every checkpointSteps, the last two kept.
     checkpoints = out / "checkpoints"
-    args = training_args(spec, checkpoints, device)
+    args = training_args(spec, checkpoints, device, planned_steps(train_dataset, spec.training))
 
     # Trainer: resumes from the last checkpoint when a previous run was killed.
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
