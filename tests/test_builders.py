@@ -72,8 +72,9 @@ def test_job_identity_owner_labels_and_command():
     assert cmd[cmd.index("--result") + 1] == "/dev/termination-log"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # Invalid config or data fails the Job at once instead of retrying.
-    rule = job["spec"]["podFailurePolicy"]["rules"][0]
-    assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [2, 3]
+    invalid, disrupted = job["spec"]["podFailurePolicy"]["rules"]
+    assert invalid["action"] == "FailJob" and invalid["onExitCodes"]["values"] == [2]
+    assert disrupted == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
 
 
 def test_new_inputs_mean_a_new_job_name():

@@ -64,3 +64,20 @@ def test_the_layers_hold():
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_each_layer_has_modules(layer):
     assert any(_layer_of(file) == layer for file, _ in _imports()), f"no imports seen from {layer}: a stale contract"
+
+
+def test_the_operator_imports_without_the_workers_dependencies():
+    """The operator image has no torch, numpy or database driver (images/operator/Dockerfile)."""
+    import subprocess
+    import sys
+
+    blocked = ("torch", "numpy", "psycopg", "pgvector", "sentence_transformers", "transformers", "datasets")
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked: ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "import embedops.cli, embedops.handlers\n"
+            "embedops.cli.build_parser()\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

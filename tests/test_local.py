@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import psycopg
+import pytest
 import yaml
 
 from embedops import manifests
@@ -186,3 +187,38 @@ def test_a_relative_model_path_resolves_against_the_manifest_folder(tmp_path, ds
     ]]))
     idx = run(tmp_path / "state", dsn, path)["EmbeddingIndex/default/idx"]
     assert idx.ok and idx.status.live_model == str(folder / "models" / "tiny")
+
+
+def test_one_run_at_a_time_per_state_folder(tmp_path):
+    import os
+
+    from embedops.local import StateLocked
+
+    with LocalRunner(state_dir=tmp_path / "state"):
+        with pytest.raises(StateLocked, match=f"in use by another embedops run \\(pid {os.getpid()}\\)"):
+            LocalRunner(state_dir=tmp_path / "state").__enter__()
+    with LocalRunner(state_dir=tmp_path / "state"):  # released
+        pass
+
+
+def test_a_server_left_by_a_killed_run_is_reused_and_then_stopped(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from embedops.store import embedded
+
+    data = tmp_path / "postgres"
+    code = ("import sys, time\nfrom embedops.store import embedded\n"
+            f"s = embedded.start({str(data)!r}, keep=True)\nprint(s.dsn, flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    dsn = proc.stdout.readline().strip()
+    proc.send_signal(signal.SIGKILL)  # no atexit: the server stays up, its user listed forever
+    proc.wait()
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    server = embedded.start(data, keep=True)  # the running server is reused...
+    assert server.dsn == dsn
+    server.stop()  # ...and, its only living user gone, stopped
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(dsn, connect_timeout=3)

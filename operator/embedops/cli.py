@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from embedops.workers import runner
+from embedops.builders.jobs import EXIT_FAILED, WORKERS
 
 DSN_ENV = "EMBEDOPS_DSN"
 
@@ -31,57 +31,107 @@ def _print_invalid(err) -> int:
     return 2
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _dsn(args: argparse.Namespace) -> str | None:
+    """--dsn-file, --dsn or $EMBEDOPS_DSN (a file or the environment keep the password off the command line)."""
+    if getattr(args, "dsn_file", None) is not None:
+        try:
+            return args.dsn_file.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise SystemExit(f"error: --dsn-file {args.dsn_file}: {err.strerror}") from None
+    return args.dsn or os.environ.get(DSN_ENV)
+
+
+def _load(args: argparse.Namespace) -> list | int:
+    """The manifests of -f, or exit code 2 after printing why they cannot be used."""
     from embedops import manifests
     from embedops.api.kinds import InvalidResource
 
     try:
-        loaded = manifests.load(args.filename)
+        return manifests.load(args.filename)
     except InvalidResource as err:
         return _print_invalid(err)
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _print_problems(problems: list[str]) -> int:
+    print("error: the manifests cannot run as they are:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return 2
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from embedops import preflight
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    if not loaded:
+        print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
+        return 2
+    if problems := preflight.check(loaded, dsn=_dsn(args)):
+        return _print_problems(problems)
     for item in loaded:
         print(f"{item.resource.key}: valid")
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from embedops import manifests, progress
-    from embedops.api.kinds import InvalidResource
-    from embedops.local import LocalRunner
+    from embedops import preflight, progress
+    from embedops.local import LocalRunner, StateLocked
     from embedops.report import print_report
 
-    try:
-        loaded = manifests.load(args.filename)
-    except InvalidResource as err:
-        return _print_invalid(err)
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    if not loaded:
+        print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
+        return 2
+    if problems := preflight.check(loaded, dsn=None):
+        return _print_problems(problems)
     progress.use_bars(None if not args.no_progress else False)
-    state_dir = args.state_dir
-    if args.fresh and state_dir.exists():
-        import shutil
-
-        shutil.rmtree(state_dir)
-    runner = LocalRunner(state_dir=state_dir, dsn=args.dsn or os.environ.get(DSN_ENV), device=args.device)
     try:
-        outcomes = runner.run(loaded)
-    finally:
-        runner.close()
+        with LocalRunner(state_dir=args.state_dir, dsn=_dsn(args), device=args.device, fresh=args.fresh) as runner:
+            if any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded):
+                if problems := preflight.database(loaded, runner.database()):
+                    return _print_problems(problems)
+            outcomes = runner.run(loaded)
+    except StateLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print_report(outcomes)
     return 0 if all(o.ok for o in outcomes.values()) else 1
 
 
 def _index_connection(args: argparse.Namespace):
-    """The target of the one EmbeddingIndex in -f, and a connection to its database (embedded or --dsn)."""
-    from embedops import manifests
+    """The one EmbeddingIndex in -f, its local runner, and a connection to its database (embedded or --dsn).
+
+    Without a DSN, the embedded server of an earlier `embedops run` must exist: a command that
+    only reads never creates state.
+    """
     from embedops.local import LocalRunner
     from embedops.store import pgvector
 
-    indexes = [r.resource for r in manifests.load(args.filename) if r.resource.kind.kind == "EmbeddingIndex"]
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        raise SystemExit(loaded)
+    indexes = [r.resource for r in loaded if r.resource.kind.kind == "EmbeddingIndex"]
     if args.name:
         indexes = [r for r in indexes if r.name == args.name]
     if len(indexes) != 1:
         raise SystemExit("error: -f must hold exactly one EmbeddingIndex (or pick one with --name)")
-    runner = LocalRunner(state_dir=args.state_dir, dsn=args.dsn or os.environ.get(DSN_ENV))
-    return indexes[0], runner, pgvector.connect(runner.database())
+    dsn = _dsn(args)
+    runner = LocalRunner(state_dir=args.state_dir, dsn=dsn)
+    if dsn is None and not runner.has_database():
+        raise SystemExit(f"error: {args.state_dir} holds no embedded database: run `embedops run` first, "
+                         "or give --dsn-file/--dsn")
+    try:
+        return indexes[0], runner, pgvector.connect(runner.database())
+    except (ValueError, pgvector.DatabaseUnavailable) as err:
+        runner.close()
+        raise SystemExit(f"error: {err}") from None
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
@@ -117,11 +167,21 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _worker_failed(result: Path | None, reason: str, message: str, code: int) -> int:
+    """A failed worker's exit: its reason and message in the termination message, for the resource's status."""
+    from embedops.results import error_message
+
+    if result is not None:
+        result.write_text(error_message(reason, message), encoding="utf-8")
+    return code
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run one worker from a typed config; the result JSON goes to stdout and --result."""
     import yaml
 
-    from embedops.results import error_message, termination_message
+    from embedops.results import termination_message
+    from embedops.workers import runner
 
     if args.spec_json is not None:
         raw, where = json.loads(args.spec_json), "--spec-json"
@@ -139,10 +199,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             for line in err.problems:
                 print(f"  {line}", file=sys.stderr)
         else:
-            print(f"error: {err}", file=sys.stderr)
-        if args.result:
-            args.result.write_text(error_message(err.reason, str(err)), encoding="utf-8")
-        return err.exit_code
+            print(f"error: {err.reason}: {err}", file=sys.stderr)
+        return _worker_failed(args.result, err.reason, str(err), err.exit_code)
+    except Exception as err:  # noqa: BLE001 - a crash: one clear line (the traceback with -v), retried by the Job
+        logging.getLogger("embedops").debug("worker %s failed", args.name, exc_info=True)
+        print(f"error: {type(err).__name__}: {err} (-v shows the traceback)", file=sys.stderr)
+        return _worker_failed(args.result, type(err).__name__, str(err), EXIT_FAILED)
     print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True))
     if args.result:
         args.result.write_text(termination_message(result), encoding="utf-8")
@@ -169,6 +231,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dsn_arguments(parser: argparse.ArgumentParser) -> None:
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument("--dsn-file", type=Path, help="file holding the Postgres DSN to use instead of the embedded "
+                                                     f"server (or set {DSN_ENV})")
+    given.add_argument("--dsn", help="the DSN itself (visible to other users in the process list: prefer "
+                                     f"--dsn-file or {DSN_ENV})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedops", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -177,15 +247,17 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run manifests end to end on this machine (local mode)")
     run.add_argument("-f", "--filename", type=Path, action="append", required=True,
                      help="manifest file or folder (repeatable)")
-    run.add_argument("--dsn", help=f"Postgres DSN instead of the embedded server (or set {DSN_ENV})")
+    _dsn_arguments(run)
     run.add_argument("--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)")
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     run.add_argument("--fresh", action="store_true", help="forget earlier state first")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check manifests against the API without running them")
+    validate = sub.add_parser("validate", help="check manifests, the files and models they name, and (given a "
+                                               "DSN) the database, without running anything")
     validate.add_argument("-f", "--filename", type=Path, action="append", required=True)
+    _dsn_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
     for name, func, help_ in (("versions", cmd_versions, "list an index's versions"),
@@ -193,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("-f", "--filename", type=Path, action="append", required=True)
         cmd.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
-        cmd.add_argument("--dsn", help=f"Postgres DSN instead of the embedded server (or set {DSN_ENV})")
+        _dsn_arguments(cmd)
         cmd.add_argument("--state-dir", type=Path, default=Path(".embedops"))
         if name == "rollback":
             cmd.add_argument("--to", type=int, help="version to serve (default: the newest one before the live one)")
@@ -206,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     op.set_defaults(func=cmd_operator)
 
     worker = sub.add_parser("worker", help="run one worker step (what a pod runs)")
-    worker.add_argument("name", choices=runner.NAMES)
+    worker.add_argument("name", choices=WORKERS)
     given = worker.add_mutually_exclusive_group(required=True)
     given.add_argument("--spec", type=Path, help="worker config file, YAML or JSON ('-' for stdin)")
     given.add_argument("--spec-json", help="worker config as a JSON string (what the operator's Jobs pass)")

@@ -30,8 +30,13 @@ State folder layout (default `.embedops/`):
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import logging
+import os
+import shutil
+import signal
+import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +53,7 @@ from embedops.manifests import LoadedResource
 from embedops.results import describe_error, error_message, termination_message
 from embedops.settings import OperatorSettings
 from embedops.workers import runner
+from embedops.workers.readers import beir
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +70,64 @@ class Outcome:
     reused: bool = False  # nothing ran: the state folder already held this result
 
 
+class StateLocked(RuntimeError):
+    """Another `embedops run` is using the state folder."""
+
+
 @dataclass
 class LocalRunner:
+    """Local mode's executor. Used as a context manager it holds the state folder for itself (one
+    run at a time: two would prepare, train and write one index concurrently) and stops the
+    embedded server at the end, also when the process is terminated."""
+
     state_dir: Path
     dsn: str | None = None
     device: str | None = None
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)  # when probes and drift are due
+    fresh: bool = False  # forget the state folder first
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _server: Any = None
+    _lock: Any = None
+    _previous_sigterm: Any = None
 
     def __post_init__(self) -> None:
         self.state_dir = self.state_dir.resolve()
 
+    def __enter__(self) -> LocalRunner:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (self.state_dir / ".lock").open("a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise StateLocked(f"{self.state_dir} is in use by another embedops run (pid {holder}); wait for it "
+                              "to finish, or give this run another --state-dir") from None
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        if self.fresh:
+            for entry in self.state_dir.iterdir():
+                if entry.name != ".lock":
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        # SIGTERM (a `kill`, a closed terminal's session) ends the run through the normal exit path,
+        # so the embedded server is stopped rather than left running.
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+        self.close()
+        self._lock.close()
+
     # -- the database -----------------------------------------------------------------------
+
+    def has_database(self) -> bool:
+        """Whether an embedded server's data is in the state folder (or a DSN was given)."""
+        return bool(self.dsn) or (self.state_dir / "postgres" / "PG_VERSION").is_file()
 
     def database(self) -> str:
         if self.dsn:
@@ -205,6 +256,10 @@ class LocalRunner:
         return reconcile.ObservedJob(name, "Succeeded", results, step=step)
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _needs_database(worker: str, config: dict[str, Any]) -> bool:
     """Whether a step's pod would get the database's DSN (so the embedded server starts only when needed)."""
     if worker == "prepare":
@@ -226,14 +281,16 @@ def _rerun_when_files_change(annotations: dict[str, str], stored: dict[str, str]
 
 
 def _source_stamp(spec: Any, base_dir: Path) -> list[Any]:
-    """Sizes and modification times of a file source, so edited data is prepared again."""
-    src = spec.source.beir or spec.source.pairs
-    if src is None:
+    """Sizes and modification times of the files a dataset is read from, so edited data is prepared again.
+
+    Only the files the reader opens are looked at: a source folder is never walked.
+    """
+    if spec.source.beir is not None:
+        folder = Path(spec.source.beir.path)
+        paths = [folder / name for name in beir.file_names(spec.source.beir)]
+    elif spec.source.pairs is not None:
+        paths = [Path(p) for p in (spec.source.pairs.path, spec.source.pairs.test_path) if p]
+    else:
         return []
-    root = Path(src.path) if Path(src.path).is_absolute() else base_dir / src.path
-    paths = sorted(root.rglob("*")) if root.is_dir() else [root]
-    extra = getattr(src, "test_path", None)
-    if extra:
-        paths.append(Path(extra) if Path(extra).is_absolute() else base_dir / extra)
-    return [(str(p.relative_to(base_dir)) if p.is_relative_to(base_dir) else p.name, p.stat().st_size,
-             p.stat().st_mtime_ns) for p in paths if p.is_file()]
+    paths = [p if p.is_absolute() else base_dir / p for p in paths]
+    return [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in paths if p.is_file()]

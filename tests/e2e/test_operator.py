@@ -157,11 +157,22 @@ def test_worker_failure_reaches_status_without_retries(kube, operator):
     job = kube.wait_job("prepare")
     (pod,) = kube.wait_running_pods(job.metadata.name)
     error = {"error": {"reason": "InvalidInput", "message": "corpus.jsonl:7: missing \"_id\""}}
-    kube.finish(pod.metadata.name, json.dumps(error), exit_code=3)
+    kube.finish(pod.metadata.name, json.dumps(error), exit_code=2)
     wait_for("Failed phase", lambda: kube.get("EmbeddingDataset", "ds").get("status", {}).get("phase") == "Failed")
     ready = kube.condition("EmbeddingDataset", "ds")
     assert ready["reason"] == "JobFailed" and 'corpus.jsonl:7: missing "_id"' in ready["message"]
-    assert len(kube.pods(job.metadata.name)) == 1  # exit code 3: the pod failure policy failed the Job at once
+    assert len(kube.pods(job.metadata.name)) == 1  # exit code 2: the pod failure policy failed the Job at once
+
+
+def test_a_transient_failure_is_retried_by_the_job(kube, operator):
+    kube.apply(DATASET)
+    job = kube.wait_job("prepare")
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    error = {"error": {"reason": "DatabaseUnavailable", "message": "cannot connect to the database"}}
+    kube.finish(pod.metadata.name, json.dumps(error), exit_code=3)
+    wait_for("a second pod", lambda: len(kube.pods(job.metadata.name)) == 2, timeout=90)
+    assert kube.condition("EmbeddingDataset", "ds", "Progressing")["status"] == "True"
+    assert kube.get("EmbeddingDataset", "ds")["status"]["phase"] == "Running"
 
 
 def test_invalid_spec_gives_a_condition_not_a_crash_loop(kube, operator):

@@ -30,9 +30,12 @@ class BeirSource(ApiModel):
             "folder; in a cluster it is a path inside the workspace volume."
         ),
     )
-    train_split: str = Field(default="train", description="qrels file used for training. Default: `train`.")
+    train_split: str = Field(
+        default="train", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=200,
+        description="qrels file used for training, `qrels/<trainSplit>.tsv` (a file name, no path). Default: `train`.",
+    )
     test_split: str = Field(
-        default="test",
+        default="test", pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$", max_length=200,
         description=(
             "qrels file held out for evaluation. Default: `test`. Set to \"\" (empty) to split the train "
             "queries deterministically instead (see `split`)."

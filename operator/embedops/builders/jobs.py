@@ -4,9 +4,11 @@ A worker pod runs `embedops worker <name> --spec-json <config> --result /dev/ter
 its typed config is in the pod spec (no ConfigMap to go stale, and `kubectl describe` shows
 exactly what ran), the database DSN comes from a Secret through the environment, and the
 small JSON result comes back through the termination message, which the operator copies
-into status. Exit code 2 (invalid config) and 3 (invalid input data) fail the Job at once
-through a pod failure policy: retrying would not help. Other failures retry up to
-`backoffLimit`.
+into status. A worker's exit code says whether trying again can help (docs/operator.md):
+2 (invalid config or input) fails the Job at once through a pod failure policy; 3 (transient:
+the database unreachable) and 1 (anything else) retry up to `backoffLimit`; a pod evicted or
+preempted (the DisruptionTarget condition: a spot node reclaimed, Kueue preemption) is retried
+without counting against it.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySel
 from embedops.builders import naming
 from embedops.settings import OperatorSettings
 
+WORKERS = ("prepare", "train", "embed", "publish", "probe", "drift", "cleanup")  # embedops.workers.<name>
 GPU = "nvidia.com/gpu"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "worker"
 TERMINATION_LOG = "/dev/termination-log"
-EXIT_INVALID_CONFIG = 2
-EXIT_INVALID_INPUT = 3
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_TRANSIENT = 3
 RUN_AS = 10001  # the worker image's non-root user
 
 
@@ -162,11 +166,11 @@ def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> di
     job_spec: dict[str, Any] = {
         "backoffLimit": sched.backoff_limit,
         "suspend": sched.suspend,
-        "podFailurePolicy": {"rules": [{
-            "action": "FailJob",
-            "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                            "values": [EXIT_INVALID_CONFIG, EXIT_INVALID_INPUT]},
-        }]},
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
+                                                  "values": [EXIT_INVALID]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]},
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if step.shards is not None:

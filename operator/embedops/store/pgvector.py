@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+from psycopg import conninfo
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from psycopg import sql
@@ -59,11 +60,38 @@ class BuildConflict(RuntimeError):
     """Another writer moved this shard on, or the version stopped building, while a chunk was written."""
 
 
-def connect(dsn: str | None) -> psycopg.Connection:
-    """An autocommit connection with pgvector's types registered and the catalog in place."""
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached now (down, restarting, unreachable): trying again later may work."""
+
+
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def connect(dsn: str | None, *, catalog_schema: bool = True) -> psycopg.Connection:
+    """An autocommit connection with pgvector's types registered and the catalog in place
+    (`catalog_schema=False`: a plain connection, for reading a user's table).
+
+    No part of the DSN is ever put in an error: a malformed one is reported as malformed, and
+    libpq's messages are cleaned of the password. Refused credentials are invalid input (a
+    retry would fail the same way); anything else about reaching the server is DatabaseUnavailable.
+    """
     if not dsn:
         raise ValueError("no database connection string was given (workers take it from the environment)")
-    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        password = conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        raise ValueError("the database connection string (DSN) is malformed; it is not shown, as it may hold "
+                         "a password (libpq's format: 'postgresql://user:password@host:5432/db' or "
+                         "'host=... dbname=... user=...')") from None
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    except psycopg.OperationalError as err:
+        message = str(err).strip().replace(str(password), "****") if password else str(err).strip()
+        if (err.sqlstate or "").startswith("28"):  # invalid authorization: a wrong user or password
+            raise ValueError(f"the database refused the login: {message}") from None
+        raise DatabaseUnavailable(f"cannot connect to the database: {message}") from None
+    if not catalog_schema:
+        return conn
     try:
         catalog.ensure(conn)
         register_vector(conn)

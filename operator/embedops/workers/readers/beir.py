@@ -37,9 +37,8 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
     folder = resolve(src.path, base_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r} is not a folder")
-    splits = [src.train_split, *([src.test_split] if src.test_split else [])]
     # The expected files only, all checked before any is read: the folder is never listed.
-    for name in ("corpus.jsonl", "queries.jsonl", *(qrels_name(s) for s in splits)):
+    for name in file_names(src):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r}: {name} not found "
                                     "(a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
@@ -51,6 +50,12 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
     test, dup_test = read_qrels(folder, src.test_split, queries, corpus, issues) if src.test_split else (None, 0)
     return Source(corpus=corpus, queries=queries, train_qrels=train, test_qrels=test,
                   duplicates=dup_docs + dup_queries + dup_train + dup_test)
+
+
+def file_names(src: BeirSource) -> list[str]:
+    """The files a BEIR source is read from, relative to its folder."""
+    splits = [src.train_split, *([src.test_split] if src.test_split else [])]
+    return ["corpus.jsonl", "queries.jsonl", *(qrels_name(s) for s in splits)]
 
 
 def qrels_name(split: str) -> str:

@@ -1,0 +1,105 @@
+"""Checks that take seconds, before steps that take hours.
+
+A misspelt path, an unknown model, a database that cannot be reached, a schema the user may
+not create tables in: each of these would otherwise surface only after a dataset is prepared,
+a model trained or a corpus embedded, and as a traceback. `embedops validate` and the start of
+`embedops run` check them all and report every problem at once, each naming its resource and
+field. (In a cluster the workers meet the same problems as InvalidInput, exit code 2.)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedops import modelzoo
+from embedops.api.dataset import BeirSource
+from embedops.manifests import LoadedResource
+from embedops.workers.readers import beir
+
+
+def _path(base_dir: Path, written: str) -> Path:
+    path = Path(written)
+    return path if path.is_absolute() else base_dir / path
+
+
+def _file(base_dir: Path, written: str, field: str) -> list[str]:
+    path = _path(base_dir, written)
+    if path.is_file():
+        return []
+    return [f"{field}: {written!r} is {'a folder, not a file' if path.is_dir() else 'not found'}"]
+
+
+def _model(base_dir: Path, name: str, field: str) -> list[str]:
+    try:
+        modelzoo.resolve(name, base_dir)
+    except modelzoo.ModelNotFound as err:
+        return [f"{field}: {err}"]
+    return []
+
+
+def _beir(base_dir: Path, src: BeirSource) -> list[str]:
+    folder = _path(base_dir, src.path)
+    if not folder.is_dir():
+        return [f"spec.source.beir.path: {src.path!r} is not a folder"]
+    return [f"spec.source.beir.path: {name} not found in {src.path!r}" for name in beir.file_names(src)
+            if not (folder / name).is_file()]
+
+
+def files_and_models(loaded: LoadedResource) -> list[str]:
+    """What a resource names on this machine: files of the right kind, models that resolve."""
+    spec, base = loaded.resource.spec, loaded.base_dir
+    problems: list[str] = []
+    match loaded.resource.kind.kind:
+        case "EmbeddingDataset":
+            if spec.source.beir is not None:
+                problems += _beir(base, spec.source.beir)
+            if spec.source.pairs is not None:
+                problems += _file(base, spec.source.pairs.path, "spec.source.pairs.path")
+                if spec.source.pairs.test_path:
+                    problems += _file(base, spec.source.pairs.test_path, "spec.source.pairs.testPath")
+            if spec.hard_negatives.enabled:
+                problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
+        case "FineTuneJob":
+            problems += _model(base, spec.base_model, "spec.baseModel")
+        case "EmbeddingIndex":
+            if spec.model.name is not None:
+                problems += _model(base, spec.model.name, "spec.model.name")
+            if spec.probe.path:
+                problems += _file(base, spec.probe.path, "spec.probe.path")
+    return problems
+
+
+def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
+    """The database answers, and every index may create its tables and read its source table."""
+    from embedops.store import pgvector, sources
+
+    try:
+        conn = pgvector.connect(dsn, catalog_schema=False)
+    except (ValueError, pgvector.DatabaseUnavailable) as err:
+        return [f"database: {err}"]
+    problems = []
+    with conn:
+        for item in loaded:
+            r = item.resource
+            if r.kind.kind != "EmbeddingIndex":
+                continue
+            schema = r.spec.target.schema_name
+            allowed = conn.execute(
+                "SELECT CASE WHEN to_regnamespace(%s) IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
+                " ELSE has_schema_privilege(%s, 'CREATE') END", (schema, schema)).fetchone()[0]
+            if not allowed:
+                problems.append(f"{r.key}: spec.target.schema: the database user may not create tables in {schema!r}")
+            if r.spec.source.table is not None:
+                try:
+                    sources.inspect(conn, r.spec.source.table)
+                except ValueError as err:
+                    problems.append(f"{r.key}: spec.{err}")
+    return problems
+
+
+def check(loaded: list[LoadedResource], *, dsn: str | None) -> list[str]:
+    """Every problem found, `Kind/namespace/name: field: what is wrong`; the database only with a DSN."""
+    problems = [f"{item.resource.key}: {p}" for item in loaded for p in files_and_models(item)]
+    if dsn is not None and any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded):
+        problems += database(loaded, dsn)
+    return problems

@@ -1,0 +1,128 @@
+"""Problems a user types are found before anything expensive runs, named by resource and field (issue 12)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedops.cli import main
+
+SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "data" / "scifact-sample"
+
+
+def write(folder: Path, *docs: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "all.yaml"
+    path.write_text(yaml.safe_dump_all([{"apiVersion": "embedops.dev/v1alpha1", **d} for d in docs]))
+    return path
+
+
+def index(**spec) -> dict:
+    base = {"model": {"name": "all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}}, "target": {"name": "docs"},
+            "probe": {"path": "probe.jsonl"}}
+    return {"kind": "EmbeddingIndex", "metadata": {"name": "ix"}, "spec": {**base, **spec}}
+
+
+def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp_path, capsys):
+    (tmp_path / "probe.jsonl").mkdir()
+    path = write(tmp_path,
+                 {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
+                  "spec": {"source": {"beir": {"path": "nowhere"}}, "hardNegatives": {"model": "no-such-model"}}},
+                 {"kind": "EmbeddingDataset", "metadata": {"name": "pairs"}, "spec": {"source": {"pairs": {"path": "p.jsonl"}}}},
+                 {"kind": "FineTuneJob", "metadata": {"name": "ft"}, "spec": {"datasetRef": {"name": "ds"},
+                                                                              "baseModel": "models/missing"}},
+                 index())
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "EmbeddingDataset/default/ds: spec.source.beir.path: 'nowhere' is not a folder" in err
+    assert "EmbeddingDataset/default/ds: spec.hardNegatives.model: model 'no-such-model' is neither" in err
+    assert "EmbeddingDataset/default/pairs: spec.source.pairs.path: 'p.jsonl' is not found" in err
+    assert "FineTuneJob/default/ft: spec.baseModel: model 'models/missing' is neither" in err
+    assert "EmbeddingIndex/default/ix: spec.probe.path: 'probe.jsonl' is a folder, not a file" in err
+
+
+def test_a_beir_folder_must_hold_its_files(tmp_path, capsys):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.jsonl").write_text("{}\n")
+    path = write(tmp_path, {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
+                            "spec": {"source": {"beir": {"path": "data"}}, "hardNegatives": {"enabled": False}}})
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "queries.jsonl not found in 'data'" in err and "qrels/train.tsv not found" in err
+    assert "corpus.jsonl not found" not in err
+
+
+def test_validate_checks_the_database_when_given_one(tmp_path, dsn, capsys):
+    import psycopg
+
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    path = write(tmp_path, index())
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.docs (id int, text text)")
+        conn.execute("CREATE ROLE reader LOGIN")
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn + "\n")
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 2
+    assert "spec.source.table.idColumn: 'id' of public.docs has no primary key" in capsys.readouterr().err
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE public.docs ADD PRIMARY KEY (id)")
+        conn.execute("CREATE SCHEMA locked")
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 0
+    # A user who may not create tables in the target schema.
+    reader = dsn.replace("postgres:@", "reader:@")
+    dsn_file.write_text(reader)
+    locked = write(tmp_path / "locked", index(target={"name": "docs", "schema": "locked"},
+                                              probe={"path": str(tmp_path / "probe.jsonl")}))
+    assert main(["validate", "-f", str(locked), "--dsn-file", str(dsn_file)]) == 2
+    assert "spec.target.schema: the database user may not create tables in 'locked'" in capsys.readouterr().err
+
+
+def test_a_database_that_cannot_be_reached_is_one_line_and_no_password(tmp_path, capsys):
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    path = write(tmp_path, index())
+    for dsn, said in (("postgresql://u:S3cr3t@127.0.0.1:1/x", "cannot connect to the database"),
+                      ("password=S3cr3t extra-Part", "the database connection string (DSN) is malformed")):
+        assert main(["validate", "-f", str(path), "--dsn", dsn]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "S3cr3t" not in err and "extra-Part" not in err and "Traceback" not in err
+
+
+def test_a_worker_without_its_database_exits_transient_with_one_line(tmp_path):
+    result = tmp_path / "result"
+    config = {"target": {"name": "docs"}, "version": 1, "model": "all-MiniLM-L6-v2", "probe": {"path": "p.jsonl"}}
+    env = {**os.environ, "EMBEDOPS_DSN": "postgresql://u:S3cr3t@127.0.0.1:1/x"}
+    proc = subprocess.run([sys.executable, "-m", "embedops.cli", "worker", "publish", "--spec-json",
+                           json.dumps(config), "--result", str(result)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "S3cr3t" not in proc.stderr + result.read_text()
+    assert json.loads(result.read_text())["error"]["reason"] == "DatabaseUnavailable"
+    env["EMBEDOPS_DSN"] = "password=S3cr3t extra-Part"
+    proc = subprocess.run([sys.executable, "-m", "embedops.cli", "worker", "publish", "--spec-json",
+                           json.dumps(config), "--result", str(result)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and "malformed" in proc.stderr and "extra-Part" not in proc.stderr
+
+
+def test_run_reports_missing_paths_and_files_before_doing_anything(tmp_path, capsys):
+    assert main(["run", "-f", str(tmp_path / "missing.yaml"), "--state-dir", str(tmp_path / "s")]) == 2
+    assert "missing.yaml: no such file or folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["run", "-f", str(tmp_path / "empty"), "--state-dir", str(tmp_path / "s")]) == 2
+    assert "no embedops manifests in" in capsys.readouterr().err
+    path = write(tmp_path / "m", {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
+                                  "spec": {"source": {"beir": {"path": "nowhere"}}}})
+    assert main(["run", "-f", str(path), "--state-dir", str(tmp_path / "s")]) == 2
+    assert not (tmp_path / "s" / "default").exists()  # nothing was started
+
+
+def test_read_only_commands_create_no_state(tmp_path, capsys):
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    path = write(tmp_path, index())
+    with pytest.raises(SystemExit, match="holds no embedded database: run `embedops run` first"):
+        main(["versions", "-f", str(path), "--state-dir", str(tmp_path / "state")])
+    assert not (tmp_path / "state").exists()
