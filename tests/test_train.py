@@ -104,6 +104,39 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir,
     assert not (tmp_path / "job" / "checkpoints").exists(), "a finished run leaves no checkpoints behind"
 
 
+def test_a_save_cut_short_is_skipped_and_the_run_resumes_from_the_complete_one_before(tmp_path, tiny_model_dir,
+                                                                                     dataset):
+    spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(tmp_path, spec, dataset, callbacks=[KillAfterCheckpoint(4)])
+    # What a kill during the save of step 4 leaves: config files and weights still under a temporary name.
+    partial = tmp_path / "job" / "checkpoints" / "checkpoint-4"
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
+        (partial / name).unlink(missing_ok=True)
+    (partial / "model.safetensors").rename(partial / "model.safetensors.tmp")
+    assert train.checkpoint_step(partial) is None and train.checkpoint_step(partial.with_name("checkpoint-2")) == 2
+
+    steps_taken = []
+
+    class CountSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_taken.append(state.global_step)
+
+    result = run_job(tmp_path, spec, dataset, callbacks=[CountSteps()])
+    assert result.resumed_from_step == 2 and result.steps == 6 and steps_taken == [3, 4, 5, 6]
+
+
+def test_a_checkpoint_whose_state_file_was_cut_short_is_incomplete(tmp_path):
+    folder = tmp_path / "checkpoint-8"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "trainer_state.json").write_text('{"global_step": 8, "log_hist')
+    assert train.checkpoint_step(folder) is None
+    (folder / "trainer_state.json").write_text('{"global_step": 8}')
+    assert train.checkpoint_step(folder) == 8
+    assert train.last_checkpoint(tmp_path) == (str(folder), 8)
+
+
 def test_warm_up_is_a_count_of_the_planned_steps(tmp_path, tiny_model_dir):
     dataset = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
     spec = job(tiny_model_dir, batchSize=4, maxSteps=None, epochs=1, warmupRatio=0.5)

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RANKING_LOSSES = {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"}
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
 
 class Config(ApiModel):
@@ -259,14 +262,33 @@ class ProgressCallback(TrainerCallback):
         self._task = None
 
 
-def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
-    """The newest checkpoint folder a previous (killed) run left, and its step."""
-    from transformers.trainer_utils import get_last_checkpoint
+def checkpoint_step(folder: Path) -> int | None:
+    """The step of a complete checkpoint, None for the remains of a save that a kill cut short.
 
-    if not checkpoints.is_dir() or (found := get_last_checkpoint(str(checkpoints))) is None:
+    transformers writes trainer_state.json last, after the weights, optimizer and scheduler.
+    """
+    try:
+        state = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return int(state["global_step"]) if any((folder / name).is_file() for name in _WEIGHTS) else None
+
+
+def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
+    """The newest complete checkpoint a previous (killed) run left, and its step.
+
+    Incomplete ones newer than it are removed, so that the run's next save does not land among
+    their leftovers (a weights file under a temporary name, a missing optimizer state).
+    """
+    if not checkpoints.is_dir():
         return None, None
-    state = json.loads((Path(found) / "trainer_state.json").read_text(encoding="utf-8"))
-    return found, int(state["global_step"])
+    numbered = ((int(m[1]), p) for p in checkpoints.iterdir() if p.is_dir() and (m := _CHECKPOINT.fullmatch(p.name)))
+    for _, folder in sorted(numbered, reverse=True):
+        if (step := checkpoint_step(folder)) is not None:
+            return str(folder), step
+        log.warning("removing %s: its save was cut short", folder.name)
+        shutil.rmtree(folder)
+    return None, None
 
 
 # -- the step -------------------------------------------------------------------------------------
