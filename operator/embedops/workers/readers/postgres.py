@@ -8,6 +8,7 @@ reports by their position in a stable sort, since a table has no line numbers.
 from __future__ import annotations
 
 from embedops.api.dataset import PostgresSource, ValidationSpec
+from embedops.store import pgvector
 from embedops.workers.readers.pairs import pairs_to_source, parse_pair
 from embedops.workers.readers.rows import BadRow, Issues, Source, require_rows
 
@@ -26,7 +27,7 @@ def read(src: PostgresSource, dsn: str | None, rules: ValidationSpec, issues: Is
         sql.Identifier(src.table),
     )
     try:
-        with psycopg.connect(dsn) as conn:
+        with pgvector.connect(dsn, catalog_schema=False) as conn:  # no DSN ever reaches an error
             rows = conn.execute(query).fetchall()
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn, psycopg.errors.InvalidSchemaName) as err:
         raise ValueError(f"source.postgres: {err.diag.message_primary}") from None
