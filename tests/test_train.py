@@ -1,4 +1,4 @@
-"""The train worker: a real (tiny) training run, kill and resume, losses, warm-up, one slow real fine-tune."""
+"""The train worker: a tiny training run, kill and resume, losses, collation, warm-up, one slow real fine-tune."""
 
 from __future__ import annotations
 
@@ -163,6 +163,43 @@ def test_an_unknown_loss_type_is_not_trained_as_another(tiny_model_dir):
     model = modelzoo.load(str(tiny_model_dir), device="cpu")
     with pytest.raises(AssertionError):
         train.build_loss(model, LossSpec.model_construct(type="AngleLoss"))
+
+
+def test_steps_collate_from_texts_tokenized_up_front(tmp_path, tiny_model_dir):
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+    model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
+    folder = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
+    dataset, _ = train.build_train_dataset(PreparedDataset(folder).train_examples(), job(tiny_model_dir, batchSize=4))
+    calls = []
+
+    def preprocess(inputs, **kwargs):
+        calls.append(len(inputs))
+        return model.preprocess(inputs, **kwargs)
+
+    collator = SentenceTransformerDataCollator(preprocess_fn=preprocess)
+    fast = train.pretokenized_collator(collator, model, dataset)
+    assert fast is not collator
+    for group in dataset.values():
+        rows = [group[i] for i in range(len(group))]
+        want = collator(rows)
+        calls.clear()
+        assert train.same_batch(fast(rows), want) and not calls, "collated from ids computed up front"
+    assert fast.preprocess_fn(["a text never seen"])["input_ids"].shape[0] == 1 and calls == [1]
+
+
+def test_a_tokenizer_the_fast_path_does_not_reproduce_keeps_the_trainers_collator(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+
+    from embedops.workers import encoder
+
+    model = modelzoo.load(str(tiny_model_dir), device="cpu")
+    monkeypatch.setattr(encoder, "fast_tokenizer", lambda model: None)
+    collator = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
+    dataset, _ = train.build_train_dataset(PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(),
+                                           job(tiny_model_dir))
+    assert train.pretokenized_collator(collator, model, dataset) is collator
 
 
 def test_triplet_loss_without_negatives_fails_clearly(tmp_path, tiny_model_dir):

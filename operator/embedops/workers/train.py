@@ -5,12 +5,17 @@ held-out queries, so both models are scored the same way (exact search over the 
 corpus). Training checkpoints regularly and resumes from the last checkpoint, because pods
 are preempted or evicted (Kueue re-suspends evicted Jobs) and a restart must not start over.
 
+A GPU trains MiniLM faster than one host thread tokenizes its batches, so the training texts are
+tokenized once, in threads, before the first step, and nothing in a step waits for the GPU (no
+blocking copies, no loss read back except when logging): the host stays ahead of the device.
+
 `run` reads top to bottom as sentence-transformers training scripts do:
 model -> dataset -> loss -> evaluator -> training args -> trainer -> evaluate -> save.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -19,10 +24,11 @@ import math
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, Any, assert_never
 
 from pydantic import Field
 from transformers import TrainerCallback
@@ -44,6 +50,8 @@ if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
     from sentence_transformers import SentenceTransformer
     from torch import nn
+
+    from embedops.workers.encoder import FastTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +144,68 @@ def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec) -> int
     return training.epochs * sum(math.ceil(len(group) / training.batch_size) for group in groups_of(dataset))
 
 
+# -- collation ------------------------------------------------------------------------------
+
+
+class PretokenizedTexts:
+    """The collator's `preprocess` for the training texts, from token ids computed once, in threads, before step one.
+
+    Tokenizing inside the training loop kept the GPU waiting for one host thread at every step, and
+    every epoch tokenized the same texts again; now a step only pads ids into tensors.
+    """
+
+    def __init__(self, tokenizer: FastTokenizer, texts: Iterable[str], preprocess: Callable, workers: int):
+        import numpy as np
+
+        from embedops.workers.encoder import PIECE
+
+        unique = list(dict.fromkeys(texts))
+        pieces = [unique[i:i + PIECE] for i in range(0, len(unique), PIECE)]
+        with ThreadPoolExecutor(workers, thread_name_prefix="embedops-tokenize") as pool:
+            tokenized = list(pool.map(tokenizer.ids, pieces))
+        self._ids = {text: ids for piece, (tokens, lengths) in zip(pieces, tokenized)
+                     for text, ids in zip(piece, np.split(tokens, np.cumsum(lengths)[:-1]))}
+        self._tokenizer, self._preprocess = tokenizer, preprocess
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __call__(self, inputs: list[str], prompt: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        import numpy as np
+
+        if prompt or kwargs.get("max_length") is not None or not all(t in self._ids for t in inputs):
+            return self._preprocess(inputs, prompt=prompt, **kwargs)
+        rows = [self._ids[t] for t in inputs]
+        return self._tokenizer.features([(np.concatenate(rows), np.fromiter(map(len, rows), np.int64, len(rows)))],
+                                        pin=False)
+
+
+def same_batch(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def pretokenized_collator(collator: Any, model: SentenceTransformer, dataset: Dataset | DatasetDict) -> Any:
+    """The trainer's collator on texts tokenized up front, where its batches come out the same; else the collator."""
+    from embedops.workers.encoder import cpu_limit, fast_tokenizer
+
+    if (tokenizer := fast_tokenizer(model)) is None:
+        return collator
+    field = "preprocess_fn" if hasattr(collator, "preprocess_fn") else "tokenize_fn"  # sentence-transformers 6, 5
+    groups = groups_of(dataset)
+    texts = (text for group in groups for column in group.column_names for text in group[column])
+    texts_ids = PretokenizedTexts(tokenizer, texts, getattr(collator, field), cpu_limit())
+    fast = dataclasses.replace(collator, **{field: texts_ids})
+    probes = [[group[i] for i in range(min(len(group), 8))] for group in groups]
+    if not all(same_batch(collator(rows), fast(rows)) for rows in probes):
+        log.info("the model's batches differ from pre-tokenized ones: tokenizing at every step")
+        return collator
+    log.info("%d distinct training texts tokenized before the first step", len(texts_ids))
+    return fast
+
+
 # -- loss -----------------------------------------------------------------------------------
 
 
@@ -218,6 +288,7 @@ def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_s
         # A count of steps: transformers 5 reads a float below 1 as a ratio, transformers 4 as a count.
         warmup_steps=math.ceil(t.warmup_ratio * total_steps),
         weight_decay=t.weight_decay,
+        optim="adamw_torch_fused",
         seed=t.seed,
         data_seed=t.seed,
         **precision_flags(t.precision, device),
@@ -227,10 +298,13 @@ def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_s
         save_steps=t.checkpoint_steps,
         save_total_limit=2,
         logging_steps=max(1, min(50, t.checkpoint_steps)),
+        # The filter reads every step's loss on the host: a wait for the GPU at each step.
+        logging_nan_inf_filter=False,
         eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        # Tokenising in the main process: forked workers deadlock with tokenizers' threads and gain nothing here.
+        # Collating in the main process: the texts are tokenized before the first step (pretokenized_collator),
+        # and forked workers deadlock with tokenizers' threads.
         dataloader_num_workers=0,
         dataloader_pin_memory=device.startswith("cuda"),
         use_cpu=device == "cpu",
@@ -295,11 +369,18 @@ def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
 
 
 def _trainer_class() -> type:
+    import torch
     from sentence_transformers import SentenceTransformerTrainer
 
     class Trainer(SentenceTransformerTrainer):
         def add_model_card_callback(self, default_args_dict: dict) -> None:
             """No model card: it quotes training rows, and domain data must not leak into a published model."""
+
+        def _prepare_input(self, data: Any) -> Any:
+            """Batches go to the GPU without blocking: a blocking copy waits for the previous step to finish."""
+            if isinstance(data, torch.Tensor):
+                return data.to(self.args.device, non_blocking=True)
+            return super()._prepare_input(data)
 
     return Trainer
 
@@ -332,10 +413,11 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
     checkpoints = out / "checkpoints"
     args = training_args(spec, checkpoints, device, planned_steps(train_dataset, spec.training))
 
-    # Trainer: resumes from the last checkpoint when a previous run was killed.
+    # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed.
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
                                  callbacks=[ProgressCallback(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
+    trainer.data_collator = pretokenized_collator(trainer.data_collator, model, train_dataset)
     resume_from, resumed_from_step = last_checkpoint(checkpoints)
     if resume_from is not None:
         log.info("resuming from the checkpoint of step %d", resumed_from_step)
