@@ -1,4 +1,4 @@
-"""Document encoding for the embed and drift workers: `SentenceTransformer.encode_document`'s result, at the device's speed.
+"""Document encoding for the embed and drift workers: `encode_document`'s embeddings, at the device's speed.
 
 On a GPU the host, not the model, bounds re-embedding: transformers' tokenizer call on one thread
 gives a MiniLM forward pass a fiftieth of the documents it could take (docs/performance.md has the
@@ -44,7 +44,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers import models as st_models
 from tokenizers import Tokenizer
 
-Precision = Literal["auto", "fp32", "bf16"]
+from embedops.api.index import Precision
+
 Workers = int | Literal["auto"]
 
 PIECE = 64  # texts per tokenizer call: a 512-text batch is tokenized by eight threads at once
