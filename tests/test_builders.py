@@ -34,7 +34,7 @@ def test_training_job_requests_gpus_and_passes_scheduling_through():
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
-                                      "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"}}
+                                      "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}}
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert pod["affinity"] == scheduling.affinity
     assert pod["priorityClassName"] == "ml-batch"
@@ -122,3 +122,16 @@ def test_settings_from_environment():
     s = OperatorSettings.from_env({"EMBEDOPS_WORKER_IMAGE": "x/y:1", "EMBEDOPS_RECONCILE_SECONDS": "2",
                                    "UNRELATED": "z"})
     assert s.worker_image == "x/y:1" and s.reconcile_seconds == 2.0
+
+
+def test_worker_pods_get_the_operators_default_cpu_and_memory():
+    """The CPU limit is what a worker sizes its tokenizer pool by; a spec's own values win."""
+    settings = SETTINGS.model_copy(update={"worker_cpu": "6", "worker_memory": "24Gi"})
+    job = worker_job(OWNER, _train_step(gpus=1), settings)
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": "1"} == resources["limits"]
+    own = worker_job(OWNER, _train_step(gpus=0, resources=Resources(cpu="2")), settings)
+    assert own["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "24Gi"}
+    none = worker_job(OWNER, _train_step(gpus=0), SETTINGS.model_copy(update={"worker_cpu": ""}))
+    assert "resources" not in none["spec"]["template"]["spec"]["containers"][0]
+    assert OperatorSettings.from_env({"EMBEDOPS_WORKER_CPU": "12"}).worker_cpu == "12"

@@ -39,6 +39,15 @@ class OperatorSettings(BaseModel):
         pattern=r"^/",
         description="Where the workspace volume is mounted in worker pods; relative paths in specs resolve there.",
     )
+    worker_cpu: str | None = Field(
+        default="4",
+        description="CPU request and limit of worker pods whose spec.resources.cpu is unset (a quantity); the "
+        "limit sizes the worker's tokenizer pool. Empty: none.",
+    )
+    worker_memory: str | None = Field(
+        default=None,
+        description="Memory request and limit of worker pods whose spec.resources.memory is unset. Default: none.",
+    )
     reconcile_seconds: float = Field(
         default=30.0, gt=0, description="Every resource is reconciled at least this often (schedules, missed events)."
     )

@@ -216,8 +216,16 @@ class Resources(ApiModel):
             "EmbeddingDataset's prepare pod."
         ),
     )
-    cpu: str | None = Field(default=None, description="CPU request, a Kubernetes quantity such as `4` or `500m`.")
-    memory: str | None = Field(default=None, description="Memory request and limit, a quantity such as `16Gi`.")
+    cpu: str | None = Field(
+        default=None,
+        description="CPU request and limit, a Kubernetes quantity such as `4` or `500m`; the limit sizes the worker's "
+        "tokenizer pool. Default: the operator's EMBEDOPS_WORKER_CPU (4).",
+    )
+    memory: str | None = Field(
+        default=None,
+        description="Memory request and limit, a quantity such as `16Gi`. Default: the operator's EMBEDOPS_WORKER_MEMORY "
+        "(none).",
+    )
 
 
 class Scheduling(ApiModel):

@@ -73,13 +73,14 @@ def worker_command(step: WorkerStep) -> list[str]:
             "--result", TERMINATION_LOG]
 
 
-def _resources(res: Resources, gpus: int) -> dict[str, Any]:
+def _resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
+    """Requests = limits: the CPU limit is what a worker sizes its tokenizer pool by (its cgroup quota)."""
     requests: dict[str, Any] = {}
     limits: dict[str, Any] = {}
-    if res.cpu:
-        requests["cpu"] = res.cpu
-    if res.memory:
-        requests["memory"] = limits["memory"] = res.memory
+    if cpu := res.cpu or settings.worker_cpu:
+        requests["cpu"] = limits["cpu"] = cpu
+    if memory := res.memory or settings.worker_memory:
+        requests["memory"] = limits["memory"] = memory
     if gpus:
         requests[GPU] = limits[GPU] = str(gpus)
     out: dict[str, Any] = {}
@@ -142,7 +143,7 @@ def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> di
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    if resources := _resources(step.resources, step.gpus):
+    if resources := _resources(step.resources, step.gpus, settings):
         container["resources"] = resources
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
