@@ -1,32 +1,54 @@
-"""The operator's Prometheus metrics: documented exactly, and following an index's versions."""
+"""The operator's Prometheus metrics: documented exactly, one label set per resource, series that
+follow the status, counters the executor drives, and a scrape promtool finds clean."""
 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
+import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
+from embedops import reconcile
+from embedops.api.conditions import ConditionType, Reason
+from embedops.api.finetune import FineTuneJobStatus
 from embedops.api.index import EmbeddingIndexStatus
-from embedops.metrics import Metrics
+from embedops.api.kinds import KINDS
+from embedops.metrics import RESOURCE, Metrics
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
 
-def _documented() -> dict[str, set[str]]:
-    rows = re.findall(r"^\| (embedops_\w+) \| ([^|]+) \|", DOC.read_text(), flags=re.M)
-    return {name: {label.strip() for label in labels.split(",")} for name, labels in rows}
+def _documented() -> dict[str, tuple[str, set[str]]]:
+    """Metric name -> (type, labels), from the table in docs/metrics.md."""
+    rows = re.findall(r"^\| (embedops_\w+) \| (\w+) \| ([^|]+) \|", DOC.read_text(), flags=re.M)
+    return {name: (type_, {label.strip() for label in labels.split(",")}) for name, type_, labels in rows}
 
 
-def test_every_metric_and_label_is_documented_and_nothing_else():
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    registered = {}
+def _registered(metrics: Metrics) -> dict[str, tuple[str, set[str]]]:
+    out = {}
     for value in vars(metrics).values():
         if hasattr(value, "_labelnames"):
             name = value._name.removesuffix("_total") + ("_total" if value._type == "counter" else "")
-            registered[name] = set(value._labelnames)
-    assert registered == _documented()
+            out[name] = (value._type, set(value._labelnames))
+    return out
+
+
+def test_every_metric_type_and_label_is_documented_and_nothing_else():
+    assert _registered(Metrics(CollectorRegistry())) == _documented()
+
+
+def test_every_resource_metric_has_the_resource_labels():
+    for name, (_, labels) in _documented().items():
+        if name.startswith(("embedops_index_", "embedops_finetune_", "embedops_resource_")):
+            assert set(RESOURCE) <= labels, name
+            assert not labels & {"index", "finetunejob"}, name
+        assert not re.search(r"_at_\d+$", name), f"{name}: a depth belongs in the k label"
+
+
+# -- series from statuses ---------------------------------------------------------------------
 
 
 def _status(live: int, versions: list[int]) -> EmbeddingIndexStatus:
@@ -34,7 +56,7 @@ def _status(live: int, versions: list[int]) -> EmbeddingIndexStatus:
         "liveVersion": live,
         "versions": [{"version": v, "table": f"docs_v{v}", "model": "m", "rows": 100 * v,
                       "state": "Live" if v == live else "Ready"} for v in versions],
-        "probe": {"version": live, "k": 10, "recallAtK": 0.9, "mrrAt10": 0.7, "ndcgAt10": 0.8, "queries": 50,
+        "probe": {"version": live, "k": 20, "recallAtK": 0.9, "mrrAt10": 0.7, "ndcgAt10": 0.8, "queries": 50,
                   "checkedAt": "2026-11-25T10:00:00Z"},
     })
 
@@ -44,23 +66,169 @@ def _series(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str
             for m in registry.collect() for s in m.samples if s.name == name}
 
 
+def _of(series: dict, **match: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {k: v for k, v in series.items() if all((label, value) in k for label, value in match.items())}
+
+
 def test_index_series_follow_versions_and_vanish_on_delete():
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(1, [1]))
     metrics.observe("EmbeddingIndex", "ns", "other", None, _status(1, [1]))
     metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(2, [2, 1]))
-    rows = _series(registry, "embedops_index_rows")
-    assert {dict(k)["version"]: v for k, v in rows.items() if dict(k)["index"] == "docs"} == {"1": 100, "2": 200}
+    rows = _of(_series(registry, "embedops_index_rows"), name="docs", kind="EmbeddingIndex", namespace="ns")
+    assert {dict(k)["version"]: v for k, v in rows.items()} == {"1": 100, "2": 200}
     recall = _series(registry, "embedops_index_probe_recall")
     # The probe series moved to the new live version; the other index is untouched.
-    assert sorted((dict(k)["index"], dict(k)["version"]) for k in recall) == [("docs", "2"), ("other", "1")]
-    assert _series(registry, "embedops_index_live_version")[(("index", "docs"), ("namespace", "ns"))] == 2
+    assert sorted((dict(k)["name"], dict(k)["version"], dict(k)["k"]) for k in recall) == [
+        ("docs", "2", "20"), ("other", "1", "20")]
+    assert {dict(k)["k"] for k in _series(registry, "embedops_index_probe_ndcg")} == {"10"}
+    live = (("kind", "EmbeddingIndex"), ("name", "docs"), ("namespace", "ns"))
+    assert _series(registry, "embedops_index_live_version")[live] == 2
 
     metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(2, [2]))
-    assert sorted(dict(k)["version"] for k in _series(registry, "embedops_index_rows") if ("index", "docs") in k) == ["2"]
+    assert sorted(dict(k)["version"] for k in _of(_series(registry, "embedops_index_rows"), name="docs")) == ["2"]
 
     metrics.forget("EmbeddingIndex", "ns", "docs")
-    for name in ("embedops_index_rows", "embedops_index_probe_recall", "embedops_resource_ready"):
-        assert all(("index", "docs") not in k and ("name", "docs") not in k for k in _series(registry, name))
+    for name in ("embedops_index_rows", "embedops_index_probe_recall", "embedops_resource_ready",
+                 "embedops_resource_condition", "embedops_index_gate_failures_total"):
+        assert not _of(_series(registry, name), name="docs"), name
     assert _series(registry, "embedops_index_rows")  # "other" keeps its series
+    assert _of(_series(registry, "embedops_index_gate_failures_total"), name="other") == {
+        (("kind", "EmbeddingIndex"), ("name", "other"), ("namespace", "ns")): 0}
+
+
+def test_conditions_one_series_per_status_and_the_current_reason():
+    """The issue's case: an index serving at recall 0.42 with minRecall 0.5 is Ready and Degraded."""
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    status = _status(1, [1])
+    status.set_condition(ConditionType.READY, "True", Reason.SERVING, "serving v1")
+    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall@20 0.42 < 0.5")
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
+
+    conditions = {(dict(k)["type"], dict(k)["status"]): v
+                  for k, v in _of(_series(registry, "embedops_resource_condition"), name="docs").items()}
+    assert conditions == {("Ready", "True"): 1, ("Ready", "False"): 0, ("Ready", "Unknown"): 0,
+                          ("Degraded", "True"): 1, ("Degraded", "False"): 0, ("Degraded", "Unknown"): 0}
+    reasons = {(dict(k)["type"], dict(k)["reason"]) for k in _series(registry, "embedops_resource_condition_reason")}
+    assert reasons == {("Ready", "Serving"), ("Degraded", "QualityDegraded")}
+    assert set(_series(registry, "embedops_resource_ready").values()) == {1}
+
+    # Recovered: the same series change value; the old reason's series goes.
+    status.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "")
+    status.set_condition(ConditionType.PROGRESSING, "False", Reason.GATE_FAILED, "v2 not cut over")
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
+    conditions = {(dict(k)["type"], dict(k)["status"]): v
+                  for k, v in _series(registry, "embedops_resource_condition").items()}
+    assert conditions[("Degraded", "True")] == 0 and conditions[("Degraded", "False")] == 1
+    assert conditions[("Progressing", "False")] == 1 and len(conditions) == 9
+    reasons = {(dict(k)["type"], dict(k)["reason"]) for k in _series(registry, "embedops_resource_condition_reason")}
+    assert reasons == {("Ready", "Serving"), ("Degraded", "Serving"), ("Progressing", "GateFailed")}
+
+
+def test_finetune_series_carry_k_and_follow_the_status():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    scores = {"ndcgAt10": 0.8, "mrrAt10": 0.7, "recallAt10": 0.9, "recallAt100": 0.97, "queries": 100}
+    status = FineTuneJobStatus.model_validate({"baseMetrics": scores, "tunedMetrics": scores, "durationSeconds": 60})
+    metrics.observe("FineTuneJob", "ml", "ft", None, status)
+    recall = {(dict(k)["model"], dict(k)["k"]): v for k, v in _series(registry, "embedops_finetune_recall").items()}
+    assert recall == {("base", "10"): 0.9, ("base", "100"): 0.97, ("tuned", "10"): 0.9, ("tuned", "100"): 0.97}
+    assert all(dict(k)["kind"] == "FineTuneJob" for k in _series(registry, "embedops_finetune_ndcg"))
+    # A rerun clears the tuned scores: their series go with them.
+    metrics.observe("FineTuneJob", "ml", "ft", None, FineTuneJobStatus.model_validate({"baseMetrics": scores}))
+    assert {dict(k)["model"] for k in _series(registry, "embedops_finetune_mrr")} == {"base"}
+    assert not _series(registry, "embedops_finetune_duration_seconds")
+    assert not _series(registry, "embedops_index_gate_failures_total")  # indexes only
+
+
+def test_reconcile_series_exist_at_zero_for_every_kind():
+    registry = CollectorRegistry()
+    Metrics(registry)
+    totals = _series(registry, "embedops_reconcile_total")
+    assert totals == {(("kind", kind), ("result", result)): 0 for kind in KINDS for result in ("success", "error")}
+    assert set(_series(registry, "embedops_reconcile_duration_seconds_count")) == {(("kind", k),) for k in KINDS}
+    assert set(_series(registry, "embedops_build_info").values()) == {1}
+
+
+# -- the executor's calls ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def executor(monkeypatch):
+    """The operator's executor with a fake API server holding one index; the plan is the test's."""
+    from embedops.handlers import executor, kube
+
+    body = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex",
+            "metadata": {"name": "docs", "namespace": "metrics-test", "uid": "u1"}, "spec": {}, "status": {}}
+    posted = []
+    monkeypatch.setattr(kube, "get_object", lambda kind, ns, name: body)
+    monkeypatch.setattr(kube, "owned_jobs", lambda ns, uid: {})
+    monkeypatch.setattr(kube, "post_event", lambda body, *event: posted.append(event))
+    monkeypatch.setattr(kube, "replace_status", lambda *args: None)
+    monkeypatch.setattr(reconcile, "references", lambda body: [])
+    executor.posted = posted
+    yield executor
+    from embedops.metrics import METRICS
+
+    METRICS.forget("EmbeddingIndex", "metrics-test", "docs")
+
+
+def _value(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_gate_failure_event_counts_once_per_event_posted(executor, monkeypatch):
+    key = {"namespace": "metrics-test", "name": "docs", "kind": "EmbeddingIndex"}
+    gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over: recall@10 0.4200 < 0.5")
+    plans = iter([reconcile.Plan(events=[("Normal", "JobCreated", "created Job x")]),
+                  reconcile.Plan(events=[gate]),
+                  reconcile.Plan()])
+    monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: next(plans))
+    executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+    assert REGISTRY.get_sample_value("embedops_index_gate_failures_total", key) == 0  # present before any failure
+    executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+    executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+    assert REGISTRY.get_sample_value("embedops_index_gate_failures_total", key) == 1
+    assert [reason for _, reason, _ in executor.posted] == ["JobCreated", "GateFailed"]
+
+
+def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
+    success = {"kind": "EmbeddingIndex", "result": "success"}
+    error = {"kind": "EmbeddingIndex", "result": "error"}
+    before = (_value("embedops_reconcile_total", **success), _value("embedops_reconcile_total", **error),
+              _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"))
+    monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan())
+    executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("conflict")
+
+    monkeypatch.setattr(reconcile, "plan", broken)
+    with pytest.raises(RuntimeError):
+        executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+    after = (_value("embedops_reconcile_total", **success), _value("embedops_reconcile_total", **error),
+             _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"))
+    assert [b - a for a, b in zip(before, after)] == [1, 1, 2]
+
+
+# -- the scrape -------------------------------------------------------------------------------
+
+
+def test_the_operators_scrape_has_no_created_series_and_promtool_finds_it_clean(executor, monkeypatch):
+    """What the operator serves (the default registry, after reconciles), as promtool lints it."""
+    status = _status(1, [1])
+    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall below minRecall")
+    gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over")
+    monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan(status=status, events=[gate]))
+    executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
+    text = generate_latest(REGISTRY).decode()
+    assert "_created" not in text
+    assert 'embedops_resource_condition{kind="EmbeddingIndex",name="docs",namespace="metrics-test",' \
+           'status="True",type="Degraded"} 1.0' in text
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not on PATH")
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert out.returncode == 0 and not out.stdout.strip() and not out.stderr.strip(), out.stdout + out.stderr

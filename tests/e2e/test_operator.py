@@ -8,6 +8,8 @@ test_pod_spec.py runs the worker commands for real.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 import time
 import urllib.request
 
@@ -115,11 +117,23 @@ def test_full_lifecycle_on_the_control_plane(kube, operator):
     reasons = {e.reason for e in kube.events("ix")}
     assert {"JobCreated", "Serving"} <= reasons
     text = urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=5).read().decode()
-    ns = kube.ns
-    assert f'embedops_index_live_version{{index="ix",namespace="{ns}"}} 1.0' in text
-    assert f'embedops_index_probe_recall{{index="ix",k="10",namespace="{ns}",version="1"}} 0.91' in text
-    assert f'embedops_finetune_ndcg{{finetunejob="ft",model="tuned",namespace="{ns}"}} 0.8167' in text
-    assert f'embedops_resource_ready{{kind="EmbeddingIndex",name="ix",namespace="{ns}"}} 1.0' in text
+    ix = f'kind="EmbeddingIndex",name="ix",namespace="{kube.ns}"'
+    tuned = f'kind="FineTuneJob",model="tuned",name="ft",namespace="{kube.ns}"'
+    assert f"embedops_index_live_version{{{ix}}} 1.0" in text
+    assert f'embedops_index_probe_recall{{k="10",{ix},version="1"}} 0.91' in text
+    assert f'embedops_finetune_ndcg{{k="10",{tuned}}} 0.8167' in text
+    assert f'embedops_finetune_recall{{k="100",{tuned}}} 0.98' in text
+    assert f"embedops_resource_ready{{{ix}}} 1.0" in text
+    assert f'embedops_resource_condition{{{ix},status="True",type="Ready"}} 1.0' in text
+    assert f'embedops_resource_condition{{{ix},status="False",type="Degraded"}} 1.0' in text
+    assert f"embedops_index_gate_failures_total{{{ix}}} 0.0" in text
+    for kind in ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex"):
+        assert f'embedops_reconcile_total{{kind="{kind}",result="error"}}' in text
+        assert f'embedops_reconcile_duration_seconds_count{{kind="{kind}"}}' in text
+    assert "embedops_build_info{" in text and "_created" not in text
+    if shutil.which("promtool"):  # what Prometheus scrapes, linted
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
     # Exactly one Job per step: reconciles every second created nothing twice.
     assert sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs()) == [
         "embed", "prepare", "publish", "train"]

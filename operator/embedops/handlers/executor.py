@@ -33,12 +33,8 @@ def reconcile_resource(kind: str, namespace: str, name: str) -> dict[str, Any] |
         body = kube.get_object(kind, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        metrics.METRICS.reconciles.labels(kind).inc()
-        try:
+        with metrics.METRICS.reconciling(kind):
             return _reconcile(kind, namespace, name, body)
-        except Exception:
-            metrics.METRICS.errors.labels(kind).inc()
-            raise
 
 
 def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
@@ -57,6 +53,7 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
     for type_, reason, message in plan.events:
         kube.post_event(body, type_, reason, message)
+        metrics.METRICS.event_posted(kind, namespace, name, reason)
     old = body.get("status") or {}
     written = None
     status = plan.status
