@@ -99,7 +99,7 @@ class Metrics:
         start = time.perf_counter()
         try:
             yield
-        except BaseException:
+        except Exception:  # what kopf retries; an interrupt is not a failed reconcile
             self.reconciles.labels(kind, "error").inc()
             raise
         else:
