@@ -161,9 +161,9 @@ def _planned(kind: str, spec: dict[str, Any], jobs: dict[str, ObservedJob] | Non
     return body
 
 
-def _job_states(kind: str, state: str, **extra: Any) -> dict[str, Any]:
+def _job_states(kind: str, state: str, spec: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
     """A resource (with no dependencies) whose single Job is in `state`."""
-    body = _body(kind, SPECS[kind])
+    body = _body(kind, spec or SPECS[kind])
     first = plan(Observed(body, now=NOW), SETTINGS)
     name = first.create[0]["metadata"]["name"]
     body["status"] = first.status.to_wire()
@@ -181,8 +181,12 @@ def test_operator_written_dataset_statuses(tmp_path: pathlib.Path) -> None:
     status, message = health(created, tmp_path)
     assert status == "Progressing" and message.startswith("Job ") and message.endswith(" created")
     assert health(_job_states(kind, "Running"), tmp_path)[0] == "Progressing"
-    status, message = health(_job_states(kind, "Pending", suspended=True), tmp_path)
+    suspended = {**SPECS[kind], "scheduling": {"suspend": True}}
+    status, message = health(_job_states(kind, "Pending", suspended, suspended=True), tmp_path)
     assert status == "Suspended" and message.endswith(" is suspended")
+    queued = {**SPECS[kind], "scheduling": {"queueName": "gpus"}}
+    status, message = health(_job_states(kind, "Pending", queued, suspended=True, queue="gpus"), tmp_path)
+    assert status == "Progressing" and message.endswith(" waits for Kueue to admit it (queue gpus)")
     status, message = health(_job_states(kind, "Failed", error="exit code 3: bad rows"), tmp_path)
     assert status == "Degraded" and message.endswith("failed: exit code 3: bad rows")
     status, message = health(_job_states(kind, "Succeeded", results={0: {"bad": 1}}), tmp_path)

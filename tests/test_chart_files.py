@@ -1,7 +1,10 @@
-"""The chart's derived files (values README, Argo CD values) are regenerated with their sources."""
+"""The chart's files, without a cluster: the derived ones (values README, Argo CD values) are
+regenerated with their sources, and the default values fit the schema, each described."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -23,3 +26,21 @@ def test_argo_cd_values_carry_the_health_script_for_each_kind():
     script = (chart / "files" / "argocd" / "health.lua").read_text()
     assert cm == {f"resource.customizations.health.embedops.dev_{kind}": script
                   for kind in ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex")}
+
+
+def test_default_values_fit_the_schema_and_every_value_is_described():
+    """What helm checks at install, without helm: values.yaml against values.schema.json; and the
+    chart README's table (hack/gen_chart.py) has a description for every value."""
+    import jsonschema
+
+    spec = importlib.util.spec_from_file_location("gen_chart", ROOT / "hack" / "gen_chart.py")
+    gen_chart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_chart)
+    chart = ROOT / "charts" / "embedops"
+    schema = json.loads((chart / "values.schema.json").read_text())
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    jsonschema.Draft7Validator(schema).validate(values)
+    rows = gen_chart._rows(schema, values, "", schema["definitions"])
+    assert [name for name, _, text in rows if not text] == []
+    assert {"image.digest", "worker.resources.cpu", "worker.resources.memory", "extraEnv", "podSecurityContext",
+            "securityContext", "nameOverride", "fullnameOverride", "rbac.aggregateClusterRoles"} <= {r[0] for r in rows}

@@ -319,3 +319,130 @@ def test_search_and_schedule_settings_rebuild_nothing():
              "probe": {"minRecall": 0.5, "intervalMinutes": 5}}
     assert _job_names("EmbeddingIndex", tuned, related) == embed
     assert _job_names("EmbeddingIndex", {**INDEX_SPEC, "embedding": {"maxSeqLength": 128}}, related) != embed
+
+
+def _train(spec: dict | None = None, labels: dict | None = None, jobs: dict | None = None, status: dict | None = None):
+    ds, _ = _run_dataset_to_ready()
+    ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}, **(spec or {})}, status,
+              **({"labels": labels} if labels else {}))
+    return plan(Observed(ft, jobs=jobs or {}, related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW), SETTINGS)
+
+
+def test_the_kueue_label_on_the_resource_reaches_its_jobs():
+    (job,) = _train(labels={"kueue.x-k8s.io/queue-name": "gpu-queue"}).create
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    # spec.scheduling.queueName, when set, is the queue.
+    (job,) = _train({"scheduling": {"queueName": "team-a"}}, labels={"kueue.x-k8s.io/queue-name": "x"}).create
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+
+
+def test_suspend_toggles_the_same_job_and_queued_jobs_are_left_to_kueue():
+    (job,) = _train({"scheduling": {"suspend": True}}).create
+    name = job["metadata"]["name"]
+    assert job["spec"]["suspend"] is True
+    held = ObservedJob(name, "Pending", suspended=True, step="train")
+    p = _train({"scheduling": {"suspend": True}}, jobs={name: held})
+    assert p.create == [] and p.suspend == {} and p.status.phase == "Suspended"
+    assert ready(p) == ("False", "Suspended")
+    # Resuming patches the same Job: nothing is deleted or created, its name does not change.
+    p = _train({"scheduling": {"suspend": False}}, jobs={name: held})
+    assert (p.create, p.delete, p.suspend) == ([], [], {name: False})
+    assert ("Normal", "JobResumed", f"resumed Job {name}") in p.events
+    running = ObservedJob(name, "Running", step="train")
+    assert _train({"scheduling": {"suspend": True}}, jobs={name: running}).suspend == {name: True}
+    # In a Kueue queue, Kueue decides: a suspended Job is waiting for admission.
+    (job,) = _train({"scheduling": {"queueName": "gpus"}}).create
+    name = job["metadata"]["name"]
+    queued = ObservedJob(name, "Pending", suspended=True, step="train", queue="gpus")
+    p = _train({"scheduling": {"queueName": "gpus"}}, jobs={name: queued})
+    assert p.suspend == {} and p.status.phase == "Queued"
+    assert p.status.condition("Progressing").message == f"Job {name} waits for Kueue to admit it (queue gpus)"
+
+
+def test_a_pending_pod_is_reported_with_the_schedulers_words_and_the_jobs_counts():
+    from embedops.api.common import JobStatus
+    from embedops.api.conditions import Reason
+
+    (job,) = _train().create
+    name = job["metadata"]["name"]
+    report = JobStatus(name=name, step="train", start_time="2026-11-25T12:00:00Z", active=1)
+    stuck = ObservedJob(name, "Pending", step="train", report=report,
+                        waiting=(Reason.UNSCHEDULABLE, "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."))
+    p = _train(jobs={name: stuck})
+    assert p.status.phase == "Pending" and ready(p) == ("False", "Unschedulable")
+    assert "Insufficient nvidia.com/gpu" in p.status.condition("Progressing").message
+    assert p.status.job.active == 1 and p.status.job.start_time == "2026-11-25T12:00:00Z"
+    done = ObservedJob(name, "Succeeded", {0: TRAINED}, step="train",
+                       report=report.model_copy(update={"active": 0, "succeeded": 1,
+                                                        "completion_time": "2026-11-25T12:09:00Z"}))
+    finished = _train(jobs={name: done}).status
+    assert finished.job.succeeded == 1 and finished.job.completion_time == "2026-11-25T12:09:00Z"
+
+
+def _serving_index(spec: dict) -> tuple[dict, dict]:
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    ix = body("EmbeddingIndex", "ix", spec)
+    jobs: dict = {}
+    for results in ({0: {"version": 1, "table": "docs_v1", "state": "Ready", "rows": 10, "shardRows": 10,
+                         "embedded": 10, "resumed": False, "seconds": 1.0, "rowsPerSecond": 10.0}},
+                    {0: _publish_result(1)}):
+        p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
+        ix["status"] = p.status.to_wire()
+        jobs[p.create[0]["metadata"]["name"]] = ObservedJob(p.create[0]["metadata"]["name"], "Succeeded", results)
+    ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
+    return ix, related
+
+
+def test_one_probe_at_a_time_with_the_interval_as_its_deadline():
+    ix, related = _serving_index(INDEX_SPEC)
+    later = NOW + dt.timedelta(minutes=31)
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
+                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
+    assert probe["spec"]["activeDeadlineSeconds"] == 30 * 60
+    # Still running an interval later: no second probe piles up behind it.
+    slow = {probe["metadata"]["name"]: ObservedJob(probe["metadata"]["name"], "Running", step="probe")}
+    again = plan(Observed(ix, jobs=slow, related=related, now=later + dt.timedelta(minutes=30)), SETTINGS)
+    assert [j for j in again.create if j["metadata"]["labels"]["embedops.dev/step"] == "probe"] == []
+
+
+def test_a_schedule_change_starts_nothing_and_a_probe_can_be_asked_for():
+    ix, related = _serving_index(INDEX_SPEC)
+    ix["spec"] = {**INDEX_SPEC, "probe": {**INDEX_SPEC["probe"], "intervalMinutes": 5}}
+    ix["metadata"]["generation"] = 2
+    p = plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=1)), SETTINGS)
+    assert p.create == [] and p.status.observed_generation == 2
+    ix["status"] = p.status.to_wire()
+    ix["metadata"]["annotations"] = {"embedops.dev/probe": "2026-11-25T12:00:30Z"}
+    (asked,) = plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=1)), SETTINGS).create
+    assert asked["metadata"]["labels"]["embedops.dev/step"] == "probe"
+    # Once a probe ran after the time asked for, the annotation asks for nothing more.
+    ix["status"]["probe"]["checkedAt"] = "2026-11-25T12:01:00Z"
+    assert plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=2)), SETTINGS).create == []
+
+
+def test_a_pin_to_a_version_the_index_does_not_keep_is_reported_once():
+    ix, related = _serving_index(INDEX_SPEC)
+    ix["spec"] = {**INDEX_SPEC, "pinnedVersion": 9}
+    ix["metadata"]["generation"] = 2
+    p = plan(Observed(ix, related=related, now=NOW), SETTINGS)
+    assert p.create == [] and ready(p) == ("True", "Serving") and p.status.live_version == 1
+    degraded = p.status.condition("Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "VersionNotRetained")
+    assert degraded.message == "spec.pinnedVersion 9 is not a version this index keeps (v1); v1 keeps serving"
+    assert [e[:2] for e in p.events] == [("Warning", "VersionNotRetained")]
+    ix["status"] = p.status.to_wire()
+    assert plan(Observed(ix, related=related, now=NOW), SETTINGS).events == []
+
+
+def test_only_the_live_versions_drift_degrades_the_index():
+    from embedops import status as statuses
+    from embedops.api.index import DriftResult, EmbeddingIndexSpec, IndexVersion
+
+    spec = EmbeddingIndexSpec.model_validate(INDEX_SPEC)
+    live = IndexVersion(version=2, table="docs_v2", model="/m", rows=10, state="Live")
+    old = DriftResult(version=1, score=0.5, centroid_distance=0.1, drifted_components=0.5, reference_rows=10,
+                      current_rows=10, drifted=True, checked_at="2026-11-25T11:00:00Z")
+    assert statuses.index_observed(spec, [live], 1, drift=old).condition("Degraded").status == "False"
+    now = old.model_copy(update={"version": 2})
+    assert statuses.index_observed(spec, [live], 1, drift=now).condition("Degraded").reason == "QualityDegraded"

@@ -45,7 +45,7 @@ from typing import Any
 
 from embedops import reconcile
 from embedops import status as statuses
-from embedops.api.common import API_VERSION, BaseStatus
+from embedops.api.common import API_VERSION, BaseStatus, JobStatus
 from embedops.api.conditions import Reason
 from embedops.api.kinds import KINDS
 from embedops.builders import naming
@@ -232,28 +232,43 @@ class LocalRunner:
         return Outcome(loaded, status, ok=statuses.is_ready(status), reused=not jobs)
 
     def _run_job(self, manifest: dict[str, Any]) -> reconcile.ObservedJob:
-        """What the Job's pods would do, in this process: its command's worker and config, each shard in turn."""
+        """What the Job's pods would do, in this process: its command's worker and config, each shard in turn.
+
+        A suspended Job stays pending, as it would in a cluster; there is no Kueue here to admit a
+        queued one, so its queue label is not looked at.
+        """
         meta, spec = manifest["metadata"], manifest["spec"]
         name, step = meta["name"], meta["labels"][naming.LABEL_STEP]
+        report = JobStatus(name=name, step=step)
         if spec.get("suspend"):
-            return reconcile.ObservedJob(name, "Pending", suspended=True, step=step)
+            return reconcile.ObservedJob(name, "Pending", suspended=True, step=step, report=report)
         command = spec["template"]["spec"]["containers"][0]["command"]
         worker, raw = command[2], json.loads(command[command.index("--spec-json") + 1])
         shards = spec.get("completions") if spec.get("completionMode") == "Indexed" else None
         dsn = self.database() if _needs_database(worker, raw) else None
         log.info("%s: running %s", name, worker)
+        report.start_time = _now()
         results: dict[int, dict[str, Any]] = {}
         for index in range(shards or 1):
             try:
                 result = runner.run(worker, raw, dsn=dsn, shard=index if shards else None, device=self.device)
             except runner.WorkerError as err:
                 error = describe_error(error_message(err.reason, str(err)))
-                return reconcile.ObservedJob(name, "Failed", results, error=error, step=step)
             except Exception as err:  # noqa: BLE001 - a pod's crash: its Job fails with the message
                 log.debug("%s failed", name, exc_info=True)
-                return reconcile.ObservedJob(name, "Failed", results, error=f"{type(err).__name__}: {err}", step=step)
-            results[index] = json.loads(termination_message(result))
-        return reconcile.ObservedJob(name, "Succeeded", results, step=step)
+                error = f"{type(err).__name__}: {err}"
+            else:
+                results[index] = json.loads(termination_message(result))
+                report.succeeded += 1
+                continue
+            report.failed = 1
+            return reconcile.ObservedJob(name, "Failed", results, error=error, step=step, report=report)
+        report.completion_time = _now()
+        return reconcile.ObservedJob(name, "Succeeded", results, step=step, report=report)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

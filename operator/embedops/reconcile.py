@@ -26,18 +26,19 @@ from pydantic import BaseModel, ValidationError
 
 from embedops import modelzoo
 from embedops import status as statuses
-from embedops.api.common import BaseStatus
+from embedops.api.common import BaseStatus, JobStatus, Scheduling
 from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, ProbeResult, ReindexProgress
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
-from embedops.builders.jobs import Owner, WorkerStep, worker_job
+from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep, worker_job
 from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
 from embedops.settings import OperatorSettings
 
 RERUN_ANNOTATION = "embedops.dev/rerun"
+PROBE_ANNOTATION = "embedops.dev/probe"  # an RFC 3339 time: probe the live version now if not probed since
 
 JobState = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -47,11 +48,14 @@ class ObservedJob:
     """A Job the resource owns, as an executor observed it."""
 
     name: str
-    state: JobState
+    state: JobState  # Pending: no pod has started (suspended, queued, unschedulable, pulling its image)
     results: dict[int, dict[str, Any]] = field(default_factory=dict)  # completion index -> result JSON
     error: str | None = None  # why it failed, from a pod's termination message or the Job's condition
-    suspended: bool = False
+    suspended: bool = False  # its spec.suspend
     step: str | None = None  # its embedops.dev/step label
+    queue: str | None = None  # its Kueue queue: Kueue, not the operator, then decides when it runs
+    waiting: tuple[Reason, str] | None = None  # why its pods cannot start (Unschedulable, ...), and the detail
+    report: JobStatus | None = None  # its times and pod counts
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class Plan:
     status: BaseStatus | None = None  # None: leave status as it is
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)  # names of owned Jobs to delete (superseded runs)
+    suspend: dict[str, bool] = field(default_factory=dict)  # owned Job -> its spec.suspend from now on
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
 
 
@@ -192,6 +197,7 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
     if job is None:
         status = statuses.progressing(ctx.current, running, f"Job {name} created", ctx.generation)
         status.active_job = name
+        status.job = JobStatus(name=name, step=step.step)
         # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
         # a Kueue quota (and an embed Job would keep writing a version nobody wants).
         superseded = sorted(j.name for j in ctx.obs.jobs.values()
@@ -201,24 +207,63 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
         return Plan(status=status, create=[worker_job(owner, step, ctx.settings)], delete=superseded,
                     events=events), None
     if job.state in ("Pending", "Running"):
-        reason = Reason.SUSPENDED if job.suspended else running
-        message = f"Job {name} is suspended" if job.suspended else f"Job {name} is {job.state.lower()}"
-        status = statuses.progressing(ctx.current, reason, message, ctx.generation)
-        status.active_job = name
-        return Plan(status=status), None
+        return _in_progress(ctx, job, step, running), None
     if job.state == "Failed":
         plan = _failed(ctx, Reason.JOB_FAILED, f"Job {name} failed: {job.error or 'no message'}")
         plan.status.inputs_hash = step.key
+        plan.status.job = job.report
         return plan, None
     return None, job
 
 
-def _done(status: BaseStatus, key: str, extra: list[tuple[str, str, str]] | None = None) -> Plan:
+def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Reason) -> Plan:
+    """A Job not finished yet: what holds it, in words, and the suspension the spec asks for.
+
+    A Job in a Kueue queue is suspended and resumed by Kueue (admission, preemption), so the
+    operator leaves its `suspend` alone; any other Job follows `spec.scheduling.suspend`, resumed
+    in place rather than created again.
+    """
+    plan = Plan()
+    suspended = job.suspended
+    if job.queue is None and job.suspended != step.scheduling.suspend:
+        suspended = plan.suspend[job.name] = step.scheduling.suspend
+        plan.events.append(("Normal", "JobSuspended" if suspended else "JobResumed",
+                            f"{'suspended' if suspended else 'resumed'} Job {job.name}"))
+    if suspended and job.queue is not None:
+        reason, message, phase = Reason.QUEUED, f"Job {job.name} waits for Kueue to admit it (queue {job.queue})", "Queued"
+    elif suspended:
+        reason, message, phase = Reason.SUSPENDED, f"Job {job.name} is suspended", "Suspended"
+    elif job.waiting is not None:
+        reason, message, phase = job.waiting[0], f"Job {job.name} cannot start its pod: {job.waiting[1]}", "Pending"
+    elif job.state == "Pending":
+        reason, message, phase = running, f"Job {job.name} is pending", "Pending"
+    else:
+        reason, message, phase = running, f"Job {job.name} is running", "Running"
+    plan.status = statuses.progressing(ctx.current, reason, message, ctx.generation, phase=phase)
+    plan.status.active_job = job.name
+    plan.status.job = job.report or JobStatus(name=job.name, step=step.step)
+    return plan
+
+
+def _done(status: BaseStatus, key: str, job: ObservedJob, extra: list[tuple[str, str, str]] | None = None) -> Plan:
     """A finished run: its status, remembered by its inputs, and the Ready condition as an event."""
     status.inputs_hash = key
+    status.job = job.report
     ready = status.condition(statuses.READY)
     return Plan(status=status, events=[("Normal" if ready.status == "True" else "Warning", ready.reason,
                                         ready.message), *(extra or [])])
+
+
+def _identity(spec: Any) -> dict[str, Any]:
+    """What a dataset's or job's run depends on: its spec, but not whether its Job is suspended."""
+    running = spec.scheduling.model_copy(update={"suspend": False})
+    return naming.identity(spec.model_copy(update={"scheduling": running}))
+
+
+def _scheduling(ctx: _Context, scheduling: Scheduling) -> Scheduling:
+    """The spec's scheduling, with the Kueue queue of the resource's label when the spec names none."""
+    label = (ctx.body.get("metadata", {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    return scheduling.model_copy(update={"queue_name": label}) if label and not scheduling.queue_name else scheduling
 
 
 # -- EmbeddingDataset ---------------------------------------------------------------------------
@@ -229,20 +274,20 @@ def plan_dataset(ctx: _Context) -> Plan:
     pg = spec.source.postgres
     if pg is not None:
         _require_secret(ctx, pg.database.dsn_secret_ref, "spec.source.postgres.database.dsnSecretRef")
-    key = naming.step_key("prepare", naming.identity(spec), ctx.rerun)
+    key = naming.step_key("prepare", _identity(spec), ctx.rerun)
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
         step="prepare", worker="prepare", key=key,
         config={"spec": spec.to_wire(), "baseDir": ctx.layout.inputs,
                 "outputDir": ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key)},
-        resources=spec.resources, scheduling=spec.scheduling, gpus=spec.resources.gpus or 0,
+        resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling), gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
     plan, job = _run_step(ctx, step, Reason.PREPARING)
     if plan is not None:
         return plan
-    return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.generation), key)
+    return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.generation), key, job)
 
 
 # -- FineTuneJob --------------------------------------------------------------------------------
@@ -251,20 +296,20 @@ def plan_dataset(ctx: _Context) -> Plan:
 def plan_finetune(ctx: _Context) -> Plan:
     spec: FineTuneJobSpec = _parse_spec(ctx)
     dataset = _related(ctx, "EmbeddingDataset", spec.dataset_ref.name)
-    key = naming.step_key("train", naming.identity(spec), dataset.fingerprint, ctx.rerun)
+    key = naming.step_key("train", _identity(spec), dataset.fingerprint, ctx.rerun)
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
         step="train", worker="train", key=key,
         config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": ctx.layout.inputs,
                 "outputDir": ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key)},
-        resources=spec.resources, scheduling=spec.scheduling,
+        resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling),
         gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
     )
     plan, job = _run_step(ctx, step, Reason.TRAINING)
     if plan is not None:
         return plan
-    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.generation), key)
+    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.generation), key, job)
 
 
 # -- EmbeddingIndex -----------------------------------------------------------------------------
@@ -317,11 +362,15 @@ def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
     return _IndexInputs(model, model_id, dataset_dir, fingerprint, probe, probe_dataset_dir)
 
 
-def _index_step(step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str, Any], *,
-                shards: int | None = None, ttl: int | None = None) -> WorkerStep:
+def _index_step(ctx: _Context, step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str, Any], *,
+                shards: int | None = None, ttl: int | None = None, deadline: int | None = None) -> WorkerStep:
     """Every index step runs with the index's resources, scheduling and database."""
+    scheduling = _scheduling(ctx, spec.scheduling)
+    if deadline is not None:
+        limit = scheduling.active_deadline_seconds
+        scheduling = scheduling.model_copy(update={"active_deadline_seconds": min(deadline, limit or deadline)})
     return WorkerStep(step=step, worker=step, key=key, config=config, resources=spec.resources,
-                      scheduling=spec.scheduling, gpus=spec.resources.gpus or 0,
+                      scheduling=scheduling, gpus=spec.resources.gpus or 0,
                       dsn_secret=spec.database.dsn_secret_ref, shards=shards, ttl_seconds=ttl)
 
 
@@ -329,23 +378,23 @@ def _with_dataset(config: dict[str, Any], dataset_dir: str | None) -> dict[str, 
     return {**config, "datasetDir": dataset_dir} if dataset_dir else config
 
 
-def _embed_step(spec: EmbeddingIndexSpec, inputs: _IndexInputs, rerun: str) -> WorkerStep:
+def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
     # What the version's vectors and layout depend on; batch size, commit size and shard count
     # only change how fast it is built, and search settings only what probes measure.
     key = naming.step_key(
         "embed", inputs.model_id, naming.identity(spec.source), inputs.dataset_fingerprint,
         naming.identity(spec.ann, exclude={"ef_search", "probes"}),
         naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
-        naming.identity(spec.target), rerun,
+        naming.identity(spec.target), ctx.rerun,
     )
     config = {
         "target": spec.target.to_wire(), "source": spec.source.to_wire(), "model": inputs.model,
         "ann": spec.ann.to_wire(), "embedding": spec.embedding.to_wire(), "shardCount": spec.embedding.shards,
         # A version already built from the same model and source is reused, unless the user asked
         # for a fresh one with the rerun annotation (the table's rows changed, say).
-        "reuse": not rerun,
+        "reuse": not ctx.rerun,
     }
-    return _index_step("embed", key, spec, _with_dataset(config, inputs.dataset_dir), shards=spec.embedding.shards)
+    return _index_step(ctx, "embed", key, spec, _with_dataset(config, inputs.dataset_dir), shards=spec.embedding.shards)
 
 
 def _candidate(job: ObservedJob) -> EmbedResult | None:
@@ -392,7 +441,9 @@ def plan_index(ctx: _Context) -> Plan:
                             f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet")
         return _schedule(ctx, spec, current, inputs)
 
-    embed = _embed_step(spec, inputs, ctx.rerun)
+    if (pin := _unretained_pin(ctx, spec, current)) is not None:
+        return pin
+    embed = _embed_step(ctx, spec, inputs)
     publish_key = naming.step_key(
         "publish", embed.key, naming.identity(spec.probe, exclude={"interval_minutes"}),
         naming.identity(spec.ann, include={"ef_search", "probes"}), spec.pinned_version, spec.keep_versions,
@@ -414,7 +465,7 @@ def plan_index(ctx: _Context) -> Plan:
               "probe": inputs.probe, "ann": spec.ann.to_wire(), "keepVersions": spec.keep_versions}
     if spec.pinned_version is not None:
         config["pinnedVersion"] = spec.pinned_version
-    publish = _index_step("publish", publish_key, spec, _with_dataset(config, inputs.probe_dataset_dir))
+    publish = _index_step(ctx, "publish", publish_key, spec, _with_dataset(config, inputs.probe_dataset_dir))
     plan, job = _run_step(ctx, publish, Reason.PUBLISHING)
     if plan is not None:
         plan.status.reindex = None
@@ -422,19 +473,50 @@ def plan_index(ctx: _Context) -> Plan:
     result = _single_result(ctx, job, PublishResult)
     notes = [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason,
               result.note or "")] if result.note_reason else []
-    return _done(statuses.index_published(spec, result, ctx.generation, drift=current.drift), publish_key, notes)
+    return _done(statuses.index_published(spec, result, ctx.generation, drift=current.drift), publish_key, job, notes)
+
+
+def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
+    """The time of a probe asked for with the PROBE_ANNOTATION (`kubectl embedops probe`) and not yet run."""
+    requested = (ctx.body.get("metadata", {}).get("annotations") or {}).get(PROBE_ANNOTATION)
+    try:
+        when = _parse_time(requested)
+    except ValueError:
+        return None
+    last = _parse_time(current.probe.checked_at) if current.probe else None
+    return requested if when is not None and (last is None or last < when) else None
+
+
+def _unretained_pin(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus) -> Plan | None:
+    """spec.pinnedVersion naming a version the index does not keep: say so, serve on, build nothing."""
+    kept = sorted(v.version for v in current.versions if v.state in ("Ready", "Live", "Retired"))
+    if spec.pinned_version is None or not current.versions or spec.pinned_version in kept:
+        return None
+    status = current.model_copy(deep=True)
+    status.observed_generation = ctx.generation
+    message = (f"spec.pinnedVersion {spec.pinned_version} is not a version this index keeps "
+               f"({', '.join(f'v{v}' for v in kept) or 'none'}); v{current.live_version} keeps serving")
+    statuses.degraded(status, Reason.VERSION_NOT_RETAINED, message, ctx.generation)
+    new = not statuses.same_condition(current, status, statuses.DEGRADED)
+    return Plan(status=status, events=[("Warning", Reason.VERSION_NOT_RETAINED, message)] if new else [])
 
 
 def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus,
                      inputs: _IndexInputs, live: Any) -> list[WorkerStep]:
-    """The probe and drift runs of the live version that are due now."""
+    """The probe and drift runs of the live version that are due now (or asked for).
+
+    A scheduled Job gets the interval as its deadline: a probe that takes longer than the time
+    to the next one has failed, and must not pile up behind it.
+    """
     now, ttl = ctx.obs.now, ctx.settings.periodic_job_ttl_seconds
     common = {"target": spec.target.to_wire(), "version": live.version, "model": live.model}
     steps: list[WorkerStep] = []
     minutes = spec.probe.interval_minutes
-    if _due(current.probe.checked_at if current.probe else None, minutes, now):
+    requested = _probe_requested(ctx, current)
+    if requested or _due(current.probe.checked_at if current.probe else None, minutes, now):
         config = _with_dataset({**common, "probe": inputs.probe, "ann": spec.ann.to_wire()}, inputs.probe_dataset_dir)
-        steps.append(_index_step("probe", _slot(now, minutes), spec, config, ttl=ttl))
+        key = "r" + naming.inputs_hash(requested) if requested else _slot(now, minutes)
+        steps.append(_index_step(ctx, "probe", key, spec, config, ttl=ttl, deadline=minutes * 60))
     minutes = spec.drift.interval_minutes
     # A version's first drift measurement comes one interval after it was built: right away, the
     # stored vectors and the source embedded again would match by construction.
@@ -442,7 +524,7 @@ def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: Embedding
     if spec.drift.enabled and _due(last, minutes, now):
         config = _with_dataset({**common, "source": spec.source.to_wire(), "drift": spec.drift.to_wire(),
                                 "embedding": spec.embedding.to_wire()}, inputs.dataset_dir)
-        steps.append(_index_step("drift", _slot(now, minutes), spec, config, ttl=ttl))
+        steps.append(_index_step(ctx, "drift", _slot(now, minutes), spec, config, ttl=ttl, deadline=minutes * 60))
     return steps
 
 
@@ -459,8 +541,9 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
         name = step.job_name(owner)
         job = ctx.obs.jobs.get(name)
         if job is None:
-            plan.create.append(worker_job(owner, step, ctx.settings))
-            plan.events.append(("Normal", "JobCreated", f"created Job {name}"))
+            if not any(j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()):
+                plan.create.append(worker_job(owner, step, ctx.settings))  # one probe (one drift) at a time
+                plan.events.append(("Normal", "JobCreated", f"created Job {name}"))
         elif job.state == "Succeeded" and 0 in job.results:
             if step.step == "probe":
                 probe = ProbeResult.model_validate(job.results[0])
@@ -476,7 +559,7 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     if note is not None and note.reason in PUBLISH_NOTES:
         statuses.note(refreshed, note.reason, note.message, ctx.generation)
     for reason, message in problems:
-        statuses.scheduled_failure(refreshed, reason, message, ctx.generation)
+        statuses.degraded(refreshed, reason, message, ctx.generation)
         plan.events.append(("Warning", reason, message))
     plan.status = refreshed
     return plan

@@ -46,11 +46,15 @@ def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
     return status_cls.model_validate({f: getattr(result, f) for f in shared})
 
 
-def progressing(base: S, reason: Reason, message: str, generation: int | None) -> S:
-    """Work under way, keeping what the last finished run published (a model, a live version)."""
+def progressing(base: S, reason: Reason, message: str, generation: int | None, *, phase: str = "Running") -> S:
+    """Work under way, keeping what the last finished run published (a model, a live version).
+
+    `phase` says what a person would call it: Running, Pending (its pods cannot start yet),
+    Queued (waiting for Kueue) or Suspended.
+    """
     status = base.model_copy(deep=True)
     status.observed_generation = generation
-    status.phase = "Running"
+    status.phase = phase
     if not is_ready(base):
         status.set_condition(READY, "False", reason, message, generation=generation)
     status.set_condition(PROGRESSING, "True", reason, message, generation=generation)
@@ -127,7 +131,9 @@ def index_observed(
     problems = []
     if probe is not None and probe.version == live.version and probe.recall_at_k < spec.probe.min_recall:
         problems.append(f"recall@{probe.k} {probe.recall_at_k:.4f} below {spec.probe.min_recall}")
-    if drift is not None and drift.score > spec.drift.threshold:  # today's threshold, not the measurement's
+    # Only the live version's own measurements count (an earlier version's drift says nothing of it),
+    # judged by today's threshold, not the measurement's.
+    if drift is not None and drift.version == live.version and drift.score > spec.drift.threshold:
         problems.append(f"drift {drift.score:.4f} above {spec.drift.threshold}")
     message = f"serving v{live.version} ({live.rows} rows)"
     status = _ready(status, Reason.SERVING, message, generation)
@@ -153,6 +159,7 @@ def note(status: EmbeddingIndexStatus, reason: Reason, message: str, generation:
     status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
 
 
-def scheduled_failure(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
-    """A scheduled probe or drift Job failed: the index keeps serving, Degraded says why."""
+def degraded(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
+    """Something is wrong beside a serving index (a failed probe or drift Job, a pin to a version it does not
+    keep): it keeps serving, Degraded says why."""
     status.set_condition(DEGRADED, "True", reason, message, generation=generation)

@@ -37,6 +37,19 @@ RULES = [
 ]
 ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
           "--set", "metrics.dashboard.enabled=true"]
+# What `helm template` needs to render the ServiceMonitor and PrometheusRule: the chart renders
+# them only where the cluster serves these kinds (helm install reads the cluster's API versions).
+MONITORING_APIS = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
+                   "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+KINDS = ["embeddingdatasets", "finetunejobs", "embeddingindexes"]
+# What people get through the built-in roles (rbac.aggregateClusterRoles): read everything, write
+# the specs with edit or admin, never the status, which is the operator's.
+VIEW_RULES = [{"apiGroups": ["embedops.dev"], "resources": KINDS + [f"{k}/status" for k in KINDS],
+               "verbs": ["get", "list", "watch"]}]
+EDIT_RULES = [{"apiGroups": ["embedops.dev"], "resources": KINDS,
+               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]},
+              {"apiGroups": ["embedops.dev"], "resources": [f"{k}/status" for k in KINDS],
+               "verbs": ["get", "list", "watch"]}]
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
@@ -68,8 +81,20 @@ def render(tools, namespace: str, *args: str) -> str:
     return helm(tools, "template", "embedops", str(CHART), "--namespace", namespace, *args).stdout
 
 
-@pytest.fixture(scope="session")
-def monitoring_crds(tools, crds):
+def docs_of(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def named(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def container_of(docs: list[dict]) -> dict:
+    (container,) = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _apply_monitoring_crds(tools) -> None:
     """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, from its Go module."""
     done = _run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR],
                 env=dict(os.environ, GOFLAGS="-mod=mod"))
@@ -78,6 +103,11 @@ def monitoring_crds(tools, crds):
         kubectl(tools, "apply", "--server-side", "-f", str(folder / f"monitoring.coreos.com_{kind}.yaml"))
     kubectl(tools, "wait", "--for=condition=Established", "--timeout=30s",
             "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(tools, crds):
+    _apply_monitoring_crds(tools)
 
 
 def test_chart_lints_with_defaults_and_everything_on(tools):
@@ -91,10 +121,10 @@ def test_values_schema_rejects_a_misspelt_value(tools):
 
 
 def test_rendered_manifests(tools):
-    docs = [d for d in yaml.safe_load_all(render(tools, "ops", *ALL_ON)) if d]
+    docs = docs_of(render(tools, "ops", *ALL_ON, *MONITORING_APIS))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["CustomResourceDefinition"] * 3 + [
-        "ClusterRole", "ClusterRoleBinding", "ConfigMap", "Deployment", "PrometheusRule", "Service",
+    assert kinds == sorted(["CustomResourceDefinition"] * 3 + ["ClusterRole"] * 3 + [
+        "ClusterRoleBinding", "ConfigMap", "Deployment", "PrometheusRule", "Service",
         "ServiceAccount", "ServiceMonitor"])
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
@@ -122,14 +152,95 @@ def test_rendered_manifests(tools):
     dashboard = next(d for d in docs if d["kind"] == "ConfigMap")
     assert json.loads(dashboard["data"]["embedops.json"])["uid"] == "embedops"
 
-    assert next(d for d in docs if d["kind"] == "ClusterRole")["rules"] == RULES
+    assert named(docs, "ClusterRole", "embedops")["rules"] == RULES
+    assert "relabelings" not in next(d for d in docs if d["kind"] == "ServiceMonitor")["spec"]["endpoints"][0]
 
-    scoped = [d for d in yaml.safe_load_all(render(tools, "ops", "--set", "watchNamespaces={a,b}")) if d]
+    scoped = docs_of(render(tools, "ops", "--set", "watchNamespaces={a,b}"))
     assert all(d["rules"] == RULES for d in scoped if d["kind"] == "Role")
-    roles = sorted((d["kind"], d["metadata"]["namespace"]) for d in scoped if d["kind"].startswith(("Role", "Cluster")))
-    assert roles == [("Role", "a"), ("Role", "b"), ("RoleBinding", "a"), ("RoleBinding", "b")]
+    roles = sorted((d["kind"], d["metadata"].get("namespace", "")) for d in scoped
+                   if d["kind"].startswith(("Role", "Cluster")))
+    # Nothing cluster-wide for the operator; the users' roles grant nothing until a namespace binds view or edit.
+    assert roles == [("ClusterRole", ""), ("ClusterRole", ""), ("Role", "a"), ("Role", "b"),
+                     ("RoleBinding", "a"), ("RoleBinding", "b")]
     assert [a for a in next(d for d in scoped if d["kind"] == "Deployment")["spec"]["template"]["spec"][
         "containers"][0]["args"] if a.startswith("--namespace")] == ["--namespace=a", "--namespace=b"]
+
+
+def test_users_roles_aggregate_into_view_edit_and_admin(tools):
+    docs = docs_of(render(tools, "ops"))
+    view, edit = named(docs, "ClusterRole", "embedops-view"), named(docs, "ClusterRole", "embedops-edit")
+    assert view["rules"] == VIEW_RULES and edit["rules"] == EDIT_RULES
+    def aggregated_to(role: dict) -> dict[str, str]:
+        prefix = "rbac.authorization.k8s.io/aggregate-to-"
+        return {k.removeprefix(prefix): v for k, v in role["metadata"]["labels"].items() if k.startswith(prefix)}
+
+    assert aggregated_to(view) == {"view": "true"} and aggregated_to(edit) == {"edit": "true", "admin": "true"}
+    for off in ("rbac.aggregateClusterRoles=false", "rbac.create=false"):
+        docs = docs_of(render(tools, "ops", "--set", off))
+        assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == ([] if "create" in off else
+                                                                                    ["embedops"]), off
+
+
+def test_names_images_security_contexts_and_env_from_values(tools):
+    digest = "sha256:" + "0" * 64
+    docs = docs_of(render(tools, "ops", "--set", "fullnameOverride=vectors", "--set", f"image.digest={digest}",
+                          "--set", f"worker.image.digest={digest}", "--set", "worker.resources.cpu=8",
+                          "--set", "worker.resources.memory=16Gi",
+                          "--set", "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128",
+                          "--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.fsGroup=2000",
+                          "--set", "securityContext.readOnlyRootFilesystem=false",
+                          "--set", "podAnnotations.a=b", "--set", "podLabels.team=search", *ALL_ON, *MONITORING_APIS))
+    names = {d["metadata"]["name"] for d in docs if d["kind"] != "CustomResourceDefinition"}
+    assert names == {"vectors", "vectors-view", "vectors-edit", "vectors-dashboard"}
+    container = container_of(docs)
+    assert container["image"] == f"ghcr.io/embedops/operator@{digest}"
+    env = container["env"]
+    assert {e["name"]: e.get("value") for e in env}["EMBEDOPS_WORKER_IMAGE"] == f"ghcr.io/embedops/worker@{digest}"
+    assert [(e["name"], e["value"]) for e in env if e["name"] in ("EMBEDOPS_WORKER_CPU", "EMBEDOPS_WORKER_MEMORY")] \
+        == [("EMBEDOPS_WORKER_CPU", "8"), ("EMBEDOPS_WORKER_MEMORY", "16Gi")]
+    assert env[-1] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
+    assert pod["spec"]["securityContext"] == {"runAsNonRoot": True, "runAsGroup": 65532, "fsGroup": 2000,
+                                              "seccompProfile": {"type": "RuntimeDefault"}}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is False
+    assert pod["metadata"]["annotations"] == {"a": "b"} and pod["metadata"]["labels"]["team"] == "search"
+    # The operator-down alert matches job=~".*embedops.*"; the job is the Service's name.
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["relabelings"] == [{"targetLabel": "job", "replacement": "vectors-embedops"}]
+
+    renamed = docs_of(render(tools, "ops", "--set", "nameOverride=vectors"))
+    assert {d["metadata"]["name"] for d in renamed if d["kind"] == "Deployment"} == {"embedops-vectors"}
+    assert next(d for d in renamed if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"][
+        "app.kubernetes.io/name"] == "vectors-operator"
+
+    # Unset, the worker defaults are the operator's; an empty value means none.
+    assert not [e for e in container_of(docs_of(render(tools, "ops")))["env"] if "WORKER_CPU" in e["name"]]
+    env = container_of(docs_of(render(tools, "ops", "--set", "worker.resources.cpu=")))["env"]
+    assert {"name": "EMBEDOPS_WORKER_CPU", "value": ""} in env
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "extraEnv[0].name=EMBEDOPS_WORKER_CPU,extraEnv[0].value=2"], "worker.resources.cpu"),
+    (["--set", "image.digest=latest"], "/image/digest"),
+    (["--set", "worker.resources.cpu=four"], "/worker/resources/cpu"),
+    (["--set", "worker.resources.gpus=1"], "gpus"),
+    (["--set", "fullnameOverride=Vectors"], "/fullnameOverride"),
+])
+def test_values_that_the_chart_refuses(tools, args, message):
+    done = helm(tools, "template", "x", str(CHART), *args, check=False)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_monitoring_objects_are_rendered_only_with_their_api(tools):
+    """Without the Prometheus Operator's kinds the install goes on without them (the notes say
+    so); `helm template --api-versions` renders them for GitOps. The dashboard is a ConfigMap."""
+    kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON))]
+    assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds and "ConfigMap" in kinds
+    kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON, "--api-versions",
+                                               "monitoring.coreos.com/v1/ServiceMonitor"))]
+    assert "ServiceMonitor" in kinds and "PrometheusRule" not in kinds
+    kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON, *MONITORING_APIS))]
+    assert "ServiceMonitor" in kinds and "PrometheusRule" in kinds
 
 
 def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
@@ -137,9 +248,15 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
     differs from the chart (what Argo CD would otherwise show as a perpetual OutOfSync)."""
     ns = f"ops-{uuid.uuid4().hex[:6]}"
     kubectl(tools, "create", "namespace", ns)
-    manifests = render(tools, ns, *ALL_ON)
+    manifests = render(tools, ns, *ALL_ON, *MONITORING_APIS)
     apply = ["apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-f", "-"]
     kubectl(tools, *apply, "--dry-run=server", stdin=manifests)
+    # What the newer values render passes the server's validation too (not applied: other names).
+    kubectl(tools, *apply, "--dry-run=server", stdin=render(
+        tools, ns, *ALL_ON, *MONITORING_APIS, "--set", "fullnameOverride=vectors", "--set", "nameOverride=vectors",
+        "--set", f"image.digest=sha256:{'0' * 64}", "--set", "worker.resources.cpu=8",
+        "--set", "worker.resources.memory=16Gi", "--set", "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://p",
+        "--set", "podSecurityContext.fsGroup=2000"))
     kubectl(tools, *apply, stdin=manifests)
     diff = kubectl(tools, "diff", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-f", "-",
                    stdin=manifests, check=False)
@@ -148,6 +265,7 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
     kubectl(tools, "rollout", "status", "-n", ns, "deployment/embedops", "--timeout=60s")
     kubectl(tools, "delete", "namespace", ns, "--wait=false")
     kubectl(tools, "delete", "clusterrole,clusterrolebinding", "embedops", "--ignore-not-found")
+    kubectl(tools, "delete", "clusterrole", "embedops-view", "embedops-edit", "--ignore-not-found")
 
 
 def _token_kubeconfig(tools, cluster, namespace: str, account: str, path: Path) -> Path:

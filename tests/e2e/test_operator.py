@@ -153,7 +153,12 @@ def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
     time.sleep(2)
     pod = kube.core.read_namespaced_pod(pod.metadata.name, kube.ns)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
-    assert kube.condition("FineTuneJob", "ft", "Progressing")["status"] == "True"
+    # Reported as what it is, in the scheduler's words: not "running".
+    progressing = wait_for("Unschedulable", lambda: (
+        c if (c := kube.condition("FineTuneJob", "ft", "Progressing"))["reason"] == "Unschedulable" else None))
+    assert progressing["status"] == "True" and "Insufficient nvidia.com/gpu" in progressing["message"]
+    status = kube.get("FineTuneJob", "ft")["status"]
+    assert status["phase"] == "Pending" and status["job"]["name"] == job.metadata.name
 
     # Asking for what fits replaces the pending run: its Job is deleted, the new one scheduled.
     kube.patch("FineTuneJob", "ft", {"spec": {"resources": {"gpus": 1}}})
@@ -164,6 +169,43 @@ def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
     assert any(e.reason == "JobSuperseded" for e in kube.events("ft"))
     kube.finish(pod.metadata.name, json.dumps(TRAINED))  # free the GPU for the tests that follow
     kube.wait_ready("FineTuneJob", "ft")
+
+
+def test_a_missing_workspace_claim_is_named(kube, operator):
+    kube.core.delete_namespaced_persistent_volume_claim("embedops-workspace", kube.ns)
+    wait_for("the claim gone", lambda: not kube.core.list_namespaced_persistent_volume_claim(kube.ns).items)
+    kube.apply(DATASET)
+    ready = wait_for("MissingWorkspace", lambda: (
+        c if (c := kube.condition("EmbeddingDataset", "ds") or {}).get("reason") == "MissingWorkspace" else None))
+    assert 'persistentvolumeclaim "embedops-workspace" not found' in ready["message"]
+
+
+def test_kueue_label_suspend_and_resume(kube, operator):
+    kube.apply(DATASET)
+    _prepare(kube)
+    queued = json.loads(json.dumps(FINETUNE))
+    queued["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-queue"}
+    queued["spec"]["scheduling"] = {"suspend": True}
+    kube.apply(queued)
+    job = kube.wait_job("train")
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-queue" and job.spec.suspend is True
+    # In a queue, a suspended Job waits for Kueue (no Kueue runs here: it stays queued).
+    wait_for("Queued", lambda: kube.get("FineTuneJob", "ft").get("status", {}).get("phase") == "Queued")
+    # Out of the queue, the resource's suspend is the Job's: resuming patches the same Job.
+    unqueued = json.loads(json.dumps(FINETUNE))
+    unqueued["metadata"]["name"] = "solo"
+    unqueued["spec"]["scheduling"] = {"suspend": True}
+    kube.apply(unqueued)
+    solo = wait_for("the solo Job", lambda: next((j for j in kube.jobs("train")
+                                                   if j.metadata.labels["app.kubernetes.io/instance"] == "solo"), None))
+    wait_for("Suspended", lambda: kube.get("FineTuneJob", "solo").get("status", {}).get("phase") == "Suspended")
+    kube.patch("FineTuneJob", "solo", {"spec": {"scheduling": {"suspend": False}}})
+    wait_for("resumed", lambda: kube.batch.read_namespaced_job(solo.metadata.name, kube.ns).spec.suspend is False)
+    (pod,) = kube.wait_running_pods(solo.metadata.name)
+    assert [j.metadata.name for j in kube.jobs("train") if j.metadata.labels["app.kubernetes.io/instance"] == "solo"] \
+        == [solo.metadata.name]
+    assert any(e.reason == "JobResumed" for e in kube.events("solo"))
+    kube.finish(pod.metadata.name, json.dumps(TRAINED))
 
 
 def test_worker_failure_reaches_status_without_retries(kube, operator):

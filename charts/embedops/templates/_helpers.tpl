@@ -1,14 +1,25 @@
-{{/* Name of the release's objects: <release>-embedops, or the release name when it says embedops already. */}}
+{{/* The chart's name: nameOverride, or embedops. */}}
+{{- define "embedops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of the release's objects: fullnameOverride, else <release>-<name>, or the release name
+when it contains the name already (release `embedops`: objects `embedops`). */}}
 {{- define "embedops.fullname" -}}
-{{- if contains "embedops" .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "embedops.name" . -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-embedops" .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
 {{- define "embedops.selectorLabels" -}}
-app.kubernetes.io/name: embedops-operator
+app.kubernetes.io/name: {{ include "embedops.name" . }}-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
@@ -28,6 +39,20 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 {{- end -}}
 
+{{/* An image reference: repository@digest when a digest pins it, else repository:tag (the tag
+defaulting to the chart's appVersion). */}}
 {{- define "embedops.image" -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .image.repository (default .chart.AppVersion .image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The monitoring.coreos.com kinds the cluster serves (or `helm template --api-versions` names). */}}
+{{- define "embedops.hasServiceMonitor" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor" }}true{{ end -}}
+{{- end -}}
+{{- define "embedops.hasPrometheusRule" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule" }}true{{ end -}}
 {{- end -}}

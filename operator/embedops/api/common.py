@@ -131,6 +131,18 @@ class Condition(ApiModel):
     )
 
 
+class JobStatus(ApiModel):
+    """The Job doing (or last done) a resource's work, as Kubernetes reports it."""
+
+    name: str = Field(description="The Job's name.")
+    step: str = Field(description="The step it runs: prepare, train, embed, publish, probe or drift.")
+    start_time: str | None = Field(default=None, description="RFC 3339 time the Job started.")
+    completion_time: str | None = Field(default=None, description="RFC 3339 time it completed.")
+    active: int = Field(default=0, description="Pods running.")
+    succeeded: int = Field(default=0, description="Pods that succeeded.")
+    failed: int = Field(default=0, description="Pods that failed (each retry counts).")
+
+
 class BaseStatus(ApiModel):
     """Fields every embedops status has."""
 
@@ -154,6 +166,7 @@ class BaseStatus(ApiModel):
         ),
     )
     active_job: str | None = Field(default=None, description="The Job doing this resource's work now, if any.")
+    job: JobStatus | None = Field(default=None, description="The Job of the current or last step: times and pod counts.")
 
     def set_condition(
         self,

@@ -18,12 +18,17 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    # Work under way (Progressing=True): the step whose Job runs, or what is awaited.
+    # Work under way (Progressing=True): the step whose Job runs, what holds its pods back, or
+    # what is awaited.
     PREPARING = "Preparing"
     TRAINING = "Training"
     EMBEDDING = "Embedding"
     PUBLISHING = "Publishing"
     SUSPENDED = "Suspended"
+    QUEUED = "Queued"
+    UNSCHEDULABLE = "Unschedulable"
+    MISSING_WORKSPACE = "MissingWorkspace"
+    IMAGE_PULL_FAILED = "ImagePullFailed"
     DEPENDENCY_NOT_FOUND = "DependencyNotFound"
     DEPENDENCY_NOT_READY = "DependencyNotReady"
     WAITING_FOR_MODEL = "WaitingForModel"
@@ -40,6 +45,7 @@ class Reason(StrEnum):
     BAD_WORKER_RESULT = "BadWorkerResult"
     NO_IMPROVEMENT = "NoImprovement"
     NO_LIVE_VERSION = "NoLiveVersion"
+    VERSION_NOT_RETAINED = "VersionNotRetained"
     # An index that still serves, but not well (Degraded=True beside Ready=True).
     QUALITY_DEGRADED = "QualityDegraded"
     PROBE_FAILED = "ProbeFailed"

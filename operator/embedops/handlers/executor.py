@@ -51,6 +51,8 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
     for job_name in plan.delete:
         kube.delete_job(namespace, job_name)
         log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
+    for job_name, suspend in plan.suspend.items():
+        kube.suspend_job(namespace, job_name, suspend)
     for type_, reason, message in plan.events:
         kube.post_event(body, type_, reason, message)
         metrics.METRICS.event_posted(kind, namespace, name, reason)

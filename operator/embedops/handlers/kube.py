@@ -10,16 +10,18 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from embedops.api.common import GROUP, VERSION
+from embedops.api.common import GROUP, VERSION, JobStatus
+from embedops.api.conditions import Reason
 from embedops.api.kinds import KINDS
 from embedops.results import describe_error
 from embedops.reconcile import ObservedJob
 from embedops.builders import naming
-from embedops.builders.jobs import CONTAINER
+from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
 
 log = logging.getLogger(__name__)
 
 _api: client.ApiClient | None = None
+FIELD_MANAGER = "embedops"  # how the operator's writes show in managedFields
 
 
 class NoCredentials(Exception):
@@ -90,7 +92,7 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
     """Make the status `new`, removing what it no longer has."""
     client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)})
+        GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER)
 
 
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
@@ -116,12 +118,19 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
 def create_job(manifest: dict[str, Any]) -> bool:
     """Create a Job; False when it exists already (a restart, or a concurrent reconcile)."""
     try:
-        client.BatchV1Api(api()).create_namespaced_job(manifest["metadata"]["namespace"], manifest)
+        client.BatchV1Api(api()).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
+                                                       field_manager=FIELD_MANAGER)
         return True
     except ApiException as err:
         if err.status == 409:
             return False
         raise
+
+
+def suspend_job(namespace: str, name: str, suspend: bool) -> None:
+    """Suspend a Job (its pods are deleted) or resume it (the same Job goes on)."""
+    client.BatchV1Api(api()).patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}},
+                                                  field_manager=FIELD_MANAGER)
 
 
 def delete_job(namespace: str, name: str) -> None:
@@ -160,44 +169,81 @@ def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def observe_job(job: dict[str, Any]) -> ObservedJob:
-    """A Job's state and its pods' results, read from their termination messages."""
-    name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-    status = job.get("status") or {}
+    """A Job's state, what holds its pods back, and its pods' results, read from their termination messages.
+
+    A Job counts its Pending pods as active: it is Running here only once one of its pods has
+    started, so an unschedulable pod (no GPU free, a missing workspace claim) or an image that
+    cannot be pulled shows as what it is.
+    """
+    meta, status = job["metadata"], job.get("status") or {}
+    name, namespace = meta["name"], meta["namespace"]
+    pods = [api().sanitize_for_serialization(p) for p in client.CoreV1Api(api()).list_namespaced_pod(
+        namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items] if _has_pods(status) else []
     if _condition(job, "Complete"):
         state = "Succeeded"
     elif _condition(job, "Failed"):
         state = "Failed"
-    elif status.get("active"):
+    elif any((p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed") for p in pods):
         state = "Running"
     else:
         state = "Pending"
-    suspended = bool((job.get("spec") or {}).get("suspend")) and state == "Pending"
-    results: dict[int, dict[str, Any]] = {}
+    results, failures = _results(pods, namespace)
     error = None
-    if status.get("succeeded") or status.get("failed") or state in ("Succeeded", "Failed"):
-        pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={name}")
-        failures = []
-        for pod in pods.items:
-            raw = api().sanitize_for_serialization(pod)
-            message = _termination_message(raw)
-            phase = (raw.get("status") or {}).get("phase")
-            if phase == "Succeeded" and message:
-                try:
-                    doc = json.loads(message)
-                except json.JSONDecodeError:
-                    log.warning("pod %s/%s: termination message is not JSON", namespace, raw["metadata"]["name"])
-                    continue
-                index = int((raw["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
-                results[index] = doc
-            elif phase == "Failed":
-                failures.append((raw["metadata"].get("creationTimestamp") or "", message))
-        if state == "Failed":
-            failed = _condition(job, "Failed") or {}
-            newest = max(failures)[1] if failures else None
-            error = describe_error(newest) or failed.get("message") or failed.get("reason")
-    step = (job["metadata"].get("labels") or {}).get(naming.LABEL_STEP)
-    return ObservedJob(name=name, state=state, results=results, error=error, suspended=suspended,  # type: ignore[arg-type]
-                       step=step)
+    if state == "Failed":
+        failed = _condition(job, "Failed") or {}
+        newest = max(failures)[1] if failures else None
+        error = describe_error(newest) or failed.get("message") or failed.get("reason")
+    labels = meta.get("labels") or {}
+    report = JobStatus(name=name, step=labels.get(naming.LABEL_STEP, ""), start_time=status.get("startTime"),
+                       completion_time=status.get("completionTime"), active=status.get("active") or 0,
+                       succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
+    waiting = next((w for p in pods if (w := _waiting(p)) is not None), None) if state == "Pending" else None
+    return ObservedJob(name=name, state=state, results=results, error=error,  # type: ignore[arg-type]
+                       suspended=bool((job.get("spec") or {}).get("suspend")), step=labels.get(naming.LABEL_STEP),
+                       queue=labels.get(KUEUE_QUEUE_LABEL), waiting=waiting, report=report)
+
+
+def _has_pods(status: dict[str, Any]) -> bool:
+    return bool(status.get("active") or status.get("succeeded") or status.get("failed") or status.get("ready")
+                or status.get("terminating"))
+
+
+def _results(pods: list[dict[str, Any]], namespace: str) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
+    """The succeeded pods' results by completion index, and (creation time, message) of the failed ones."""
+    results: dict[int, dict[str, Any]] = {}
+    failures = []
+    for pod in pods:
+        message = _termination_message(pod)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Succeeded" and message:
+            try:
+                doc = json.loads(message)
+            except json.JSONDecodeError:
+                log.warning("pod %s/%s: termination message is not JSON", namespace, pod["metadata"]["name"])
+                continue
+            index = int((pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
+            results[index] = doc
+        elif phase == "Failed":
+            failures.append((pod["metadata"].get("creationTimestamp") or "", message))
+    return results, failures
+
+
+_IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+
+
+def _waiting(pod: dict[str, Any]) -> tuple[Reason, str] | None:
+    """Why a pending pod cannot start, as the scheduler or the kubelet says it."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            message = cond.get("message") or "no node fits"
+            missing_claim = "persistentvolumeclaim" in message and "not found" in message
+            return (Reason.MISSING_WORKSPACE if missing_claim else Reason.UNSCHEDULABLE), message
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _IMAGE_PULL:
+            return Reason.IMAGE_PULL_FAILED, f"{waiting['reason']}: {waiting.get('message') or cs.get('image', '')}"
+    return None
 
 
 def _termination_message(pod: dict[str, Any]) -> str | None:
