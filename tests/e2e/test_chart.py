@@ -1,5 +1,7 @@
 """The Helm chart, checked by real tools: helm lint and template, the API server's server-side
-dry-run and diff, and the operator running with nothing but the chart's RBAC.
+dry-run and diff, the operator running with nothing but the chart's RBAC, people's access through
+the built-in view and edit roles, helm install, upgrade and uninstall (a re-install under another
+release name keeps the CRDs and the resources; monitoring objects wait for their API).
 
 The ServiceMonitor and PrometheusRule kinds come from the Prometheus Operator's own CRDs
 (fetched from its Go module, pinned below), so their manifests are validated for real too.
@@ -325,3 +327,163 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
     output = log.read_text()
     assert "Forbidden" not in output and " 403" not in output, output
     assert "Traceback" not in output, output
+
+
+INDEX = yaml.safe_dump({
+    "apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "ix"},
+    "spec": {"model": {"name": "sentence-transformers/all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}},
+             "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
+             "probe": {"path": "probe.jsonl"}}})
+
+
+def as_account(tools, kubeconfig: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """kubectl with a ServiceAccount's own token: what that account may do, no impersonation."""
+    return _run([tools["kubectl"], *args], env=dict(tools["env"], KUBECONFIG=str(kubeconfig)), check=False,
+                stdin=stdin)
+
+
+def _can(tools, kubeconfig: Path, verb: str, what: str) -> bool:
+    return as_account(tools, kubeconfig, "auth", "can-i", verb, what).stdout.strip() == "yes"
+
+
+def test_namespace_edit_and_view_users_get_the_kinds(tools, cluster, crds, tmp_path):
+    """A ServiceAccount bound to the built-in `edit` role in a namespace creates, gets and lists an
+    EmbeddingIndex there, and one bound to `view` lists it but cannot create one: the chart's
+    ClusterRoles reach them through kube-controller-manager's clusterrole-aggregation controller."""
+    suffix = uuid.uuid4().hex[:6]
+    ns, release = f"team-{suffix}", f"users-{suffix}"
+    index = "embeddingindexes.embedops.dev"
+    roles = [d for d in docs_of(helm(tools, "template", release, str(CHART), "--namespace", "ops").stdout)
+             if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(("-view", "-edit"))]
+    assert len(roles) == 2
+    kubectl(tools, "create", "namespace", ns)
+    for account, role in (("editor", "edit"), ("viewer", "view")):
+        kubectl(tools, "create", "serviceaccount", account, "-n", ns)
+        kubectl(tools, "create", "rolebinding", account, f"--clusterrole={role}", f"--serviceaccount={ns}:{account}",
+                "-n", ns)
+    kubectl(tools, "create", "rolebinding", "carol", "--clusterrole=admin", "--user=carol", "-n", ns)
+    editor = _token_kubeconfig(tools, cluster, ns, "editor", tmp_path / "editor")
+    viewer = _token_kubeconfig(tools, cluster, ns, "viewer", tmp_path / "viewer")
+    # Without the chart's roles (unless another test's are still there) edit grants nothing on the kinds.
+    others = kubectl(tools, "get", "clusterrole", "-o", "name",
+                     "-l", "app.kubernetes.io/part-of=embedops,rbac.authorization.k8s.io/aggregate-to-edit=true").stdout
+    if not others.strip():
+        assert not _can(tools, editor, "list", index) and not _can(tools, viewer, "list", index)
+    try:
+        kubectl(tools, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(roles))
+        wait_for("edit and view to aggregate the chart's roles",
+                 lambda: _can(tools, editor, "create", index) and _can(tools, viewer, "list", index), timeout=30)
+
+        created = as_account(tools, editor, "create", "-f", "-", stdin=INDEX)
+        assert created.returncode == 0, created.stderr
+        assert as_account(tools, editor, "get", "embeddingindex", "ix", "-o", "name").stdout.strip() \
+            == "embeddingindex.embedops.dev/ix"
+        for account in (editor, viewer):
+            listed = as_account(tools, account, "get", "embeddingindexes", "-o", "name")
+            assert listed.returncode == 0 and listed.stdout.split() == ["embeddingindex.embedops.dev/ix"], listed.stderr
+            assert as_account(tools, account, "get", "embeddingindex", "ix", "--subresource=status").returncode == 0
+        for kind in ("embeddingdatasets", "finetunejobs"):
+            assert _can(tools, editor, "deletecollection", f"{kind}.embedops.dev") and _can(tools, viewer, "watch",
+                                                                                           f"{kind}.embedops.dev")
+
+        refused = as_account(tools, viewer, "create", "-f", "-", stdin=INDEX.replace("name: ix", "name: iy"))
+        assert refused.returncode != 0 and "forbidden" in refused.stderr, refused.stderr
+        # The status is the operator's, even for editors.
+        patched = as_account(tools, editor, "patch", "embeddingindex", "ix", "--subresource=status", "--type=merge",
+                             "-p", '{"status": {"phase": "Ready"}}')
+        assert patched.returncode != 0 and "forbidden" in patched.stderr, patched.stderr
+        # admin aggregates edit's labels too; neither reaches another namespace.
+        can = kubectl(tools, "auth", "can-i", "delete", index, "-n", ns, "--as=carol", check=False)
+        assert can.stdout.strip() == "yes"
+        can = kubectl(tools, "auth", "can-i", "list", index, "-n", "default", f"--as=system:serviceaccount:{ns}:editor",
+                      check=False)
+        assert can.stdout.strip() == "no"
+    finally:
+        kubectl(tools, "delete", "clusterrole", *(r["metadata"]["name"] for r in roles), "--ignore-not-found")
+        kubectl(tools, "delete", "namespace", ns, "--wait=false")
+    if not others.strip():
+        wait_for("the rules to leave edit", lambda: not _can(tools, editor, "list", index), timeout=30)
+
+
+def _crds_by_name(tools) -> dict[str, dict]:
+    found = json.loads(kubectl(tools, "get", "crd", "-o", "json").stdout)["items"]
+    return {c["metadata"]["name"]: c for c in found if c["spec"]["group"] == "embedops.dev"}
+
+
+def _owner(crd: dict) -> tuple[str, str]:
+    annotations = crd["metadata"].get("annotations") or {}
+    return annotations.get("meta.helm.sh/release-name", ""), annotations.get("meta.helm.sh/release-namespace", "")
+
+
+def test_a_release_of_another_name_takes_over_the_kept_crds(tools, crds):
+    """helm uninstall keeps the CRDs (helm.sh/resource-policy: keep) and so every resource; the
+    kept CRDs still name the uninstalled release, which a plain install of another release name
+    refuses, and `--take-ownership` adopts (docs/install.md#crds-and-who-owns-them)."""
+    suffix = uuid.uuid4().hex[:6]
+    first, second, data = f"first-{suffix}", f"second-{suffix}", f"data-{suffix}"
+    kubectl(tools, "create", "namespace", data)
+    kubectl(tools, "apply", "-n", data, "-f", "-", stdin=INDEX)
+    index_uid = json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)[
+        "metadata"]["uid"]
+    crd_uids = {name: c["metadata"]["uid"] for name, c in _crds_by_name(tools).items()}
+    assert len(crd_uids) == 3
+
+    def survived(owner: tuple[str, str]) -> None:
+        kept = _crds_by_name(tools)
+        assert {name: c["metadata"]["uid"] for name, c in kept.items()} == crd_uids
+        assert {_owner(c) for c in kept.values()} == {owner}
+        assert json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)[
+            "metadata"]["uid"] == index_uid
+
+    try:
+        # The session's CRDs were created through the API, as `kubectl apply -f crds/` leaves them:
+        # the first release adopts them too.
+        helm(tools, "install", first, str(CHART), "-n", first, "--create-namespace", "--take-ownership")
+        survived((first, first))
+        uninstalled = helm(tools, "uninstall", first, "-n", first)
+        assert "kept due to the resource policy" in uninstalled.stdout
+        survived((first, first))
+
+        refused = helm(tools, "install", second, str(CHART), "-n", second, "--create-namespace", check=False)
+        assert refused.returncode != 0 and f'current value is "{first}"' in refused.stderr, refused.stderr
+        helm(tools, "install", second, str(CHART), "-n", second, "--create-namespace", "--take-ownership")
+        survived((second, second))
+        # Now the CRDs are the second release's: a plain upgrade keeps managing them.
+        helm(tools, "upgrade", second, str(CHART), "-n", second)
+        manifest = docs_of(helm(tools, "get", "manifest", second, "-n", second).stdout)
+        assert sorted(d["metadata"]["name"] for d in manifest if d["kind"] == "CustomResourceDefinition") \
+            == sorted(crd_uids)
+        helm(tools, "uninstall", second, "-n", second)
+        survived((second, second))
+    finally:
+        for release in (first, second):
+            helm(tools, "uninstall", release, "-n", release, "--ignore-not-found", check=False)
+        kubectl(tools, "delete", "namespace", first, second, data, "--wait=false", "--ignore-not-found")
+
+
+def test_monitoring_toggles_wait_for_the_prometheus_operator(tools, crds):
+    """With the ServiceMonitor, PrometheusRule and dashboard turned on where the Prometheus
+    Operator's CRDs are absent, helm install succeeds without the first two and says so; once the
+    CRDs are installed, helm upgrade creates them."""
+    monitoring = ["crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com"]
+    present = kubectl(tools, "get", *monitoring, "--ignore-not-found", "-o", "name").stdout.split()
+    if present:  # another test installed them: take them away for this one
+        kubectl(tools, "delete", *monitoring, "--ignore-not-found")
+    release = f"mon-{uuid.uuid4().hex[:6]}"
+    args = [release, str(CHART), "-n", release, "--set", "crds.enabled=false", *ALL_ON]
+    try:
+        installed = helm(tools, "install", *args, "--create-namespace")
+        assert "WARNING: metrics.serviceMonitor.enabled is true" in installed.stdout
+        assert "WARNING: metrics.prometheusRule.enabled is true" in installed.stdout
+        kinds = [d["kind"] for d in docs_of(helm(tools, "get", "manifest", release, "-n", release).stdout)]
+        assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds and "ConfigMap" in kinds
+
+        _apply_monitoring_crds(tools)
+        upgraded = helm(tools, "upgrade", *args)
+        assert "WARNING" not in upgraded.stdout
+        kubectl(tools, "get", "-n", release, f"servicemonitor/{release}-embedops", f"prometheusrule/{release}-embedops")
+    finally:
+        helm(tools, "uninstall", release, "-n", release, "--ignore-not-found", check=False)
+        kubectl(tools, "delete", "namespace", release, "--wait=false", "--ignore-not-found")
+        if present:
+            _apply_monitoring_crds(tools)
