@@ -44,3 +44,24 @@ def test_worker_config_errors_name_the_field(tmp_path, capsys):
     spec.write_text("bogusField: 1\n")
     assert main(["worker", "drift", "--spec", str(spec)]) == 2
     assert "config.bogusField: unknown field" in capsys.readouterr().err
+
+
+CLUSTER = Path(__file__).resolve().parents[1] / "examples" / "cluster"
+
+
+def test_validate_says_what_a_cluster_would_refuse(capsys):
+    assert main(["validate", "--cluster", "-f", str(CLUSTER)]) == 0
+    out = capsys.readouterr().out
+    assert "EmbeddingIndex/default/scifact-docs: valid for a cluster" in out
+    assert "the operator must watch each resource's namespace" in out
+    # The local quickstart runs here, not as is on a cluster: its index names no database Secret.
+    assert main(["validate", "--cluster", "-f", str(QUICKSTART)]) == 2
+    assert "EmbeddingIndex/default/scifact-docs: spec.database.dsnSecretRef is required in a cluster" in \
+        capsys.readouterr().err
+
+
+def test_other_kinds_beside_the_manifests_are_left_to_kubectl():
+    from embedops import manifests
+
+    kinds = sorted(r.resource.kind.kind for r in manifests.load([CLUSTER]))
+    assert kinds == ["EmbeddingDataset", "EmbeddingIndex", "FineTuneJob"]

@@ -71,10 +71,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if not loaded:
         print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
         return 2
-    if problems := preflight.check(loaded, dsn=_dsn(args)):
+    problems = preflight.cluster(loaded) if args.cluster else preflight.check(loaded, dsn=_dsn(args))
+    if problems:
         return _print_problems(problems)
+    where = "for a cluster" if args.cluster else "for `embedops run`"
     for item in loaded:
-        print(f"{item.resource.key}: valid")
+        print(f"{item.resource.key}: valid {where}")
+    if args.cluster:
+        print("note: the operator must watch each resource's namespace (`embedops operator -n`, the chart's "
+              "watchNamespaces): a resource elsewhere gets no status and no event at all; files and models are "
+              "looked up on the workspace volume and in the worker image")
     return 0
 
 
@@ -257,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check manifests, the files and models they name, and (given a "
                                                "DSN) the database, without running anything")
     validate.add_argument("-f", "--filename", type=Path, action="append", required=True)
+    validate.add_argument("--cluster", action="store_true",
+                          help="check for the operator instead of local mode (database Secrets; files and models "
+                               "are on the workspace volume and in the worker image there)")
     _dsn_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 

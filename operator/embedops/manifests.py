@@ -1,4 +1,8 @@
-"""Reading embedops manifests from YAML files or folders, as `kubectl apply -f` would."""
+"""Reading embedops manifests from YAML files or folders, as `kubectl apply -f` would.
+
+Documents of other kinds in the same files (a workspace claim, a Secret) are passed over: they
+are for kubectl.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from embedops.api.kinds import ORDER, InvalidResource, Resource, parse_manifest
+from embedops.api.kinds import GROUP, ORDER, InvalidResource, Resource, parse_manifest
 
 
 @dataclass
@@ -18,6 +22,14 @@ class LoadedResource:
     @property
     def base_dir(self) -> Path:
         return self.path.parent
+
+
+def _ours(doc: object) -> bool:
+    """An embedops document (or one that means to be: one of its kinds, or its API group)."""
+    if not isinstance(doc, dict):
+        return True
+    group = str(doc.get("apiVersion") or "").split("/")[0]
+    return doc.get("kind") in ORDER or group == GROUP
 
 
 def _files(target: Path) -> list[Path]:
@@ -40,6 +52,8 @@ def load(targets: list[Path]) -> list[LoadedResource]:
                 errors.append(f"{path}: not valid YAML: {err}")
                 continue
             for i, doc in enumerate(d for d in docs if d is not None):
+                if not _ours(doc):
+                    continue  # a PersistentVolumeClaim, a Secret...: for kubectl, not for embedops
                 try:
                     loaded.append(LoadedResource(parse_manifest(doc, where=f"{path}[{i}]"), path.resolve()))
                 except InvalidResource as err:

@@ -66,6 +66,9 @@ def files_and_models(loaded: LoadedResource) -> list[str]:
                 problems += _model(base, spec.model.name, "spec.model.name")
             if spec.probe.path:
                 problems += _file(base, spec.probe.path, "spec.probe.path")
+            elif spec.probe.dataset_ref is None and spec.source.dataset_ref is None:
+                problems.append("spec.probe: set probe.path or probe.datasetRef (a table source has no held-out "
+                                "queries)")
     return problems
 
 
@@ -94,6 +97,24 @@ def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
                     sources.inspect(conn, r.spec.source.table)
                 except ValueError as err:
                     problems.append(f"{r.key}: spec.{err}")
+    return problems
+
+
+def cluster(loaded: list[LoadedResource]) -> list[str]:
+    """What the operator would refuse that local mode accepts: each resource's database must be a Secret.
+
+    (Paths and models are looked up on the workspace volume and in the worker image there, so
+    they are not checked here.)
+    """
+    problems = []
+    for item in loaded:
+        r = item.resource
+        if r.kind.kind == "EmbeddingIndex" and r.spec.database.dsn_secret_ref is None:
+            problems.append(f"{r.key}: spec.database.dsnSecretRef is required in a cluster (local mode uses "
+                            "--dsn or its embedded server)")
+        if r.kind.kind == "EmbeddingDataset" and r.spec.source.postgres is not None \
+                and r.spec.source.postgres.database.dsn_secret_ref is None:
+            problems.append(f"{r.key}: spec.source.postgres.database.dsnSecretRef is required in a cluster")
     return problems
 
 

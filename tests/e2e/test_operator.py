@@ -171,6 +171,32 @@ def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
     kube.wait_ready("FineTuneJob", "ft")
 
 
+def test_the_cluster_example_applies_and_runs(kube, operator):
+    """examples/cluster/ as a user applies it (its workspace claim exists here already, its demo Postgres is
+    not run: the worker pods are played by the test)."""
+    import yaml
+
+    from tests.e2e.conftest import ROOT
+
+    kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "embedops-demo-pg"},
+                                                 "stringData": {"password": "p", "dsn": "postgresql://x"}})
+    for path in sorted((ROOT / "examples" / "cluster").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["apiVersion"].startswith("embedops.dev/"):
+                kube.apply(doc)
+    prepare = kube.wait_job("prepare")
+    (pod,) = kube.wait_running_pods(prepare.metadata.name)
+    kube.finish(pod.metadata.name, json.dumps(PREPARED))
+    train = kube.wait_job("train")
+    (pod,) = kube.wait_running_pods(train.metadata.name)
+    assert pod.spec.node_name == "gpu-0"
+    assert pod.spec.containers[0].resources.limits == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"}
+    index = wait_for("the index reconciled", lambda: kube.condition("EmbeddingIndex", "scifact-docs"))
+    assert index["reason"] == "WaitingForModel"
+    kube.finish(pod.metadata.name, json.dumps(TRAINED))
+    kube.wait_job("embed")
+
+
 def test_a_missing_workspace_claim_is_named(kube, operator):
     kube.core.delete_namespaced_persistent_volume_claim("embedops-workspace", kube.ns)
     wait_for("the claim gone", lambda: not kube.core.list_namespaced_persistent_volume_claim(kube.ns).items)
