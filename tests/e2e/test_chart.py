@@ -316,7 +316,7 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
             f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200, timeout=60)
         run_lifecycle(kube)
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
-        assert f'embedops_index_live_version{{index="ix",namespace="{kube.ns}"}} 1.0' in text
+        assert f'embedops_index_live_version{{kind="EmbeddingIndex",name="ix",namespace="{kube.ns}"}} 1.0' in text
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
