@@ -446,3 +446,45 @@ def test_only_the_live_versions_drift_degrades_the_index():
     assert statuses.index_observed(spec, [live], 1, drift=old).condition("Degraded").status == "False"
     now = old.model_copy(update={"version": 2})
     assert statuses.index_observed(spec, [live], 1, drift=now).condition("Degraded").reason == "QualityDegraded"
+
+
+def test_each_change_of_degraded_is_one_event():
+    ix, related = _serving_index(INDEX_SPEC)
+    later = NOW + dt.timedelta(minutes=31)
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
+                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
+    name = probe["metadata"]["name"]
+    low = {"version": 1, "k": 10, "recallAtK": 0.42, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
+           "checkedAt": "2026-11-25T12:31:00Z"}
+    p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")}, related=related,
+                      now=later), SETTINGS)
+    assert p.status.phase == "Degraded"
+    assert [(e[0], e[1]) for e in p.events] == [("Warning", "QualityDegraded")]
+    assert "recall@10 0.4200 below 0.5" in p.events[0][2]
+    ix["status"] = p.status.to_wire()
+    # The same Degraded on the next reconciles: no more events.
+    again = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")},
+                          related=related, now=later), SETTINGS)
+    assert again.events == []
+    # A good probe later: one Normal event says it recovered.
+    good = {**low, "recallAtK": 0.9, "checkedAt": "2026-11-25T13:02:00Z"}
+    later = NOW + dt.timedelta(minutes=62)
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
+                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
+    name = probe["metadata"]["name"]
+    p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: good}, step="probe")}, related=related,
+                      now=later), SETTINGS)
+    assert [(e[0], e[1]) for e in p.events if e[1] != "JobCreated"] == [("Normal", "Recovered")]
+    assert p.status.phase == "Ready"
+
+
+def test_a_failed_probe_job_is_one_event_however_often_it_is_seen():
+    ix, related = _serving_index(INDEX_SPEC)
+    later = NOW + dt.timedelta(minutes=31)
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
+                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
+    failed = {probe["metadata"]["name"]: ObservedJob(probe["metadata"]["name"], "Failed", error="boom", step="probe")}
+    p = plan(Observed(ix, jobs=failed, related=related, now=later), SETTINGS)
+    assert [e[1] for e in p.events] == ["ProbeFailed"] and p.status.phase == "Degraded"
+    ix["status"] = p.status.to_wire()
+    assert plan(Observed(ix, jobs=failed, related=related, now=later), SETTINGS).events == []

@@ -497,8 +497,7 @@ def _unretained_pin(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingI
     message = (f"spec.pinnedVersion {spec.pinned_version} is not a version this index keeps "
                f"({', '.join(f'v{v}' for v in kept) or 'none'}); v{current.live_version} keeps serving")
     statuses.degraded(status, Reason.VERSION_NOT_RETAINED, message, ctx.generation)
-    new = not statuses.same_condition(current, status, statuses.DEGRADED)
-    return Plan(status=status, events=[("Warning", Reason.VERSION_NOT_RETAINED, message)] if new else [])
+    return Plan(status=status)  # its event: plan() posts one for each change of Degraded
 
 
 def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus,
@@ -560,7 +559,6 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
         statuses.note(refreshed, note.reason, note.message, ctx.generation)
     for reason, message in problems:
         statuses.degraded(refreshed, reason, message, ctx.generation)
-        plan.events.append(("Warning", reason, message))
     plan.status = refreshed
     return plan
 
@@ -582,7 +580,22 @@ def plan(obs: Observed, settings: OperatorSettings, layout: Layout | None = None
         result = stop.plan
     if result.status is not None:
         result.status.carry_transition_times(ctx.current)
+        result.events += _degraded_transition(ctx.current, result.status, result.events)
     return result
+
+
+def _degraded_transition(old: BaseStatus, new: BaseStatus, planned: list[tuple[str, str, str]]
+                         ) -> list[tuple[str, str, str]]:
+    """One event for each change of Degraded, unless the plan already posts it: what SREs are paged on
+    must be in `kubectl describe` too."""
+    before, after = old.condition(statuses.DEGRADED), new.condition(statuses.DEGRADED)
+    was = before is not None and before.status == "True"
+    now = after is not None and after.status == "True"
+    if now and (not was or before.reason != after.reason) and all(e[1] != after.reason for e in planned):
+        return [("Warning", after.reason, after.message)]
+    if was and not now:
+        return [("Normal", "Recovered", f"no longer degraded ({before.reason}: {before.message})")]
+    return []
 
 
 def references(body: dict[str, Any]) -> list[tuple[str, str]]:

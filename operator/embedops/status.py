@@ -161,5 +161,6 @@ def note(status: EmbeddingIndexStatus, reason: Reason, message: str, generation:
 
 def degraded(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
     """Something is wrong beside a serving index (a failed probe or drift Job, a pin to a version it does not
-    keep): it keeps serving, Degraded says why."""
+    keep): it keeps serving, Degraded says why, and so does its phase."""
+    status.phase = "Degraded"
     status.set_condition(DEGRADED, "True", reason, message, generation=generation)

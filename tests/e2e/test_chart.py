@@ -33,9 +33,9 @@ RULES = [
      "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["embedops.dev"],
      "resources": ["embeddingdatasets/status", "finetunejobs/status", "embeddingindexes/status"], "verbs": ["patch"]},
-    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "delete"]},
+    {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
 ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
           "--set", "metrics.dashboard.enabled=true"]

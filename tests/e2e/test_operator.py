@@ -314,3 +314,13 @@ def test_deletion_keeps_tables_unless_the_spec_says_delete(kube, operator):
     kube.finish(pod.metadata.name, json.dumps({"dropped": ["docs_v1"]}))
     wait_for("dropped gone", lambda: not kube.custom.list_namespaced_custom_object(
         "embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")["items"], timeout=60)
+
+
+def test_a_repeated_event_is_counted_not_copied(kube):
+    from embedops.handlers import kube as kubeapi
+
+    body = kube.apply(DATASET)
+    for _ in range(3):
+        kubeapi.post_event(body, "Warning", "ProbeFailed", "Job x failed: boom")
+    (event,) = [e for e in kube.events("ds") if e.reason == "ProbeFailed"]
+    assert event.count == 3

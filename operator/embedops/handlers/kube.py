@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from kubernetes import client, config
@@ -95,24 +98,53 @@ def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], ne
         GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER)
 
 
+# Events this process posted, by (object uid, type, reason, message) -> (Event name, count): a
+# repeat bumps the existing Event's count, as client-go's event correlator does, instead of
+# posting a copy (a failure seen on every reconcile would flood `kubectl describe`).
+_posted: OrderedDict[tuple[str, str, str, str], tuple[str, int]] = OrderedDict()
+_POSTED_MAX = 4096
+_posted_lock = threading.Lock()
+
+
 def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
     """An Event about a resource, as `kubectl describe` shows it (posted from any thread)."""
-    import datetime as dt
-
     meta = body["metadata"]
+    message = message[:1024]
     now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    event = {
-        "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
-                           "namespace": meta["namespace"], "uid": meta.get("uid")},
-        "type": type_, "reason": reason, "message": message[:1024],
-        "source": {"component": "embedops-operator"}, "reportingComponent": "embedops.dev/operator",
-        "reportingInstance": "embedops-operator", "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    }
+    key = (meta.get("uid") or meta["name"], type_, reason, message)
+    core = client.CoreV1Api(api())
     try:
-        client.CoreV1Api(api()).create_namespaced_event(meta["namespace"], event)
+        with _posted_lock:
+            seen = _posted.get(key)
+        if seen is not None:
+            name, count = seen
+            try:
+                core.patch_namespaced_event(name, meta["namespace"], {"count": count + 1, "lastTimestamp": now})
+                _remember(key, name, count + 1)
+                return
+            except ApiException as err:
+                if err.status != 404:  # gone (Events expire after an hour): post a new one
+                    raise
+        event = {
+            "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
+                               "namespace": meta["namespace"], "uid": meta.get("uid")},
+            "type": type_, "reason": reason, "message": message,
+            "source": {"component": "embedops-operator"}, "reportingComponent": "embedops.dev/operator",
+            "reportingInstance": "embedops-operator", "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        created = core.create_namespaced_event(meta["namespace"], event)
+        _remember(key, created.metadata.name, 1)
     except ApiException as err:  # an event is never worth failing a reconcile
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)
+
+
+def _remember(key: tuple[str, str, str, str], name: str, count: int) -> None:
+    with _posted_lock:
+        _posted[key] = (name, count)
+        _posted.move_to_end(key)
+        while len(_posted) > _POSTED_MAX:
+            _posted.popitem(last=False)
 
 
 def create_job(manifest: dict[str, Any]) -> bool:
