@@ -1,7 +1,14 @@
-"""Progress reporting for long steps: a bar on a terminal, a log line every few seconds in a pod."""
+"""Progress reporting for long steps: a bar on a terminal, a log line every few seconds in a pod.
+
+In a pod each line ends in `progress={...}`, a JSON document the operator reads from the
+running pod's log into the resource's `status.job.progress` (embedops.handlers.kube), as
+Kubeflow Trainer's `trainerStatus` shows a training's progress: how far, how fast, how long
+still, and for training the last loss (`Task.extra`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import time
@@ -23,6 +30,9 @@ def _bars() -> bool:
     return sys.stderr.isatty() if _enabled_bars is None else _enabled_bars
 
 
+MARKER = "progress="
+
+
 class Task:
     """A unit of work with a known or unknown total; call advance(n) as items finish."""
 
@@ -30,6 +40,7 @@ class Task:
         self.description = description
         self.total = total
         self.done = 0
+        self.extra: dict[str, float] = {}  # more to report, e.g. {"loss": 0.41}
         self._bar = bar
         self._start = time.monotonic()
         self._last_log = self._start
@@ -48,7 +59,19 @@ class Task:
         elif time.monotonic() - self._last_log >= self._log_every:
             self._last_log = time.monotonic()
             total = f"/{self.total}" if self.total else ""
-            log.info("%s: %d%s (%.1f/s)", self.description, self.done, total, self.rate)
+            doc = self.report()
+            log.info("%s: %d%s (%.1f/s) %s%s", self.description, self.done, total, doc["rate"], MARKER,
+                     json.dumps(doc, separators=(",", ":")))
+
+    def report(self) -> dict[str, object]:
+        """Where the task stands, as status.job.progress shows it."""
+        rate = self.rate
+        doc: dict[str, object] = {"task": self.description, "done": self.done, "rate": round(rate, 3)}
+        if self.total:
+            doc["total"] = self.total
+            if rate > 0:
+                doc["etaSeconds"] = round(max(self.total - self.done, 0) / rate)
+        return {**doc, **{k: round(v, 6) for k, v in self.extra.items()}}
 
 
 @contextmanager

@@ -131,6 +131,17 @@ class Condition(ApiModel):
     )
 
 
+class JobProgress(ApiModel):
+    """How far a running step is, from its pod's log: the work item is a training step, a document..."""
+
+    task: str = Field(description="What is counted, e.g. `Training steps`.")
+    done: int = Field(description="Items done.")
+    total: int | None = Field(default=None, description="Items in all, when known.")
+    rate: float = Field(description="Items per second so far.")
+    eta_seconds: int | None = Field(default=None, description="Seconds still to go at that rate.")
+    loss: float | None = Field(default=None, description="Training: the last logged loss.")
+
+
 class JobStatus(ApiModel):
     """The Job doing (or last done) a resource's work, as Kubernetes reports it."""
 
@@ -141,6 +152,7 @@ class JobStatus(ApiModel):
     active: int = Field(default=0, description="Pods running.")
     succeeded: int = Field(default=0, description="Pods that succeeded.")
     failed: int = Field(default=0, description="Pods that failed (each retry counts).")
+    progress: JobProgress | None = Field(default=None, description="How far its running pod is.")
 
 
 class BaseStatus(ApiModel):

@@ -13,9 +13,10 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from embedops.api.common import GROUP, VERSION, JobStatus
+from embedops.api.common import GROUP, VERSION, JobProgress, JobStatus
 from embedops.api.conditions import Reason
 from embedops.api.kinds import KINDS
+from embedops.progress import MARKER
 from embedops.results import describe_error
 from embedops.reconcile import ObservedJob
 from embedops.builders import naming
@@ -230,6 +231,8 @@ def observe_job(job: dict[str, Any]) -> ObservedJob:
                        completion_time=status.get("completionTime"), active=status.get("active") or 0,
                        succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
     waiting = next((w for p in pods if (w := _waiting(p)) is not None), None) if state == "Pending" else None
+    if state == "Running":
+        report.progress = _progress(namespace, pods)
     return ObservedJob(name=name, state=state, results=results, error=error,  # type: ignore[arg-type]
                        suspended=bool((job.get("spec") or {}).get("suspend")), step=labels.get(naming.LABEL_STEP),
                        queue=labels.get(KUEUE_QUEUE_LABEL), waiting=waiting, report=report)
@@ -258,6 +261,31 @@ def _results(pods: list[dict[str, Any]], namespace: str) -> tuple[dict[int, dict
         elif phase == "Failed":
             failures.append((pod["metadata"].get("creationTimestamp") or "", message))
     return results, failures
+
+
+def _progress(namespace: str, pods: list[dict[str, Any]]) -> JobProgress | None:
+    """The last progress line (embedops.progress) in the log of the Job's running pod."""
+    running = next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+    if running is None:
+        return None
+    try:
+        tail = client.CoreV1Api(api()).read_namespaced_pod_log(running["metadata"]["name"], namespace,
+                                                               container=CONTAINER, tail_lines=50)
+    except ApiException as err:  # no log yet, or no right to read it: no progress shown
+        log.debug("no log of pod %s/%s: %s", namespace, running["metadata"]["name"], err.reason)
+        return None
+    return parse_progress(tail or "")
+
+
+def parse_progress(text: str) -> JobProgress | None:
+    """The last progress document (embedops.progress) in a log's text."""
+    for line in reversed(text.splitlines()):
+        if MARKER in line:
+            try:
+                return JobProgress.model_validate(json.loads(line.rsplit(MARKER, 1)[1]))
+            except ValueError:
+                return None
+    return None
 
 
 _IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
