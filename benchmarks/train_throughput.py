@@ -74,6 +74,7 @@ def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]
                    *([e.negatives[k] for e in rows] for k in range(NEGATIVES))]
         batches.append([{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tokenize(c).items()}
                         for c in columns])
+    model.train()  # dropout on, as the trainer has it
     loss = MultipleNegativesRankingLoss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
     bf16 = train.precision_flags("auto", device)["bf16"]
