@@ -311,13 +311,17 @@ def test_worker_user_is_the_jobs_user():
     assert re.search(rf"useradd\b[^&]*--uid {uid}\b[^&]*--gid {gid}\b", runs), "no user is created with that uid"
 
 
+def chart_values() -> dict:
+    return yaml.safe_load((ROOT / "charts" / "embedops" / "values.yaml").read_text(encoding="utf-8"))
+
+
 def test_operator_user_is_the_charts_user():
-    text = chart_deployment_text()
-    run_as = re.search(r"runAsUser:\s*(\d+)", text)
-    run_as_group = re.search(r"runAsGroup:\s*(\d+)", text)
-    assert run_as and run_as_group, "the chart's Deployment sets no numeric runAsUser/runAsGroup"
+    pod = chart_values()["podSecurityContext"]
+    assert isinstance(pod.get("runAsUser"), int) and isinstance(pod.get("runAsGroup"), int), \
+        "the chart's default podSecurityContext sets no numeric runAsUser/runAsGroup"
+    assert "podSecurityContext" in chart_deployment_text(), "the Deployment does not use podSecurityContext"
     uid, gid = user(final_stage(INSTRUCTIONS["operator"]))
-    assert (uid, gid) == (run_as.group(1), run_as_group.group(1))
+    assert (uid, gid) == (str(pod["runAsUser"]), str(pod["runAsGroup"]))
 
 
 # ---- read-only root filesystem ----------------------------------------------------------------
@@ -366,7 +370,7 @@ def test_operator_writes_only_to_tmp():
     assert values["PYTHONDONTWRITEBYTECODE"] == "1"
     assert _under(values["HOME"], {"/tmp"})
     text = chart_deployment_text()
-    assert "readOnlyRootFilesystem: true" in text
+    assert chart_values()["securityContext"]["readOnlyRootFilesystem"] is True and "securityContext" in text
     assert re.search(r"mountPath:\s*/tmp\b", text), "the chart mounts no writable /tmp for the operator"
 
 

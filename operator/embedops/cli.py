@@ -42,17 +42,21 @@ def _dsn(args: argparse.Namespace) -> str | None:
 
 
 def _load(args: argparse.Namespace) -> list | int:
-    """The manifests of -f, or exit code 2 after printing why they cannot be used."""
+    """The manifests of -f (at least one), or exit code 2 after printing why they cannot be used."""
     from embedops import manifests
     from embedops.api.kinds import InvalidResource
 
     try:
-        return manifests.load(args.filename)
+        loaded = manifests.load(args.filename)
     except InvalidResource as err:
         return _print_invalid(err)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not loaded:
+        print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
+        return 2
+    return loaded
 
 
 def _print_problems(problems: list[str]) -> int:
@@ -68,9 +72,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    if not loaded:
-        print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
-        return 2
     problems = preflight.cluster(loaded) if args.cluster else preflight.check(loaded, dsn=_dsn(args))
     if problems:
         return _print_problems(problems)
@@ -92,9 +93,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    if not loaded:
-        print(f"error: no embedops manifests in {', '.join(map(str, args.filename))}", file=sys.stderr)
-        return 2
     if problems := preflight.check(loaded, dsn=None):
         return _print_problems(problems)
     progress.use_bars(None if not args.no_progress else False)

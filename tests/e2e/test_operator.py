@@ -234,12 +234,17 @@ def test_kueue_label_suspend_and_resume(kube, operator):
     kube.finish(pod.metadata.name, json.dumps(TRAINED))
 
 
-def test_worker_failure_reaches_status_without_retries(kube, operator):
+def _prepare_fails(kube, reason: str, message: str, exit_code: int):
+    """The dataset's prepare pod ends as a worker that failed this way would; its Job."""
     kube.apply(DATASET)
     job = kube.wait_job("prepare")
     (pod,) = kube.wait_running_pods(job.metadata.name)
-    error = {"error": {"reason": "InvalidInput", "message": "corpus.jsonl:7: missing \"_id\""}}
-    kube.finish(pod.metadata.name, json.dumps(error), exit_code=2)
+    kube.finish(pod.metadata.name, json.dumps({"error": {"reason": reason, "message": message}}), exit_code=exit_code)
+    return job
+
+
+def test_worker_failure_reaches_status_without_retries(kube, operator):
+    job = _prepare_fails(kube, "InvalidInput", 'corpus.jsonl:7: missing "_id"', exit_code=2)
     wait_for("Failed phase", lambda: kube.get("EmbeddingDataset", "ds").get("status", {}).get("phase") == "Failed")
     ready = kube.condition("EmbeddingDataset", "ds")
     assert ready["reason"] == "JobFailed" and 'corpus.jsonl:7: missing "_id"' in ready["message"]
@@ -247,11 +252,7 @@ def test_worker_failure_reaches_status_without_retries(kube, operator):
 
 
 def test_a_transient_failure_is_retried_by_the_job(kube, operator):
-    kube.apply(DATASET)
-    job = kube.wait_job("prepare")
-    (pod,) = kube.wait_running_pods(job.metadata.name)
-    error = {"error": {"reason": "DatabaseUnavailable", "message": "cannot connect to the database"}}
-    kube.finish(pod.metadata.name, json.dumps(error), exit_code=3)
+    job = _prepare_fails(kube, "DatabaseUnavailable", "cannot connect to the database", exit_code=3)
     wait_for("a second pod", lambda: len(kube.pods(job.metadata.name)) == 2, timeout=90)
     assert kube.condition("EmbeddingDataset", "ds", "Progressing")["status"] == "True"
     assert kube.get("EmbeddingDataset", "ds")["status"]["phase"] == "Running"
