@@ -120,9 +120,13 @@ class _Context:
         """The status as stored (read once; every builder copies it before changing anything)."""
         return statuses.parse(self.status_cls, self.body.get("status"))
 
+    def metadata(self, field: str, key: str) -> str | None:
+        """A label (`field="labels"`) or annotation of the resource."""
+        return (self.body.get("metadata", {}).get(field) or {}).get(key)
+
     @property
     def rerun(self) -> str:
-        return (self.body.get("metadata", {}).get("annotations") or {}).get(RERUN_ANNOTATION, "")
+        return self.metadata("annotations", RERUN_ANNOTATION) or ""
 
     def finished(self, key: str) -> bool:
         """The last finished run used these inputs and the status reflects this generation."""
@@ -262,7 +266,7 @@ def _identity(spec: Any) -> dict[str, Any]:
 
 def _scheduling(ctx: _Context, scheduling: Scheduling) -> Scheduling:
     """The spec's scheduling, with the Kueue queue of the resource's label when the spec names none."""
-    label = (ctx.body.get("metadata", {}).get("labels") or {}).get(KUEUE_QUEUE_LABEL)
+    label = ctx.metadata("labels", KUEUE_QUEUE_LABEL)
     return scheduling.model_copy(update={"queue_name": label}) if label and not scheduling.queue_name else scheduling
 
 
@@ -478,7 +482,7 @@ def plan_index(ctx: _Context) -> Plan:
 
 def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
     """The time of a probe asked for with the PROBE_ANNOTATION (`kubectl embedops probe`) and not yet run."""
-    requested = (ctx.body.get("metadata", {}).get("annotations") or {}).get(PROBE_ANNOTATION)
+    requested = ctx.metadata("annotations", PROBE_ANNOTATION)
     try:
         when = _parse_time(requested)
     except ValueError:
