@@ -117,8 +117,9 @@ def forward_limit(encoder, texts: list[str], sync: Callable[[], None], repeat: i
     return measure(lambda: run(batches), len(texts), sync, repeat)
 
 
-def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[], None]) -> list[float]:
-    """The worker's encoder with its model pass replaced by a no-op: tokenizing, collating, copies."""
+def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[], None]) -> tuple[list[float], float]:
+    """The worker's encoder with its model pass replaced by a no-op (tokenizing, collating, copies), and the
+    CPUs it kept busy (CPU seconds of this process per second)."""
     import torch
 
     from embedops.workers.encoder import Encoder
@@ -127,7 +128,9 @@ def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[],
     zeros = torch.zeros((args.batch_size, model.get_embedding_dimension()), device=model.device)
     encoder.forward = lambda features: zeros[:len(features["input_ids"])]
     encoder.encode(texts[:args.batch_size])  # warm-up: pinned memory
-    return measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat)
+    cpu = time.process_time()
+    found = measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat)
+    return found, (time.process_time() - cpu) / sum(len(texts) / rate for rate in found)
 
 
 def worker(model_path: str, texts: list[str], args, device: str) -> list[float]:
@@ -209,9 +212,9 @@ def main() -> None:
     limit = forward_limit(encoder, texts, sync, args.repeat)
     report("forward limit", limit, max(limit), "(pre-tokenized, on the device)")
     for workers in sorted({1 << k for k in range(cpus.bit_length())} | {cpus}):
-        report(f"host ceiling, {workers} thread{'s' if workers > 1 else ''}",
-               host_ceiling(model, host_texts, args, workers, sync), max(limit),
-               f"(no-op model pass, {len(host_texts)} docs)")
+        found, busy = host_ceiling(model, host_texts, args, workers, sync)
+        report(f"host ceiling, {workers} thread{'s' if workers > 1 else ''}", found, max(limit),
+               f"(no-op model pass, {len(host_texts)} docs, {busy:.1f} CPUs busy)")
     encoder.encode(texts[:args.batch_size])  # warm-up: kernels, allocator
     report("encoder", measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat),
            max(limit), f"(Encoder.encode, {encoder.workers} tokenizer threads, no database)")
