@@ -224,7 +224,7 @@ MINER = "all-MiniLM-L6-v2"
 
 def mining_spec(**negatives) -> dict:
     return {"source": {"beir": {"path": "beir"}}, "augment": {"titlePairs": False},
-            "hardNegatives": {"model": MINER, "count": 3, **negatives}}
+            "hardNegatives": {"model": MINER, "count": 3, "outputFormat": "n-tuple", **negatives}}
 
 
 def test_mining_excludes_positives_and_respects_the_margin(tmp_path):
@@ -234,38 +234,105 @@ def test_mining_excludes_positives_and_respects_the_margin(tmp_path):
     result = prepare_run(tmp_path, spec)
 
     data = PreparedDataset(tmp_path / "out")
-    ids = {d.full_text: d.id for d in data.corpus().values()}
+    corpus = data.corpus()
     model = modelzoo.load(MINER, device="cpu")
     examples = data.train_examples()
-    assert result.counts.with_negatives == len(examples) == 11
+    assert result.counts.with_negatives == len(examples) == result.counts.train_rows == 11
     for e in examples:
-        negatives = [ids[n] for n in e.negatives]
-        # The clone scores like the positive: an unlabelled positive the margin must keep out.
-        assert len(negatives) == 3 and "d0-clone" not in negatives
+        assert len(set(e.negatives)) == 3 and e.positive not in e.negatives
         if e.query == "what about protein folding?":
-            assert not {"d0", "d0-extra"} & set(negatives)
+            # Both positives are excluded, and so is the clone: it has a positive's text.
+            assert not {corpus["d0"].full_text, corpus["d0-extra"].full_text, corpus["d0-clone"].full_text} \
+                & set(e.negatives)
         q = retrieval.encode(model, [e.query], kind="query")
         docs = retrieval.encode(model, [e.positive, *e.negatives], kind="document")
         scores = (q @ docs.T)[0].tolist()
+        # With several positives the lowest-scoring one sets the bar, so every pair is within its own.
         assert all(s <= (1 - margin) * scores[0] + 1e-4 for s in scores[1:])
     assert prepare_run(tmp_path, spec, "again").fingerprint == result.fingerprint
 
 
 def test_mined_candidates_come_from_the_rank_range(tmp_path):
     mining_folder(tmp_path)
-    prepare_run(tmp_path, mining_spec(relativeMargin=0.0, rangeMin=11, rangeMax=13))
+    prepare_run(tmp_path, mining_spec(relativeMargin=0.0, rangeMin=9, rangeMax=11, count=2))
     data = PreparedDataset(tmp_path / "out")
     model = modelzoo.load(MINER, device="cpu")
     corpus = data.corpus()
+    positives = {e.query: set() for e in data.train_examples()}
+    for e in data.train_examples():
+        positives[e.query].add(e.positive)
     for e in data.train_examples():
         ranking = retrieval.search(model, {"q": e.query}, {d.id: d.full_text for d in corpus.values()}, 14)["q"]
-        in_range = {corpus[d].full_text for d, _ in ranking[11:13]}
-        assert len(e.negatives) <= 2 and set(e.negatives) <= in_range
+        # Ranks are counted among the candidates left once the query's positives are set aside.
+        # Documents with the same text are one candidate.
+        others = list(dict.fromkeys(corpus[d].full_text for d, _ in ranking))
+        others = [t for t in others if t not in positives[e.query]]
+        assert list(e.negatives) == others[9:11]
+
+
+def library_negatives(folder: Path, **settings) -> list[tuple[str, ...]]:
+    """What sentence-transformers' mine_hard_negatives returns for the folder's training pairs, row by row."""
+    from datasets import Dataset
+    from sentence_transformers import util
+
+    corpus = {json.loads(line)["_id"]: json.loads(line) for line in (folder / "corpus.jsonl").read_text().splitlines()}
+    text = {d: f"{c['title']} {c['text']}".strip() for d, c in corpus.items()}
+    queries = {json.loads(line)["_id"]: json.loads(line)["text"]
+               for line in (folder / "queries.jsonl").read_text().splitlines()}
+    qrels = [line.split("\t") for line in (folder / "qrels" / "train.tsv").read_text().splitlines()[1:]]
+    pairs = Dataset.from_dict({"anchor": [queries[q] for q, _, _ in qrels], "positive": [text[d] for _, d, _ in qrels]})
+    mined = util.mine_hard_negatives(pairs, modelzoo.load(MINER, device="cpu"), corpus=list(dict.fromkeys(text.values())),
+                                     verbose=False, **settings)
+    return [tuple(row[c] for c in mined.column_names[2:]) for row in mined] if settings["output_format"] == "n-tuple" \
+        else [(row["negative"],) for row in mined]
+
+
+@pytest.mark.parametrize("settings", [
+    {"rangeMin": 1, "rangeMax": 12, "relativeMargin": 0.05, "count": 3, "outputFormat": "n-tuple"},
+    {"rangeMin": 2, "rangeMax": 9, "absoluteMargin": 0.02, "count": 2, "outputFormat": "triplet"},
+    {"rangeMin": 0, "rangeMax": 10, "relativeMargin": 0.0, "count": 3, "outputFormat": "n-tuple",
+     "samplingStrategy": "random"},
+])
+def test_mining_gives_the_negatives_of_the_library_with_the_same_settings(tmp_path, settings):
+    import random
+
+    folder = mining_folder(tmp_path)
+    prepare_run(tmp_path, mining_spec(**settings))
+    ours = [(e.query, e.positive, e.negatives) for e in PreparedDataset(tmp_path / "out").train_examples()]
+
+    # relativeMargin 0 is no margin: None to the library.
+    absolute, relative = settings.get("absoluteMargin"), settings.get("relativeMargin") or None
+    random.seed(42)  # the dataset's split.seed seeds the library's random sampling
+    theirs = library_negatives(folder, range_min=settings["rangeMin"], range_max=settings["rangeMax"],
+                               absolute_margin=absolute, relative_margin=relative, num_negatives=settings["count"],
+                               sampling_strategy=settings.get("samplingStrategy", "top"),
+                               output_format=settings["outputFormat"])
+    # The library keeps only rows that got every negative (n-tuple) or one row per negative found (triplet);
+    # embedops keeps every pair, with what was found.
+    if settings["outputFormat"] == "n-tuple":
+        assert sorted(negs for _, _, negs in ours if len(negs) == settings["count"]) == sorted(theirs)
+    else:
+        assert sorted(negs for _, _, negs in ours if negs) == sorted(theirs)
+        assert all(len(negs) <= 1 for _, _, negs in ours)
+
+
+def test_given_negatives_come_first_and_mining_fills_the_rest(tmp_path):
+    rows = [{"query": f"what about {t}?", "positive": f"a study of {t} and its effects"} for t in TOPICS[:10]]
+    rows[0]["negatives"] = ["a study of jazz harmony and its effects"]
+    write_lines(tmp_path / "pairs.jsonl", [json.dumps(r) for r in rows])
+    write_lines(tmp_path / "test.jsonl", [json.dumps({"query": "what about coral?", "positive": "reef notes"})])
+    prepare_run(tmp_path, {"source": {"pairs": {"path": "pairs.jsonl", "testPath": "test.jsonl"}},
+                           "hardNegatives": {"model": MINER, "count": 3, "rangeMin": 0, "rangeMax": 8,
+                                             "outputFormat": "n-tuple"}})
+    first = {e.query: e for e in PreparedDataset(tmp_path / "out").train_examples()}[rows[0]["query"]]
+    assert first.negatives[0] == rows[0]["negatives"][0] and len(set(first.negatives)) == 3
+    assert first.positive not in first.negatives
 
 
 def test_title_pairs_get_negatives_other_than_their_own_document(tmp_path):
     beir_folder(tmp_path, 12)
-    spec = {"source": {"beir": {"path": "beir"}}, "hardNegatives": {"model": MINER, "count": 2, "relativeMargin": 0}}
+    spec = {"source": {"beir": {"path": "beir"}},
+            "hardNegatives": {"model": MINER, "count": 2, "relativeMargin": 0, "rangeMin": 0, "outputFormat": "n-tuple"}}
     prepare_run(tmp_path, spec)
     titles = [e for e in PreparedDataset(tmp_path / "out").train_examples() if e.origin == "title"]
     assert len(titles) == 12
@@ -275,10 +342,30 @@ def test_title_pairs_get_negatives_other_than_their_own_document(tmp_path):
         assert all(n.startswith("document ") for n in e.negatives)
 
 
-def test_range_min_must_be_below_range_max(tmp_path):
+def test_the_triplet_format_writes_one_row_per_pair_and_negative(tmp_path):
+    beir_folder(tmp_path, 12)
+    spec = {"source": {"beir": {"path": "beir"}},
+            "hardNegatives": {"model": MINER, "count": 2, "relativeMargin": 0, "rangeMin": 0}}
+    result = prepare_run(tmp_path, spec)
+    rows = PreparedDataset(tmp_path / "out").train_examples()
+    # 10 training queries + 12 titles, 2 negatives each: 44 rows of one negative.
+    assert (result.counts.train_pairs, result.counts.train_rows, result.counts.with_negatives) == (22, 44, 22)
+    assert len(rows) == 44 and all(len(e.negatives) == 1 for e in rows)
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for e in rows:
+        by_pair.setdefault((e.query, e.positive), []).append(e.negatives[0])
+    assert len(by_pair) == 22 and all(len(set(n)) == 2 for n in by_pair.values())
+
+
+@pytest.mark.parametrize("negatives, message", [
+    ({"rangeMin": 5, "rangeMax": 5}, "rangeMin must be below"),
+    ({"rangeMin": 45, "count": 6}, r"count must fit between rangeMin and rangeMax"),
+    ({"absoluteMargin": 0.1, "relativeMargin": 0.05}, "at most one of hardNegatives.absoluteMargin"),
+])
+def test_mining_settings_that_exclude_each_other_are_refused(tmp_path, negatives, message):
     mining_folder(tmp_path)
-    with pytest.raises(ValueError, match="rangeMin must be below"):
-        prepare_run(tmp_path, mining_spec(rangeMin=5, rangeMax=5))
+    with pytest.raises(ValueError, match=message):
+        prepare_run(tmp_path, mining_spec(**negatives))
 
 
 # -- Postgres -------------------------------------------------------------------------------------

@@ -125,38 +125,103 @@ class SplitSpec(ApiModel):
     )
 
 
+# Defaults of the fields the CEL rules read: the API server does not fill defaults in (common.py).
+_RANGE_MIN, _RANGE_MAX, _COUNT = 10, 50, 3
+_MINING_RULES = [
+    {"rule": f"(has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN}) < (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})",
+     "message": "hardNegatives.rangeMin must be below hardNegatives.rangeMax"},
+    {"rule": f"(has(self.count) ? self.count : {_COUNT}) <= (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})"
+             f" - (has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN})",
+     "message": "hardNegatives.count must fit between rangeMin and rangeMax (count <= rangeMax - rangeMin)"},
+    {"rule": "!(has(self.absoluteMargin) && has(self.relativeMargin))",
+     "message": "set at most one of hardNegatives.absoluteMargin or hardNegatives.relativeMargin"},
+]
+DEFAULT_RELATIVE_MARGIN = 0.05
+
+
 class HardNegativesSpec(ApiModel):
-    """Hard-negative mining: documents a model ranks high for a query that are not among its positives."""
+    """Hard-negative mining with sentence-transformers' `util.mine_hard_negatives`.
+
+    The library searches the corpus and samples the negatives; embedops gives it every positive of a
+    query (none is ever mined as its negative), puts a pair's given negatives first, and mines title
+    pairs too.
+    """
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _MINING_RULES}}
 
     enabled: bool = Field(default=True, description="Mine hard negatives for the training pairs. Default: true.")
     model: str = Field(
         default=DEFAULT_MINING_MODEL,
         min_length=1,
-        description=f"Model used for mining (a bundled model name or a path). Default: `{DEFAULT_MINING_MODEL}`.",
+        description=(
+            f"Model used for mining (a bundled model name or a path); its query and document prompts are used. "
+            f"Default: `{DEFAULT_MINING_MODEL}`."
+        ),
     )
-    count: int = Field(default=3, ge=1, le=32, description="Negatives kept per training pair. Default: 3.")
+    count: int = Field(default=_COUNT, ge=1, le=32, description=f"Negatives mined per pair (`num_negatives`). Default: {_COUNT}.")
     range_min: int = Field(
-        default=0, ge=0, description="Skip this many top-ranked candidates before taking negatives. Default: 0."
+        default=_RANGE_MIN, ge=0, le=2047,
+        description=(
+            "Skip this many of the best-ranked candidates, counted once the query's positives and the candidates "
+            "the margin rules out are set aside: the top ranks are where unlabelled positives concentrate. "
+            f"Default: {_RANGE_MIN}."
+        ),
     )
     range_max: int = Field(
-        default=50, ge=1, description="Only candidates ranked above this are considered. Default: 50."
+        default=_RANGE_MAX, ge=1, le=2048,
+        description=f"Only candidates ranked above this are considered. Default: {_RANGE_MAX}.",
     )
-    relative_margin: float = Field(
-        default=0.05,
-        ge=0.0,
-        lt=1.0,
+    absolute_margin: float | None = Field(
+        default=None, ge=0.0, le=2.0,
         description=(
-            "Drop candidates scoring above (1 - margin) x the positive's score: they are likely unlabelled "
-            "positives (positive-aware mining, as in NV-Retriever). Default: 0.05."
+            "Drop candidates scoring above the positive's score minus this (the lowest-scoring positive's, with "
+            "several). Unset: the relative margin applies."
+        ),
+    )
+    relative_margin: float | None = Field(
+        default=None, ge=0.0, lt=1.0,
+        description=(
+            "Drop candidates scoring above the positive's score minus |score| x this: they are likely unlabelled "
+            "positives (positive-aware mining, as in NV-Retriever). With several positives, the lowest-scoring "
+            f"one sets the bar. Default: {DEFAULT_RELATIVE_MARGIN} unless absoluteMargin is set. 0: no margin "
+            "(absoluteMargin 0 keeps only candidates scoring at most the positive)."
+        ),
+    )
+    sampling_strategy: Literal["top", "random"] = Field(
+        default="top",
+        description=(
+            "`top` takes the best-ranked candidates left; `random` samples among them (seeded by split.seed). "
+            "Default: top."
+        ),
+    )
+    output_format: Literal["triplet", "n-tuple"] = Field(
+        default="triplet",
+        description=(
+            "`triplet`: one training row per (pair, negative), as the library's standard recipe trains; a pair "
+            "without negatives stays one row. `n-tuple`: one row per pair with all its negatives. Default: triplet."
         ),
     )
     batch_size: int = Field(default=64, ge=1, description="Encoding batch size while mining. Default: 64.")
 
     @model_validator(mode="after")
-    def _range(self) -> HardNegativesSpec:
+    def _rules(self) -> HardNegativesSpec:
         if self.range_min >= self.range_max:
-            raise ValueError("hardNegatives.rangeMin must be below hardNegatives.rangeMax")
+            raise ValueError(_MINING_RULES[0]["message"])
+        if self.count > self.range_max - self.range_min:
+            raise ValueError(_MINING_RULES[1]["message"])
+        if self.absolute_margin is not None and self.relative_margin is not None:
+            raise ValueError(_MINING_RULES[2]["message"])
         return self
+
+    def margins(self) -> tuple[float | None, float | None]:
+        """(absolute, relative) as `mine_hard_negatives` takes them: the relative default unless absolute is set.
+
+        A relative margin of 0 is no margin (None); the library's relative 0 is absoluteMargin 0.
+        """
+        if self.absolute_margin is not None:
+            return self.absolute_margin, None
+        relative = DEFAULT_RELATIVE_MARGIN if self.relative_margin is None else self.relative_margin
+        return None, relative or None
 
 
 class AugmentSpec(ApiModel):
@@ -196,7 +261,10 @@ class DatasetCounts(ApiModel):
     """What the prepared dataset holds."""
 
     corpus: int = Field(default=0, description="Documents in the corpus.")
-    train_pairs: int = Field(default=0, description="Training pairs, title pairs included.")
+    train_pairs: int = Field(default=0, description="Training pairs (query, positive), title pairs included.")
+    train_rows: int = Field(
+        default=0, description="Training rows written: one per pair, or per (pair, negative) with the triplet format."
+    )
     title_pairs: int = Field(default=0, description="Training pairs made from corpus titles.")
     train_queries: int = Field(default=0, description="Distinct training queries.")
     test_queries: int = Field(default=0, description="Held-out queries with at least one relevant document.")

@@ -2,6 +2,8 @@
 
 The source is read and validated by `readers` (one module per source kind); this step does
 what follows for every kind: the split, training pairs, hard-negative mining, and writing.
+Mining is sentence-transformers' own (`util.mine_hard_negatives`); what embedops adds around it is
+which positives a query has, given negatives first, and title pairs.
 The result is deterministic (same input and spec, same fingerprint) so that unchanged data
 is never trained on twice: the split is a seeded hash of query ids, samples are seeded,
 and every output is written in a fixed order.
@@ -9,9 +11,14 @@ and every output is written in a fixed order.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
+import io
 import logging
+import random
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,57 +124,91 @@ def title_candidates(corpus: dict[str, Doc], augment: AugmentSpec, rules: Valida
 # -- mining, then examples ------------------------------------------------------------------------
 
 
-def mine(candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegativesSpec,
-         base_dir: Path) -> list[tuple[str, ...]]:
-    """Hard-negative doc ids for each candidate, in candidate order.
+def mining_rows(candidates: list[Candidate], corpus: dict[str, Doc]) -> dict[str, list[str]]:
+    """The (anchor, positive) rows `mine_hard_negatives` takes: every positive of each query, none twice.
 
-    Ranks are positions in the full ranking of the corpus for the query (positives included).
-    A candidate is kept when it is not a positive of the query and scores at most
-    (1 - relativeMargin) x the pair's positive, as it is then unlikely to be an unlabelled positive.
+    The library excludes from a query's candidates every positive that appears with it, and sets
+    the margin by the lowest-scoring one; so a query gets all of its positives, not only the
+    pair being mined.
     """
-    from embedops import modelzoo, retrieval
+    positives: dict[str, dict[str, None]] = {}
+    for c in candidates:
+        texts = positives.setdefault(c.query, {})
+        for doc_id in sorted(c.exclude):
+            texts.setdefault(corpus[doc_id].full_text)
+    return {"anchor": [q for q, texts in positives.items() for _ in texts],
+            "positive": [t for texts in positives.values() for t in texts]}
+
+
+@contextlib.contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """`random`'s global state seeded for the library's random sampling, and given back afterwards."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def mine(candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegativesSpec, base_dir: Path,
+         seed: int) -> list[tuple[str, ...]]:
+    """Hard-negative doc ids for each candidate, in candidate order: its given negatives, then mined ones.
+
+    The search and the sampling are `sentence_transformers.util.mine_hard_negatives` with the spec's
+    settings, over the corpus as texts (documents with the same text are one candidate, and a
+    document with a positive's text is a positive). Queries are encoded with the model's query
+    prompt and documents with its document prompt, as the library does.
+    """
+    from datasets import Dataset
+    from sentence_transformers import util
+
+    from embedops import modelzoo
 
     model = modelzoo.load(spec.model, base_dir=base_dir)
-    doc_ids = list(corpus)
-    row_of = {d: i for i, d in enumerate(doc_ids)}
-    docs_emb = retrieval.encode(model, [corpus[d].full_text for d in doc_ids], kind="document",
-                                batch_size=spec.batch_size, description="Mining: encoding corpus")
-    texts = list(dict.fromkeys(c.query for c in candidates))
-    query_row = {t: i for i, t in enumerate(texts)}
-    queries_emb = retrieval.encode(model, texts, kind="query", batch_size=spec.batch_size,
-                                   description="Mining: encoding queries")
-    scores, indices = retrieval.top_k(queries_emb, docs_emb, spec.range_max)
-    q_rows = [query_row[c.query] for c in candidates]
-    p_rows = [row_of[c.positive_id] for c in candidates]
-    positive_scores = (queries_emb[q_rows] * docs_emb[p_rows]).sum(dim=1).tolist()
-    mined = []
-    with progress.task("Mining hard negatives", total=len(candidates)) as task:
-        for c, q_row, pos_score in zip(candidates, q_rows, positive_scores, strict=True):
-            ceiling = (1.0 - spec.relative_margin) * pos_score
-            picks = list(c.given)
-            for i, s in zip(indices[q_row, spec.range_min:].tolist(), scores[q_row, spec.range_min:].tolist(),
-                            strict=True):
-                if len(picks) >= spec.count:
-                    break
-                if s <= ceiling and doc_ids[i] not in c.exclude and doc_ids[i] not in picks:
-                    picks.append(doc_ids[i])
-            mined.append(tuple(picks))
-            task.advance()
-    return mined
+    doc_of: dict[str, str] = {}
+    for d in corpus.values():
+        doc_of.setdefault(d.full_text, d.id)
+    absolute, relative = spec.margins()
+    report = io.StringIO()
+    with progress.task("Mining hard negatives", total=1) as task, seeded_random(seed), warnings.catch_warnings(), \
+            contextlib.redirect_stdout(report):  # the library prints its statistics; a worker's stdout is its result
+        # Its statistics take the std of the scores found, which warns when a single negative was.
+        warnings.filterwarnings("ignore", message=r"std\(\): degrees of freedom", category=UserWarning)
+        mined = util.mine_hard_negatives(
+            Dataset.from_dict(mining_rows(candidates, corpus)), model, corpus=list(doc_of),
+            range_min=spec.range_min, range_max=spec.range_max, absolute_margin=absolute, relative_margin=relative,
+            num_negatives=spec.count, sampling_strategy=spec.sampling_strategy, output_format="labeled-list",
+            batch_size=spec.batch_size, verbose=True,
+        )
+        task.advance()
+    for line in report.getvalue().splitlines():
+        log.info("mining: %s", line)
+    # labeled-list rows: (anchor, [positive, negatives...]); every row of a query has the same negatives.
+    negatives = {}
+    for anchor, texts in zip(mined["anchor"], mined["positive"], strict=True):
+        negatives.setdefault(anchor, tuple(doc_of[t] for t in texts[1:]))
+    picks = []
+    for c in candidates:
+        fill = [d for d in negatives.get(c.query, ()) if d not in c.given]
+        picks.append((*c.given, *fill)[:max(spec.count, len(c.given))])
+    return picks
 
 
-def to_examples(candidates: list[Candidate], negatives: list[tuple[str, ...]],
-                corpus: dict[str, Doc]) -> list[TrainExample]:
+def to_examples(candidates: list[Candidate], negatives: list[tuple[str, ...]], corpus: dict[str, Doc],
+                output_format: str) -> list[TrainExample]:
+    """Training rows: one per pair (n-tuple), or one per (pair, negative) (triplet); a pair never disappears."""
     # Within a title pair the positive has no title, so its negatives are shown without theirs too:
     # otherwise "has a title" alone would tell positives from negatives.
     def render(doc_id: str, origin: str) -> str:
         return corpus[doc_id].text if origin == "title" else corpus[doc_id].full_text
 
-    return [
-        TrainExample(query=c.query, positive=render(c.positive_id, c.origin),
-                     negatives=tuple(render(n, c.origin) for n in negs), origin=c.origin)
-        for c, negs in zip(candidates, negatives, strict=True)
-    ]
+    rows = []
+    for c, negs in zip(candidates, negatives, strict=True):
+        positive, shown = render(c.positive_id, c.origin), tuple(render(n, c.origin) for n in negs)
+        groups = [(n,) for n in shown] if output_format == "triplet" and len(shown) > 1 else [shown]
+        rows += [TrainExample(query=c.query, positive=positive, negatives=g, origin=c.origin) for g in groups]
+    return rows
 
 
 # -- the step -------------------------------------------------------------------------------------
@@ -192,19 +233,21 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
 
     candidates = pair_candidates(source, train) + title_candidates(source.corpus, spec.augment, spec.validation,
                                                                    spec.split.seed)
-    negatives = (mine(candidates, source.corpus, spec.hard_negatives, config.base_dir) if spec.hard_negatives.enabled
+    mining = spec.hard_negatives
+    negatives = (mine(candidates, source.corpus, mining, config.base_dir, spec.split.seed) if mining.enabled
                  else [c.given for c in candidates])
-    examples = to_examples(candidates, negatives, source.corpus)
+    examples = to_examples(candidates, negatives, source.corpus, mining.output_format)
 
     counts = DatasetCounts(
         corpus=len(source.corpus),
-        train_pairs=len(examples),
-        title_pairs=sum(e.origin == "title" for e in examples),
+        train_pairs=len(candidates),
+        train_rows=len(examples),
+        title_pairs=sum(c.origin == "title" for c in candidates),
         train_queries=len(train),
         test_queries=len(test),
         invalid_rows=len(issues.rows),
         duplicates=source.duplicates,
-        with_negatives=sum(bool(e.negatives) for e in examples),
+        with_negatives=sum(bool(n) for n in negatives),
     )
     prepared_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     manifest = prepared.write_prepared(
@@ -219,8 +262,8 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         settings=spec.model_copy(update={"source": None}).to_wire(),
         created_at=prepared_at,
     )
-    log.info("prepared %d training pairs (%d from titles), %d test queries, %d documents; %d invalid rows, "
-             "%d duplicates", counts.train_pairs, counts.title_pairs, counts.test_queries, counts.corpus,
-             counts.invalid_rows, counts.duplicates)
+    log.info("prepared %d training pairs (%d from titles) in %d rows, %d test queries, %d documents; "
+             "%d invalid rows, %d duplicates", counts.train_pairs, counts.title_pairs, counts.train_rows,
+             counts.test_queries, counts.corpus, counts.invalid_rows, counts.duplicates)
     return Result(counts=counts, fingerprint=manifest.fingerprint, location=str(config.output_dir),
                   invalid_samples=issues.samples(), prepared_at=prepared_at)
