@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from embedops import modelzoo
+from embedops import modelzoo, retrieval
 from embedops.api.finetune import FineTuneJobSpec, LossSpec
 from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
@@ -39,10 +39,14 @@ def synthetic_dataset(folder: Path, *, negatives: int = 2, uneven: bool = False)
 
 def job(model: Path | str, **training) -> FineTuneJobSpec:
     loss = training.pop("loss", {})
+    evaluation = training.pop("evaluation", {})
     return FineTuneJobSpec.model_validate({
-        "datasetRef": {"name": "d"}, "baseModel": str(model), "loss": loss,
+        "datasetRef": {"name": "d"}, "baseModel": str(model), "loss": loss, "evaluation": evaluation,
         "training": {"batchSize": 8, "maxSteps": 4, "maxSeqLength": 32, "learningRate": 1e-3, **training},
     })
+
+
+NO_VALIDATION = {"validation": {"fraction": 0}}
 
 
 def run_job(tmp_path: Path, spec: FineTuneJobSpec, dataset: Path, **kwargs) -> train.Result:
@@ -56,9 +60,11 @@ def dataset(tmp_path) -> Path:
 
 
 def test_tiny_training_run_produces_a_loadable_model_and_metrics(tmp_path, tiny_model_dir, dataset):
-    result = run_job(tmp_path, job(tiny_model_dir), dataset)
+    result = run_job(tmp_path, job(tiny_model_dir, evaluation={"requireImprovement": False}), dataset)
 
-    assert result.steps == 4 and result.train_pairs == 20 and result.resumed_from_step is None
+    # Two of the twenty training queries are held out for validation (10 %).
+    assert result.steps == result.planned_steps == 4 and result.train_pairs == 18 and result.resumed_from_step is None
+    assert result.validation.queries == 2 and result.validation.documents == 30 and result.validation.evaluations >= 1
     assert result.base_metrics.queries == result.tuned_metrics.queries == 10
     assert result.ndcg_gain == pytest.approx(result.tuned_metrics.ndcg_at_10 - result.base_metrics.ndcg_at_10)
     assert result.model.dimensions == 32 and result.model.base_model == str(tiny_model_dir)
@@ -87,7 +93,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir,
     spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2)
     with pytest.raises(KeyboardInterrupt, match="step 4"):
         run_job(tmp_path, spec, dataset, callbacks=[KillAfterCheckpoint(4)])
-    checkpoints = sorted(p.name for p in (tmp_path / "job" / "checkpoints").iterdir())
+    checkpoints = sorted(p.name for p in (tmp_path / "job" / "checkpoints").glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2", "checkpoint-4"] and not (tmp_path / "job" / "model").exists()
 
     steps_taken = []
@@ -139,7 +145,7 @@ def test_a_checkpoint_whose_state_file_was_cut_short_is_incomplete(tmp_path):
 
 def test_warm_up_is_a_count_of_the_planned_steps(tmp_path, tiny_model_dir):
     dataset = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
-    spec = job(tiny_model_dir, batchSize=4, maxSteps=None, epochs=1, warmupRatio=0.5)
+    spec = job(tiny_model_dir, batchSize=4, maxSteps=None, epochs=1, warmupRatio=0.5, evaluation=NO_VALIDATION)
     examples = PreparedDataset(dataset).train_examples()
     planned = train.planned_steps(train.build_train_dataset(examples, spec)[0], spec.training)
     assert planned == 6  # three groups of 6 or 7 pairs, two batches of 4 each
@@ -212,9 +218,12 @@ def test_triplet_loss_without_negatives_fails_clearly(tmp_path, tiny_model_dir):
     {"type": "TripletLoss"},
     {"type": "CachedMultipleNegativesRankingLoss", "miniBatchSize": 4},
     {"type": "MultipleNegativesRankingLoss", "matryoshkaDims": [32, 16, 8]},
+    {"type": "GISTEmbedLoss"},
+    {"type": "CachedGISTEmbedLoss", "miniBatchSize": 4, "guideMarginStrategy": "relative", "guideMargin": 0.05},
 ])
 def test_other_losses_and_the_matryoshka_wrapper_train(tmp_path, tiny_model_dir, dataset, loss):
-    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=2, loss=loss), dataset)
+    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=2, loss=loss, evaluation={"requireImprovement": False}),
+                     dataset)
     assert result.steps == 2 and result.tuned_metrics.queries == 10
 
 
@@ -225,7 +234,7 @@ def test_matryoshka_dims_larger_than_the_model_fail_clearly(tmp_path, tiny_model
 
 def test_uneven_negatives_train_in_groups_without_padding(tmp_path, tiny_model_dir):
     dataset = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
-    result = run_job(tmp_path, job(tiny_model_dir, batchSize=4), dataset)
+    result = run_job(tmp_path, job(tiny_model_dir, batchSize=4, evaluation=NO_VALIDATION), dataset)
     assert result.steps == 4 and result.train_pairs == 20
 
 
@@ -265,3 +274,155 @@ def test_minilm_on_a_scifact_sample_beats_the_base_model(tmp_path):
     }), tmp_path / "dataset")
 
     assert result.tuned_metrics.ndcg_at_10 > result.base_metrics.ndcg_at_10
+
+
+# -- checkpoint selection on validation queries -----------------------------------------------------
+
+
+def scripted_validation(monkeypatch, ndcgs: list[float]) -> list[float]:
+    """Validation scores in call order (the base model first, then each checkpoint); test scores stay real."""
+    real, left = train.score, list(ndcgs)
+
+    def score(model, queries, corpus, qrels, batch_size):
+        metrics = real(model, queries, corpus, qrels, batch_size)
+        if all(q.startswith("v") for q in queries):  # validation query ids are v0, v1, ...
+            return metrics.model_copy(update={"ndcg_at_10": left.pop(0)})
+        return metrics
+
+    monkeypatch.setattr(train, "score", score)
+    return left
+
+
+class Weights(TrainerCallback):
+    """The model's weights as each checkpoint was saved."""
+
+    def __init__(self):
+        self.at: dict[int, dict] = {}
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self.at[state.global_step] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_best_checkpoint_on_validation_is_published(tmp_path, tiny_model_dir, dataset, monkeypatch):
+    left = scripted_validation(monkeypatch, [0.60, 0.55, 0.90, 0.70])  # base, then steps 2, 4, 6
+    weights = Weights()
+    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=6, checkpointSteps=2), dataset, callbacks=[weights])
+
+    assert left == [] and result.steps == 6 and result.planned_steps == 6
+    assert result.validation.model_dump() == {"queries": 2, "documents": 30, "base_ndcg_at_10": 0.60,
+                                              "best_ndcg_at_10": 0.90, "best_step": 4, "evaluations": 3}
+    published = modelzoo.load(result.model.location, device="cpu")
+    assert same_weights(published.state_dict(), weights.at[4]) and not same_weights(weights.at[4], weights.at[6])
+    # Test scores are those of the published (step 4) model; they never chose it.
+    assert result.tuned_metrics.queries == 10
+    saved = json.loads((tmp_path / "job" / "evaluation.json").read_text())
+    assert saved["published"] and saved["validation"]["bestStep"] == 4
+
+
+def test_no_checkpoint_above_the_base_model_publishes_nothing(tmp_path, tiny_model_dir, dataset, monkeypatch):
+    from embedops import status as statuses
+    from embedops.api.conditions import Reason
+
+    scripted_validation(monkeypatch, [0.60, 0.60, 0.58, 0.41])
+    spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2)
+    result = run_job(tmp_path, spec, dataset)
+
+    assert result.model is None and result.tuned_metrics is None and result.ndcg_gain is None
+    assert result.validation.best_ndcg_at_10 == 0.60 and result.validation.best_step == 2  # a tie is no improvement
+    assert not (tmp_path / "job" / "model").exists() and not (tmp_path / "job" / "checkpoints").exists()
+    assert json.loads((tmp_path / "job" / "evaluation.json").read_text())["published"] is False
+    # What the resource then says: NoImprovement, and no model an index could follow.
+    status = statuses.finetune_finished(train.Result.model_validate(result.to_wire()), spec, 3)
+    ready = status.condition("Ready")
+    assert (status.phase, ready.status, ready.reason) == ("Failed", "False", Reason.NO_IMPROVEMENT)
+    assert status.model is None and "no model published" in ready.message and "2 validation queries" in ready.message
+    assert status.planned_steps == status.steps == 6 and status.validation.best_step == 2
+
+
+def test_without_required_improvement_the_best_checkpoint_is_published_anyway(tmp_path, tiny_model_dir, dataset,
+                                                                              monkeypatch):
+    scripted_validation(monkeypatch, [0.60, 0.50, 0.40, 0.55])
+    weights = Weights()
+    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=6, checkpointSteps=2,
+                                   evaluation={"requireImprovement": False}), dataset, callbacks=[weights])
+    assert result.validation.best_step == 6 and result.model is not None
+    assert same_weights(modelzoo.load(result.model.location, device="cpu").state_dict(), weights.at[6])
+
+
+def test_a_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path, tiny_model_dir, dataset):
+    spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2, evaluation={"requireImprovement": False})
+    whole = train.run(train.Config(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "whole", device="cpu"))
+
+    config = train.Config(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "killed", device="cpu")
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, callbacks=[KillAfterCheckpoint(4)])
+    resumed = train.run(config)
+
+    assert resumed.resumed_from_step == 4 and whole.resumed_from_step is None
+    assert resumed.validation == whole.validation and resumed.tuned_metrics == whole.tuned_metrics
+    assert resumed.model.fingerprint == whole.model.fingerprint
+
+
+def test_validation_holds_out_whole_queries_never_title_pairs_and_is_seeded():
+    from embedops.api.finetune import ValidationSplitSpec
+
+    corpus = {d.id: d for d in [Doc("d0", "zero"), Doc("d0-copy", "zero"), Doc("d1", "one", "One"), Doc("d2", "two")]}
+    rows = [TrainExample(f"query {i}", corpus[f"d{i % 3}"].full_text, (f"neg {k}",)) for i in range(10) for k in range(3)]
+    rows += [TrainExample("One", "one", ("two",), origin="title")]
+    spec = ValidationSplitSpec(fraction=0.2)
+
+    kept, validation = train.carve_validation(rows, corpus, spec, seed=7)
+    assert len(validation.queries) == 2 and len(kept) == len(rows) - 2 * 3
+    held = set(validation.queries.values())
+    assert not held & {e.query for e in kept} and any(e.origin == "title" for e in kept)
+    for q, text in validation.queries.items():
+        i = int(text.split()[1])
+        # Positives are found by their text: documents with the same text are all relevant.
+        assert validation.qrels[q] == ({"d0": 1, "d0-copy": 1} if i % 3 == 0 else {f"d{i % 3}": 1})
+    assert validation.corpus == {d.id: d.full_text for d in corpus.values()}
+    assert train.carve_validation(rows, corpus, spec, seed=7) == (kept, validation)
+    assert set(train.carve_validation(rows, corpus, spec, seed=8)[1].queries.values()) != held
+    assert train.carve_validation(rows, corpus, ValidationSplitSpec(fraction=0), seed=7) == (rows, None)
+    few = [e for e in rows if e.query in ("query 1", "query 2")]  # 0.2 of two queries holds none out
+    assert train.carve_validation(few, corpus, spec, seed=7) == (few, None)
+    assert len(train.carve_validation(rows, corpus, ValidationSplitSpec(fraction=0.9, maxQueries=3), 7)[1].queries) == 3
+
+
+def test_a_large_corpus_is_sampled_for_validation_keeping_what_decides_the_ranking(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(train, "VALIDATION_DEPTH", 5)
+    model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
+    corpus = {f"d{i}": f"notes on {t} and related {t} findings" for i, t in enumerate(TOPICS)}
+    validation = train.ValidationSet(queries={"v0": "what is known about jazz?"}, qrels={"v0": {"d4": 1}},
+                                     corpus=corpus)
+    assert train.sample_validation_corpus(model, validation, 30, seed=1, batch_size=8) is validation
+    sampled = train.sample_validation_corpus(model, validation, 12, seed=1, batch_size=8)
+    top = [d for d, _ in retrieval.search(model, validation.queries, corpus, 5)["v0"]]
+    assert "d4" in sampled.corpus and set(top) <= set(sampled.corpus) and len(sampled.corpus) == 12
+    assert sampled.queries == validation.queries and sampled.qrels == validation.qrels
+    assert train.sample_validation_corpus(model, validation, 12, seed=1, batch_size=8) == sampled
+    assert train.sample_validation_corpus(model, validation, 12, seed=2, batch_size=8) != sampled
+
+
+def test_gist_losses_are_guided_by_a_frozen_copy_of_the_base_model_at_the_ranking_scale(tmp_path, tiny_model_dir):
+    import torch
+
+    model = modelzoo.load(str(tiny_model_dir), device="cpu")
+    loss = train.build_loss(model, LossSpec(type="GISTEmbedLoss", scale=25))
+    assert loss.temperature == pytest.approx(0.04) and loss.guide is not model
+    assert not any(p.requires_grad for p in loss.guide.parameters()) and not loss.guide.training
+    assert all(torch.equal(a, b) for a, b in zip(loss.guide.state_dict().values(), model.state_dict().values()))
+    cached = train.build_loss(model, LossSpec(type="CachedGISTEmbedLoss", miniBatchSize=4),
+                              guide=lambda: modelzoo.load(str(tiny_model_dir), device="cpu"))
+    assert cached.mini_batch_size == 4 and cached.temperature == pytest.approx(0.05)
+    # GISTEmbedLoss takes one hard negative a row, CachedGISTEmbedLoss all of them.
+    examples = PreparedDataset(synthetic_dataset(tmp_path / "d", negatives=2)).train_examples()
+    one, _ = train.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "GISTEmbedLoss"}))
+    both, _ = train.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "CachedGISTEmbedLoss",
+                                                                            "miniBatchSize": 4}))
+    assert one.column_names == ["anchor", "positive", "negative_1"] and len(both.column_names) == 4

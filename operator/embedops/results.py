@@ -14,7 +14,7 @@ from pydantic import Field
 from embedops.api.common import ApiModel
 from embedops.api.conditions import Reason
 from embedops.api.dataset import DatasetCounts
-from embedops.api.finetune import IRMetrics, ModelArtifact
+from embedops.api.finetune import IRMetrics, ModelArtifact, ValidationScores
 from embedops.api.index import IndexVersion, ProbeResult
 
 # Kubernetes keeps at most this many bytes of a container's termination message.
@@ -32,13 +32,18 @@ class PrepareResult(ApiModel):
 
 
 class TrainResult(ApiModel):
-    """The FineTuneJobStatus fields this step determines."""
+    """The FineTuneJobStatus fields this step determines.
 
-    model: ModelArtifact
+    No `model` means none was published: no checkpoint beat the base model on the validation queries.
+    """
+
+    model: ModelArtifact | None = None
     base_metrics: IRMetrics
-    tuned_metrics: IRMetrics
-    ndcg_gain: float
+    tuned_metrics: IRMetrics | None = None
+    ndcg_gain: float | None = None
+    validation: ValidationScores | None = None
     train_pairs: int
+    planned_steps: int | None = None
     steps: int
     resumed_from_step: int | None = None
     start_time: str

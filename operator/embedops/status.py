@@ -100,7 +100,13 @@ def dataset_prepared(result: BaseModel, generation: int | None) -> EmbeddingData
 
 def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, generation: int | None) -> FineTuneJobStatus:
     status = _copy_fields(result, FineTuneJobStatus)
-    base, tuned = status.base_metrics, status.tuned_metrics
+    base, tuned, validation = status.base_metrics, status.tuned_metrics, status.validation
+    if status.model is None and validation is not None:
+        best = (f"best {validation.best_ndcg_at_10:.4f} at step {validation.best_step}"
+                if validation.best_ndcg_at_10 is not None else "no checkpoint scored")
+        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT,
+                      f"no checkpoint beat the base model on {validation.queries} validation queries (nDCG@10 base "
+                      f"{validation.base_ndcg_at_10:.4f}, {best}); no model published", generation, status)
     message = f"nDCG@10 {base.ndcg_at_10:.4f} -> {tuned.ndcg_at_10:.4f}" if base and tuned else "trained"
     if spec.evaluation.require_improvement and base and tuned and tuned.ndcg_at_10 <= base.ndcg_at_10:
         return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", generation,

@@ -10,23 +10,56 @@ from embedops.api.common import ApiModel, BaseStatus, LocalObjectReference, Reso
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-LossType = Literal["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "TripletLoss"]
+LossType = Literal["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss",
+                   "CachedGISTEmbedLoss", "TripletLoss"]
+GIST_LOSSES = ("GISTEmbedLoss", "CachedGISTEmbedLoss")
+CACHED_LOSSES = ("CachedMultipleNegativesRankingLoss", "CachedGISTEmbedLoss")
+
+_GUIDE_RULE = {
+    "rule": "!has(self.guideModel) || (has(self.type) && self.type in ['GISTEmbedLoss', 'CachedGISTEmbedLoss'])",
+    "message": "loss.guideModel is only used by loss.type GISTEmbedLoss or CachedGISTEmbedLoss",
+}
 
 
 class LossSpec(ApiModel):
     """Training loss."""
 
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_GUIDE_RULE]}}
+
     type: LossType = Field(
         default="MultipleNegativesRankingLoss",
         description=(
             "MultipleNegativesRankingLoss (in-batch and hard negatives), CachedMultipleNegativesRankingLoss "
-            "(the same with large batches in bounded memory) or TripletLoss (needs hard negatives). "
-            "Default: MultipleNegativesRankingLoss."
+            "(the same with large batches in bounded memory), GISTEmbedLoss and CachedGISTEmbedLoss (the same, "
+            "with the in-batch and hard negatives that a guide model ranks above the positive masked out as "
+            "likely false negatives; GISTEmbedLoss uses one hard negative per row) or TripletLoss (needs hard "
+            "negatives). Default: MultipleNegativesRankingLoss."
         ),
     )
-    scale: float = Field(default=20.0, gt=0, description="Similarity scale of the ranking losses. Default: 20.")
+    scale: float = Field(
+        default=20.0, gt=0,
+        description=(
+            "Similarity scale of the ranking losses; the GIST losses' temperature is its inverse (20: 0.05). "
+            "Default: 20."
+        ),
+    )
     mini_batch_size: int = Field(
-        default=32, ge=1, description="Mini-batch of CachedMultipleNegativesRankingLoss. Default: 32."
+        default=32, ge=1, description="Mini-batch of the cached losses. Default: 32."
+    )
+    guide_model: str | None = Field(
+        default=None, min_length=1,
+        description="Guide model of the GIST losses (a bundled model name or a path). Default: the base model.",
+    )
+    guide_margin_strategy: Literal["absolute", "relative"] = Field(
+        default="absolute",
+        description="How guideMargin applies: below the guide's positive score, or a share of it. Default: absolute.",
+    )
+    guide_margin: float = Field(
+        default=0.0, ge=0,
+        description=(
+            "GIST losses mask a candidate the guide scores above its positive's score minus this margin "
+            "(absolute) or minus |score| x margin (relative). Default: 0."
+        ),
     )
     triplet_margin: float = Field(default=5.0, gt=0, description="Margin of TripletLoss. Default: 5.")
     matryoshka_dims: list[int] = Field(
@@ -37,39 +70,116 @@ class LossSpec(ApiModel):
         ),
     )
 
+    @model_validator(mode="after")
+    def _guide_only_for_gist(self) -> LossSpec:
+        if self.guide_model is not None and self.type not in GIST_LOSSES:
+            raise ValueError(_GUIDE_RULE["message"])
+        return self
+
+
+_BUDGET_MIN, _BUDGET_MAX = 200, 2000
+_BUDGET_RULE = {
+    "rule": f"(has(self.minSteps) ? self.minSteps : {_BUDGET_MIN}) <= (has(self.maxSteps) ? self.maxSteps : {_BUDGET_MAX})",
+    "message": "training.budget.minSteps must not exceed training.budget.maxSteps",
+}
+
+
+class StepBudget(ApiModel):
+    """How many steps training takes when neither training.epochs nor training.maxSteps is set.
+
+    `epochs` passes over the training rows, raised to `minSteps` on small data (which would
+    otherwise hardly move the model) and lowered to `maxSteps` on large data (so that a job's
+    time stays bounded: about 15 minutes for all-MiniLM-L6-v2 on one H100-class GPU, see
+    docs/performance.md).
+    """
+
+    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_BUDGET_RULE]}}
+
+    epochs: int = Field(default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5.")
+    min_steps: int = Field(default=_BUDGET_MIN, ge=1, description=f"Fewest steps. Default: {_BUDGET_MIN}.")
+    max_steps: int = Field(default=_BUDGET_MAX, ge=1, description=f"Most steps. Default: {_BUDGET_MAX}.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> StepBudget:
+        if self.min_steps > self.max_steps:
+            raise ValueError(_BUDGET_RULE["message"])
+        return self
+
 
 class TrainingSpec(ApiModel):
     """Optimisation settings."""
 
-    epochs: int = Field(default=3, ge=1, le=100, description="Passes over the training pairs. Default: 3.")
-    batch_size: int = Field(
-        default=64, ge=2, description="Pairs per step; with ranking losses, also the number of in-batch negatives. Default: 64."
+    epochs: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Passes over the training rows, replacing the step budget. Default: unset (the budget decides).",
     )
-    learning_rate: float = Field(default=2e-5, gt=0, description="Peak learning rate. Default: 2e-5.")
+    budget: StepBudget = Field(
+        default_factory=StepBudget,
+        description="Steps from the data's size when epochs and maxSteps are unset: epochs passes within minSteps..maxSteps.",
+    )
+    batch_size: int = Field(
+        default=64, ge=2, description="Rows per step; with ranking losses, also the number of in-batch negatives. Default: 64."
+    )
+    learning_rate: float = Field(default=3e-5, gt=0, description="Peak learning rate. Default: 3e-5.")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of steps of linear warm-up. Default: 0.1.")
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay. Default: 0.01.")
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
-    seed: int = Field(default=42, description="Random seed. Default: 42.")
+    seed: int = Field(default=42, description="Random seed (also of the validation split). Default: 42.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="Numeric precision; auto picks bf16 on a GPU that supports it, else fp32. Default: auto."
     )
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many steps (overrides epochs).")
-    checkpoint_steps: int = Field(
-        default=200, ge=1, description="Save a checkpoint every this many steps; a killed run resumes from the last. Default: 200."
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many steps (overrides epochs and the budget)."
+    )
+    checkpoint_steps: int | None = Field(
+        default=None, ge=1,
+        description=(
+            "Save a checkpoint, and score it on the validation queries, every this many steps (and at the last); "
+            "a killed run resumes from the last complete one. Default: a fifth of the planned steps."
+        ),
     )
     negatives_per_pair: int | None = Field(
-        default=None, ge=0, description="Use at most this many of the dataset's hard negatives per pair. Default: all."
+        default=None, ge=0, description="Use at most this many of the dataset's hard negatives per row. Default: all."
+    )
+
+
+class ValidationSplitSpec(ApiModel):
+    """Training queries held out to pick the checkpoint to publish; the test split is never used for that."""
+
+    fraction: float = Field(
+        default=0.1, ge=0, lt=1,
+        description=(
+            "Share of the training queries held out (all their rows), a sample seeded by training.seed. "
+            "0 turns validation off: the last step's model is published, as without it. Default: 0.1."
+        ),
+    )
+    max_queries: int = Field(default=500, ge=1, description="Cap on validation queries. Default: 500.")
+    max_corpus: int = Field(
+        default=20_000, ge=1,
+        description=(
+            "Documents the validation queries are searched over. A larger corpus is sampled: every validation "
+            "positive, the base model's top 50 for each validation query, then a seeded random fill. Default: 20000."
+        ),
     )
 
 
 class EvaluationSpec(ApiModel):
-    """Held-out evaluation of the base and tuned models."""
+    """Checkpoint selection on validation queries, and held-out (test) scores of the base and tuned models."""
 
     max_queries: int | None = Field(default=None, ge=1, description="Evaluate on at most this many test queries.")
     batch_size: int = Field(default=64, ge=1, description="Encoding batch size. Default: 64.")
+    validation: ValidationSplitSpec = Field(
+        default_factory=ValidationSplitSpec,
+        description="Validation queries carved from the training queries; each checkpoint is scored on them.",
+    )
     require_improvement: bool = Field(
         default=True,
-        description="Mark the job Degraded (Ready=False, NoImprovement) when the tuned nDCG@10 is not above the base's. Default: true.",
+        description=(
+            "Publish only a model that beats the base model: when no checkpoint's validation nDCG@10 is above the "
+            "base model's, the job ends NoImprovement with no model; when the published model's test nDCG@10 is "
+            "not above the base's, it is marked Degraded (Ready=False, NoImprovement). False publishes the best "
+            "checkpoint regardless. Default: true."
+        ),
     )
 
 
@@ -92,7 +202,7 @@ class FineTuneJobSpec(ApiModel):
 
     @model_validator(mode="after")
     def _loss_fits(self) -> FineTuneJobSpec:
-        if self.loss.type == "CachedMultipleNegativesRankingLoss" and self.loss.mini_batch_size > self.training.batch_size:
+        if self.loss.type in CACHED_LOSSES and self.loss.mini_batch_size > self.training.batch_size:
             raise ValueError("loss.miniBatchSize must not exceed training.batchSize")
         return self
 
@@ -116,14 +226,33 @@ class ModelArtifact(ApiModel):
     fingerprint: str = Field(description="sha256 of the saved weights; changes whenever the model does.")
 
 
+class ValidationScores(ApiModel):
+    """How the published checkpoint was chosen: nDCG@10 on validation queries carved from the training queries."""
+
+    queries: int = Field(description="Validation queries.")
+    documents: int = Field(description="Documents they were searched over.")
+    base_ndcg_at_10: float = Field(alias="baseNdcgAt10", description="The base model's validation nDCG@10.")
+    best_ndcg_at_10: float | None = Field(
+        default=None, alias="bestNdcgAt10", description="The best checkpoint's validation nDCG@10."
+    )
+    best_step: int | None = Field(default=None, description="The step of the best checkpoint.")
+    evaluations: int = Field(default=0, description="Checkpoints scored.")
+
+
 class FineTuneJobStatus(BaseStatus):
     """Observed state of a FineTuneJob."""
 
-    model: ModelArtifact | None = Field(default=None, description="The tuned model, once trained.")
-    base_metrics: IRMetrics | None = Field(default=None, description="The base model's held-out scores.")
-    tuned_metrics: IRMetrics | None = Field(default=None, description="The tuned model's held-out scores.")
+    model: ModelArtifact | None = Field(
+        default=None, description="The tuned model, once trained; none when no checkpoint beat the base model."
+    )
+    base_metrics: IRMetrics | None = Field(default=None, description="The base model's held-out (test) scores.")
+    tuned_metrics: IRMetrics | None = Field(default=None, description="The published model's held-out (test) scores.")
     ndcg_gain: float | None = Field(default=None, description="Tuned minus base nDCG@10.")
-    train_pairs: int | None = Field(default=None, description="Pairs trained on.")
+    validation: ValidationScores | None = Field(default=None, description="Checkpoint selection on validation queries.")
+    train_pairs: int | None = Field(
+        default=None, description="Training rows trained on (validation queries' rows excluded)."
+    )
+    planned_steps: int | None = Field(default=None, description="Optimiser steps planned (budget, epochs or maxSteps).")
     steps: int | None = Field(default=None, description="Optimiser steps taken.")
     resumed_from_step: int | None = Field(default=None, description="Checkpoint step the last run resumed from.")
     start_time: str | None = Field(default=None, description="RFC 3339 time training started.")

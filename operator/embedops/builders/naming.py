@@ -30,7 +30,7 @@ _MAX_NAME = 63  # a Job's name becomes its pods' `job-name` label value
 # embedops (a default that changes results, a new recipe) must run that step again for every
 # resource that relies on it. Spec fields enter a step's key only where they differ from their
 # defaults (`identity`), so an upgrade that adds a defaulted field re-runs nothing.
-STEP_VERSIONS = {"prepare": 1, "train": 1, "embed": 1, "publish": 1}
+STEP_VERSIONS = {"prepare": 2, "train": 2, "embed": 1, "publish": 1}
 
 
 def inputs_hash(*parts: Any) -> str:

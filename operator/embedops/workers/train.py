@@ -1,9 +1,13 @@
 """The train worker: fine-tune a sentence-transformers model on a prepared dataset and score it.
 
-A FineTuneJob is only worth publishing if it beats its base model on the domain's own
-held-out queries, so both models are scored the same way (exact search over the whole
-corpus). Training checkpoints regularly and resumes from the last checkpoint, because pods
-are preempted or evicted (Kueue re-suspends evicted Jobs) and a restart must not start over.
+A FineTuneJob is only worth publishing if it beats its base model on the domain's own queries.
+So a validation split is carved from the training queries, every checkpoint is scored on it, the
+best one is kept, and when none beats the base model nothing is published. The test split is
+only reported: base and published model scored the same way (exact search over the whole corpus).
+How long training runs is planned from the data (a step budget), so that small data gets enough
+steps and large data a bounded time. Training checkpoints regularly and resumes from the last
+checkpoint, because pods are preempted or evicted (Kueue re-suspends evicted Jobs) and a
+restart must not start over.
 
 A GPU trains MiniLM faster than one host thread tokenizes its batches, so the training texts are
 tokenized once, in threads, before the first step, and nothing in a step waits for the GPU (no
@@ -15,6 +19,7 @@ model -> dataset -> loss -> evaluator -> training args -> trainer -> evaluate ->
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime as dt
 import hashlib
@@ -36,14 +41,17 @@ from transformers import TrainerCallback
 from embedops import modelzoo, progress, retrieval
 from embedops.api.common import ApiModel
 from embedops.api.finetune import (
+    GIST_LOSSES,
     EvaluationSpec,
     FineTuneJobSpec,
     IRMetrics,
     LossSpec,
     ModelArtifact,
     TrainingSpec,
+    ValidationScores,
+    ValidationSplitSpec,
 )
-from embedops.prepared import PreparedDataset, TrainExample
+from embedops.prepared import Doc, PreparedDataset, TrainExample
 from embedops.results import TrainResult as Result
 
 if TYPE_CHECKING:
@@ -55,7 +63,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-RANKING_LOSSES = {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"}
+RANKING_LOSSES = {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", *GIST_LOSSES}
+# Checkpoints (each scored on the validation queries) a run takes unless checkpointSteps says otherwise.
+CHECKPOINTS_PER_RUN = 5
+# The metric the trainer keeps the best checkpoint by: ValidationEvaluator's, prefixed by the trainer.
+BEST_METRIC = "eval_validation_ndcg@10"
+# Depth of the base model's ranking kept when a large corpus is sampled for validation.
+VALIDATION_DEPTH = 50
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 
@@ -106,7 +120,7 @@ def to_columns(examples: list[TrainExample], n: int) -> dict[str, list[str]]:
 
 
 def build_train_dataset(examples: list[TrainExample], spec: FineTuneJobSpec) -> tuple[Dataset | DatasetDict, int]:
-    """The training dataset (anchor, positive, negative_1..n) and the number of pairs in it."""
+    """The training dataset (anchor, positive, negative_1..n) and the number of rows in it."""
     from datasets import Dataset, DatasetDict
 
     cap = spec.training.negatives_per_pair if spec.training.negatives_per_pair is not None else 1 << 30
@@ -120,6 +134,8 @@ def build_train_dataset(examples: list[TrainExample], spec: FineTuneJobSpec) -> 
                 "MultipleNegativesRankingLoss"
             )
         cap = 1
+    if spec.loss.type == "GISTEmbedLoss":
+        cap = min(cap, 1)  # it takes (anchor, positive[, negative]); CachedGISTEmbedLoss takes several
     if not examples:
         raise ValueError("the prepared dataset has no training pairs")
     groups = negative_groups(examples, cap, spec.training.batch_size)
@@ -134,14 +150,120 @@ def groups_of(dataset: Dataset | DatasetDict) -> list[Dataset]:
     return list(dataset.values()) if isinstance(dataset, DatasetDict) else [dataset]
 
 
-def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec) -> int:
-    """The optimizer steps training will take: maxSteps, or epochs of one step per batchSize pairs of each group.
+def steps_per_epoch(dataset: Dataset | DatasetDict, batch_size: int) -> int:
+    """One step per batchSize rows of each group, as the trainer counts (a group's last batch may be smaller)."""
+    return sum(math.ceil(len(group) / batch_size) for group in groups_of(dataset))
 
-    The trainer counts the same way (each group's last batch may be smaller); a test holds the two together.
-    """
+
+def plan_steps(per_epoch: int, training: TrainingSpec) -> int:
+    """The optimizer steps training will take: maxSteps; else epochs passes; else the budget's, within its bounds."""
     if training.max_steps:
         return training.max_steps
-    return training.epochs * sum(math.ceil(len(group) / training.batch_size) for group in groups_of(dataset))
+    if training.epochs is not None:
+        return training.epochs * per_epoch
+    budget = training.budget
+    return min(max(budget.epochs * per_epoch, budget.min_steps), budget.max_steps)
+
+
+def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec) -> int:
+    """plan_steps for this dataset; a test holds it together with the steps the trainer takes."""
+    return plan_steps(steps_per_epoch(dataset, training.batch_size), training)
+
+
+def checkpoint_interval(planned: int, training: TrainingSpec) -> int:
+    """checkpointSteps, or the plan cut in CHECKPOINTS_PER_RUN (the last step is always saved and scored too)."""
+    return training.checkpoint_steps or max(1, math.ceil(planned / CHECKPOINTS_PER_RUN))
+
+
+# -- validation split -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationSet:
+    """Training queries held out for checkpoint selection, their positives and the documents searched."""
+
+    queries: dict[str, str]  # id -> text
+    qrels: dict[str, dict[str, int]]  # id -> doc id -> 1
+    corpus: dict[str, str]  # doc id -> full text
+
+
+def _seeded_order(seed: int, keys: Iterable[str]) -> list[str]:
+    return sorted(keys, key=lambda k: (hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest(), k))
+
+
+def carve_validation(examples: list[TrainExample], corpus: dict[str, Doc], spec: ValidationSplitSpec,
+                     seed: int) -> tuple[list[TrainExample], ValidationSet | None]:
+    """Training rows without the held-out queries, and those queries with their positives (by text, as rows hold them).
+
+    A seeded sample of the queries of the (query, positive) rows; title pairs always stay in training.
+    None when the fraction is 0 or there are too few queries to hold one out and still train on one.
+    """
+    pair_queries = sorted({e.query for e in examples if e.origin == "pair"})
+    n = min(spec.max_queries, round(spec.fraction * len(pair_queries)))
+    if spec.fraction > 0 and (n < 1 or n >= len(pair_queries)):
+        log.warning("validation off: %d training queries are too few to hold %.0f%% out", len(pair_queries),
+                    100 * spec.fraction)
+    if n < 1 or n >= len(pair_queries):
+        return examples, None
+    held = _seeded_order(seed, pair_queries)[:n]
+    query_id = {text: f"v{i}" for i, text in enumerate(held)}
+    ids_of: dict[str, list[str]] = {}
+    for d in corpus.values():
+        ids_of.setdefault(d.full_text, []).append(d.id)
+    qrels: dict[str, dict[str, int]] = {}
+    for e in examples:
+        if e.origin == "pair" and e.query in query_id:
+            qrels.setdefault(query_id[e.query], {}).update(dict.fromkeys(ids_of.get(e.positive, ()), 1))
+    queries = {q: text for text, q in query_id.items() if qrels.get(q)}
+    rows = [e for e in examples if e.origin != "pair" or e.query not in query_id]
+    documents = {d.id: d.full_text for d in corpus.values()}
+    return rows, ValidationSet(queries=queries, qrels={q: qrels[q] for q in queries}, corpus=documents)
+
+
+def sample_validation_corpus(model: SentenceTransformer, validation: ValidationSet, max_corpus: int, seed: int,
+                             batch_size: int) -> ValidationSet:
+    """The validation set searched over at most max_corpus documents (when the corpus is larger).
+
+    Every positive and the base model's top VALIDATION_DEPTH of each validation query are kept (the
+    documents that decide nDCG@10), then a seeded random sample fills up to max_corpus.
+    """
+    corpus = validation.corpus
+    if len(corpus) <= max_corpus:
+        return validation
+    ranking = retrieval.search(model, validation.queries, corpus, VALIDATION_DEPTH, batch_size=batch_size)
+    keep = dict.fromkeys(d for docs in validation.qrels.values() for d in docs)
+    keep.update(dict.fromkeys(d for hits in ranking.values() for d, _ in hits))
+    for d in _seeded_order(seed, corpus):
+        if len(keep) >= max_corpus:
+            break
+        keep.setdefault(d)
+    log.info("validation searches %d of the corpus's %d documents", len(keep), len(corpus))
+    return dataclasses.replace(validation, corpus={d: corpus[d] for d in sorted(keep)})
+
+
+def score(model: SentenceTransformer, queries: dict[str, str], corpus: dict[str, str], qrels: dict,
+          batch_size: int) -> IRMetrics:
+    s = retrieval.evaluate(model, queries, corpus, qrels, batch_size=batch_size)
+    return IRMetrics(ndcg_at_10=s.ndcg_at_10, mrr_at_10=s.mrr_at_10, recall_at_10=s.recall[10],
+                     recall_at_100=s.recall[100], queries=s.queries)
+
+
+def validation_evaluator(validation: ValidationSet, batch_size: int) -> Any:
+    """A sentence-transformers evaluator the trainer runs at every checkpoint: nDCG@10 on the validation set."""
+    from sentence_transformers.evaluation import SentenceEvaluator
+
+    class ValidationEvaluator(SentenceEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.primary_metric = "validation_ndcg@10"
+
+        def __call__(self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1,
+                     steps: int = -1) -> dict[str, float]:
+            m = score(model, validation.queries, validation.corpus, validation.qrels, batch_size)
+            return {"validation_ndcg@10": m.ndcg_at_10, "validation_mrr@10": m.mrr_at_10,
+                    "validation_recall@10": m.recall_at_10}
+
+    return ValidationEvaluator()
 
 
 # -- collation ------------------------------------------------------------------------------
@@ -215,20 +337,35 @@ def embedding_dimension(model: SentenceTransformer) -> int:
     return int(getter())
 
 
-def build_loss(model: SentenceTransformer, spec: LossSpec) -> nn.Module:
+def build_loss(model: SentenceTransformer, spec: LossSpec, guide: Callable[[], SentenceTransformer] | None = None
+               ) -> nn.Module:
+    """The loss; `guide` loads the GIST losses' guide model (by default a frozen copy of the base model)."""
     from sentence_transformers.losses import (
+        CachedGISTEmbedLoss,
         CachedMultipleNegativesRankingLoss,
+        GISTEmbedLoss,
         MatryoshkaLoss,
         MultipleNegativesRankingLoss,
         TripletLoss,
     )
 
+    def guide_model() -> SentenceTransformer:
+        loaded = guide() if guide is not None else copy.deepcopy(model)
+        return loaded.eval().requires_grad_(False)
+
+    # The library's GIST default temperature, 0.01 (scale 100), made all-MiniLM-L6-v2 worse than its base on the
+    # SciFact sample, where 1/scale (0.05) did not (docs/performance.md): one scale for every ranking loss.
+    gist = {"temperature": 1 / spec.scale, "margin_strategy": spec.guide_margin_strategy, "margin": spec.guide_margin}
     loss: nn.Module
     match spec.type:
         case "MultipleNegativesRankingLoss":
             loss = MultipleNegativesRankingLoss(model, scale=spec.scale)
         case "CachedMultipleNegativesRankingLoss":
             loss = CachedMultipleNegativesRankingLoss(model, scale=spec.scale, mini_batch_size=spec.mini_batch_size)
+        case "GISTEmbedLoss":
+            loss = GISTEmbedLoss(model, guide_model(), **gist)
+        case "CachedGISTEmbedLoss":
+            loss = CachedGISTEmbedLoss(model, guide_model(), mini_batch_size=spec.mini_batch_size, **gist)
         case "TripletLoss":
             loss = TripletLoss(model, triplet_margin=spec.triplet_margin)
         case _:
@@ -254,9 +391,7 @@ def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec,
         qrels = {q: qrels[q] for q in ranked[:spec.max_queries]}
 
     def evaluate(model: SentenceTransformer) -> IRMetrics:
-        s = retrieval.evaluate(model, queries, corpus, qrels, batch_size=spec.batch_size)
-        return IRMetrics(ndcg_at_10=s.ndcg_at_10, mrr_at_10=s.mrr_at_10, recall_at_10=s.recall[10],
-                         recall_at_100=s.recall[100], queries=s.queries)
+        return score(model, queries, corpus, qrels, spec.batch_size)
 
     return evaluate
 
@@ -275,14 +410,17 @@ def precision_flags(precision: str, device: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int):
+def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int, *,
+                  validate: bool = False):
+    """The trainer's arguments for `total_steps` steps; with `validate`, each checkpoint is scored and the best kept."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     t: TrainingSpec = spec.training
+    every = checkpoint_interval(total_steps, t)
     return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
-        num_train_epochs=t.epochs,
-        max_steps=t.max_steps or -1,
+        # The plan in steps (plan_steps): the trainer runs as many passes as it takes.
+        max_steps=total_steps,
         per_device_train_batch_size=t.batch_size,
         learning_rate=t.learning_rate,
         # A count of steps: transformers 5 reads a float below 1 as a ratio, transformers 4 as a count.
@@ -295,12 +433,18 @@ def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_s
         # Duplicate texts in a batch would be in-batch "negatives" of themselves.
         batch_sampler="no_duplicates" if spec.loss.type in RANKING_LOSSES else "batch_sampler",
         save_strategy="steps",
-        save_steps=t.checkpoint_steps,
+        save_steps=every,
+        # The newest and the best checkpoint are kept (the trainer never rotates the best one out).
         save_total_limit=2,
-        logging_steps=max(1, min(50, t.checkpoint_steps)),
+        logging_steps=max(1, min(50, every)),
         # The filter reads every step's loss on the host: a wait for the GPU at each step.
         logging_nan_inf_filter=False,
-        eval_strategy="no",
+        # Scored at each checkpoint (the trainer also scores the last step); the best is kept, not loaded:
+        # run() loads it, so that a failed load is an error rather than a log line.
+        eval_strategy="steps" if validate else "no",
+        eval_steps=every if validate else None,
+        metric_for_best_model=BEST_METRIC if validate else None,
+        greater_is_better=True if validate else None,
         report_to="none",
         disable_tqdm=True,
         # Collating in the main process: the texts are tokenized before the first step (pretokenized_collator),
@@ -330,6 +474,9 @@ class ProgressCallback(TrainerCallback):
         if logs and "loss" in logs:
             log.info("step %d/%d: loss %.4f, learning rate %.2e", state.global_step, state.max_steps,
                      logs["loss"], logs.get("learning_rate", 0.0))
+        if logs and BEST_METRIC in logs:
+            log.info("step %d/%d: validation nDCG@10 %.4f (best so far %.4f)", state.global_step, state.max_steps,
+                     logs[BEST_METRIC], max(logs[BEST_METRIC], state.best_metric or -1.0))
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stack.close()
@@ -385,8 +532,19 @@ def _trainer_class() -> type:
     return Trainer
 
 
+def select_checkpoint(state: Any, base: float, require_improvement: bool) -> str | None:
+    """The checkpoint to publish: the best on validation, when it beats the base model (or regardless, when asked).
+
+    None means no model is published: nothing beat the base model (or, improvement not required, nothing was scored).
+    """
+    best = state.best_model_checkpoint
+    if best is None or (require_improvement and not state.best_metric > base):
+        return None
+    return best
+
+
 def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
-    """Train, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
+    """Train, select, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
     from transformers import PrinterCallback
 
     spec, out = config.spec, config.output_dir
@@ -394,27 +552,42 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
     started, clock = _now(), time.monotonic()
 
     # Model: the base model, from a local folder or a bundled package.
-    model = modelzoo.load(spec.base_model, base_dir=config.base_dir, device=device,
-                          max_seq_length=spec.training.max_seq_length)
+    def load(name: str) -> SentenceTransformer:
+        return modelzoo.load(name, base_dir=config.base_dir, device=device,
+                             max_seq_length=spec.training.max_seq_length)
 
-    # Dataset: the prepared training pairs with their hard negatives.
+    model = load(spec.base_model)
+
+    # Dataset: the prepared training rows with their hard negatives, less the validation queries' rows.
     data = PreparedDataset(config.dataset_dir)
-    train_dataset, train_pairs = build_train_dataset(data.train_examples(), spec)
+    examples, validation = carve_validation(data.train_examples(), data.corpus(), spec.evaluation.validation,
+                                            spec.training.seed)
+    train_dataset, train_rows = build_train_dataset(examples, spec)
 
-    # Loss: in-batch plus hard negatives (or triplets), optionally at several Matryoshka sizes.
-    loss = build_loss(model, spec.loss)
+    # Loss: in-batch plus hard negatives (or triplets), optionally guided (GIST) or at several Matryoshka sizes.
+    loss = build_loss(model, spec.loss, guide=lambda: load(spec.loss.guide_model or spec.base_model))
 
-    # Evaluator: held-out queries against the full corpus; the base model is scored before it changes.
+    # Evaluators: test queries (reported only) and validation queries (which checkpoint to publish), the base
+    # model scored on both before it changes.
     evaluate = held_out_evaluator(data, spec.evaluation, spec.training.seed)
     base_metrics = evaluate(model)
     log.info("base model: nDCG@10 %.4f on %d test queries", base_metrics.ndcg_at_10, base_metrics.queries)
+    batch = spec.evaluation.batch_size
+    if validation is not None:
+        validation = sample_validation_corpus(model, validation, spec.evaluation.validation.max_corpus,
+                                              spec.training.seed, batch)
+        base_validation = score(model, validation.queries, validation.corpus, validation.qrels, batch).ndcg_at_10
+        log.info("base model: nDCG@10 %.4f on %d validation queries", base_validation, len(validation.queries))
 
-    # Training arguments: checkpoints every checkpointSteps, the last two kept.
+    # Training arguments: the planned steps, a checkpoint (scored on validation) every fifth of them.
     checkpoints = out / "checkpoints"
-    args = training_args(spec, checkpoints, device, planned_steps(train_dataset, spec.training))
+    planned = planned_steps(train_dataset, spec.training)
+    args = training_args(spec, checkpoints, device, planned, validate=validation is not None)
+    log.info("training %d rows for %d steps, a checkpoint every %d", train_rows, planned, args.save_steps)
 
     # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed.
     trainer = _trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
+                                 evaluator=validation_evaluator(validation, batch) if validation else None,
                                  callbacks=[ProgressCallback(), *callbacks])
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
     trainer.data_collator = pretokenized_collator(trainer.data_collator, model, train_dataset)
@@ -423,28 +596,62 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
         log.info("resuming from the checkpoint of step %d", resumed_from_step)
     trainer.train(resume_from_checkpoint=resume_from)
 
-    # Evaluate: the tuned model on the same queries.
+    # Select: the best checkpoint on validation, if it beats the base model; else nothing is published.
+    scores = None
+    if validation is not None:
+        state = trainer.state
+        chosen = select_checkpoint(state, base_validation, spec.evaluation.require_improvement)
+        scores = ValidationScores(queries=len(validation.queries), documents=len(validation.corpus),
+                                  base_ndcg_at_10=base_validation, best_ndcg_at_10=state.best_metric,
+                                  best_step=state.best_global_step or None,
+                                  evaluations=sum(BEST_METRIC in h for h in state.log_history))
+        if chosen is None:
+            log.warning("no checkpoint beat the base model on validation (nDCG@10 %.4f, best %s): no model published",
+                        base_validation, state.best_metric)
+            return _finish(config, started, clock, base_metrics=base_metrics, validation=scores, train_rows=train_rows,
+                           planned=planned, trainer=trainer, resumed_from_step=resumed_from_step)
+        log.info("publishing the checkpoint of step %d: validation nDCG@10 %.4f (base %.4f)", scores.best_step,
+                 state.best_metric, base_validation)
+        model = load(chosen)
+
+    # Evaluate: the model to publish on the test queries, as the base model was.
     tuned_metrics = evaluate(model)
     log.info("tuned model: nDCG@10 %.4f (base %.4f)", tuned_metrics.ndcg_at_10, base_metrics.ndcg_at_10)
 
     # Save: the model folder and the evaluation next to it.
     model_dir = out / "model"
     model.save(str(model_dir), create_model_card=False)
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the run is complete: nothing left to resume
+    artifact = ModelArtifact(location=str(model_dir), base_model=spec.base_model,
+                             dimensions=embedding_dimension(model), fingerprint=modelzoo.fingerprint(model_dir))
+    return _finish(config, started, clock, base_metrics=base_metrics, validation=scores, train_rows=train_rows,
+                   planned=planned, trainer=trainer, resumed_from_step=resumed_from_step, model=artifact,
+                   tuned_metrics=tuned_metrics)
+
+
+def _finish(config: Config, started: str, clock: float, *, base_metrics: IRMetrics, validation: ValidationScores | None,
+            train_rows: int, planned: int, trainer: Any, resumed_from_step: int | None,
+            model: ModelArtifact | None = None, tuned_metrics: IRMetrics | None = None) -> Result:
+    """The result, and evaluation.json beside the model; the checkpoints go, since nothing is left to resume."""
+    out = config.output_dir
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
     result = Result(
-        model=ModelArtifact(location=str(model_dir), base_model=spec.base_model,
-                            dimensions=embedding_dimension(model), fingerprint=modelzoo.fingerprint(model_dir)),
+        model=model,
         base_metrics=base_metrics,
         tuned_metrics=tuned_metrics,
-        ndcg_gain=tuned_metrics.ndcg_at_10 - base_metrics.ndcg_at_10,
-        train_pairs=train_pairs,
+        ndcg_gain=tuned_metrics.ndcg_at_10 - base_metrics.ndcg_at_10 if tuned_metrics else None,
+        validation=validation,
+        train_pairs=train_rows,
+        planned_steps=planned,
         steps=trainer.state.global_step,
         resumed_from_step=resumed_from_step,
         start_time=started,
         completion_time=_now(),
         duration_seconds=round(time.monotonic() - clock, 1),
     )
-    evaluation = {"base": base_metrics.to_wire(), "tuned": tuned_metrics.to_wire(), "ndcgGain": result.ndcg_gain,
-                  "baseModel": spec.base_model, "steps": result.steps, "trainPairs": train_pairs}
+    evaluation = {"base": base_metrics.to_wire(), "tuned": tuned_metrics.to_wire() if tuned_metrics else None,
+                  "ndcgGain": result.ndcg_gain, "validation": validation.to_wire() if validation else None,
+                  "baseModel": config.spec.base_model, "published": model is not None, "plannedSteps": planned,
+                  "steps": result.steps, "trainPairs": train_rows}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return result
