@@ -35,8 +35,9 @@ def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp
                  {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
                   "spec": {"source": {"beir": {"path": "nowhere"}}, "hardNegatives": {"model": "no-such-model"}}},
                  {"kind": "EmbeddingDataset", "metadata": {"name": "pairs"}, "spec": {"source": {"pairs": {"path": "p.jsonl"}}}},
-                 {"kind": "FineTuneJob", "metadata": {"name": "ft"}, "spec": {"datasetRef": {"name": "ds"},
-                                                                              "baseModel": "models/missing"}},
+                 {"kind": "FineTuneJob", "metadata": {"name": "ft"}, "spec": {
+                     "datasetRef": {"name": "ds"}, "baseModel": "models/missing",
+                     "loss": {"type": "GISTEmbedLoss", "guideModel": "models/guide"}}},
                  index())
     assert main(["validate", "-f", str(path)]) == 2
     err = capsys.readouterr().err
@@ -44,6 +45,7 @@ def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp
     assert "EmbeddingDataset/default/ds: spec.hardNegatives.model: model 'no-such-model' is neither" in err
     assert "EmbeddingDataset/default/pairs: spec.source.pairs.path: 'p.jsonl' is not found" in err
     assert "FineTuneJob/default/ft: spec.baseModel: model 'models/missing' is neither" in err
+    assert "FineTuneJob/default/ft: spec.loss.guideModel: model 'models/guide' is neither" in err
     assert "EmbeddingIndex/default/ix: spec.probe.path: 'probe.jsonl' is a folder, not a file" in err
 
 

@@ -61,6 +61,8 @@ def files_and_models(loaded: LoadedResource) -> list[str]:
                 problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
         case "FineTuneJob":
             problems += _model(base, spec.base_model, "spec.baseModel")
+            if spec.loss.guide_model is not None:
+                problems += _model(base, spec.loss.guide_model, "spec.loss.guideModel")
         case "EmbeddingIndex":
             if spec.model.name is not None:
                 problems += _model(base, spec.model.name, "spec.model.name")

@@ -259,14 +259,17 @@ def test_a_transient_failure_is_retried_by_the_job(kube, operator):
 
 
 def test_invalid_spec_gives_a_condition_not_a_crash_loop(kube, operator):
-    # Valid for the API server, invalid for embedops: rangeMin must stay below rangeMax.
-    bad = json.loads(json.dumps(DATASET))
-    bad["spec"]["hardNegatives"] = {"rangeMin": 60, "rangeMax": 50}
+    # Valid for the API server, invalid for embedops: a cached loss's mini-batch above the batch.
+    kube.apply(DATASET)
+    _prepare(kube)
+    bad = json.loads(json.dumps(FINETUNE))
+    bad["spec"]["loss"] = {"type": "CachedMultipleNegativesRankingLoss", "miniBatchSize": 64}
+    bad["spec"]["training"] = {"batchSize": 32}
     kube.apply(bad)
-    wait_for("InvalidSpec", lambda: (kube.condition("EmbeddingDataset", "ds") or {}).get("reason") == "InvalidSpec")
-    assert "rangeMin" in kube.condition("EmbeddingDataset", "ds")["message"]
-    assert kube.jobs() == []
-    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in kube.events("ds"))
+    wait_for("InvalidSpec", lambda: (kube.condition("FineTuneJob", "ft") or {}).get("reason") == "InvalidSpec")
+    assert "miniBatchSize must not exceed" in kube.condition("FineTuneJob", "ft")["message"]
+    assert kube.jobs("train") == []
+    assert any(e.reason == "InvalidSpec" and e.type == "Warning" for e in kube.events("ft"))
 
 
 def test_restart_mid_flight_creates_no_duplicates(kube):
