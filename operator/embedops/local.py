@@ -185,14 +185,6 @@ class LocalRunner:
         if body is not None and (body.get("status") or {}).pop("inputsHash", None):
             self._write(body)
 
-    def _related(self, body: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-        related = {}
-        for kind, name in reconcile.references(body):
-            other = self._read(kind, body["metadata"]["namespace"], name)
-            if other is not None:
-                related[(kind, name)] = other.get("status") or {}
-        return related
-
     # -- the lifecycle ----------------------------------------------------------------------
 
     def run(self, resources: list[LoadedResource]) -> dict[str, Outcome]:
@@ -212,7 +204,9 @@ class LocalRunner:
                                   database_secrets=False)
         jobs: dict[str, reconcile.ObservedJob] = {}
         for _ in range(MAX_ROUNDS):
-            observed = reconcile.Observed(body=body, jobs=jobs, related=self._related(body), now=self.clock())
+            related = reconcile.related_statuses(body, lambda kind, name: self._read(kind, body["metadata"]["namespace"],
+                                                                                      name))
+            observed = reconcile.Observed(body=body, jobs=jobs, related=related, now=self.clock())
             plan = reconcile.plan(observed, SETTINGS, layout)
             for name in plan.delete:
                 jobs.pop(name, None)

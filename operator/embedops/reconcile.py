@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -600,6 +601,14 @@ def _degraded_transition(old: BaseStatus, new: BaseStatus, planned: list[tuple[s
     if was and not now:
         return [("Normal", "Recovered", f"no longer degraded ({before.reason}: {before.message})")]
     return []
+
+
+def related_statuses(body: dict[str, Any], read: Callable[[str, str], dict[str, Any] | None]
+                     ) -> dict[tuple[str, str], dict[str, Any]]:
+    """`Observed.related` for `body`: the statuses of the resources it references that exist, as `read(kind,
+    name)` finds them (the API server, or local mode's state folder)."""
+    found = {ref: read(*ref) for ref in references(body)}
+    return {ref: obj.get("status") or {} for ref, obj in found.items() if obj is not None}
 
 
 def references(body: dict[str, Any]) -> list[tuple[str, str]]:

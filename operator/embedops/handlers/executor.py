@@ -39,11 +39,7 @@ def reconcile_resource(kind: str, namespace: str, name: str) -> dict[str, Any] |
 
 def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
     jobs = kube.owned_jobs(namespace, body["metadata"]["uid"])
-    related = {}
-    for ref_kind, ref_name in reconcile.references(body):
-        other = kube.get_object(ref_kind, namespace, ref_name)
-        if other is not None:
-            related[(ref_kind, ref_name)] = other.get("status") or {}
+    related = reconcile.related_statuses(body, lambda ref_kind, ref_name: kube.get_object(ref_kind, namespace, ref_name))
     plan = reconcile.plan(reconcile.Observed(body=body, jobs=jobs, related=related), SETTINGS)
     for manifest in plan.create:
         if kube.create_job(manifest):
@@ -57,6 +53,7 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         kube.post_event(body, type_, reason, message)
         metrics.METRICS.event_posted(kind, namespace, name, reason)
     old = body.get("status") or {}
+    stored = statuses.parse(KINDS[kind].status_model, old)
     written = None
     status = plan.status
     if status is not None:
@@ -64,10 +61,10 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         if wire != old:
             kube.replace_status(kind, namespace, name, old, wire)
             written = wire
-            if statuses.is_ready(status) != statuses.is_ready(statuses.parse(KINDS[kind].status_model, old)):
+            if statuses.is_ready(status) != statuses.is_ready(stored):
                 _nudge_dependants(kind, namespace, name)
     else:
-        status = statuses.parse(KINDS[kind].status_model, old)
+        status = stored
     _observe_metrics(kind, namespace, name, body, status)
     return written
 
