@@ -1,4 +1,4 @@
-"""The train worker: a tiny training run, kill and resume, losses, collation, warm-up, one slow real fine-tune."""
+"""The train worker end to end: a tiny run, kill and resume, losses, warm-up, the published checkpoint."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from embedops import modelzoo, retrieval
-from embedops.api.finetune import FineTuneJobSpec, LossSpec
+from embedops import modelzoo
+from embedops.api.finetune import FineTuneJobSpec
 from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
+from embedops.workers.training import checkpoints, data, trainer, validation
 
-QUICKSTART = Path(__file__).resolve().parents[1] / "examples" / "quickstart"
+QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 TOPICS = ["protein", "galaxy", "river", "taxes", "jazz", "soil", "volcano", "neuron", "coral", "bonds",
           "glacier", "virus", "enzyme", "comet", "delta", "tariff", "blues", "fungi", "magma", "synapse",
           "kelp", "equity", "tundra", "plasmid", "quasar", "canyon", "budget", "opera", "lichen", "geyser"]
@@ -89,23 +90,28 @@ class KillAfterCheckpoint(TrainerCallback):
             raise KeyboardInterrupt(f"killed after the checkpoint of step {self.step}")
 
 
+class CountSteps(TrainerCallback):
+    """The global step at the end of each step this run took."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir, dataset):
     spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2)
     with pytest.raises(KeyboardInterrupt, match="step 4"):
         run_job(tmp_path, spec, dataset, callbacks=[KillAfterCheckpoint(4)])
-    checkpoints = sorted(p.name for p in (tmp_path / "job" / "checkpoints").glob("checkpoint-*"))
-    assert checkpoints == ["checkpoint-2", "checkpoint-4"] and not (tmp_path / "job" / "model").exists()
+    saved = sorted(p.name for p in (tmp_path / "job" / "checkpoints").glob("checkpoint-*"))
+    assert saved == ["checkpoint-2", "checkpoint-4"] and not (tmp_path / "job" / "model").exists()
 
-    steps_taken = []
-
-    class CountSteps(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            steps_taken.append(state.global_step)
-
-    result = run_job(tmp_path, spec, dataset, callbacks=[CountSteps()])
+    counted = CountSteps()
+    result = run_job(tmp_path, spec, dataset, callbacks=[counted])
 
     assert result.resumed_from_step == 4 and result.steps == 6
-    assert steps_taken == [5, 6]
+    assert counted.steps == [5, 6]
     # save_total_limit keeps the last two checkpoints.
     assert not (tmp_path / "job" / "checkpoints").exists(), "a finished run leaves no checkpoints behind"
 
@@ -120,38 +126,23 @@ def test_a_save_cut_short_is_skipped_and_the_run_resumes_from_the_complete_one_b
     for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt", "rng_state.pth"):
         (partial / name).unlink(missing_ok=True)
     (partial / "model.safetensors").rename(partial / "model.safetensors.tmp")
-    assert train.checkpoint_step(partial) is None and train.checkpoint_step(partial.with_name("checkpoint-2")) == 2
+    assert checkpoints.checkpoint_step(partial) is None
+    assert checkpoints.checkpoint_step(partial.with_name("checkpoint-2")) == 2
 
-    steps_taken = []
-
-    class CountSteps(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            steps_taken.append(state.global_step)
-
-    result = run_job(tmp_path, spec, dataset, callbacks=[CountSteps()])
-    assert result.resumed_from_step == 2 and result.steps == 6 and steps_taken == [3, 4, 5, 6]
-
-
-def test_a_checkpoint_whose_state_file_was_cut_short_is_incomplete(tmp_path):
-    folder = tmp_path / "checkpoint-8"
-    folder.mkdir()
-    (folder / "model.safetensors").write_bytes(b"weights")
-    (folder / "trainer_state.json").write_text('{"global_step": 8, "log_hist')
-    assert train.checkpoint_step(folder) is None
-    (folder / "trainer_state.json").write_text('{"global_step": 8}')
-    assert train.checkpoint_step(folder) == 8
-    assert train.last_checkpoint(tmp_path) == (str(folder), 8)
+    counted = CountSteps()
+    result = run_job(tmp_path, spec, dataset, callbacks=[counted])
+    assert result.resumed_from_step == 2 and result.steps == 6 and counted.steps == [3, 4, 5, 6]
 
 
 def test_warm_up_is_a_count_of_the_planned_steps(tmp_path, tiny_model_dir):
     dataset = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
     spec = job(tiny_model_dir, batchSize=4, maxSteps=None, epochs=1, warmupRatio=0.5, evaluation=NO_VALIDATION)
     examples = PreparedDataset(dataset).train_examples()
-    planned = train.planned_steps(train.build_train_dataset(examples, spec)[0], spec.training)
+    planned = trainer.planned_steps(data.build_train_dataset(examples, spec)[0], spec.training)
     assert planned == 6  # three groups of 6 or 7 pairs, two batches of 4 each
-    args = train.training_args(spec, tmp_path / "checkpoints", "cpu", planned)
+    args = trainer.training_args(spec, tmp_path / "checkpoints", "cpu", planned)
     assert args.warmup_steps == 3 and isinstance(args.warmup_steps, int)
-    assert train.training_args(spec, tmp_path / "c", "cpu", 7).warmup_steps == math.ceil(0.5 * 7)
+    assert trainer.training_args(spec, tmp_path / "c", "cpu", 7).warmup_steps == math.ceil(0.5 * 7)
 
     rates = []
 
@@ -163,49 +154,6 @@ def test_warm_up_is_a_count_of_the_planned_steps(tmp_path, tiny_model_dir):
     assert result.steps == planned
     peak = spec.training.learning_rate
     assert rates == pytest.approx([peak / 3, peak * 2 / 3, peak, peak * 2 / 3, peak / 3, 0.0])
-
-
-def test_an_unknown_loss_type_is_not_trained_as_another(tiny_model_dir):
-    model = modelzoo.load(str(tiny_model_dir), device="cpu")
-    with pytest.raises(AssertionError):
-        train.build_loss(model, LossSpec.model_construct(type="AngleLoss"))
-
-
-def test_steps_collate_from_texts_tokenized_up_front(tmp_path, tiny_model_dir):
-    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-
-    model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
-    folder = synthetic_dataset(tmp_path / "dataset", negatives=2, uneven=True)
-    dataset, _ = train.build_train_dataset(PreparedDataset(folder).train_examples(), job(tiny_model_dir, batchSize=4))
-    calls = []
-
-    def preprocess(inputs, **kwargs):
-        calls.append(len(inputs))
-        return model.preprocess(inputs, **kwargs)
-
-    collator = SentenceTransformerDataCollator(preprocess_fn=preprocess)
-    fast = train.pretokenized_collator(collator, model, dataset)
-    assert fast is not collator
-    for group in dataset.values():
-        rows = [group[i] for i in range(len(group))]
-        want = collator(rows)
-        calls.clear()
-        assert train.same_batch(fast(rows), want) and not calls, "collated from ids computed up front"
-    assert fast.preprocess_fn(["a text never seen"])["input_ids"].shape[0] == 1 and calls == [1]
-
-
-def test_a_tokenizer_the_fast_path_does_not_reproduce_keeps_the_trainers_collator(tmp_path, tiny_model_dir,
-                                                                                  monkeypatch):
-    from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-
-    from embedops.workers import encoder
-
-    model = modelzoo.load(str(tiny_model_dir), device="cpu")
-    monkeypatch.setattr(encoder, "fast_tokenizer", lambda model: None)
-    collator = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
-    dataset, _ = train.build_train_dataset(PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(),
-                                           job(tiny_model_dir))
-    assert train.pretokenized_collator(collator, model, dataset) is collator
 
 
 def test_triplet_loss_without_negatives_fails_clearly(tmp_path, tiny_model_dir):
@@ -238,24 +186,6 @@ def test_uneven_negatives_train_in_groups_without_padding(tmp_path, tiny_model_d
     assert result.steps == 4 and result.train_pairs == 20
 
 
-def test_negative_groups_merge_small_groups_downwards():
-    def ex(n: int) -> TrainExample:
-        return TrainExample(query="q", positive="p", negatives=tuple(f"n{k}" for k in range(n)))
-
-    examples = [ex(3)] * 10 + [ex(2)] * 2 + [ex(1)] * 3 + [ex(0)] * 2
-    groups = train.negative_groups(examples, cap=8, min_group=4)
-    assert {n: len(g) for n, g in groups.items()} == {3: 10, 1: 5, 0: 2}
-    assert {n: len(g) for n, g in train.negative_groups(examples, cap=1, min_group=4).items()} == {1: 15, 0: 2}
-    columns = train.to_columns(groups[1], 1)
-    assert list(columns) == ["anchor", "positive", "negative_1"] and len(columns["negative_1"]) == 5
-
-
-def test_fp16_on_cpu_is_refused():
-    with pytest.raises(ValueError, match="fp16 needs a CUDA GPU"):
-        train.precision_flags("fp16", "cpu")
-    assert train.precision_flags("auto", "cpu") == {"bf16": False, "fp16": False}
-
-
 @pytest.mark.slow
 def test_minilm_on_a_scifact_sample_beats_the_base_model(tmp_path):
     from embedops.api.dataset import EmbeddingDatasetSpec
@@ -281,7 +211,7 @@ def test_minilm_on_a_scifact_sample_beats_the_base_model(tmp_path):
 
 def scripted_validation(monkeypatch, ndcgs: list[float]) -> list[float]:
     """Validation scores in call order (the base model first, then each checkpoint); test scores stay real."""
-    real, left = train.score, list(ndcgs)
+    real, left = validation.score, list(ndcgs)
 
     def score(model, queries, corpus, qrels, batch_size):
         metrics = real(model, queries, corpus, qrels, batch_size)
@@ -289,7 +219,7 @@ def scripted_validation(monkeypatch, ndcgs: list[float]) -> list[float]:
             return metrics.model_copy(update={"ndcg_at_10": left.pop(0)})
         return metrics
 
-    monkeypatch.setattr(train, "score", score)
+    monkeypatch.setattr(validation, "score", score)
     return left
 
 
@@ -367,62 +297,3 @@ def test_a_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path,
     assert resumed.resumed_from_step == 4 and whole.resumed_from_step is None
     assert resumed.validation == whole.validation and resumed.tuned_metrics == whole.tuned_metrics
     assert resumed.model.fingerprint == whole.model.fingerprint
-
-
-def test_validation_holds_out_whole_queries_never_title_pairs_and_is_seeded():
-    from embedops.api.finetune import ValidationSplitSpec
-
-    corpus = {d.id: d for d in [Doc("d0", "zero"), Doc("d0-copy", "zero"), Doc("d1", "one", "One"), Doc("d2", "two")]}
-    rows = [TrainExample(f"query {i}", corpus[f"d{i % 3}"].full_text, (f"neg {k}",)) for i in range(10) for k in range(3)]
-    rows += [TrainExample("One", "one", ("two",), origin="title")]
-    spec = ValidationSplitSpec(fraction=0.2)
-
-    kept, validation = train.carve_validation(rows, corpus, spec, seed=7)
-    assert len(validation.queries) == 2 and len(kept) == len(rows) - 2 * 3
-    held = set(validation.queries.values())
-    assert not held & {e.query for e in kept} and any(e.origin == "title" for e in kept)
-    for q, text in validation.queries.items():
-        i = int(text.split()[1])
-        # Positives are found by their text: documents with the same text are all relevant.
-        assert validation.qrels[q] == ({"d0": 1, "d0-copy": 1} if i % 3 == 0 else {f"d{i % 3}": 1})
-    assert validation.corpus == {d.id: d.full_text for d in corpus.values()}
-    assert train.carve_validation(rows, corpus, spec, seed=7) == (kept, validation)
-    assert set(train.carve_validation(rows, corpus, spec, seed=8)[1].queries.values()) != held
-    assert train.carve_validation(rows, corpus, ValidationSplitSpec(fraction=0), seed=7) == (rows, None)
-    few = [e for e in rows if e.query in ("query 1", "query 2")]  # 0.2 of two queries holds none out
-    assert train.carve_validation(few, corpus, spec, seed=7) == (few, None)
-    assert len(train.carve_validation(rows, corpus, ValidationSplitSpec(fraction=0.9, maxQueries=3), 7)[1].queries) == 3
-
-
-def test_a_large_corpus_is_sampled_for_validation_keeping_what_decides_the_ranking(tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(train, "VALIDATION_DEPTH", 5)
-    model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
-    corpus = {f"d{i}": f"notes on {t} and related {t} findings" for i, t in enumerate(TOPICS)}
-    validation = train.ValidationSet(queries={"v0": "what is known about jazz?"}, qrels={"v0": {"d4": 1}},
-                                     corpus=corpus)
-    assert train.sample_validation_corpus(model, validation, 30, seed=1, batch_size=8) is validation
-    sampled = train.sample_validation_corpus(model, validation, 12, seed=1, batch_size=8)
-    top = [d for d, _ in retrieval.search(model, validation.queries, corpus, 5)["v0"]]
-    assert "d4" in sampled.corpus and set(top) <= set(sampled.corpus) and len(sampled.corpus) == 12
-    assert sampled.queries == validation.queries and sampled.qrels == validation.qrels
-    assert train.sample_validation_corpus(model, validation, 12, seed=1, batch_size=8) == sampled
-    assert train.sample_validation_corpus(model, validation, 12, seed=2, batch_size=8) != sampled
-
-
-def test_gist_losses_are_guided_by_a_frozen_copy_of_the_base_model_at_the_ranking_scale(tmp_path, tiny_model_dir):
-    import torch
-
-    model = modelzoo.load(str(tiny_model_dir), device="cpu")
-    loss = train.build_loss(model, LossSpec(type="GISTEmbedLoss", scale=25))
-    assert loss.temperature == pytest.approx(0.04) and loss.guide is not model
-    assert not any(p.requires_grad for p in loss.guide.parameters()) and not loss.guide.training
-    assert all(torch.equal(a, b) for a, b in zip(loss.guide.state_dict().values(), model.state_dict().values()))
-    cached = train.build_loss(model, LossSpec(type="CachedGISTEmbedLoss", miniBatchSize=4),
-                              guide=lambda: modelzoo.load(str(tiny_model_dir), device="cpu"))
-    assert cached.mini_batch_size == 4 and cached.temperature == pytest.approx(0.05)
-    # GISTEmbedLoss takes one hard negative a row, CachedGISTEmbedLoss all of them.
-    examples = PreparedDataset(synthetic_dataset(tmp_path / "d", negatives=2)).train_examples()
-    one, _ = train.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "GISTEmbedLoss"}))
-    both, _ = train.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "CachedGISTEmbedLoss",
-                                                                            "miniBatchSize": 4}))
-    assert one.column_names == ["anchor", "positive", "negative_1"] and len(both.column_names) == 4

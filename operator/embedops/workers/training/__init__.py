@@ -1,0 +1,8 @@
+"""The train worker's parts, one idea a module, as sentence-transformers lays out its own.
+
+`embedops.workers.train.run` reads like a sentence-transformers training script; the pieces it
+calls live here: the training dataset (data), the held-out queries that score it (validation),
+the collator on texts tokenized up front (collator), the loss (loss), the trainer's arguments,
+callbacks and class (trainer), and the checkpoints a killed run resumes from and the one that is
+published (checkpoints).
+"""
