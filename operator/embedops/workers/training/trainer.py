@@ -12,7 +12,7 @@ import logging
 import math
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from transformers import TrainerCallback
 
@@ -105,6 +105,9 @@ def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_s
         # and forked workers deadlock with tokenizers' threads.
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        # Batches go to the GPU without blocking (a blocking copy waits for the previous step to finish): the
+        # trainer's DataLoader, prepared by accelerate, moves them itself, from the pinned memory above.
+        accelerator_config={"non_blocking": cuda},
         use_cpu=device == "cpu",
     )
 
@@ -139,17 +142,10 @@ class ProgressCallback(TrainerCallback):
 
 def trainer_class() -> type:
     """SentenceTransformerTrainer without a model card: it quotes training rows, and domain data must not leak."""
-    import torch
     from sentence_transformers import SentenceTransformerTrainer
 
     class Trainer(SentenceTransformerTrainer):
         def add_model_card_callback(self, default_args_dict: dict) -> None:
             """No model card callback, so that no card is written into checkpoints or the saved model."""
-
-        def _prepare_input(self, data: Any) -> Any:
-            """Batches go to the GPU without blocking: a blocking copy waits for the previous step to finish."""
-            if isinstance(data, torch.Tensor):
-                return data.to(self.args.device, non_blocking=True)
-            return super()._prepare_input(data)
 
     return Trainer
