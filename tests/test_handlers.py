@@ -5,7 +5,7 @@ from __future__ import annotations
 import kopf
 import pytest
 
-from embedops.handlers import kube, triggers
+from embedops.handlers import kube, observe, triggers
 
 
 def test_operator_refuses_to_start_without_its_crds(monkeypatch):
@@ -37,7 +37,7 @@ def test_a_pods_progress_lines_become_status_job_progress(caplog):
         task.extra["loss"] = 0.4321
         task.advance(120)
     log = "\n".join(f"12:00:0{i} INFO embedops.progress: {m}" for i, m in enumerate(caplog.messages))
-    got = kube.parse_progress("Loading weights...\n" + log + "\nTraining steps: done, 120 items in 1.0s")
+    got = observe.parse_progress("Loading weights...\n" + log + "\nTraining steps: done, 120 items in 1.0s")
     assert (got.task, got.done, got.total, got.loss) == ("Training steps", 120, 300, 0.4321)
     assert got.rate > 0 and got.eta_seconds is not None
-    assert kube.parse_progress("no progress here\n") is None
+    assert observe.parse_progress("no progress here\n") is None

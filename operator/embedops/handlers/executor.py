@@ -2,45 +2,93 @@
 
 `reconcile_resource` reads what exists (the resource, the Jobs it owns and their pods' results,
 the statuses of the resources it references), asks embedops.reconcile for the plan, creates and
-deletes Jobs, posts the events, writes the status, and updates the metrics. embedops.local is
-the other executor of the same plan; the kopf triggers that call this one are in
-embedops.handlers.triggers.
+deletes Jobs, posts the events, writes the status, and updates the metrics. It reads from the
+operator's watch caches (embedops.handlers.memory), so a reconcile with nothing to do makes no
+request at all; outside kopf (a test, a one-off call) it reads the API server instead. Its
+outcome says when the resource next needs a look although no event came (a due probe, a pending
+pod, a running Job's progress, a retry) and which resources refer to it when its readiness
+changed; the kopf triggers (embedops.handlers.triggers) queue both. embedops.local is the other
+executor of the same plan.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import threading
-from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from embedops import metrics, reconcile
 from embedops import status as statuses
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import KINDS
-from embedops.handlers import kube
+from embedops.handlers import jobs, kube, locks, memory, schedule
 from embedops.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
 SETTINGS = OperatorSettings.from_env()
-_locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
+RETRY_SECONDS, MAX_RETRY_SECONDS = 5.0, 300.0  # a failed reconcile is retried after 5 s, 10 s, ... 5 min
+MIN_LOOK_SECONDS = 0.5  # no resource is looked at more often than this without an event
+
+_locks = locks.KeyedLocks()
+_jobs = jobs.JobObserver(recheck_seconds=SETTINGS.reconcile_seconds)
+_failures: dict[memory.Key, int] = {}  # consecutive failed reconciles of a resource
 
 
-def reconcile_resource(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-    """Reconcile one resource; returns the status written (None when unchanged or gone)."""
-    with _locks[f"{kind}/{namespace}/{name}"]:
-        body = kube.get_object(kind, namespace, name)
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile leaves to the triggers."""
+
+    written: dict[str, Any] | None = None  # the status written; None when it was right already
+    look_again: float | None = None  # seconds until the resource needs a look although no event came
+    dependants: list[memory.Key] = field(default_factory=list)  # to reconcile now: this one's readiness changed
+
+
+def start() -> None:
+    """A new operator run: what the last one remembered of Jobs and failures is dropped."""
+    global _jobs
+    _jobs = jobs.JobObserver(recheck_seconds=SETTINGS.reconcile_seconds)
+    _failures.clear()
+
+
+def forget(key: memory.Key) -> None:
+    """The resource is gone."""
+    _failures.pop(key, None)
+
+
+def forget_job(uid: str | None) -> None:
+    if uid:
+        _jobs.forget(uid)
+
+
+def reconcile_resource(kind: str, namespace: str, name: str) -> Outcome | None:
+    """Reconcile one resource; None when it is gone or being deleted."""
+    with _locks.hold((kind, namespace, name)):
+        body = _read(kind, namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
         with metrics.METRICS.reconciling(kind):
             return _reconcile(kind, namespace, name, body)
 
 
-def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any] | None:
-    jobs = kube.owned_jobs(namespace, body["metadata"]["uid"])
-    related = reconcile.related_statuses(body, lambda ref_kind, ref_name: kube.get_object(ref_kind, namespace, ref_name))
-    plan = reconcile.plan(reconcile.Observed(body=body, jobs=jobs, related=related), SETTINGS)
+def _read(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    known = memory.CURRENT
+    return known.body(kind, namespace, name) if known is not None else kube.get_object(kind, namespace, name)
+
+
+def _owned_jobs(namespace: str, owner_uid: str) -> tuple[dict[str, reconcile.ObservedJob], float | None]:
+    """The resource's Jobs, and in how many seconds one of them needs a look (a pending pod, progress)."""
+    known = memory.CURRENT
+    if known is None:
+        return kube.owned_jobs(namespace, owner_uid), None
+    return _jobs.observe(known.jobs(owner_uid))
+
+
+def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
+    observed, jobs_look = _owned_jobs(namespace, body["metadata"]["uid"])
+    related = reconcile.related_statuses(body, lambda ref_kind, ref_name: _read(ref_kind, namespace, ref_name))
+    plan = reconcile.plan(reconcile.Observed(body=body, jobs=observed, related=related), SETTINGS)
     for manifest in plan.create:
         if kube.create_job(manifest):
             log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
@@ -54,19 +102,45 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> di
         metrics.METRICS.event_posted(kind, namespace, name, reason)
     old = body.get("status") or {}
     stored = statuses.parse(KINDS[kind].status_model, old)
-    written = None
+    written, dependants = None, []
     status = plan.status
     if status is not None:
         wire = status.to_wire()
         if wire != old:
-            kube.replace_status(kind, namespace, name, old, wire)
+            answer = kube.replace_status(kind, namespace, name, old, wire)
             written = wire
+            body = _wrote((kind, namespace, name), body, answer, wire)
             if statuses.is_ready(status) != statuses.is_ready(stored):
-                _nudge_dependants(kind, namespace, name)
+                dependants = _dependants(kind, namespace, name)
     else:
         status = stored
+    if memory.CURRENT is not None:
+        memory.CURRENT.reconciled((kind, namespace, name), body)
     _observe_metrics(kind, namespace, name, body, status)
-    return written
+    return Outcome(written=written, look_again=_look_again(body, jobs_look), dependants=dependants)
+
+
+def _wrote(key: memory.Key, body: dict[str, Any], answer: dict[str, Any] | None, wire: dict[str, Any]
+           ) -> dict[str, Any]:
+    """The resource after our status write, remembered until the watch brings it."""
+    if answer is None:  # a test's fake API server
+        return {**body, "status": wire}
+    if memory.CURRENT is not None:
+        memory.CURRENT.wrote(key, answer)
+    return {**body, "status": answer.get("status") or {}}
+
+
+def _look_again(body: dict[str, Any], jobs_look: float | None) -> float:
+    """Seconds until the next look with no event: a due probe or drift run, a Job's, or the periodic one.
+
+    The periodic look (EMBEDOPS_RECONCILE_SECONDS) reads memory only: it costs no request unless
+    it finds something to do.
+    """
+    now = dt.datetime.now(dt.UTC)
+    looks = [SETTINGS.reconcile_seconds] + ([jobs_look] if jobs_look is not None else [])
+    if (due := schedule.next_due(body, now)) is not None:
+        looks.append((due - now).total_seconds())
+    return max(min(looks), MIN_LOOK_SECONDS)
 
 
 def _observe_metrics(kind: str, namespace: str, name: str, body: dict[str, Any], status: BaseStatus) -> None:
@@ -77,19 +151,23 @@ def _observe_metrics(kind: str, namespace: str, name: str, body: dict[str, Any],
     metrics.METRICS.observe(kind, namespace, name, spec, status)
 
 
-def _nudge_dependants(kind: str, namespace: str, name: str) -> None:
-    """Reconcile the resources that reference this one, now that its readiness changed."""
-    for other_kind in ("FineTuneJob", "EmbeddingIndex"):
-        for other in kube.list_objects(other_kind, namespace):
-            if (kind, name) in reconcile.references(other):
-                threading.Thread(target=safe_reconcile, args=(other_kind, namespace, other["metadata"]["name"]),
-                                 daemon=True).start()
+def _dependants(kind: str, namespace: str, name: str) -> list[memory.Key]:
+    """The resources whose plan reads this one's status (outside kopf nobody would queue them)."""
+    known = memory.CURRENT
+    return known.referrers(kind, namespace, name) if known is not None else []
 
 
-def safe_reconcile(kind: str, namespace: str, name: str) -> None:
+def safe_reconcile(kind: str, namespace: str, name: str) -> Outcome | None:
+    """reconcile_resource with its failure logged and retried later, later still if it fails again."""
+    key = (kind, namespace, name)
     try:
-        reconcile_resource(kind, namespace, name)
-    except Exception as err:  # noqa: BLE001 - the sweep retries
-        log.warning("%s %s/%s: reconcile failed, retried on the next sweep: %s", kind, namespace, name, err)
+        outcome = reconcile_resource(kind, namespace, name)
+    except Exception as err:  # noqa: BLE001 - retried
+        failures = _failures[key] = _failures.get(key, 0) + 1
+        delay = min(RETRY_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS)
+        log.warning("%s %s/%s: reconcile failed, retried in %.0f s: %s", kind, namespace, name, delay, err)
+        return Outcome(look_again=delay)
+    _failures.pop(key, None)
+    return outcome
 
 

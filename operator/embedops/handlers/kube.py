@@ -1,9 +1,13 @@
-"""The operator's reads and writes against the API server (the kubernetes client, sync)."""
+"""The operator's reads and writes against the API server (the kubernetes client, sync).
+
+Every request the operator makes itself goes through here (kopf's watches are kopf's), so its
+API cost can be read off this one module: the reconcile path reads from the watch caches
+(embedops.handlers.memory) and comes here only to write, and for pods and logs (see there).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -13,14 +17,12 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from embedops.api.common import GROUP, VERSION, JobProgress, JobStatus
-from embedops.api.conditions import Reason
+from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS
-from embedops.progress import MARKER
-from embedops.results import describe_error
-from embedops.reconcile import ObservedJob
 from embedops.builders import naming
-from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
+from embedops.builders.jobs import CONTAINER
+from embedops.handlers import observe as observe_
+from embedops.reconcile import ObservedJob
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +95,10 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Make the status `new`, removing what it no longer has."""
-    client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]
+                   ) -> dict[str, Any]:
+    """Make the status `new`, removing what it no longer has; the object as the API server now holds it."""
+    return client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER)
 
 
@@ -185,130 +188,35 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def owned_jobs(namespace: str, owner_uid: str) -> dict[str, ObservedJob]:
+    """The Jobs a resource owns, read from the API server now (the operator reads them from its
+    watch cache, embedops.handlers.memory; this is for a caller without one)."""
     jobs = client.BatchV1Api(api()).list_namespaced_job(
         namespace, label_selector=f"{naming.LABEL_OWNER_UID}={owner_uid}")
     out = {}
     for job in jobs.items:
         raw = api().sanitize_for_serialization(job)
-        out[raw["metadata"]["name"]] = observe_job(raw)
+        out[raw["metadata"]["name"]] = observe(raw)
     return out
 
 
-def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == type_ and cond.get("status") == "True":
-            return cond
-    return None
+def observe(job: dict[str, Any]) -> ObservedJob:
+    """A Job as observe.observe_job decides it, its pods and its running pod's log read now."""
+    pods = job_pods(job["metadata"]["namespace"], job["metadata"]["name"]) if observe_.has_pods(job) else []
+    running = observe_.running_pod(pods)
+    tail = log_tail(job["metadata"]["namespace"], running["metadata"]["name"]) if running is not None else None
+    return observe_.observe_job(job, pods, tail)
 
 
-def observe_job(job: dict[str, Any]) -> ObservedJob:
-    """A Job's state, what holds its pods back, and its pods' results, read from their termination messages.
-
-    A Job counts its Pending pods as active: it is Running here only once one of its pods has
-    started, so an unschedulable pod (no GPU free, a missing workspace claim) or an image that
-    cannot be pulled shows as what it is.
-    """
-    meta, status = job["metadata"], job.get("status") or {}
-    name, namespace = meta["name"], meta["namespace"]
-    pods = [api().sanitize_for_serialization(p) for p in client.CoreV1Api(api()).list_namespaced_pod(
-        namespace, label_selector=f"batch.kubernetes.io/job-name={name}").items] if _has_pods(status) else []
-    if _condition(job, "Complete"):
-        state = "Succeeded"
-    elif _condition(job, "Failed"):
-        state = "Failed"
-    elif any((p.get("status") or {}).get("phase") in ("Running", "Succeeded", "Failed") for p in pods):
-        state = "Running"
-    else:
-        state = "Pending"
-    results, failures = _results(pods, namespace)
-    error = None
-    if state == "Failed":
-        failed = _condition(job, "Failed") or {}
-        newest = max(failures)[1] if failures else None
-        error = describe_error(newest) or failed.get("message") or failed.get("reason")
-    labels = meta.get("labels") or {}
-    report = JobStatus(name=name, step=labels.get(naming.LABEL_STEP, ""), start_time=status.get("startTime"),
-                       completion_time=status.get("completionTime"), active=status.get("active") or 0,
-                       succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
-    waiting = next((w for p in pods if (w := _waiting(p)) is not None), None) if state == "Pending" else None
-    if state == "Running":
-        report.progress = _progress(namespace, pods)
-    return ObservedJob(name=name, state=state, results=results, error=error,  # type: ignore[arg-type]
-                       suspended=bool((job.get("spec") or {}).get("suspend")), step=labels.get(naming.LABEL_STEP),
-                       queue=labels.get(KUEUE_QUEUE_LABEL), waiting=waiting, report=report)
+def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
+    pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+    return [api().sanitize_for_serialization(p) for p in pods.items]
 
 
-def _has_pods(status: dict[str, Any]) -> bool:
-    return bool(status.get("active") or status.get("succeeded") or status.get("failed") or status.get("ready")
-                or status.get("terminating"))
-
-
-def _results(pods: list[dict[str, Any]], namespace: str) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
-    """The succeeded pods' results by completion index, and (creation time, message) of the failed ones."""
-    results: dict[int, dict[str, Any]] = {}
-    failures = []
-    for pod in pods:
-        message = _termination_message(pod)
-        phase = (pod.get("status") or {}).get("phase")
-        if phase == "Succeeded" and message:
-            try:
-                doc = json.loads(message)
-            except json.JSONDecodeError:
-                log.warning("pod %s/%s: termination message is not JSON", namespace, pod["metadata"]["name"])
-                continue
-            index = int((pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
-            results[index] = doc
-        elif phase == "Failed":
-            failures.append((pod["metadata"].get("creationTimestamp") or "", message))
-    return results, failures
-
-
-def _progress(namespace: str, pods: list[dict[str, Any]]) -> JobProgress | None:
-    """The last progress line (embedops.progress) in the log of the Job's running pod."""
-    running = next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
-    if running is None:
-        return None
+def log_tail(namespace: str, pod: str, lines: int = 50) -> str | None:
+    """The last lines of a worker pod's log; None when there is none to read."""
     try:
-        tail = client.CoreV1Api(api()).read_namespaced_pod_log(running["metadata"]["name"], namespace,
-                                                               container=CONTAINER, tail_lines=50)
+        return client.CoreV1Api(api()).read_namespaced_pod_log(pod, namespace, container=CONTAINER,
+                                                               tail_lines=lines) or ""
     except ApiException as err:  # no log yet, or no right to read it: no progress shown
-        log.debug("no log of pod %s/%s: %s", namespace, running["metadata"]["name"], err.reason)
+        log.debug("no log of pod %s/%s: %s", namespace, pod, err.reason)
         return None
-    return parse_progress(tail or "")
-
-
-def parse_progress(text: str) -> JobProgress | None:
-    """The last progress document (embedops.progress) in a log's text."""
-    for line in reversed(text.splitlines()):
-        if MARKER in line:
-            try:
-                return JobProgress.model_validate(json.loads(line.rsplit(MARKER, 1)[1]))
-            except ValueError:
-                return None
-    return None
-
-
-_IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
-
-
-def _waiting(pod: dict[str, Any]) -> tuple[Reason, str] | None:
-    """Why a pending pod cannot start, as the scheduler or the kubelet says it."""
-    status = pod.get("status") or {}
-    for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            message = cond.get("message") or "no node fits"
-            missing_claim = "persistentvolumeclaim" in message and "not found" in message
-            return (Reason.MISSING_WORKSPACE if missing_claim else Reason.UNSCHEDULABLE), message
-    for cs in status.get("containerStatuses") or []:
-        waiting = (cs.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _IMAGE_PULL:
-            return Reason.IMAGE_PULL_FAILED, f"{waiting['reason']}: {waiting.get('message') or cs.get('image', '')}"
-    return None
-
-
-def _termination_message(pod: dict[str, Any]) -> str | None:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
-            terminated = (cs.get("state") or {}).get("terminated") or {}
-            return terminated.get("message")
-    return None

@@ -1,14 +1,20 @@
 """What makes the operator reconcile a resource: kopf's handlers of the three kinds and their Jobs.
 
-Each trigger only finds out which resource to reconcile and hands it to
-embedops.handlers.executor, which observes, plans and carries the plan out. Triggers:
+Each trigger only finds out which resource to reconcile and queues it
+(embedops.handlers.workqueue); the queue's threads hand it to embedops.handlers.executor, which
+observes, plans and carries the plan out. Triggers:
 
-- any watch event of a resource, the listing at operator start included (a status write
-  of our own comes back as an event too; its reconcile finds nothing to do);
-- a sweep thread that reconciles every known resource every EMBEDOPS_RECONCILE_SECONDS, for
-  probe and drift schedules, retries after errors, and missed events;
-- any change of a Job the operator owns (a pod finished, a Job completed or failed);
-- a change of a resource's Ready condition, for the resources that reference it.
+- a watch event of a resource that changed it, the listing at operator start included (the
+  event of a status write of our own shows the resource as its reconcile left it: skipped);
+- any change of a Job the operator owns (a pod started, finished or failed; the Job is gone);
+- a change of a resource's Ready condition, for the resources that reference it (found in an
+  index, not by listing the namespace);
+- the time a resource asked for when it was last reconciled: its next probe or drift run, a
+  pending pod or a running Job's progress to look at, a retry after an error, and at the latest
+  EMBEDOPS_RECONCILE_SECONDS (a look in memory, free unless it finds work).
+
+What the executor reads (the resources, who refers to whom, the Jobs) is in kopf's indexes,
+declared here and read through embedops.handlers.memory.
 
 kopf keeps its bookkeeping in annotations under `embedops.dev/` and uses the finalizer
 `embedops.dev/finalizer`, which it adds only to an EmbeddingIndex with
@@ -18,7 +24,6 @@ kopf keeps its bookkeeping in annotations under `embedops.dev/` and uses the fin
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 import kopf
@@ -29,7 +34,7 @@ from embedops.api.index import EmbeddingIndexSpec
 from embedops.api.kinds import KINDS
 from embedops.builders import naming
 from embedops.builders.jobs import WorkerStep, worker_job
-from embedops.handlers import executor, kube
+from embedops.handlers import executor, kube, memory, workqueue
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,7 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.WARNING  # kopf's own log lines do not become Events; ours are posted below
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 4  # the handlers only queue; the reconciles run on the queue's threads
     settings.watching.server_timeout = 300
     # No cluster-wide watching of CRDs and namespaces (it would need cluster-wide RBAC): the
     # served kinds are resolved once, here, so the CRDs must be installed first (the chart does).
@@ -58,61 +63,83 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
              executor.SETTINGS.workspace_claim, executor.SETTINGS.workspace_path)
 
 
-# Every resource seen, reconciled again every EMBEDOPS_RECONCILE_SECONDS by the sweep thread.
-# (kopf's own timers would put a finalizer on every resource; only an index that drops its
-# tables on deletion should have one.)
-_known: set[tuple[str, str, str]] = set()
-_known_lock = threading.Lock()
-_stop = threading.Event()
+MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
+WORKERS = 4  # reconciles at once; each spends most of its time waiting for the API server
 
+for _kind in KINDS.values():
+    kopf.index(GROUP, VERSION, _kind.plural, id=memory.RESOURCES)(memory.index_resource)
+    kopf.index(GROUP, VERSION, _kind.plural, id=memory.REFERENCES)(memory.index_references)
+kopf.index("batch", "v1", "jobs", labels=MANAGED, id=memory.JOBS)(memory.index_job)
 
-def _sweep() -> None:
-    while not _stop.wait(executor.SETTINGS.reconcile_seconds):
-        with _known_lock:
-            keys = list(_known)
-        for kind, namespace, name in keys:
-            if _stop.is_set():
-                return
-            executor.safe_reconcile(kind, namespace, name)
+# kopf's own timers would put a finalizer on every resource (only an index that drops its tables
+# on deletion should have one), and a thread per timer would not scale: one queue holds them all.
+_queue: workqueue.WorkQueue | None = None
 
 
 @kopf.on.startup()
-def start_sweep(**_: Any) -> None:
-    with _known_lock:
-        _known.clear()
-    _stop.clear()
-    threading.Thread(target=_sweep, name="embedops-sweep", daemon=True).start()
+def start_workers(**kwargs: Any) -> None:
+    """The reconcile threads, and the indexes they read (empty now: kopf fills them before any handler runs)."""
+    global _queue
+    memory.CURRENT = memory.Memory(kwargs[memory.RESOURCES], kwargs[memory.REFERENCES], kwargs[memory.JOBS])
+    executor.start()
+    _queue = workqueue.WorkQueue(_work, workers=WORKERS)
+    _queue.start()
 
 
 @kopf.on.cleanup()
-def stop_sweep(**_: Any) -> None:
-    _stop.set()
+def stop_workers(**_: Any) -> None:
+    if _queue is not None:
+        _queue.stop()
+    memory.CURRENT = None
 
 
-def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's argument name
-    """Any change of a resource (and each one listed at start): reconcile it."""
-    key = (body["kind"], body["metadata"]["namespace"], body["metadata"]["name"])
+def _work(key: Any) -> float | None:
+    outcome = executor.safe_reconcile(*key)
+    if outcome is None:
+        return None  # gone, or being deleted
+    for other in outcome.dependants:
+        _add(other)
+    return outcome.look_again
+
+
+def _add(key: memory.Key) -> None:
+    if _queue is not None:
+        _queue.add(key)
+
+
+def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """A change of a resource (and each one listed at start): reconcile it, unless it is our own status write."""
+    key = memory.key_of(body)
     if type == "DELETED":
-        with _known_lock:
-            _known.discard(key)
-        metrics.METRICS.forget(*key)
+        _forget(key)
         return
-    with _known_lock:
-        _known.add(key)
-    executor.safe_reconcile(*key)
+    known = memory.CURRENT
+    if known is not None and known.unchanged(key, body):
+        return
+    _add(key)
+
+
+def _forget(key: memory.Key) -> None:
+    if memory.CURRENT is not None:
+        memory.CURRENT.forget(key)
+    if _queue is not None:
+        _queue.forget(key)
+    executor.forget(key)
+    metrics.METRICS.forget(*key)
 
 
 for _kind in KINDS.values():
     kopf.on.event(GROUP, VERSION, _kind.plural, id="reconcile")(resource_event)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": naming.MANAGED_BY})
-def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf's argument name
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
     owner = next((r for r in body["metadata"].get("ownerReferences") or []
                   if r.get("apiVersion", "").startswith(f"{GROUP}/") and r.get("kind") in KINDS), None)
-    if owner is None or type == "DELETED":
-        return
-    executor.safe_reconcile(owner["kind"], body["metadata"]["namespace"], owner["name"])
+    if type == "DELETED":
+        executor.forget_job(body["metadata"].get("uid"))
+    if owner is not None:
+        _add((owner["kind"], body["metadata"]["namespace"], owner["name"]))
 
 
 # -- deletion -----------------------------------------------------------------------------------
@@ -139,7 +166,7 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     if job is None:
         kube.create_job(manifest)
         raise kopf.TemporaryError(f"dropping {spec.target.schema_name}.{spec.target.name}: Job created", delay=5)
-    observed = kube.observe_job(job)
+    observed = kube.observe(job)
     if observed.state == "Succeeded":
         metrics.METRICS.forget("EmbeddingIndex", owner.namespace, owner.name)
         return

@@ -1,0 +1,143 @@
+"""What a Job is doing, decided from what the API server says about it: pure, no I/O.
+
+The operator reads a Job, its pods and (sometimes) a running pod's log tail from the watch
+cache or the API server (embedops.handlers.kube and .memory); this module turns the three into
+the `ObservedJob` the planner reads. Keeping the decision apart from the reads, as kopf keeps
+cause detection apart from processing, lets every state be tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from embedops.api.common import JobProgress, JobStatus
+from embedops.api.conditions import Reason
+from embedops.builders import naming
+from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
+from embedops.progress import MARKER
+from embedops.reconcile import ObservedJob
+from embedops.results import describe_error
+
+log = logging.getLogger(__name__)
+
+_IMAGE_PULL = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+_STARTED = ("Running", "Succeeded", "Failed")
+
+
+def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str | None = None) -> ObservedJob:
+    """A Job's state, what holds its pods back, its pods' results (termination messages) and progress.
+
+    A Job counts its Pending pods as active: it is Running here only once one of its pods has
+    started, so an unschedulable pod (no GPU free, a missing workspace claim) or an image that
+    cannot be pulled shows as what it is. `log_tail` is the end of the running pod's log, or None
+    when it was not read (no progress is shown then).
+    """
+    meta, status = job["metadata"], job.get("status") or {}
+    name = meta["name"]
+    state = job_state(job, pods)
+    results, failures = _results(pods, meta.get("namespace", ""))
+    error = None
+    if state == "Failed":
+        failed = _condition(job, "Failed") or {}
+        newest = max(failures)[1] if failures else None
+        error = describe_error(newest) or failed.get("message") or failed.get("reason")
+    labels = meta.get("labels") or {}
+    report = JobStatus(name=name, step=labels.get(naming.LABEL_STEP, ""), start_time=status.get("startTime"),
+                       completion_time=status.get("completionTime"), active=status.get("active") or 0,
+                       succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
+    waiting = next((w for p in pods if (w := waiting_reason(p)) is not None), None) if state == "Pending" else None
+    if state == "Running" and log_tail is not None:
+        report.progress = parse_progress(log_tail)
+    return ObservedJob(name=name, state=state, results=results, error=error,  # type: ignore[arg-type]
+                       suspended=bool((job.get("spec") or {}).get("suspend")), step=labels.get(naming.LABEL_STEP),
+                       queue=labels.get(KUEUE_QUEUE_LABEL), waiting=waiting, report=report)
+
+
+def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    """Pending, Running, Succeeded or Failed (see observe_job)."""
+    if _condition(job, "Complete"):
+        return "Succeeded"
+    if _condition(job, "Failed"):
+        return "Failed"
+    if any((p.get("status") or {}).get("phase") in _STARTED for p in pods):
+        return "Running"
+    return "Pending"
+
+
+def has_pods(job: dict[str, Any]) -> bool:
+    """Whether the Job's status counts any pod: a Job without one needs no pod listing."""
+    status = job.get("status") or {}
+    return bool(status.get("active") or status.get("succeeded") or status.get("failed") or status.get("ready")
+                or status.get("terminating"))
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return _condition(job, "Complete") is not None or _condition(job, "Failed") is not None
+
+
+def running_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod whose log carries the Job's progress lines."""
+    return next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+
+
+def parse_progress(text: str) -> JobProgress | None:
+    """The last progress document (embedops.progress) in a log's text."""
+    for line in reversed(text.splitlines()):
+        if MARKER in line:
+            try:
+                return JobProgress.model_validate(json.loads(line.rsplit(MARKER, 1)[1]))
+            except ValueError:
+                return None
+    return None
+
+
+def waiting_reason(pod: dict[str, Any]) -> tuple[Reason, str] | None:
+    """Why a pending pod cannot start, as the scheduler or the kubelet says it."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            message = cond.get("message") or "no node fits"
+            missing_claim = "persistentvolumeclaim" in message and "not found" in message
+            return (Reason.MISSING_WORKSPACE if missing_claim else Reason.UNSCHEDULABLE), message
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in _IMAGE_PULL:
+            return Reason.IMAGE_PULL_FAILED, f"{waiting['reason']}: {waiting.get('message') or cs.get('image', '')}"
+    return None
+
+
+def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _results(pods: list[dict[str, Any]], namespace: str) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
+    """The succeeded pods' results by completion index, and (creation time, message) of the failed ones."""
+    results: dict[int, dict[str, Any]] = {}
+    failures = []
+    for pod in pods:
+        message = _termination_message(pod)
+        phase = (pod.get("status") or {}).get("phase")
+        if phase == "Succeeded" and message:
+            try:
+                doc = json.loads(message)
+            except json.JSONDecodeError:
+                log.warning("pod %s/%s: termination message is not JSON", namespace, pod["metadata"]["name"])
+                continue
+            index = int((pod["metadata"].get("annotations") or {}).get("batch.kubernetes.io/job-completion-index", 0))
+            results[index] = doc
+        elif phase == "Failed":
+            failures.append((pod["metadata"].get("creationTimestamp") or "", message))
+    return results, failures
+
+
+def _termination_message(pod: dict[str, Any]) -> str | None:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == CONTAINER:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+            return terminated.get("message")
+    return None
