@@ -54,10 +54,9 @@ def build_model(shape: str, folder: Path, max_seq_length: int) -> str:
     if shape == "bundled":
         return "all-MiniLM-L6-v2"
     import torch
+    from embedops import modelzoo
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from embedops import modelzoo
 
     hidden, layers, heads, ffn, pooling = SHAPES[shape]
     torch.manual_seed(0)
@@ -74,9 +73,8 @@ def build_model(shape: str, folder: Path, max_seq_length: int) -> str:
 
 
 def synthetic_docs(model_path: str, count: int, tokens: int) -> list[str]:
-    from transformers import AutoTokenizer
-
     from embedops import modelzoo
+    from transformers import AutoTokenizer
 
     vocab = AutoTokenizer.from_pretrained(str(modelzoo.resolve(model_path)), local_files_only=True).get_vocab()
     words = np.array(sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2))
@@ -99,7 +97,6 @@ def measure(work: Callable[[], object], docs: int, sync: Callable[[], None], rep
 def forward_limit(encoder, texts: list[str], sync: Callable[[], None], repeat: int) -> list[float]:
     """The encoder's model pass over batches tokenized and on the device beforehand, longest first."""
     import torch
-
     from embedops.workers.encoder import FastTokenizer
 
     tokenizer, device = FastTokenizer(encoder.model), encoder.model.device
@@ -121,7 +118,6 @@ def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[],
     """The worker's encoder with its model pass replaced by a no-op (tokenizing, collating, copies), and the
     CPUs it kept busy (CPU seconds of this process per second)."""
     import torch
-
     from embedops.workers.encoder import Encoder
 
     encoder = Encoder(model, batch_size=args.batch_size, normalize=True, precision=args.precision, workers=workers)
@@ -135,6 +131,7 @@ def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[],
 
 def worker(model_path: str, texts: list[str], args, device: str) -> list[float]:
     """Rows committed per second by the embed worker, each run into a version of its own."""
+    from embedops import steps
     from embedops.store import embedded, pgvector
     from embedops.workers import embed
 
@@ -150,7 +147,7 @@ def worker(model_path: str, texts: list[str], args, device: str) -> list[float]:
                     copy.write_row((i, text))
         found = []
         for run in range(args.repeat):
-            config = embed.Config.model_validate({
+            config = steps.EmbedStep.model_validate({
                 "target": {"name": f"bench_{args.shape.replace('-', '_')}_{os.getpid()}_{run}"},
                 "source": {"table": {"table": "bench_docs"}},
                 "model": model_path, "device": device, "finalize": False, "reuse": False,
@@ -190,7 +187,6 @@ def main() -> None:
 
     import sentence_transformers
     import torch
-
     from embedops import modelzoo
     from embedops.workers.encoder import Encoder, cpu_limit
 

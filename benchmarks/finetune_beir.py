@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, help="keep outputs here (default: a temporary folder)")
     args = ap.parse_args()
 
+    from embedops import steps
     from embedops.api.dataset import EmbeddingDatasetSpec
     from embedops.api.finetune import FineTuneJobSpec
     from embedops.workers import prepare, train
@@ -80,15 +81,14 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="embedops-bench-"))
     t0 = time.monotonic()
-    prepared = prepare.run(prepare.Config(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
+    prepared = prepare.run(steps.PrepareStep(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
                                           output_dir=work / "dataset"))
     t1 = time.monotonic()
-    result = train.run(train.Config(spec=FineTuneJobSpec.model_validate(job), dataset_dir=work / "dataset",
+    result = train.run(steps.TrainStep(spec=FineTuneJobSpec.model_validate(job), dataset_dir=work / "dataset",
                                     output_dir=work / "job", device=args.device))
     t2 = time.monotonic()
 
     import torch
-
     from embedops import modelzoo
 
     hw = device_name(args.device or modelzoo.default_device())

@@ -25,12 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from pgvector import Vector
-from psycopg import sql
-
 from embedops.api.index import AnnSpec, Target
 from embedops.store import pgvector
 from embedops.store.catalog import Build
+from pgvector import Vector
+from psycopg import sql
 
 
 def _copy(conn: psycopg.Connection, table: str, ids: np.ndarray, vectors: np.ndarray, chunk: int,

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from finetune_beir import device_name, specs  # same folder
 
 # Recipes worth comparing against the defaults (see docs/design.md, "The default recipe").
@@ -106,12 +105,13 @@ def _peak_gib(device: str) -> float | None:
 
 def prepare_one(dataset: dict[str, Any], folder: str, device: str) -> dict[str, Any]:
     """Prepare one dataset spec into `folder`; its seconds and peak GPU memory."""
+    from embedops import steps
     from embedops.api.dataset import EmbeddingDatasetSpec
     from embedops.workers import prepare
 
     _peak_reset(device)
     t0 = time.monotonic()
-    prepare.run(prepare.Config(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
+    prepare.run(steps.PrepareStep(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
                                output_dir=Path(folder)))
     return {"seconds": round(time.monotonic() - t0, 1), "peak_gib": _peak_gib(device)}
 
@@ -119,11 +119,12 @@ def prepare_one(dataset: dict[str, Any], folder: str, device: str) -> dict[str, 
 def train_one(job: dict[str, Any], dataset_dir: str, output_dir: str, device: str) -> dict[str, Any]:
     """Train one FineTuneJob spec on a prepared dataset; its result (wire form), seconds and peak GPU memory."""
     from embedops.api.finetune import FineTuneJobSpec
+    from embedops import steps
     from embedops.workers import train
 
     _peak_reset(device)
     t0 = time.monotonic()
-    result = train.run(train.Config(spec=FineTuneJobSpec.model_validate(job), dataset_dir=Path(dataset_dir),
+    result = train.run(steps.TrainStep(spec=FineTuneJobSpec.model_validate(job), dataset_dir=Path(dataset_dir),
                                     output_dir=Path(output_dir), device=device))
     return {"result": result.to_wire(), "seconds": round(time.monotonic() - t0, 1), "peak_gib": _peak_gib(device)}
 

@@ -57,11 +57,10 @@ def prepared_dataset(model_path: str, folder: Path, pairs: int, tokens: int) -> 
 def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]:
     """Pairs/s of forward, loss, backward and optimizer step alone, on batches already on the device."""
     import torch
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
-
     from embedops import modelzoo
     from embedops.prepared import PreparedDataset
     from embedops.workers import train
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     model = modelzoo.load(model_path, device=device, max_seq_length=args.max_seq_length)
     examples = PreparedDataset(dataset).train_examples()
@@ -101,10 +100,10 @@ def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]
 
 def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
     """Pairs/s of the train worker, from the trainer's set-up to its last step."""
-    from transformers import TrainerCallback
-
     from embedops.api.finetune import FineTuneJobSpec
+    from embedops import steps
     from embedops.workers import train
+    from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         def on_init_end(self, args, state, control, **kwargs):
@@ -122,7 +121,7 @@ def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
     for run in range(args.repeat):
         clock = Clock()
         output = Path(tempfile.mkdtemp(prefix=f"embedops-bench-train-{run}-"))
-        train.run(train.Config(spec=spec, dataset_dir=dataset, output_dir=output, device=device), callbacks=[clock])
+        train.run(steps.TrainStep(spec=spec, dataset_dir=dataset, output_dir=output, device=device), callbacks=[clock])
         found.append(clock.steps * args.batch_size / clock.seconds)
     return found
 

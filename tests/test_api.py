@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import InvalidResource, parse_manifest
 

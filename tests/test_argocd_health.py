@@ -19,9 +19,13 @@ from typing import Any
 
 import pytest
 import yaml
-
 from embedops import status as statuses
-from embedops.api.index import DriftResult, EmbeddingIndexSpec, IndexVersion, ProbeResult
+from embedops.api.index import (
+    DriftResult,
+    EmbeddingIndexSpec,
+    IndexVersion,
+    ProbeResult,
+)
 from embedops.api.kinds import KINDS
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.settings import OperatorSettings

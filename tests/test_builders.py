@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from embedops import steps
 from embedops.api.common import Resources, Scheduling, SecretKeySelector
 from embedops.builders import naming
 from embedops.builders.jobs import Owner, WorkerStep, worker_job
@@ -13,10 +14,19 @@ OWNER = Owner(kind="FineTuneJob", name="scifact-minilm", namespace="team-a", uid
 SETTINGS = OperatorSettings(worker_image="registry.example/embedops-worker:1.2.3", workspace_claim="ws")
 
 
-def _train_step(**overrides) -> WorkerStep:
-    args = dict(step="train", worker="train", key="abc123", config={"outputDir": "/workspace/x"}, gpus=1)
+TRAIN = steps.TrainStep(spec={"datasetRef": {"name": "ds"}}, dataset_dir="/workspace/ds", output_dir="/workspace/x")
+
+
+def _train_step(owner: Owner = OWNER, **overrides) -> WorkerStep:
+    args = dict(owner=owner, key="abc123", config=TRAIN, gpus=1)
     args.update(overrides)
     return WorkerStep(**args)
+
+
+def _embed_step(owner: Owner = OWNER, shards: int = 1, **overrides) -> WorkerStep:
+    config = steps.EmbedStep(target={"name": "docs"}, source={"table": {"table": "docs"}}, model="m",
+                             embedding={"shards": shards})
+    return WorkerStep(owner=owner, key="k", config=config, **overrides)
 
 
 def test_training_job_requests_gpus_and_passes_scheduling_through():
@@ -29,7 +39,7 @@ def test_training_job_requests_gpus_and_passes_scheduling_through():
         "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 600, "suspend": True,
         "serviceAccountName": "trainer",
     })
-    job = worker_job(OWNER, _train_step(gpus=2, scheduling=scheduling,
+    job = worker_job(_train_step(gpus=2, scheduling=scheduling,
                                         resources=Resources(cpu="8", memory="32Gi")), SETTINGS)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -51,9 +61,9 @@ def test_training_job_requests_gpus_and_passes_scheduling_through():
 
 
 def test_job_identity_owner_labels_and_command():
-    job = worker_job(OWNER, _train_step(), SETTINGS)
+    job = worker_job(_train_step(), SETTINGS)
     meta = job["metadata"]
-    assert meta["name"] == worker_job(OWNER, _train_step(), SETTINGS)["metadata"]["name"]  # deterministic
+    assert meta["name"] == worker_job(_train_step(), SETTINGS)["metadata"]["name"]  # deterministic
     assert meta["name"].startswith("scifact-minilm-train-") and len(meta["name"]) <= 63
     assert meta["namespace"] == "team-a"
     assert meta["ownerReferences"] == [{"apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob",
@@ -68,7 +78,8 @@ def test_job_identity_owner_labels_and_command():
     assert container["image"] == "registry.example/embedops-worker:1.2.3"
     cmd = container["command"]
     assert cmd[:3] == ["embedops", "worker", "train"]
-    assert json.loads(cmd[cmd.index("--spec-json") + 1]) == {"outputDir": "/workspace/x"}
+    # The one place a step becomes text, and it reads back as the same step.
+    assert steps.parse("train", json.loads(cmd[cmd.index("--spec-json") + 1])) == TRAIN
     assert cmd[cmd.index("--result") + 1] == "/dev/termination-log"
     assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # Invalid config or data fails the Job at once instead of retrying.
@@ -78,25 +89,23 @@ def test_job_identity_owner_labels_and_command():
 
 
 def test_new_inputs_mean_a_new_job_name():
-    a = worker_job(OWNER, _train_step(key="k1"), SETTINGS)["metadata"]["name"]
-    b = worker_job(OWNER, _train_step(key="k2"), SETTINGS)["metadata"]["name"]
+    a = worker_job(_train_step(key="k1"), SETTINGS)["metadata"]["name"]
+    b = worker_job(_train_step(key="k2"), SETTINGS)["metadata"]["name"]
     assert a != b
 
 
 def test_long_owner_names_fit_and_stay_distinct():
     long_a = Owner(kind="EmbeddingIndex", name="a" * 200 + "-one", namespace="ns", uid="u1")
     long_b = Owner(kind="EmbeddingIndex", name="a" * 200 + "-two", namespace="ns", uid="u2")
-    step = WorkerStep(step="embed", worker="embed", key="k", config={})
-    na, nb = worker_job(long_a, step, SETTINGS), worker_job(long_b, step, SETTINGS)
+    na, nb = worker_job(_embed_step(long_a), SETTINGS), worker_job(_embed_step(long_b), SETTINGS)
     assert len(na["metadata"]["name"]) <= 63 and len(nb["metadata"]["name"]) <= 63
     assert na["metadata"]["name"] != nb["metadata"]["name"]
     assert len(na["metadata"]["labels"]["app.kubernetes.io/instance"]) <= 63
 
 
 def test_dsn_comes_from_the_secret_and_never_from_the_command():
-    step = WorkerStep(step="embed", worker="embed", key="k", config={"target": {"name": "docs"}},
-                      dsn_secret=SecretKeySelector(name="pg", key="uri"), shards=4)
-    job = worker_job(OWNER, step, SETTINGS)
+    step = _embed_step(shards=4, dsn_secret=SecretKeySelector(name="pg", key="uri"))
+    job = worker_job(step, SETTINGS)
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "uri"}}} in container["env"]
     assert "postgres" not in json.dumps(container["command"])
@@ -107,7 +116,7 @@ def test_dsn_comes_from_the_secret_and_never_from_the_command():
 
 
 def test_worker_pods_run_locked_down_with_the_workspace_mounted():
-    job = worker_job(OWNER, _train_step(), SETTINGS)
+    job = worker_job(_train_step(), SETTINGS)
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -127,11 +136,11 @@ def test_settings_from_environment():
 def test_worker_pods_get_the_operators_default_cpu_and_memory():
     """The CPU limit is what a worker sizes its tokenizer pool by; a spec's own values win."""
     settings = SETTINGS.model_copy(update={"worker_cpu": "6", "worker_memory": "24Gi"})
-    job = worker_job(OWNER, _train_step(gpus=1), settings)
+    job = worker_job(_train_step(gpus=1), settings)
     resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"] == {"cpu": "6", "memory": "24Gi", "nvidia.com/gpu": "1"} == resources["limits"]
-    own = worker_job(OWNER, _train_step(gpus=0, resources=Resources(cpu="2")), settings)
+    own = worker_job(_train_step(gpus=0, resources=Resources(cpu="2")), settings)
     assert own["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"cpu": "2", "memory": "24Gi"}
-    none = worker_job(OWNER, _train_step(gpus=0), SETTINGS.model_copy(update={"worker_cpu": ""}))
+    none = worker_job(_train_step(gpus=0), SETTINGS.model_copy(update={"worker_cpu": ""}))
     assert "resources" not in none["spec"]["template"]["spec"]["containers"][0]
     assert OperatorSettings.from_env({"EMBEDOPS_WORKER_CPU": "12"}).worker_cpu == "12"

@@ -27,11 +27,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import BaseModel
-
 from embedops.api import crd as crdgen
 from embedops.api.common import API_VERSION, GROUP, VERSION
 from embedops.api.kinds import KINDS, InvalidResource, Kind, parse_manifest
+from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 Schema = dict[str, Any]

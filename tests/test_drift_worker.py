@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
-
+from embedops import steps
 from embedops.store import pgvector
 from embedops.workers import drift, embed
 
@@ -71,10 +71,10 @@ def test_the_worker_sees_no_drift_on_unchanged_text_and_drift_on_rewritten_text(
         for i in range(200):
             conn.execute("INSERT INTO public.posts VALUES (%s, %s)", (i, f"{TOPICS[i % 5]} item {i}"))
     target, source = {"name": "posts_index"}, {"table": {"table": "posts"}}
-    built = embed.run(embed.Config(target=target, source=source, model=str(tiny_model_dir), device="cpu"), dsn=dsn)
+    built = embed.run(steps.EmbedStep(target=target, source=source, model=str(tiny_model_dir), device="cpu"), dsn=dsn)
     with pgvector.connect(dsn) as conn:
-        pgvector.cutover(conn, embed.Config(target=target, source=source, model="m").target, built.version)
-    config = drift.Config(target=target, source=source, model=str(tiny_model_dir), drift={"sampleSize": 120},
+        pgvector.cutover(conn, steps.EmbedStep(target=target, source=source, model="m").target, built.version)
+    config = steps.DriftStep(target=target, source=source, model=str(tiny_model_dir), drift={"sampleSize": 120},
                           seed=7, device="cpu")
 
     unchanged = drift.run(config, dsn=dsn)
@@ -101,7 +101,7 @@ def test_drift_encodes_with_the_index_embedding_settings(dsn, tiny_model_dir, tm
     write_prepared(tmp_path / "ds", corpus=corpus, train=[], test_queries={}, test_qrels={})
     target, source = {"name": "notes_index"}, {"datasetRef": {"name": "ds"}}
     embedding = {"batchSize": 7, "maxSeqLength": 24}
-    built = embed.run(embed.Config(target=target, source=source, dataset_dir=tmp_path / "ds", embedding=embedding,
+    built = embed.run(steps.EmbedStep(target=target, source=source, dataset_dir=tmp_path / "ds", embedding=embedding,
                                    model=str(tiny_model_dir), device="cpu"), dsn=dsn)
     seen = []
 
@@ -111,7 +111,7 @@ def test_drift_encodes_with_the_index_embedding_settings(dsn, tiny_model_dir, tm
             super().__init__(model, **kwargs)
 
     monkeypatch.setattr(encoder, "Encoder", Spy)
-    config = drift.Config(target=target, version=built.version, source=source, dataset_dir=tmp_path / "ds",
+    config = steps.DriftStep(target=target, version=built.version, source=source, dataset_dir=tmp_path / "ds",
                           model=str(tiny_model_dir), drift={"sampleSize": 40}, embedding=embedding, seed=3,
                           device="cpu")
     unchanged = drift.run(config, dsn=dsn)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
-from pydantic import ValidationError
-
-from embedops import modelzoo
+from embedops import modelzoo, steps
 from embedops.prepared import Doc, write_prepared
 from embedops.store import catalog, pgvector
 from embedops.workers import documents, embed
+from pydantic import ValidationError
 
 ROWS = 300
 WORDS = "river stone cloud market engine garden violin harbor pepper lantern quartz meadow".split()
@@ -37,7 +36,7 @@ def tiny_model(tiny_model_dir):
     return modelzoo.load(str(tiny_model_dir), device="cpu")
 
 
-def config(model_dir, **overrides) -> embed.Config:
+def config(model_dir, **overrides) -> steps.EmbedStep:
     raw = {
         "target": {"name": "docs_index"},
         "source": {"table": {"table": "docs", "idColumn": "doc_id", "textColumn": "body", "titleColumn": "title"}},
@@ -46,7 +45,7 @@ def config(model_dir, **overrides) -> embed.Config:
         "device": "cpu",
     }
     raw.update(overrides)
-    return embed.Config.model_validate(raw)
+    return steps.EmbedStep.model_validate(raw)
 
 
 def stored(dsn, table: str) -> dict[int, np.ndarray]:
@@ -110,7 +109,7 @@ def test_a_killed_run_resumes_after_its_last_committed_chunk(source, tiny_model_
 def test_two_shards_split_the_corpus_exactly(source, tiny_model_dir):
     first = embed.run(config(tiny_model_dir, shard=0, embedding={"commitRows": 50, "shards": 2}), dsn=source)
     assert (first.state, first.rows) == ("Building", first.shard_rows)
-    second = embed.run(config(tiny_model_dir, shard=1, shardCount=2, embedding={"commitRows": 50, "shards": 2}),
+    second = embed.run(config(tiny_model_dir, shard=1, embedding={"commitRows": 50, "shards": 2}),
                        dsn=source)
 
     assert (second.version, second.state, second.rows) == (first.version, "Ready", ROWS)

@@ -16,7 +16,6 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
-
 from embedops import manifests
 from embedops.local import LocalRunner
 

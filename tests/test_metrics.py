@@ -9,14 +9,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
-
 from embedops import reconcile
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.finetune import FineTuneJobStatus
 from embedops.api.index import EmbeddingIndexStatus
 from embedops.api.kinds import KINDS
 from embedops.metrics import RESOURCE, Metrics
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from embedops.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "data" / "scifact-sample"

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
-
-from embedops import modelzoo, retrieval
+from embedops import modelzoo, retrieval, steps
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.prepared import PreparedDataset
 from embedops.workers import prepare
+from pydantic import ValidationError
 
 NO_MINING = {"hardNegatives": {"enabled": False}}
 
@@ -39,7 +38,7 @@ def beir_folder(root: Path, n: int = 10, *, corpus_extra: list[str] = (), querie
 
 
 def prepare_run(tmp_path: Path, spec: dict, out: str = "out", dsn: str | None = None) -> prepare.Result:
-    config = prepare.Config(spec=EmbeddingDatasetSpec.model_validate(spec), base_dir=tmp_path,
+    config = steps.PrepareStep(spec=EmbeddingDatasetSpec.model_validate(spec), base_dir=tmp_path,
                             output_dir=tmp_path / out)
     return prepare.run(config, dsn=dsn)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
+from embedops import steps
 from embedops.api.index import ProbeSpec, Target
 from embedops.prepared import Doc, write_prepared
 from embedops.store import pgvector
@@ -72,13 +72,13 @@ def knowledge_base(tmp_path) -> Path:
 
 
 def build(dsn: str, model: str, dataset: Path) -> int:
-    cfg = embed.Config(target=TARGET, source={"datasetRef": {"name": "kb"}}, dataset_dir=dataset, model=model,
+    cfg = steps.EmbedStep(target=TARGET, source={"datasetRef": {"name": "kb"}}, dataset_dir=dataset, model=model,
                        device="cpu")
     return embed.run(cfg, dsn=dsn).version
 
 
-def probe_config(model: str, dataset: Path, min_recall: float = 0.0, **kw) -> probe.Config:
-    return probe.Config(target=TARGET, model=model, dataset_dir=dataset, device="cpu",
+def probe_config(model: str, dataset: Path, min_recall: float = 0.0, **kw) -> steps.ProbeStep:
+    return steps.ProbeStep(target=TARGET, model=model, dataset_dir=dataset, device="cpu",
                         probe={"minRecall": min_recall}, **kw)
 
 
@@ -110,7 +110,7 @@ def test_a_jsonl_probe_set_against_a_table_source(dsn, tmp_path, tiny_model_dir)
         conn.execute("CREATE TABLE public.notes (id int PRIMARY KEY, text text)")
         for i, (doc, _) in enumerate(FACTS):
             conn.execute("INSERT INTO public.notes VALUES (%s, %s)", (i + 1, doc))
-    cfg = embed.Config(target=TARGET, source={"table": {"table": "notes"}}, model=str(tiny_model_dir), device="cpu",
+    cfg = steps.EmbedStep(target=TARGET, source={"table": {"table": "notes"}}, model=str(tiny_model_dir), device="cpu",
                        ann={"metric": "inner_product"})
     version = embed.run(cfg, dsn=dsn).version
     path = tmp_path / "probe.jsonl"
@@ -118,13 +118,13 @@ def test_a_jsonl_probe_set_against_a_table_source(dsn, tmp_path, tiny_model_dir)
     lines.append({"query": FACTS[4][1], "relevant": {"5": 2, "6": 0}})
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n\n", encoding="utf-8")
 
-    result = probe.run(probe.Config(target=TARGET, version=version, model=str(tiny_model_dir),
+    result = probe.run(steps.ProbeStep(target=TARGET, version=version, model=str(tiny_model_dir),
                                     probe={"path": str(path), "k": 5, "maxQueries": 3}, device="cpu"), dsn=dsn)
 
     assert (result.version, result.k, result.queries, result.passed) == (version, 5, 3, True)
     assert 0 <= result.recall_at_k <= 1 and "no live version" in result.reason
     with pytest.raises(ValueError, match="not the model v1 was built with"):
-        probe.run(probe.Config(target=TARGET, version=version, model="all-MiniLM-L6-v2", probe={"path": str(path)}),
+        probe.run(steps.ProbeStep(target=TARGET, version=version, model="all-MiniLM-L6-v2", probe={"path": str(path)}),
                   dsn=dsn)
 
 

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-
+from embedops import steps
 from embedops.api.dataset import DatasetSource, EmbeddingDatasetSpec, ValidationSpec
 from embedops.workers import prepare, readers
 from embedops.workers.readers.rows import Issues, Source
@@ -117,7 +117,7 @@ def test_a_lone_surrogate_in_pairs_does_not_fail_the_whole_prepare(tmp_path):
     lines = [json.dumps({"query": f"query {i}", "positive": f"answer {i}"}) for i in range(20)]
     lines.append('{"query": "query \\ud83d", "positive": "answer"}')
     (tmp_path / "pairs.jsonl").write_text("".join(f"{line}\n" for line in lines))
-    result = prepare.run(prepare.Config(
+    result = prepare.run(steps.PrepareStep(
         spec=EmbeddingDatasetSpec.model_validate({"source": {"pairs": {"path": "pairs.jsonl"}},
                                                   "hardNegatives": {"enabled": False}}),
         base_dir=tmp_path, output_dir=tmp_path / "out"))
@@ -196,7 +196,7 @@ def test_an_empty_corpus_is_not_blamed_on_the_qrels(tmp_path):
     beir(tmp_path, corpus="")
     spec = EmbeddingDatasetSpec.model_validate({"source": BEIR, "hardNegatives": {"enabled": False}})
     with pytest.raises(ValueError, match=r"^corpus.jsonl is empty"):
-        prepare.run(prepare.Config(spec=spec, base_dir=tmp_path, output_dir=tmp_path / "out"))
+        prepare.run(steps.PrepareStep(spec=spec, base_dir=tmp_path, output_dir=tmp_path / "out"))
 
 
 @pytest.mark.postgres

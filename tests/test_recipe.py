@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from embedops.api import crd as crdgen
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec, TrainingSpec
@@ -12,6 +10,7 @@ from embedops.api.kinds import KINDS
 from embedops.builders.naming import STEP_VERSIONS
 from embedops.results import TrainResult, termination_message
 from embedops.workers import train
+from pydantic import ValidationError
 
 
 def dataset_spec(**fields) -> EmbeddingDatasetSpec:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from embedops.reconcile import ObservedJob, Observed, plan
+from embedops.builders.jobs import worker_job
+from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(worker_image="w:1")
@@ -36,7 +37,7 @@ def _run_dataset_to_ready() -> tuple[dict, str]:
     b = body("EmbeddingDataset", "ds", DATASET_SPEC)
     first = plan(Observed(b, now=NOW), SETTINGS)
     job = first.create[0]
-    name = job["metadata"]["name"]
+    name = job.name
     b["status"] = first.status.to_wire()
     done = plan(Observed(b, jobs={name: ObservedJob(name, "Succeeded", {0: PREPARED})}, now=NOW), SETTINGS)
     b["status"] = done.status.to_wire()
@@ -46,11 +47,11 @@ def _run_dataset_to_ready() -> tuple[dict, str]:
 def test_dataset_runs_one_prepare_job_and_copies_its_result():
     b = body("EmbeddingDataset", "ds", DATASET_SPEC)
     first = plan(Observed(b, now=NOW), SETTINGS)
-    assert [j["metadata"]["name"].split("-")[1] for j in first.create] == ["prepare"]
+    assert [j.name.split("-")[1] for j in first.create] == ["prepare"]
     assert ready(first) == ("False", "Preparing") and first.status.phase == "Running"
-    config = json.loads(first.create[0]["spec"]["template"]["spec"]["containers"][0]["command"][4])
-    assert config["baseDir"] == "/workspace" and config["spec"]["source"]["beir"]["path"] == "data/scifact"
-    name = first.create[0]["metadata"]["name"]
+    config = first.create[0].config
+    assert str(config.base_dir) == "/workspace" and config.spec.source.beir.path == "data/scifact"
+    name = first.create[0].name
     b["status"] = first.status.to_wire()
     # While the Job runs, nothing new is created.
     running = plan(Observed(b, jobs={name: ObservedJob(name, "Running")}, now=NOW), SETTINGS)
@@ -69,23 +70,23 @@ def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
     b["metadata"]["generation"] = 2
     again = plan(Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED}, step="prepare")}, now=NOW),
                  SETTINGS)
-    assert len(again.create) == 1 and again.create[0]["metadata"]["name"] != old
+    assert len(again.create) == 1 and again.create[0].name != old
     assert again.delete == []  # a finished run is history, not in the way
     # The last good result stays Ready while the new run goes on.
     assert ready(again)[0] == "True" and again.status.condition("Progressing").status == "True"
     b2, old2 = _run_dataset_to_ready()
     b2["metadata"]["annotations"] = {"embedops.dev/rerun": "2026-11-25"}
     rerun = plan(Observed(b2, now=NOW), SETTINGS)
-    assert len(rerun.create) == 1 and rerun.create[0]["metadata"]["name"] != old2
+    assert len(rerun.create) == 1 and rerun.create[0].name != old2
 
 
 def test_a_dataset_can_mine_on_a_gpu_node():
     spec = {**DATASET_SPEC, "resources": {"gpus": 1, "memory": "32Gi"},
             "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "mining"}}
     (job,) = plan(Observed(body("EmbeddingDataset", "ds", spec), now=NOW), SETTINGS).create
-    pod = job["spec"]["template"]["spec"]
+    pod = worker_job(job, SETTINGS)["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    assert pod["nodeSelector"] == {"pool": "gpu"} and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "mining"
+    assert pod["nodeSelector"] == {"pool": "gpu"} and job.scheduling.queue_name == "mining"
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 
 
@@ -102,7 +103,7 @@ def test_invalid_spec_is_reported_not_raised():
 
 def test_failed_job_fails_the_resource_with_the_workers_message():
     b = body("EmbeddingDataset", "ds", DATASET_SPEC)
-    name = plan(Observed(b, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    name = plan(Observed(b, now=NOW), SETTINGS).create[0].name
     p = plan(Observed(b, jobs={name: ObservedJob(name, "Failed", error="InvalidInput: corpus.jsonl:3: bad")},
                       now=NOW), SETTINGS)
     assert ready(p) == ("False", "JobFailed") and p.status.phase == "Failed"
@@ -123,11 +124,9 @@ def test_finetune_waits_for_its_dataset_then_trains_on_a_gpu():
     ds, _ = _run_dataset_to_ready()
     p = plan(Observed(ft, related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW), SETTINGS)
     (job,) = p.create
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-    config = json.loads(container["command"][4])
-    assert config["datasetDir"] == PREPARED["location"]
-    assert config["outputDir"].startswith("/workspace/embedops/finetunejobs/ft/")
+    assert job.gpus == 1
+    assert str(job.config.dataset_dir) == PREPARED["location"]
+    assert str(job.config.output_dir).startswith("/workspace/embedops/finetunejobs/ft/")
 
 
 TRAINED = {
@@ -148,7 +147,7 @@ def _trained_status(model_fingerprint: str = "a" * 64) -> dict:
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"]}
     p = plan(Observed(ft, related=related, now=NOW), SETTINGS)
-    name = p.create[0]["metadata"]["name"]
+    name = p.create[0].name
     result = json.loads(json.dumps(TRAINED))
     result["model"]["fingerprint"] = model_fingerprint
     done = plan(Observed(ft, jobs={name: ObservedJob(name, "Succeeded", {0: result})}, related=related, now=NOW),
@@ -170,12 +169,12 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
     p = plan(Observed(ix, related=related, now=NOW), SETTINGS)
     (embed,) = p.create
-    assert embed["spec"]["completions"] == 2 and ready(p) == ("False", "Embedding")
-    config = json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])
+    assert embed.shards == 2 and ready(p) == ("False", "Embedding")
+    config = embed.config
     # The catalog records where the model is, so probes of any retained version can load it.
-    assert config["model"] == TRAINED["model"]["location"]
+    assert config.model == TRAINED["model"]["location"]
     ix["status"] = p.status.to_wire()
-    en = embed["metadata"]["name"]
+    en = embed.name
     shard = {"version": 1, "table": "docs_v1", "rows": 10, "shardRows": 5, "embedded": 5, "resumed": False,
              "seconds": 1.0, "rowsPerSecond": 50.0}
     # One shard done: progress is reported, nothing new starts.
@@ -186,10 +185,10 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
     (publish,) = p.create
     assert ready(p) == ("False", "Publishing")
-    pconfig = json.loads(publish["spec"]["template"]["spec"]["containers"][0]["command"][4])
-    assert pconfig["version"] == 1 and pconfig["datasetDir"] == PREPARED["location"]
+    pconfig = publish.config
+    assert pconfig.version == 1 and str(pconfig.dataset_dir) == PREPARED["location"]
     ix["status"] = p.status.to_wire()
-    pn = publish["metadata"]["name"]
+    pn = publish.name
     jobs[pn] = ObservedJob(pn, "Succeeded", {0: _publish_result(1)})
     p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
     assert ready(p) == ("True", "Serving") and p.status.live_version == 1 and p.status.reindex is None
@@ -199,15 +198,15 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     assert steady.create == [] and steady.status is None
     # Half an hour on, a probe Job of the live version; an hour on, a drift Job too.
     later = plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=61)), SETTINGS)
-    assert sorted(j["metadata"]["labels"]["embedops.dev/step"] for j in later.create) == ["drift", "probe"]
-    probe_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "probe")
-    assert probe_job["spec"]["ttlSecondsAfterFinished"] == SETTINGS.periodic_job_ttl_seconds
-    drift_job = next(j for j in later.create if j["metadata"]["labels"]["embedops.dev/step"] == "drift")
+    assert sorted(j.step for j in later.create) == ["drift", "probe"]
+    probe_job = next(j for j in later.create if j.step == "probe")
+    assert probe_job.ttl_seconds == SETTINGS.periodic_job_ttl_seconds
+    drift_job = next(j for j in later.create if j.step == "drift")
     # Drift re-encodes with the arithmetic the version was built with.
-    drift_config = json.loads(drift_job["spec"]["template"]["spec"]["containers"][0]["command"][4])
-    assert drift_config["embedding"]["precision"] == "auto" and drift_config["embedding"]["batchSize"] == 64
+    drift_config = drift_job.config
+    assert drift_config.embedding.precision == "auto" and drift_config.embedding.batch_size == 64
     # A probe below minRecall degrades the index.
-    name = probe_job["metadata"]["name"]
+    name = probe_job.name
     low = {"version": 1, "k": 10, "recallAtK": 0.2, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
            "checkedAt": "2026-11-25T13:01:00Z"}
     degraded = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low})}, related=related,
@@ -223,21 +222,21 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     # The rerun annotation re-embeds the source into a fresh version (no reuse of the built one).
     ix["metadata"]["annotations"] = {"embedops.dev/rerun": "rows-changed"}
     (again,) = plan(Observed(ix, jobs=jobs, related=related, now=NOW + dt.timedelta(minutes=5)), SETTINGS).create
-    assert again["metadata"]["labels"]["embedops.dev/step"] == "embed" and again["metadata"]["name"] != en
-    assert json.loads(again["spec"]["template"]["spec"]["containers"][0]["command"][4])["reuse"] is False
-    assert config["reuse"] is True
+    assert again.step == "embed" and again.name != en
+    assert again.config.reuse is False
+    assert config.reuse is True
 
 
 def test_index_follows_a_new_model_and_a_pin_republishes_without_rebuilding():
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
     ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
-    first = plan(Observed(ix, related=related, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    first = plan(Observed(ix, related=related, now=NOW), SETTINGS).create[0].name
     related2 = {**related, ("FineTuneJob", "ft"): _trained_status("b" * 64)}
-    second = plan(Observed(ix, related=related2, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    second = plan(Observed(ix, related=related2, now=NOW), SETTINGS).create[0].name
     assert first != second  # a new model, a new build
     pinned = body("EmbeddingIndex", "ix", {**INDEX_SPEC, "pinnedVersion": 1})
-    assert plan(Observed(pinned, related=related, now=NOW), SETTINGS).create[0]["metadata"]["name"] == first
+    assert plan(Observed(pinned, related=related, now=NOW), SETTINGS).create[0].name == first
 
 
 def test_index_without_database_or_model():
@@ -254,13 +253,13 @@ def test_index_without_database_or_model():
 
 def test_a_run_superseded_while_pending_is_deleted():
     b = body("EmbeddingDataset", "ds", DATASET_SPEC)
-    first = plan(Observed(b, now=NOW), SETTINGS).create[0]["metadata"]["name"]
+    first = plan(Observed(b, now=NOW), SETTINGS).create[0].name
     b["spec"] = {**DATASET_SPEC, "resources": {"memory": "64Gi"}}
     b["metadata"]["generation"] = 2
     jobs = {first: ObservedJob(first, "Pending", step="prepare"),
             "ds-probe-x": ObservedJob("ds-probe-x", "Running", step="probe")}
     p = plan(Observed(b, jobs=jobs, now=NOW), SETTINGS)
-    assert len(p.create) == 1 and p.create[0]["metadata"]["name"] != first
+    assert len(p.create) == 1 and p.create[0].name != first
     assert p.delete == [first]  # only the same step's run
     assert ("Normal", "JobSuperseded", f"deleted Job {first}: its inputs changed") in p.events
 
@@ -270,16 +269,16 @@ def test_a_relative_model_name_resolves_in_the_workspace():
     spec = {**INDEX_SPEC, "model": {"name": "models/tuned"}}
     (embed,) = plan(Observed(body("EmbeddingIndex", "ix", spec), related={("EmbeddingDataset", "ds"): ds["status"]},
                              now=NOW), SETTINGS).create
-    assert json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])["model"] == \
+    assert embed.config.model == \
         "/workspace/models/tuned"
     bundled = {**INDEX_SPEC, "model": {"name": "all-MiniLM-L6-v2"}}
     (embed,) = plan(Observed(body("EmbeddingIndex", "ix", bundled), related={("EmbeddingDataset", "ds"): ds["status"]},
                              now=NOW), SETTINGS).create
-    assert json.loads(embed["spec"]["template"]["spec"]["containers"][0]["command"][4])["model"] == "all-MiniLM-L6-v2"
+    assert embed.config.model == "all-MiniLM-L6-v2"
 
 
 def _job_names(kind: str, spec: dict, related: dict | None = None) -> list[str]:
-    return [j["metadata"]["name"] for j in plan(Observed(body(kind, "r", spec), related=related or {}, now=NOW),
+    return [j.name for j in plan(Observed(body(kind, "r", spec), related=related or {}, now=NOW),
                                                 SETTINGS).create]
 
 
@@ -299,10 +298,9 @@ def test_spelling_out_the_defaults_starts_nothing_new():
 def test_a_new_defaulted_field_keeps_the_job_names(monkeypatch):
     import dataclasses
 
-    from pydantic import Field, create_model
-
     from embedops.api.dataset import EmbeddingDatasetSpec
     from embedops.api.kinds import KINDS
+    from pydantic import Field, create_model
 
     before = _job_names("EmbeddingDataset", DATASET_SPEC)
     newer = create_model("EmbeddingDatasetSpec", __base__=EmbeddingDatasetSpec, shuffle_buffer=(int, Field(default=7)))
@@ -330,16 +328,16 @@ def _train(spec: dict | None = None, labels: dict | None = None, jobs: dict | No
 
 def test_the_kueue_label_on_the_resource_reaches_its_jobs():
     (job,) = _train(labels={"kueue.x-k8s.io/queue-name": "gpu-queue"}).create
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job.scheduling.queue_name == "gpu-queue"
     # spec.scheduling.queueName, when set, is the queue.
     (job,) = _train({"scheduling": {"queueName": "team-a"}}, labels={"kueue.x-k8s.io/queue-name": "x"}).create
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job.scheduling.queue_name == "team-a"
 
 
 def test_suspend_toggles_the_same_job_and_queued_jobs_are_left_to_kueue():
     (job,) = _train({"scheduling": {"suspend": True}}).create
-    name = job["metadata"]["name"]
-    assert job["spec"]["suspend"] is True
+    name = job.name
+    assert job.scheduling.suspend is True
     held = ObservedJob(name, "Pending", suspended=True, step="train")
     p = _train({"scheduling": {"suspend": True}}, jobs={name: held})
     assert p.create == [] and p.suspend == {} and p.status.phase == "Suspended"
@@ -352,7 +350,7 @@ def test_suspend_toggles_the_same_job_and_queued_jobs_are_left_to_kueue():
     assert _train({"scheduling": {"suspend": True}}, jobs={name: running}).suspend == {name: True}
     # In a Kueue queue, Kueue decides: a suspended Job is waiting for admission.
     (job,) = _train({"scheduling": {"queueName": "gpus"}}).create
-    name = job["metadata"]["name"]
+    name = job.name
     queued = ObservedJob(name, "Pending", suspended=True, step="train", queue="gpus")
     p = _train({"scheduling": {"queueName": "gpus"}}, jobs={name: queued})
     assert p.suspend == {} and p.status.phase == "Queued"
@@ -364,7 +362,7 @@ def test_a_pending_pod_is_reported_with_the_schedulers_words_and_the_jobs_counts
     from embedops.api.conditions import Reason
 
     (job,) = _train().create
-    name = job["metadata"]["name"]
+    name = job.name
     report = JobStatus(name=name, step="train", start_time="2026-11-25T12:00:00Z", active=1)
     stuck = ObservedJob(name, "Pending", step="train", report=report,
                         waiting=(Reason.UNSCHEDULABLE, "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."))
@@ -389,7 +387,7 @@ def _serving_index(spec: dict) -> tuple[dict, dict]:
                     {0: _publish_result(1)}):
         p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
         ix["status"] = p.status.to_wire()
-        jobs[p.create[0]["metadata"]["name"]] = ObservedJob(p.create[0]["metadata"]["name"], "Succeeded", results)
+        jobs[p.create[0].name] = ObservedJob(p.create[0].name, "Succeeded", results)
     ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
     return ix, related
 
@@ -398,12 +396,12 @@ def test_one_probe_at_a_time_with_the_interval_as_its_deadline():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
     (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
-    assert probe["spec"]["activeDeadlineSeconds"] == 30 * 60
+                if j.step == "probe"]
+    assert probe.scheduling.active_deadline_seconds == 30 * 60
     # Still running an interval later: no second probe piles up behind it.
-    slow = {probe["metadata"]["name"]: ObservedJob(probe["metadata"]["name"], "Running", step="probe")}
+    slow = {probe.name: ObservedJob(probe.name, "Running", step="probe")}
     again = plan(Observed(ix, jobs=slow, related=related, now=later + dt.timedelta(minutes=30)), SETTINGS)
-    assert [j for j in again.create if j["metadata"]["labels"]["embedops.dev/step"] == "probe"] == []
+    assert [j for j in again.create if j.step == "probe"] == []
 
 
 def test_a_schedule_change_starts_nothing_and_a_probe_can_be_asked_for():
@@ -415,7 +413,7 @@ def test_a_schedule_change_starts_nothing_and_a_probe_can_be_asked_for():
     ix["status"] = p.status.to_wire()
     ix["metadata"]["annotations"] = {"embedops.dev/probe": "2026-11-25T12:00:30Z"}
     (asked,) = plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=1)), SETTINGS).create
-    assert asked["metadata"]["labels"]["embedops.dev/step"] == "probe"
+    assert asked.step == "probe"
     # Once a probe ran after the time asked for, the annotation asks for nothing more.
     ix["status"]["probe"]["checkedAt"] = "2026-11-25T12:01:00Z"
     assert plan(Observed(ix, related=related, now=NOW + dt.timedelta(minutes=2)), SETTINGS).create == []
@@ -452,8 +450,8 @@ def test_each_change_of_degraded_is_one_event():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
     (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
-    name = probe["metadata"]["name"]
+                if j.step == "probe"]
+    name = probe.name
     low = {"version": 1, "k": 10, "recallAtK": 0.42, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
            "checkedAt": "2026-11-25T12:31:00Z"}
     p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")}, related=related,
@@ -470,8 +468,8 @@ def test_each_change_of_degraded_is_one_event():
     good = {**low, "recallAtK": 0.9, "checkedAt": "2026-11-25T13:02:00Z"}
     later = NOW + dt.timedelta(minutes=62)
     (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
-    name = probe["metadata"]["name"]
+                if j.step == "probe"]
+    name = probe.name
     p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: good}, step="probe")}, related=related,
                       now=later), SETTINGS)
     assert [(e[0], e[1]) for e in p.events if e[1] != "JobCreated"] == [("Normal", "Recovered")]
@@ -482,8 +480,8 @@ def test_a_failed_probe_job_is_one_event_however_often_it_is_seen():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
     (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j["metadata"]["labels"]["embedops.dev/step"] == "probe"]
-    failed = {probe["metadata"]["name"]: ObservedJob(probe["metadata"]["name"], "Failed", error="boom", step="probe")}
+                if j.step == "probe"]
+    failed = {probe.name: ObservedJob(probe.name, "Failed", error="boom", step="probe")}
     p = plan(Observed(ix, jobs=failed, related=related, now=later), SETTINGS)
     assert [e[1] for e in p.events] == ["ProbeFailed"] and p.status.phase == "Degraded"
     ix["status"] = p.status.to_wire()

@@ -7,13 +7,12 @@ import os
 import numpy as np
 import psycopg
 import pytest
-from pgvector import HalfVector, Vector
-from psycopg import sql
-from pydantic import ValidationError
-
 from embedops.api.index import AnnSpec, TableSource, Target
 from embedops.store import pgvector, sources
 from embedops.store.catalog import Build
+from pgvector import HalfVector, Vector
+from psycopg import sql
+from pydantic import ValidationError
 
 TARGET = Target(name="docs")
 

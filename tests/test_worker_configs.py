@@ -1,17 +1,28 @@
-"""Every Job the planner can create carries a config its worker parses: the two sides never drift apart."""
+"""Every step the planner can create reaches its worker's pod intact: the two sides never drift apart."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 
+from embedops.builders.jobs import WorkerStep, worker_job
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.workers import runner
-from tests.test_reconcile import INDEX_SPEC, NOW, SETTINGS, _publish_result, _run_dataset_to_ready, _trained_status, body
+
+from tests.test_reconcile import (
+    INDEX_SPEC,
+    NOW,
+    SETTINGS,
+    _publish_result,
+    _run_dataset_to_ready,
+    _trained_status,
+    body,
+)
 
 
-def _command(job: dict) -> tuple[str, dict]:
-    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+def _command(job: WorkerStep) -> tuple[str, dict]:
+    """What the Job's pod runs: its worker and the step as the pod's argv carries it."""
+    command = worker_job(job, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["command"]
     return command[2], json.loads(command[command.index("--spec-json") + 1])
 
 
@@ -27,7 +38,7 @@ def _index_jobs(spec: dict, related: dict) -> list[dict]:
         (job,) = p.create
         created.append(job)
         ix["status"] = p.status.to_wire()
-        jobs[job["metadata"]["name"]] = ObservedJob(job["metadata"]["name"], "Succeeded", results)
+        jobs[job.name] = ObservedJob(job.name, "Succeeded", results)
     ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
     created += plan(Observed(ix, related=related, now=NOW + dt.timedelta(hours=2)), SETTINGS).create
     return created
@@ -48,12 +59,11 @@ def test_every_planned_job_config_parses_with_its_workers_config():
                       "probe": {"path": "probes/docs.jsonl", "k": 5}, "embedding": {"batchSize": 8},
                       "pinnedVersion": 1}, related),
     ]
-    steps = [j["metadata"]["labels"]["embedops.dev/step"] for j in jobs]
-    assert sorted(set(steps)) == ["drift", "embed", "prepare", "probe", "publish", "train"]
+    assert sorted({j.step for j in jobs}) == ["drift", "embed", "prepare", "probe", "publish", "train"]
     for job in jobs:
         worker, raw = _command(job)
-        config = runner.parse_config(worker, raw, shard=0)  # unknown keys are rejected, so nothing is dropped
-        if worker == "drift":
-            assert config.embedding.batch_size == raw["embedding"]["batchSize"]
-        if worker in ("probe", "publish") and "path" in raw["probe"]:
-            assert config.probe.path == "/workspace/probes/docs.jsonl"
+        assert worker == job.step
+        # The pod reads back exactly the step the planner made (unknown keys are rejected, so nothing is dropped).
+        assert runner.parse_config(worker, raw, shard=0) == job.config
+        if worker in ("probe", "publish") and job.config.probe.path is not None:
+            assert job.config.probe.path == "/workspace/probes/docs.jsonl"

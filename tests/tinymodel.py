@@ -7,10 +7,9 @@ from pathlib import Path
 
 def build_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     import torch
+    from embedops import modelzoo
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from embedops import modelzoo
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(modelzoo.resolve("all-MiniLM-L6-v2")), local_files_only=True)

@@ -196,7 +196,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # In an Indexed Job each pod is one shard: Kubernetes sets JOB_COMPLETION_INDEX.
     index = os.environ.get("JOB_COMPLETION_INDEX", "")
     try:
-        result = runner.run(args.name, raw, dsn=os.environ.get(DSN_ENV), shard=int(index) if index.isdigit() else None)
+        step = runner.parse_config(args.name, raw, shard=int(index) if index.isdigit() else None)
+        result = runner.run(step, dsn=os.environ.get(DSN_ENV))
     except runner.WorkerError as err:
         if err.reason == "InvalidConfig":
             print(f"error: invalid worker config ({where}):", file=sys.stderr)

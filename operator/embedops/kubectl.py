@@ -20,10 +20,10 @@ eds, ftj, eix).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from typing import Any
 
+from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS, ORDER
 from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION
@@ -90,10 +90,6 @@ def _retained(index: dict[str, Any]) -> list[dict[str, Any]]:
                                                                                                "Retired")]
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 # -- commands -------------------------------------------------------------------------------------
 
 
@@ -154,7 +150,7 @@ def rollback(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
 
 def rerun(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     obj = _find(api, namespace, args.name)
-    _patch(api, obj, {"metadata": {"annotations": {RERUN_ANNOTATION: _now()}}})
+    _patch(api, obj, {"metadata": {"annotations": {RERUN_ANNOTATION: times.now()}}})
     what = {"EmbeddingDataset": "prepared", "FineTuneJob": "trained",
             "EmbeddingIndex": "re-embedded into a new version, probed and cut over if it passes"}[obj["kind"]]
     return [f"{obj['kind']}/{obj['metadata']['name']} will be {what} again"]
@@ -162,7 +158,7 @@ def rerun(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
 
 def probe(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
-    _patch(api, index, {"metadata": {"annotations": {PROBE_ANNOTATION: _now()}}})
+    _patch(api, index, {"metadata": {"annotations": {PROBE_ANNOTATION: times.now()}}})
     return [f"{index['metadata']['name']}: its live version will be probed now (see `kubectl embedops status`)"]
 
 

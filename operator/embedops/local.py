@@ -43,12 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedops import reconcile
+from embedops import reconcile, steps
 from embedops import status as statuses
+from embedops.api import times
 from embedops.api.common import API_VERSION, BaseStatus, JobStatus
 from embedops.api.conditions import Reason
 from embedops.api.kinds import KINDS
 from embedops.builders import naming
+from embedops.builders.jobs import WorkerStep
 from embedops.manifests import LoadedResource
 from embedops.results import describe_error, error_message, termination_message
 from embedops.settings import OperatorSettings
@@ -57,7 +59,7 @@ from embedops.workers.readers import beir
 
 log = logging.getLogger(__name__)
 
-SETTINGS = OperatorSettings()  # only shapes the Job manifests, which are read back, never submitted
+SETTINGS = OperatorSettings()  # what the planner reads of the operator's settings (no manifest is rendered here)
 SOURCE_STAMP_ANNOTATION = "embedops.dev/local-source-stamp"
 MAX_ROUNDS = 50  # far above any lifecycle's length: reaching it is a planner bug, not a slow resource
 
@@ -83,7 +85,7 @@ class LocalRunner:
     state_dir: Path
     dsn: str | None = None
     device: str | None = None
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)  # when probes and drift are due
+    clock: Callable[[], dt.datetime] = times.utcnow  # when probes and drift are due
     fresh: bool = False  # forget the state folder first
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     _server: Any = None
@@ -217,63 +219,48 @@ class LocalRunner:
             self._write(body)
             if not plan.create:
                 break
-            for manifest in plan.create:
-                job = self._run_job(manifest)
+            for step in plan.create:
+                job = self._run_job(step)
                 jobs[job.name] = job
         else:
             raise RuntimeError(f"{loaded.resource.key}: the plan did not settle after {MAX_ROUNDS} rounds")
         status = statuses.parse(loaded.resource.kind.status_model, body["status"])
         return Outcome(loaded, status, ok=statuses.is_ready(status), reused=not jobs)
 
-    def _run_job(self, manifest: dict[str, Any]) -> reconcile.ObservedJob:
-        """What the Job's pods would do, in this process: its command's worker and config, each shard in turn.
+    def _run_job(self, job: WorkerStep) -> reconcile.ObservedJob:
+        """What the Job's pods would do, in this process: its step, each shard in turn.
 
         A suspended Job stays pending, as it would in a cluster; there is no Kueue here to admit a
-        queued one, so its queue label is not looked at.
+        queued one, so its queue name is not looked at.
         """
-        meta, spec = manifest["metadata"], manifest["spec"]
-        name, step = meta["name"], meta["labels"][naming.LABEL_STEP]
-        report = JobStatus(name=name, step=step)
-        if spec.get("suspend"):
-            return reconcile.ObservedJob(name, "Pending", suspended=True, step=step, report=report)
-        command = spec["template"]["spec"]["containers"][0]["command"]
-        worker, raw = command[2], json.loads(command[command.index("--spec-json") + 1])
-        shards = spec.get("completions") if spec.get("completionMode") == "Indexed" else None
-        dsn = self.database() if _needs_database(worker, raw) else None
-        log.info("%s: running %s", name, worker)
-        report.start_time = _now()
+        report = JobStatus(name=job.name, step=job.step)
+        if job.scheduling.suspend:
+            return reconcile.ObservedJob(job.name, "Pending", suspended=True, step=job.step, report=report)
+        dsn = self.database() if job.config.uses_database else None
+        log.info("%s: running %s", job.name, job.step)
+        report.start_time = times.now()
         results: dict[int, dict[str, Any]] = {}
-        for index in range(shards or 1):
+        for index in range(job.shards or 1):
+            step = steps.for_pod(job.config, shard=index if job.shards else None, device=self.device)
             try:
-                result = runner.run(worker, raw, dsn=dsn, shard=index if shards else None, device=self.device)
+                result = runner.run(step, dsn=dsn)
             except runner.WorkerError as err:
                 error = describe_error(error_message(err.reason, str(err)))
             except Exception as err:  # noqa: BLE001 - a pod's crash: its Job fails with the message
-                log.debug("%s failed", name, exc_info=True)
+                log.debug("%s failed", job.name, exc_info=True)
                 error = f"{type(err).__name__}: {err}"
             else:
                 results[index] = json.loads(termination_message(result))
                 report.succeeded += 1
                 continue
             report.failed = 1
-            return reconcile.ObservedJob(name, "Failed", results, error=error, step=step, report=report)
-        report.completion_time = _now()
-        return reconcile.ObservedJob(name, "Succeeded", results, step=step, report=report)
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            return reconcile.ObservedJob(job.name, "Failed", results, error=error, step=job.step, report=report)
+        report.completion_time = times.now()
+        return reconcile.ObservedJob(job.name, "Succeeded", results, step=job.step, report=report)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
-
-
-def _needs_database(worker: str, config: dict[str, Any]) -> bool:
-    """Whether a step's pod would get the database's DSN (so the embedded server starts only when needed)."""
-    if worker == "prepare":
-        return "postgres" in config["spec"]["source"]
-    return worker != "train"
 
 
 def _ready_reason(status: dict[str, Any]) -> str | None:

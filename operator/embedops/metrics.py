@@ -10,7 +10,6 @@ metric and label is documented in docs/metrics.md; a test keeps that page and th
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import platform
 import time
 from collections.abc import Iterator
@@ -18,9 +17,17 @@ from collections.abc import Set as AbstractSet
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import (REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics,
-                               start_http_server)
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
 
+from embedops.api import times
 from embedops.api.common import BaseStatus
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.finetune import FineTuneJobStatus
@@ -196,7 +203,7 @@ def _finetune_series(m: Metrics, key: tuple[str, ...], st: FineTuneJobStatus) ->
 
 
 def _unix(stamp: str) -> float:
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    return times.parse_time(stamp).timestamp()
 
 
 def _package_version() -> str:

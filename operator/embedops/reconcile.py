@@ -25,16 +25,24 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
-from embedops import modelzoo
+from embedops import modelzoo, steps
 from embedops import status as statuses
+from embedops.api import times
 from embedops.api.common import BaseStatus, JobStatus, Scheduling
 from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
-from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
+from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, ProbeResult, ReindexProgress
+from embedops.api.index import (
+    DriftResult,
+    EmbeddingIndexSpec,
+    EmbeddingIndexStatus,
+    ProbeResult,
+    ProbeSpec,
+    ReindexProgress,
+)
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
-from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep, worker_job
+from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep
 from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
 from embedops.settings import OperatorSettings
 
@@ -67,7 +75,7 @@ class Observed:
     jobs: dict[str, ObservedJob] = field(default_factory=dict)
     # Status of a referenced resource by (kind, name), same namespace; absent when it does not exist.
     related: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    now: dt.datetime = field(default_factory=times.utcnow)
 
 
 @dataclass(frozen=True)
@@ -95,7 +103,7 @@ class Layout:
 @dataclass
 class Plan:
     status: BaseStatus | None = None  # None: leave status as it is
-    create: list[dict[str, Any]] = field(default_factory=list)
+    create: list[WorkerStep] = field(default_factory=list)  # Jobs to start (an executor renders or runs them)
     delete: list[str] = field(default_factory=list)  # names of owned Jobs to delete (superseded runs)
     suspend: dict[str, bool] = field(default_factory=dict)  # owned Job -> its spec.suspend from now on
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
@@ -196,8 +204,7 @@ def _single_result(ctx: _Context, job: ObservedJob, model: type[BaseModel]) -> A
 
 def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | None, ObservedJob | None]:
     """Drive one Job: create it, report it running, or hand back the finished Job."""
-    owner = owner_of(ctx.body)
-    name = step.job_name(owner)
+    name = step.name
     job = ctx.obs.jobs.get(name)
     if job is None:
         status = statuses.progressing(ctx.current, running, f"Job {name} created", ctx.generation)
@@ -209,7 +216,7 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
                             if j.step == step.step and j.name != name and j.state in ("Pending", "Running"))
         events = [("Normal", "JobCreated", f"created Job {name}")]
         events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
-        return Plan(status=status, create=[worker_job(owner, step, ctx.settings)], delete=superseded,
+        return Plan(status=status, create=[step], delete=superseded,
                     events=events), None
     if job.state in ("Pending", "Running"):
         return _in_progress(ctx, job, step, running), None
@@ -283,9 +290,10 @@ def plan_dataset(ctx: _Context) -> Plan:
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
-        step="prepare", worker="prepare", key=key,
-        config={"spec": spec.to_wire(), "baseDir": ctx.layout.inputs,
-                "outputDir": ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key)},
+        owner=owner_of(ctx.body), key=key,
+        config=steps.PrepareStep(
+            spec=spec, base_dir=ctx.layout.inputs,
+            output_dir=ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key)),
         resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling), gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
@@ -305,9 +313,10 @@ def plan_finetune(ctx: _Context) -> Plan:
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
-        step="train", worker="train", key=key,
-        config={"spec": spec.to_wire(), "datasetDir": dataset.location, "baseDir": ctx.layout.inputs,
-                "outputDir": ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key)},
+        owner=owner_of(ctx.body), key=key,
+        config=steps.TrainStep(
+            spec=spec, dataset_dir=dataset.location, base_dir=ctx.layout.inputs,
+            output_dir=ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key)),
         resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling),
         gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
     )
@@ -326,7 +335,7 @@ class _IndexInputs:
     model_id: str | None  # what identifies the embeddings: the model's fingerprint, or its name
     dataset_dir: str | None
     dataset_fingerprint: str | None
-    probe: dict[str, Any]  # spec.probe as the workers take it, its path resolved
+    probe: ProbeSpec  # spec.probe as the workers take it, its path resolved
     probe_dataset_dir: str | None  # the prepared dataset whose held-out queries are probed, without a path
 
 
@@ -353,10 +362,10 @@ def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
     if spec.source.dataset_ref is not None:
         ds = _related(ctx, "EmbeddingDataset", spec.source.dataset_ref.name)
         dataset_dir, fingerprint = ds.location, ds.fingerprint
-    probe = spec.probe.to_wire()
+    probe = spec.probe
     probe_dataset_dir = None
     if spec.probe.path:
-        probe["path"] = ctx.layout.resolve(spec.probe.path)
+        probe = probe.model_copy(update={"path": ctx.layout.resolve(spec.probe.path)})
     elif spec.probe.dataset_ref is not None:
         probe_dataset_dir = _related(ctx, "EmbeddingDataset", spec.probe.dataset_ref.name).location
     elif dataset_dir is not None:
@@ -367,20 +376,16 @@ def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
     return _IndexInputs(model, model_id, dataset_dir, fingerprint, probe, probe_dataset_dir)
 
 
-def _index_step(ctx: _Context, step: str, key: str, spec: EmbeddingIndexSpec, config: dict[str, Any], *,
-                shards: int | None = None, ttl: int | None = None, deadline: int | None = None) -> WorkerStep:
+def _index_step(ctx: _Context, key: str, spec: EmbeddingIndexSpec, config: steps.AnyStep, *,
+                ttl: int | None = None, deadline: int | None = None) -> WorkerStep:
     """Every index step runs with the index's resources, scheduling and database."""
     scheduling = _scheduling(ctx, spec.scheduling)
     if deadline is not None:
         limit = scheduling.active_deadline_seconds
         scheduling = scheduling.model_copy(update={"active_deadline_seconds": min(deadline, limit or deadline)})
-    return WorkerStep(step=step, worker=step, key=key, config=config, resources=spec.resources,
+    return WorkerStep(owner=owner_of(ctx.body), key=key, config=config, resources=spec.resources,
                       scheduling=scheduling, gpus=spec.resources.gpus or 0,
-                      dsn_secret=spec.database.dsn_secret_ref, shards=shards, ttl_seconds=ttl)
-
-
-def _with_dataset(config: dict[str, Any], dataset_dir: str | None) -> dict[str, Any]:
-    return {**config, "datasetDir": dataset_dir} if dataset_dir else config
+                      dsn_secret=spec.database.dsn_secret_ref, ttl_seconds=ttl)
 
 
 def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
@@ -392,14 +397,14 @@ def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -
         naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
         naming.identity(spec.target), ctx.rerun,
     )
-    config = {
-        "target": spec.target.to_wire(), "source": spec.source.to_wire(), "model": inputs.model,
-        "ann": spec.ann.to_wire(), "embedding": spec.embedding.to_wire(), "shardCount": spec.embedding.shards,
+    config = steps.EmbedStep(
+        target=spec.target, source=spec.source, dataset_dir=inputs.dataset_dir, model=inputs.model, ann=spec.ann,
+        embedding=spec.embedding,
         # A version already built from the same model and source is reused, unless the user asked
         # for a fresh one with the rerun annotation (the table's rows changed, say).
-        "reuse": not ctx.rerun,
-    }
-    return _index_step(ctx, "embed", key, spec, _with_dataset(config, inputs.dataset_dir), shards=spec.embedding.shards)
+        reuse=not ctx.rerun,
+    )
+    return _index_step(ctx, key, spec, config)
 
 
 def _candidate(job: ObservedJob) -> EmbedResult | None:
@@ -419,14 +424,8 @@ def _reindex_progress(job: ObservedJob) -> ReindexProgress | None:
                            rows_per_second=round(sum(rates), 2) if rates else None)
 
 
-def _parse_time(stamp: str | None) -> dt.datetime | None:
-    if not stamp:
-        return None
-    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc)
-
-
 def _due(last: str | None, minutes: int, now: dt.datetime) -> bool:
-    when = _parse_time(last)
+    when = times.parse_time(last)
     return when is None or now - when >= dt.timedelta(minutes=minutes)
 
 
@@ -458,7 +457,7 @@ def plan_index(ctx: _Context) -> Plan:
 
     plan, job = _run_step(ctx, embed, Reason.EMBEDDING)
     if plan is not None:
-        embed_job = ctx.obs.jobs.get(embed.job_name(owner_of(ctx.body)))
+        embed_job = ctx.obs.jobs.get(embed.name)
         if embed_job is not None and embed_job.state != "Failed":
             plan.status.reindex = _reindex_progress(embed_job)
         return plan
@@ -466,11 +465,12 @@ def plan_index(ctx: _Context) -> Plan:
     if built is None:
         return _failed(ctx, Reason.BAD_WORKER_RESULT, f"Job {job.name} finished but no shard reported a finished version")
 
-    config = {"target": spec.target.to_wire(), "version": built.version, "model": inputs.model,
-              "probe": inputs.probe, "ann": spec.ann.to_wire(), "keepVersions": spec.keep_versions}
-    if spec.pinned_version is not None:
-        config["pinnedVersion"] = spec.pinned_version
-    publish = _index_step(ctx, "publish", publish_key, spec, _with_dataset(config, inputs.probe_dataset_dir))
+    config = steps.PublishStep(
+        target=spec.target, version=built.version, model=inputs.model, probe=inputs.probe,
+        dataset_dir=inputs.probe_dataset_dir, ann=spec.ann, keep_versions=spec.keep_versions,
+        pinned_version=spec.pinned_version,
+    )
+    publish = _index_step(ctx, publish_key, spec, config)
     plan, job = _run_step(ctx, publish, Reason.PUBLISHING)
     if plan is not None:
         plan.status.reindex = None
@@ -485,10 +485,10 @@ def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None
     """The time of a probe asked for with the PROBE_ANNOTATION (`kubectl embedops probe`) and not yet run."""
     requested = ctx.metadata("annotations", PROBE_ANNOTATION)
     try:
-        when = _parse_time(requested)
+        when = times.parse_time(requested)
     except ValueError:
         return None
-    last = _parse_time(current.probe.checked_at) if current.probe else None
+    last = times.parse_time(current.probe.checked_at) if current.probe else None
     return requested if when is not None and (last is None or last < when) else None
 
 
@@ -513,28 +513,27 @@ def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: Embedding
     to the next one has failed, and must not pile up behind it.
     """
     now, ttl = ctx.obs.now, ctx.settings.periodic_job_ttl_seconds
-    common = {"target": spec.target.to_wire(), "version": live.version, "model": live.model}
-    steps: list[WorkerStep] = []
+    planned: list[WorkerStep] = []
     minutes = spec.probe.interval_minutes
     requested = _probe_requested(ctx, current)
     if requested or _due(current.probe.checked_at if current.probe else None, minutes, now):
-        config = _with_dataset({**common, "probe": inputs.probe, "ann": spec.ann.to_wire()}, inputs.probe_dataset_dir)
+        probe = steps.ProbeStep(target=spec.target, version=live.version, model=live.model, probe=inputs.probe,
+                                dataset_dir=inputs.probe_dataset_dir, ann=spec.ann)
         key = "r" + naming.inputs_hash(requested) if requested else _slot(now, minutes)
-        steps.append(_index_step(ctx, "probe", key, spec, config, ttl=ttl, deadline=minutes * 60))
+        planned.append(_index_step(ctx, key, spec, probe, ttl=ttl, deadline=minutes * 60))
     minutes = spec.drift.interval_minutes
     # A version's first drift measurement comes one interval after it was built: right away, the
     # stored vectors and the source embedded again would match by construction.
     last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
     if spec.drift.enabled and _due(last, minutes, now):
-        config = _with_dataset({**common, "source": spec.source.to_wire(), "drift": spec.drift.to_wire(),
-                                "embedding": spec.embedding.to_wire()}, inputs.dataset_dir)
-        steps.append(_index_step(ctx, "drift", _slot(now, minutes), spec, config, ttl=ttl, deadline=minutes * 60))
-    return steps
+        drift = steps.DriftStep(target=spec.target, version=live.version, model=live.model, source=spec.source,
+                                dataset_dir=inputs.dataset_dir, drift=spec.drift, embedding=spec.embedding)
+        planned.append(_index_step(ctx, _slot(now, minutes), spec, drift, ttl=ttl, deadline=minutes * 60))
+    return planned
 
 
 def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs) -> Plan:
     """Steady state: re-probe the live version and measure its drift when they are due."""
-    owner = owner_of(ctx.body)
     live = next((v for v in current.versions if v.state == "Live"), None)
     plan = Plan()
     if live is None:
@@ -542,11 +541,11 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     probe, drift = current.probe, current.drift
     problems: list[tuple[Reason, str]] = []
     for step in _scheduled_steps(ctx, spec, current, inputs, live):
-        name = step.job_name(owner)
+        name = step.name
         job = ctx.obs.jobs.get(name)
         if job is None:
             if not any(j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()):
-                plan.create.append(worker_job(owner, step, ctx.settings))  # one probe (one drift) at a time
+                plan.create.append(step)  # one probe (one drift) at a time
                 plan.events.append(("Normal", "JobCreated", f"created Job {name}"))
         elif job.state == "Succeeded" and 0 in job.results:
             if step.step == "probe":

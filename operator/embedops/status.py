@@ -15,7 +15,13 @@ from embedops.api.common import BaseStatus
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.dataset import EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import DriftResult, EmbeddingIndexSpec, EmbeddingIndexStatus, IndexVersion, ProbeResult
+from embedops.api.index import (
+    DriftResult,
+    EmbeddingIndexSpec,
+    EmbeddingIndexStatus,
+    IndexVersion,
+    ProbeResult,
+)
 
 S = TypeVar("S", bound=BaseStatus)
 

@@ -168,7 +168,6 @@ def namespace(api, crds, nodes) -> Iterator[str]:
 def running_operator(namespace: str, **settings: str) -> Iterator[Any]:
     """The operator (kopf, in this process) watching `namespace`."""
     import kopf.testing
-
     from embedops.handlers import executor
 
     saved = executor.SETTINGS

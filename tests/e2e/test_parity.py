@@ -16,11 +16,11 @@ from typing import Any
 
 import psycopg
 import yaml
-
 from embedops import manifests
 from embedops.api.index import Target
 from embedops.local import LocalRunner
 from embedops.store import pgvector
+
 from tests.e2e.conftest import run_pod_command, running_operator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

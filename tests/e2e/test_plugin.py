@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from embedops.kubectl import main
+
 from tests.e2e.test_operator import INDEX
 
 VERSIONS = [

@@ -12,7 +12,6 @@ mounted at a temporary folder (EMBEDOPS_WORKSPACE_PATH).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import psycopg
 

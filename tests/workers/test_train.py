@@ -7,13 +7,12 @@ import math
 from pathlib import Path
 
 import pytest
-from transformers import TrainerCallback
-
-from embedops import modelzoo
+from embedops import modelzoo, steps
 from embedops.api.finetune import FineTuneJobSpec
 from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
 from embedops.workers.training import checkpoints, data, trainer, validation
+from transformers import TrainerCallback
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
 TOPICS = ["protein", "galaxy", "river", "taxes", "jazz", "soil", "volcano", "neuron", "coral", "bonds",
@@ -51,7 +50,7 @@ NO_VALIDATION = {"validation": {"fraction": 0}}
 
 
 def run_job(tmp_path: Path, spec: FineTuneJobSpec, dataset: Path, **kwargs) -> train.Result:
-    config = train.Config(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "job", device="cpu")
+    config = steps.TrainStep(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "job", device="cpu")
     return train.run(config, **kwargs)
 
 
@@ -195,7 +194,7 @@ def test_minilm_on_a_scifact_sample_beats_the_base_model(tmp_path):
         "source": {"beir": {"path": "data/scifact-sample"}},
         "hardNegatives": {"count": 1}, "augment": {"maxTitlePairs": 200},
     })
-    prepare.run(prepare.Config(spec=spec, base_dir=QUICKSTART, output_dir=tmp_path / "dataset"))
+    prepare.run(steps.PrepareStep(spec=spec, base_dir=QUICKSTART, output_dir=tmp_path / "dataset"))
     assert PreparedDataset(tmp_path / "dataset").manifest.counts["test_queries"] == 100
 
     result = run_job(tmp_path, FineTuneJobSpec.model_validate({
@@ -287,9 +286,9 @@ def test_without_required_improvement_the_best_checkpoint_is_published_anyway(tm
 
 def test_a_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path, tiny_model_dir, dataset):
     spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2, evaluation={"requireImprovement": False})
-    whole = train.run(train.Config(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "whole", device="cpu"))
+    whole = train.run(steps.TrainStep(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "whole", device="cpu"))
 
-    config = train.Config(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "killed", device="cpu")
+    config = steps.TrainStep(spec=spec, dataset_dir=dataset, output_dir=tmp_path / "killed", device="cpu")
     with pytest.raises(KeyboardInterrupt):
         train.run(config, callbacks=[KillAfterCheckpoint(4)])
     resumed = train.run(config)

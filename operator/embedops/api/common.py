@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from pydantic.alias_generators import to_camel
 
+from embedops.api import times
+
 GROUP = "embedops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -191,7 +193,7 @@ class BaseStatus(ApiModel):
         now: dt.datetime | None = None,
     ) -> None:
         """Set one condition, keeping lastTransitionTime when its status does not change."""
-        stamp = (now or dt.datetime.now(dt.timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = times.format_time(now or times.utcnow())
         before = self.condition(type_)
         cond = Condition(type=type_, status=status, reason=reason, message=message,
                          last_transition_time=_transition_time(before, status, stamp),

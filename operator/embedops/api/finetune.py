@@ -6,7 +6,13 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from embedops.api.common import ApiModel, BaseStatus, LocalObjectReference, Resources, Scheduling
+from embedops.api.common import (
+    ApiModel,
+    BaseStatus,
+    LocalObjectReference,
+    Resources,
+    Scheduling,
+)
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

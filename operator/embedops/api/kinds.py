@@ -8,7 +8,16 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from embedops.api.common import API_VERSION, GROUP, VERSION, BaseStatus, K8sName, K8sNamespace, ObjectMeta, SqlName
+from embedops.api.common import (
+    API_VERSION,
+    GROUP,
+    VERSION,
+    BaseStatus,
+    K8sName,
+    K8sNamespace,
+    ObjectMeta,
+    SqlName,
+)
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, TargetName

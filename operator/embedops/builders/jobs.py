@@ -1,7 +1,7 @@
 """Worker Jobs: one builder for every step, so every pod the operator starts looks the same.
 
-A worker pod runs `embedops worker <name> --spec-json <config> --result /dev/termination-log`:
-its typed config is in the pod spec (no ConfigMap to go stale, and `kubectl describe` shows
+A worker pod runs `embedops worker <name> --spec-json <step> --result /dev/termination-log`:
+its typed step (embedops.steps) is in the pod spec, rendered here and nowhere else (no ConfigMap to go stale, and `kubectl describe` shows
 exactly what ran), the database DSN comes from a Secret through the environment, and the
 small JSON result comes back through the termination message, which the operator copies
 into status. A worker's exit code says whether trying again can help (docs/operator.md):
@@ -17,11 +17,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedops import steps
 from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
 from embedops.builders import naming
 from embedops.settings import OperatorSettings
 
-WORKERS = ("prepare", "train", "embed", "publish", "probe", "drift", "cleanup")  # embedops.workers.<name>
+WORKERS = tuple(steps.STEPS)  # `embedops worker NAME`: prepare, train, embed, publish, probe, drift, cleanup
 GPU = "nvidia.com/gpu"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER = "worker"
@@ -50,26 +51,37 @@ class Owner:
 
 @dataclass(frozen=True)
 class WorkerStep:
-    """One run of one worker for one owner."""
+    """One run of one worker for one owner: the typed step, and how its pods are scheduled."""
 
-    step: str  # prepare, train, embed, publish, probe, drift, cleanup
-    worker: str
+    owner: Owner
     key: str  # inputs hash: part of the name, so new inputs mean a new Job
-    config: dict[str, Any]
+    config: steps.AnyStep
     resources: Resources = field(default_factory=Resources)
     scheduling: Scheduling = field(default_factory=Scheduling)
     gpus: int = 0
-    dsn_secret: SecretKeySelector | None = None
-    shards: int | None = None  # an Indexed Job of this many completions, one pod each
+    dsn_secret: SecretKeySelector | None = None  # the Secret of the DSN its pods get (on a cluster)
     ttl_seconds: int | None = None  # overrides scheduling.ttlSecondsAfterFinished
 
-    def job_name(self, owner: Owner) -> str:
-        return naming.child_name(owner.name, self.step, self.key)
+    @property
+    def step(self) -> str:
+        """The worker it runs, and its Job's step label: prepare, train, embed, publish, probe, drift, cleanup."""
+        return self.config.NAME
+
+    @property
+    def name(self) -> str:
+        """The Job's name."""
+        return naming.child_name(self.owner.name, self.step, self.key)
+
+    @property
+    def shards(self) -> int | None:
+        """An embed step runs as an Indexed Job of `embedding.shards` completions, one pod each."""
+        return self.config.embedding.shards if isinstance(self.config, steps.EmbedStep) else None
 
 
 def worker_command(step: WorkerStep) -> list[str]:
-    return ["embedops", "worker", step.worker,
-            "--spec-json", json.dumps(step.config, sort_keys=True, separators=(",", ":")),
+    """The pod's command: the one place a step becomes text (embedops.steps.parse reads it back)."""
+    return ["embedops", "worker", step.step,
+            "--spec-json", json.dumps(step.config.to_wire(), sort_keys=True, separators=(",", ":")),
             "--result", TERMINATION_LOG]
 
 
@@ -112,9 +124,9 @@ def _env(step: WorkerStep) -> list[dict[str, Any]]:
     return env
 
 
-def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
-    """The batch/v1 Job that runs `step` for `owner`."""
-    sched = step.scheduling
+def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
+    """The batch/v1 Job that runs `step` for its owner."""
+    owner, sched = step.owner, step.scheduling
     labels = naming.child_labels(owner.kind, owner.name, owner.uid, step.step, step.key)
     job_labels = dict(labels)
     if sched.queue_name:
@@ -188,7 +200,7 @@ def worker_job(owner: Owner, step: WorkerStep, settings: OperatorSettings) -> di
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
-            "name": step.job_name(owner),
+            "name": step.name,
             "namespace": owner.namespace,
             "labels": job_labels,
             "ownerReferences": [owner.reference()],

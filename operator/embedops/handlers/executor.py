@@ -22,6 +22,7 @@ from embedops import metrics, reconcile
 from embedops import status as statuses
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import KINDS
+from embedops.builders.jobs import worker_job
 from embedops.handlers import jobs, kube, locks, memory, schedule
 from embedops.settings import OperatorSettings
 
@@ -89,9 +90,9 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Ou
     observed, jobs_look = _owned_jobs(namespace, body["metadata"]["uid"])
     related = reconcile.related_statuses(body, lambda ref_kind, ref_name: _read(ref_kind, namespace, ref_name))
     plan = reconcile.plan(reconcile.Observed(body=body, jobs=observed, related=related), SETTINGS)
-    for manifest in plan.create:
-        if kube.create_job(manifest):
-            log.info("%s %s/%s: created Job %s", kind, namespace, name, manifest["metadata"]["name"])
+    for step in plan.create:
+        if kube.create_job(worker_job(step, SETTINGS)):
+            log.info("%s %s/%s: created Job %s", kind, namespace, name, step.name)
     for job_name in plan.delete:
         kube.delete_job(namespace, job_name)
         log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)

@@ -28,7 +28,7 @@ from typing import Any
 
 import kopf
 
-from embedops import metrics, reconcile
+from embedops import metrics, reconcile, steps
 from embedops.api.common import GROUP, VERSION
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.api.kinds import KINDS
@@ -156,10 +156,10 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     owner = reconcile.owner_of(dict(body))
     if spec.database.dsn_secret_ref is None:
         return  # nothing was ever built
-    step = WorkerStep(step="cleanup", worker="cleanup", key=owner.uid, config={"target": spec.target.to_wire()},
+    step = WorkerStep(owner=owner, key=owner.uid, config=steps.CleanupStep(target=spec.target),
                       resources=spec.resources, scheduling=spec.scheduling, dsn_secret=spec.database.dsn_secret_ref,
                       ttl_seconds=600)
-    manifest = worker_job(owner, step, executor.SETTINGS)
+    manifest = worker_job(step, executor.SETTINGS)
     # Not owned: the garbage collector would delete it with the resource it cleans up after.
     manifest["metadata"].pop("ownerReferences")
     job = kube.read_job(owner.namespace, manifest["metadata"]["name"])

@@ -19,6 +19,7 @@ from typing import Any
 
 import psycopg
 
+from embedops.api import times
 from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult
 
 SCHEMA = "embedops"
@@ -151,7 +152,7 @@ class ShardProgress:
 
 
 def rfc3339(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return times.format_time(when)
 
 
 def ensure(conn: psycopg.Connection) -> None:

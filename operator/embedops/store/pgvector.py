@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg import conninfo
 from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
-from psycopg import sql
+from psycopg import conninfo, sql
 
 from embedops.api.index import AnnSpec, IndexVersion, ProbeResult, Target
 from embedops.store import catalog, names

@@ -23,7 +23,6 @@ from embedops.api.index import TableSource
 from embedops.prepared import Doc
 from embedops.store import names
 
-
 TEXT_ID = "text"  # the id type of dataset corpora
 
 

@@ -6,18 +6,11 @@ from the view and version rather than trusted from the catalog (store.pgvector.d
 
 from __future__ import annotations
 
-from pydantic import Field
-
-from embedops.api.common import ApiModel
-from embedops.api.index import Target
+from embedops import steps
 from embedops.results import CleanupResult as Result
 from embedops.store import pgvector
 
 
-class Config(ApiModel):
-    target: Target = Field(description="The index's view and schema.")
-
-
-def run(config: Config, *, dsn: str | None = None) -> Result:
+def run(config: steps.CleanupStep, *, dsn: str | None = None) -> Result:
     with pgvector.connect(dsn) as conn:
         return Result(dropped=pgvector.drop_target(conn, config.target))

@@ -38,19 +38,16 @@ drifted_components
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import secrets
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from embedops import modelzoo
-from embedops.api.common import ApiModel
-from embedops.api.index import DriftResult, DriftSpec, EmbedSpec, IndexSource, Target
+from embedops import modelzoo, steps
+from embedops.api import times
+from embedops.api.index import DriftResult
 from embedops.store import pgvector
 from embedops.workers import documents
 from embedops.workers.embed import normalizes
@@ -61,31 +58,6 @@ BANDWIDTH_ROWS = 1000
 MMD_ROWS = 10_000
 COMPONENT_THRESHOLD = 0.1
 _BLOCK = 2048
-
-
-class Config(ApiModel):
-    target: Target = Field(description="The index's view and schema.")
-    version: int | None = Field(default=None, ge=1, description="Version to measure. Default: the live one.")
-    model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
-    source: IndexSource = Field(description="The index's documents.")
-    dataset_dir: Path | None = Field(default=None, description="The prepared dataset folder of a `source.datasetRef`.")
-    drift: DriftSpec = Field(default_factory=DriftSpec, description="The index's drift settings: sample size, threshold.")
-    embedding: EmbedSpec = Field(
-        default_factory=EmbedSpec,
-        description="The index's embedding settings: the current sample is encoded as the version was built "
-        "(sequence length, precision), in batches of its batch size.",
-    )
-    current: Literal["same_ids", "random"] = Field(
-        default="same_ids", description="Current sample: the reference ids' text now, or a random source sample."
-    )
-    seed: int | None = Field(default=None, description="Seed of the samples. Default: a new sample each run.")
-    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-    @model_validator(mode="after")
-    def _dataset_dir(self) -> Config:
-        if self.source.dataset_ref is not None and self.dataset_dir is None:
-            raise ValueError("dataset_dir is required for a source.datasetRef")
-        return self
 
 
 # -- statistics ---------------------------------------------------------------------------------
@@ -172,7 +144,7 @@ def drift_scores(reference: np.ndarray, current: np.ndarray, *, seed: int = 0) -
 # -- samples ------------------------------------------------------------------------------------
 
 
-def current_texts(config: Config, docs: documents.Documents, ids: list[Any], seed: str) -> list[str]:
+def current_texts(config: steps.DriftStep, docs: documents.Documents, ids: list[Any], seed: str) -> list[str]:
     """The current sample's texts: the reference ids' text now (those still present), or a random sample."""
     if config.current == "same_ids":
         now = docs.texts(ids)
@@ -180,7 +152,7 @@ def current_texts(config: Config, docs: documents.Documents, ids: list[Any], see
     return docs.sample(config.drift.sample_size, seed)
 
 
-def run(config: Config, *, dsn: str | None = None) -> DriftResult:
+def run(config: steps.DriftStep, *, dsn: str | None = None) -> DriftResult:
     seed = str(config.seed) if config.seed is not None else secrets.token_hex(8)
     model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
     model_fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
@@ -205,7 +177,7 @@ def run(config: Config, *, dsn: str | None = None) -> DriftResult:
         version=rec.version, score=round(scores.score, 6), centroid_distance=round(scores.centroid_distance, 6),
         drifted_components=round(scores.drifted_components, 4), reference_rows=len(reference),
         current_rows=len(current), drifted=scores.score > config.drift.threshold,
-        checked_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        checked_at=times.now(),
     )
     log.info("drift of %s: MMD² %.4f (threshold %s), centroid distance %.4f, %.0f%% components drifted",
              rec.table, result.score, config.drift.threshold, result.centroid_distance, 100 * result.drifted_components)

@@ -18,62 +18,17 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field, model_validator
-
-from embedops import modelzoo, progress
-from embedops.api.common import ApiModel
-from embedops.api.index import AnnSpec, EmbedSpec, IndexSource, Target
+from embedops import modelzoo, progress, steps
 from embedops.results import EmbedResult as Result
-from embedops.store import names, pgvector
+from embedops.store import pgvector
 from embedops.workers import documents
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
-
-
-class Config(ApiModel):
-    target: Target = Field(description="The view and schema the versions belong to.")
-    source: IndexSource = Field(description="The documents to embed.")
-    dataset_dir: Path | None = Field(
-        default=None, description="The prepared dataset folder of a `source.datasetRef` (its corpus is embedded)."
-    )
-    model: str = Field(min_length=1, description="Bundled model name or path of the model to embed with.")
-    ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
-    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch, sequence length, commit size, shards.")
-    shard: int = Field(default=0, ge=0, description="This pod's shard, 0-based (the Job completion index).")
-    shard_count: int | None = Field(default=None, ge=1, description="Shards in all. Default: `embedding.shards`.")
-    finalize: bool = Field(
-        default=True, description="Build the ANN index and mark the version Ready if every shard is done."
-    )
-    maintenance_work_mem: str | None = Field(
-        default=None, description="Postgres memory for the ANN build, e.g. `4GB`. Default: estimated from the rows."
-    )
-    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-    reuse: bool = Field(
-        default=True,
-        description="Return a finished version already built with this model, source and vector settings instead of "
-        "building it again (a model that comes back after a rollback is not re-embedded).",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Config:
-        names.version_table(self.target.name, 1)
-        if self.source.dataset_ref is not None and self.dataset_dir is None:
-            raise ValueError("dataset_dir is required for a source.datasetRef")
-        if self.shard_count is not None and self.shard_count != self.embedding.shards:
-            raise ValueError(f"shard_count {self.shard_count} differs from embedding.shards {self.embedding.shards}")
-        if self.shard >= self.shards:
-            raise ValueError(f"shard {self.shard} is not below the {self.shards} shards")
-        return self
-
-    @property
-    def shards(self) -> int:
-        return self.shard_count or self.embedding.shards
 
 
 # -- embedding ----------------------------------------------------------------------------------
@@ -84,18 +39,18 @@ def normalizes(metric: str) -> bool:
     return metric in ("cosine", "inner_product")
 
 
-def run(config: Config, *, dsn: str | None = None) -> Result:
+def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
         docs = documents.open_documents(config.source, conn=reader, dataset_dir=config.dataset_dir,
-                                        shard=config.shard, shards=config.shards)
+                                        shard=config.shard, shards=config.embedding.shards)
         model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
         fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
         build = pgvector.Build(
             model=config.model, model_fingerprint=fingerprint,
             dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
-            id_type=docs.id_type, source=docs.description, shards=config.shards,
+            id_type=docs.id_type, source=docs.description, shards=config.embedding.shards,
         )
         if config.reuse and (done := pgvector.find_built(conn, target, build)) is not None:
             log.info("%s already holds these embeddings (%s); nothing to build", done.table, done.state)
@@ -122,7 +77,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
 
 
 def embed_shard(model: SentenceTransformer, docs: documents.Documents, writer: pgvector.VersionWriter,
-                config: Config) -> None:
+                config: steps.EmbedStep) -> None:
     """Embed and commit the shard's remaining documents, chunk by chunk.
 
     A chunk is written (COPY and commit, in a second thread) while the next one is encoded; the
@@ -132,7 +87,7 @@ def embed_shard(model: SentenceTransformer, docs: documents.Documents, writer: p
     remaining = docs.total() - writer.progress.rows
     if writer.progress.rows:
         log.info("resuming %s shard %d after %d rows", rec.table, config.shard, writer.progress.rows)
-    shard = f" shard {config.shard}/{config.shards}" if config.shards > 1 else ""
+    shard = f" shard {config.shard}/{config.embedding.shards}" if config.embedding.shards > 1 else ""
     from embedops.workers.encoder import Encoder  # torch: only where a pod embeds
 
     encoder = Encoder(model, batch_size=config.embedding.batch_size, normalize=normalizes(rec.metric),

@@ -12,7 +12,6 @@ and every output is written in a fixed order.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
 import io
 import logging
@@ -22,14 +21,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import Field
-
-from embedops import prepared, progress
-from embedops.api.common import ApiModel
+from embedops import prepared, progress, steps
+from embedops.api import times
 from embedops.api.dataset import (
     AugmentSpec,
     DatasetCounts,
-    EmbeddingDatasetSpec,
     HardNegativesSpec,
     SplitSpec,
     ValidationSpec,
@@ -40,12 +36,6 @@ from embedops.workers import readers
 from embedops.workers.readers.rows import Issues, Qrels, Source
 
 log = logging.getLogger(__name__)
-
-
-class Config(ApiModel):
-    spec: EmbeddingDatasetSpec = Field(description="The EmbeddingDataset spec.")
-    base_dir: Path = Field(description="Relative paths in the spec resolve against this folder.")
-    output_dir: Path = Field(description="Where the prepared dataset is written.")
 
 
 # -- the split ------------------------------------------------------------------------------------
@@ -223,7 +213,7 @@ def require_some(source: Source, train: Qrels, test: Qrels) -> None:
         raise ValueError("no held-out test queries: give a test split, or more queries to split from")
 
 
-def run(config: Config, *, dsn: str | None = None) -> Result:
+def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
     spec = config.spec
     issues = Issues()
     source = readers.read(spec.source, base_dir=config.base_dir, rules=spec.validation, issues=issues, dsn=dsn)
@@ -249,7 +239,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         duplicates=source.duplicates,
         with_negatives=sum(bool(n) for n in negatives),
     )
-    prepared_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    prepared_at = times.now()
     manifest = prepared.write_prepared(
         config.output_dir,
         corpus=source.corpus.values(),

@@ -20,18 +20,15 @@ part of the set.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
-
-from embedops import evaluation, modelzoo
-from embedops.api.common import ApiModel
-from embedops.api.index import AnnSpec, ProbeResult, ProbeSpec, Target
+from embedops import evaluation, modelzoo, steps
+from embedops.api import times
+from embedops.api.index import ProbeResult, ProbeSpec
 from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
@@ -41,25 +38,6 @@ log = logging.getLogger(__name__)
 
 MAX_REPORTED_PROBLEMS = 20
 Qrels = dict[str, dict[str, int]]
-
-
-class Config(ApiModel):
-    target: Target = Field(description="The index's view and schema.")
-    version: int | None = Field(default=None, ge=1, description="Version to probe. Default: the live one.")
-    model: str = Field(min_length=1, description="Bundled model name or path: the model the version was built with.")
-    probe: ProbeSpec = Field(default_factory=ProbeSpec,
-                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
-    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
-    dataset_dir: Path | None = Field(
-        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
-    promote: bool = Field(default=False, description="Cut over to the version when it passes the gate.")
-    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-    @model_validator(mode="after")
-    def _one_probe_set(self) -> Config:
-        if (self.dataset_dir is None) == (self.probe.path is None):
-            raise ValueError("exactly one of dataset_dir or probe.path must be set")
-        return self
 
 
 class ProbeSetError(ValueError):
@@ -122,7 +100,7 @@ def read_jsonl(path: Path) -> tuple[dict[str, str], Qrels]:
     return queries, qrels
 
 
-def load_probe_set(config: Config) -> tuple[dict[str, str], Qrels]:
+def load_probe_set(config: steps.ProbeStep) -> tuple[dict[str, str], Qrels]:
     """The probe queries and judgements, at most max_queries of them (in file or query-id order)."""
     if config.probe.path is not None:
         queries, qrels = read_jsonl(Path(config.probe.path))
@@ -176,7 +154,7 @@ def _comparable_recall(live: VersionRecord, k: int, probe_set: str) -> float | N
 # -- run ----------------------------------------------------------------------------------------
 
 
-def run(config: Config, *, dsn: str | None = None) -> ProbeResult:
+def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
     queries, qrels = load_probe_set(config)
     probe_set = fingerprint(queries, qrels)
     model = modelzoo.load(config.model, device=config.device)
@@ -202,7 +180,7 @@ def run(config: Config, *, dsn: str | None = None) -> ProbeResult:
         result = ProbeResult(
             version=rec.version, k=k, recall_at_k=round(scores.recall[k], 6),
             mrr_at_10=round(scores.mrr_at_10, 6), ndcg_at_10=round(scores.ndcg_at_10, 6), queries=scores.queries,
-            passed=passed, reason=reason, checked_at=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            passed=passed, reason=reason, checked_at=times.now(),
         )
         pgvector.save_probe(conn, rec, result, probe_set)
     log.info("probe of %s: %s", rec.table, reason)

@@ -17,13 +17,9 @@ without a database connection of its own.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from pydantic import Field
-
-from embedops.api.common import ApiModel
+from embedops import steps
 from embedops.api.conditions import Reason
-from embedops.api.index import AnnSpec, ProbeSpec, Target
 from embedops.results import PublishResult as Result
 from embedops.store import pgvector
 from embedops.workers import probe
@@ -31,21 +27,7 @@ from embedops.workers import probe
 log = logging.getLogger(__name__)
 
 
-class Config(ApiModel):
-    target: Target = Field(description="The index's view and schema.")
-    version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")
-    model: str = Field(min_length=1, description="Bundled model name or path the candidate was built with.")
-    probe: ProbeSpec = Field(default_factory=ProbeSpec,
-                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
-    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
-    dataset_dir: Path | None = Field(
-        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
-    pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
-    keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
-    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-
-def run(config: Config, *, dsn: str | None = None) -> Result:
+def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
     target = config.target
     with pgvector.connect(dsn) as conn:
         state = pgvector.version_record(conn, target, config.version).state
@@ -54,7 +36,7 @@ def run(config: Config, *, dsn: str | None = None) -> Result:
         result.note_reason = Reason.ROLLED_BACK
         result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
     else:
-        result.probe = probe.run(probe.Config(
+        result.probe = probe.run(steps.ProbeStep(
             target=target, version=config.version, model=config.model, probe=config.probe, ann=config.ann,
             dataset_dir=config.dataset_dir, promote=state == "Ready" and config.pinned_version is None,
             device=config.device,

@@ -1,22 +1,26 @@
-"""Running one worker from the raw config a planned Job carries.
+"""Running one worker on its typed step (embedops.steps).
 
-A pod runs `embedops worker NAME --spec-json CONFIG` (embedops.cli), and local mode runs the
-same config in-process; both go through `run`, so a worker's outcome is the same document
-either way: its result, or a `WorkerError` whose reason and exit code say whether running it
-again could help. InvalidConfig and InvalidInput (exit 2) never can: a Job's pod failure
-policy fails at once on them. DatabaseUnavailable (exit 3) may: the Job retries.
+A pod runs `embedops worker NAME --spec-json STEP` (embedops.cli), which parses the step with
+`parse_config`; local mode hands the planner's step over as it is. Both go through `run`, so a
+worker's outcome is the same document either way: its result, or a `WorkerError` whose reason
+and exit code say whether running it again could help. InvalidConfig and InvalidInput (exit 2)
+never can: a Job's pod failure policy fails at once on them. DatabaseUnavailable (exit 3) may:
+the Job retries.
+
+The workers are imported when their step runs, so a step that needs neither torch nor a
+database (parsing, `embedops worker --help`) loads neither.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import Any, assert_never
 
 from pydantic import ValidationError
 
+from embedops import steps
 from embedops.api.common import ApiModel
 from embedops.api.kinds import format_validation_error
-from embedops.builders.jobs import EXIT_INVALID, EXIT_TRANSIENT, WORKERS
+from embedops.builders.jobs import EXIT_INVALID, EXIT_TRANSIENT
 from embedops.modelzoo import ModelNotFound
 
 
@@ -28,37 +32,62 @@ class WorkerError(Exception):
         super().__init__("; ".join(problems))
 
 
-def _module(name: str) -> Any:
-    if name not in WORKERS:
-        raise ValueError(f"no worker {name!r}; the workers are {', '.join(WORKERS)}")
-    return importlib.import_module(f"embedops.workers.{name}")
-
-
-def parse_config(name: str, raw: Any, *, shard: int | None = None, device: str | None = None) -> ApiModel:
-    """The worker's typed config; `shard` (an Indexed Job's completion index) and `device` fill in what is unset."""
-    config_cls = _module(name).Config
-    if isinstance(raw, dict):
-        given = {"shard": shard, "device": device}
-        raw = {**{k: v for k, v in given.items() if v is not None and k in config_cls.model_fields}, **raw}
+def parse_config(name: str, raw: Any, *, shard: int | None = None, device: str | None = None) -> steps.AnyStep:
+    """The step of worker `name` from its wire form (see embedops.steps.parse), or WorkerError InvalidConfig."""
+    if name not in steps.STEPS:
+        raise ValueError(f"no worker {name!r}; the workers are {', '.join(steps.STEPS)}")
     try:
-        return config_cls.model_validate(raw)
+        return steps.parse(name, raw, shard=shard, device=device)
     except ValidationError as err:
         raise WorkerError("InvalidConfig", format_validation_error(err, prefix="config"), EXIT_INVALID) from None
 
 
-def run(name: str, raw: Any, *, dsn: str | None, shard: int | None = None, device: str | None = None) -> ApiModel:
-    """Run worker `name` on `raw`; its result, or WorkerError for what retrying would not fix."""
+def run(step: steps.AnyStep, *, dsn: str | None) -> ApiModel:
+    """Run the worker of `step`; its result, or WorkerError for what retrying would not fix."""
     import psycopg
 
     from embedops.store.pgvector import DatabaseUnavailable
 
-    config = parse_config(name, raw, shard=shard, device=device)
     try:
-        return _module(name).run(config, dsn=dsn)
+        return _dispatch(step, dsn)
     except (ValueError, ModelNotFound, *_PATH_ERRORS) as err:
         raise WorkerError("InvalidInput", [_message(err)], EXIT_INVALID) from err
     except (DatabaseUnavailable, psycopg.OperationalError) as err:  # unreachable, or lost mid-step
         raise WorkerError("DatabaseUnavailable", [str(err)], EXIT_TRANSIENT) from err
+
+
+def _dispatch(step: steps.AnyStep, dsn: str | None) -> ApiModel:
+    match step:
+        case steps.PrepareStep():
+            from embedops.workers import prepare
+
+            return prepare.run(step, dsn=dsn)
+        case steps.TrainStep():
+            from embedops.workers import train
+
+            return train.run(step, dsn=dsn)
+        case steps.EmbedStep():
+            from embedops.workers import embed
+
+            return embed.run(step, dsn=dsn)
+        case steps.PublishStep():
+            from embedops.workers import publish
+
+            return publish.run(step, dsn=dsn)
+        case steps.ProbeStep():
+            from embedops.workers import probe
+
+            return probe.run(step, dsn=dsn)
+        case steps.DriftStep():
+            from embedops.workers import drift
+
+            return drift.run(step, dsn=dsn)
+        case steps.CleanupStep():
+            from embedops.workers import cleanup
+
+            return cleanup.run(step, dsn=dsn)
+        case _:
+            assert_never(step)
 
 
 # A path that is missing, of the wrong kind or unreadable: the spec or the workspace must change.

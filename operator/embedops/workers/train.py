@@ -13,21 +13,22 @@ Each step's parts live in embedops.workers.training, one idea a module.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import shutil
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
 from transformers import TrainerCallback
 
-from embedops import modelzoo
-from embedops.api.common import ApiModel
-from embedops.api.finetune import FineTuneJobSpec, IRMetrics, ModelArtifact, ValidationScores
+from embedops import modelzoo, steps
+from embedops.api import times
+from embedops.api.finetune import (
+    IRMetrics,
+    ModelArtifact,
+    ValidationScores,
+)
 from embedops.prepared import PreparedDataset
 from embedops.results import TrainResult as Result
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
@@ -56,30 +57,18 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 # The worker's names; the step plan and precision_flags are read from here by tests/test_recipe.py and benchmarks/.
-__all__ = ["Config", "Result", "checkpoint_interval", "plan_steps", "precision_flags", "run", "steps_per_epoch"]
+__all__ = ["Result", "checkpoint_interval", "plan_steps", "precision_flags", "run", "steps_per_epoch"]
 
 log = logging.getLogger(__name__)
 
 
-class Config(ApiModel):
-    spec: FineTuneJobSpec = Field(description="The FineTuneJob spec.")
-    dataset_dir: Path = Field(description="The prepared dataset (the EmbeddingDataset's location).")
-    output_dir: Path = Field(description="Where checkpoints/, model/ and evaluation.json are written.")
-    base_dir: Path | None = Field(default=None, description="Relative model paths resolve against this folder.")
-    device: str | None = Field(default=None, description="`cpu` or `cuda`; default cuda when available.")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
+def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
     """Train, select, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
     from transformers import PrinterCallback
 
     spec, out = config.spec, config.output_dir
     device = config.device or modelzoo.default_device()
-    started, clock = _now(), time.monotonic()
+    started, clock = times.now(), time.monotonic()
 
     # Model: the base model, from a local folder or a bundled package.
     def load(name: str) -> SentenceTransformer:
@@ -158,7 +147,7 @@ def run(config: Config, *, dsn: str | None = None, callbacks: Sequence[TrainerCa
                    tuned_metrics=tuned_metrics)
 
 
-def _finish(config: Config, started: str, clock: float, *, base_metrics: IRMetrics, validation: ValidationScores | None,
+def _finish(config: steps.TrainStep, started: str, clock: float, *, base_metrics: IRMetrics, validation: ValidationScores | None,
             train_rows: int, planned: int, trainer: Any, resumed_from_step: int | None,
             model: ModelArtifact | None = None, tuned_metrics: IRMetrics | None = None) -> Result:
     """The result, and evaluation.json beside the model; the checkpoints go, since nothing is left to resume."""
@@ -175,7 +164,7 @@ def _finish(config: Config, started: str, clock: float, *, base_metrics: IRMetri
         steps=trainer.state.global_step,
         resumed_from_step=resumed_from_step,
         start_time=started,
-        completion_time=_now(),
+        completion_time=times.now(),
         duration_seconds=round(time.monotonic() - clock, 1),
     )
     evaluation = {"base": base_metrics.to_wire(), "tuned": tuned_metrics.to_wire() if tuned_metrics else None,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
-
 from embedops import modelzoo
 from embedops.prepared import PreparedDataset
 from embedops.workers import tokenizer
 from embedops.workers.training import collator, data
+from sentence_transformers.sentence_transformer.data_collator import (
+    SentenceTransformerDataCollator,
+)
+
 from tests.workers.test_train import job, synthetic_dataset
 
 

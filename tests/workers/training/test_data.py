@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from embedops.prepared import PreparedDataset, TrainExample
 from embedops.workers.training import data
+
 from tests.workers.test_train import job, synthetic_dataset
 
 

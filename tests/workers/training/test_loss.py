@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from embedops import modelzoo
 from embedops.api.finetune import LossSpec
 from embedops.prepared import PreparedDataset
 from embedops.workers.training import data, loss
+
 from tests.workers.test_train import job, synthetic_dataset
 
 
@@ -22,7 +22,10 @@ def test_an_unknown_loss_type_is_not_trained_as_another(model):
 
 
 def test_matryoshka_wraps_the_loss_at_each_size_largest_first(model):
-    from sentence_transformers.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+    from sentence_transformers.losses import (
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
 
     wrapped = loss.build_loss(model, LossSpec(matryoshkaDims=[8, 32, 16, 8]))
     assert isinstance(wrapped, MatryoshkaLoss) and isinstance(wrapped.loss, MultipleNegativesRankingLoss)

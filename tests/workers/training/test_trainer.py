@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from embedops import modelzoo
 from embedops.prepared import PreparedDataset
 from embedops.workers.training import data, loss, trainer
+
 from tests.workers.test_train import job, synthetic_dataset
 
 

@@ -6,6 +6,7 @@ from embedops import modelzoo, retrieval
 from embedops.api.finetune import ValidationSplitSpec
 from embedops.prepared import Doc, TrainExample
 from embedops.workers.training import validation
+
 from tests.workers.test_train import TOPICS
 
 

@@ -1,0 +1,204 @@
+"""The planned steps: what the planner decides one worker run is, as a typed value end to end.
+
+embedops.reconcile builds these; a plan carries them (builders.jobs.WorkerStep wraps one with
+the pod's resources and scheduling); local mode hands one to embedops.workers.runner as it is,
+and the operator renders it into a Job whose pod gets it back as JSON in its argv (the one
+place a step is text: `embedops worker NAME --spec-json ...`, parsed by `parse`). Each worker
+takes its step as its config, so a field added here reaches the worker without a copy.
+
+This module imports only the API models: the planner, the operator image (no torch, no
+database driver) and the workers all use it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from embedops.api.common import ApiModel
+from embedops.api.dataset import EmbeddingDatasetSpec
+from embedops.api.finetune import FineTuneJobSpec
+from embedops.api.index import (
+    AnnSpec,
+    DriftSpec,
+    EmbedSpec,
+    IndexSource,
+    ProbeSpec,
+    Target,
+)
+
+_DEVICE = "`cpu` or `cuda`; default cuda when available."
+
+
+class Step(ApiModel):
+    """One run of one worker. `NAME` is the worker (`embedops worker NAME`) and the Job's step label."""
+
+    NAME: ClassVar[str]
+
+
+class PrepareStep(Step):
+    NAME: ClassVar[str] = "prepare"
+
+    spec: EmbeddingDatasetSpec = Field(description="The EmbeddingDataset spec.")
+    base_dir: Path = Field(description="Relative paths in the spec resolve against this folder.")
+    output_dir: Path = Field(description="Where the prepared dataset is written.")
+
+    @property
+    def uses_database(self) -> bool:
+        return self.spec.source.postgres is not None
+
+
+class TrainStep(Step):
+    NAME: ClassVar[str] = "train"
+
+    spec: FineTuneJobSpec = Field(description="The FineTuneJob spec.")
+    dataset_dir: Path = Field(description="The prepared dataset (the EmbeddingDataset's location).")
+    output_dir: Path = Field(description="Where checkpoints/, model/ and evaluation.json are written.")
+    base_dir: Path | None = Field(default=None, description="Relative model paths resolve against this folder.")
+    device: str | None = Field(default=None, description=_DEVICE)
+
+    uses_database: ClassVar[bool] = False
+
+
+class IndexStep(Step):
+    """A step on one index's tables: every one of them reaches the database."""
+
+    target: Target = Field(description="The index's view and schema.")
+
+    uses_database: ClassVar[bool] = True
+
+
+class ModelStep(IndexStep):
+    """A step that encodes text with the model a version is (or is being) built with."""
+
+    model: str = Field(min_length=1, description="Bundled model name or path: the model the version is built with.")
+    device: str | None = Field(default=None, description=_DEVICE)
+
+
+class VersionStep(ModelStep):
+    """A step on one version of an index: probe and drift (the live one by default), publish."""
+
+    version: int | None = Field(default=None, ge=1, description="The version. Default: the live one.")
+
+
+def _dataset_dir_for(source: IndexSource, dataset_dir: Path | None) -> None:
+    if source.dataset_ref is not None and dataset_dir is None:
+        raise ValueError("dataset_dir is required for a source.datasetRef")
+
+
+class EmbedStep(ModelStep):
+    NAME: ClassVar[str] = "embed"
+
+    source: IndexSource = Field(description="The documents to embed.")
+    dataset_dir: Path | None = Field(
+        default=None, description="The prepared dataset folder of a `source.datasetRef` (its corpus is embedded)."
+    )
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
+    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch, sequence length, commit size, shards.")
+    shard: int = Field(default=0, ge=0, description="This pod's shard of `embedding.shards`, 0-based (the Job "
+                       "completion index).")
+    finalize: bool = Field(
+        default=True, description="Build the ANN index and mark the version Ready if every shard is done."
+    )
+    maintenance_work_mem: str | None = Field(
+        default=None, description="Postgres memory for the ANN build, e.g. `4GB`. Default: estimated from the rows."
+    )
+    reuse: bool = Field(
+        default=True,
+        description="Return a finished version already built with this model, source and vector settings instead of "
+        "building it again (a model that comes back after a rollback is not re-embedded).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmbedStep:
+        _dataset_dir_for(self.source, self.dataset_dir)
+        if self.shard >= self.embedding.shards:
+            raise ValueError(f"shard {self.shard} is not below the {self.embedding.shards} shards")
+        return self
+
+
+class _Probing(VersionStep):
+    """What probing a version takes: the probe set and the search settings."""
+
+    probe: ProbeSpec = Field(default_factory=ProbeSpec,
+                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
+    dataset_dir: Path | None = Field(
+        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
+
+    @model_validator(mode="after")
+    def _one_probe_set(self) -> _Probing:
+        if (self.dataset_dir is None) == (self.probe.path is None):
+            raise ValueError("exactly one of dataset_dir or probe.path must be set")
+        return self
+
+
+class ProbeStep(_Probing):
+    NAME: ClassVar[str] = "probe"
+
+    promote: bool = Field(default=False, description="Cut over to the version when it passes the gate.")
+
+
+class PublishStep(_Probing):
+    NAME: ClassVar[str] = "publish"
+
+    version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")  # type: ignore[assignment]
+    pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
+    keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
+
+
+class DriftStep(VersionStep):
+    NAME: ClassVar[str] = "drift"
+
+    source: IndexSource = Field(description="The index's documents.")
+    dataset_dir: Path | None = Field(default=None, description="The prepared dataset folder of a `source.datasetRef`.")
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="The index's drift settings: sample size, threshold.")
+    embedding: EmbedSpec = Field(
+        default_factory=EmbedSpec,
+        description="The index's embedding settings: the current sample is encoded as the version was built "
+        "(sequence length, precision), in batches of its batch size.",
+    )
+    current: Literal["same_ids", "random"] = Field(
+        default="same_ids", description="Current sample: the reference ids' text now, or a random source sample."
+    )
+    seed: int | None = Field(default=None, description="Seed of the samples. Default: a new sample each run.")
+
+    @model_validator(mode="after")
+    def _dataset_dir(self) -> DriftStep:
+        _dataset_dir_for(self.source, self.dataset_dir)
+        return self
+
+
+class CleanupStep(IndexStep):
+    NAME: ClassVar[str] = "cleanup"
+
+
+AnyStep = PrepareStep | TrainStep | EmbedStep | PublishStep | ProbeStep | DriftStep | CleanupStep
+STEPS: dict[str, type[AnyStep]] = {cls.NAME: cls for cls in
+                                   (PrepareStep, TrainStep, EmbedStep, PublishStep, ProbeStep, DriftStep, CleanupStep)}
+
+
+def parse(name: str, raw: Any, *, shard: int | None = None, device: str | None = None) -> AnyStep:
+    """The step of worker `name` from its wire form, as the pod of completion index `shard` (an Indexed Job's
+    pod: it overrides the step's) on `device` (where the step names none) runs it. KeyError for an unknown
+    worker, pydantic's ValidationError for a bad step."""
+    cls = STEPS[name]
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        if shard is not None and "shard" in cls.model_fields:
+            raw["shard"] = shard
+        if device is not None and "device" in cls.model_fields and raw.get("device") is None:
+            raw["device"] = device
+    return cls.model_validate(raw)
+
+
+def for_pod(step: AnyStep, *, shard: int | None = None, device: str | None = None) -> AnyStep:
+    """`step` as the pod of completion index `shard` on `device` runs it (what `parse` does to its wire form)."""
+    update: dict[str, Any] = {}
+    if shard is not None and "shard" in type(step).model_fields:
+        update["shard"] = shard
+    if device is not None and "device" in type(step).model_fields and getattr(step, "device", None) is None:
+        update["device"] = device
+    return step.model_copy(update=update) if update else step
