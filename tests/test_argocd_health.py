@@ -217,7 +217,7 @@ def test_operator_written_finetune_statuses(tmp_path: pathlib.Path) -> None:
     not_ready = {("EmbeddingDataset", "ds"): {"conditions": []}}
     assert health(_planned(kind, SPECS[kind], related=not_ready), tmp_path) == (
         "Progressing", "waiting for EmbeddingDataset ds to be Ready")
-    failed = statuses.failed(KINDS[kind].status_model, "NoImprovement", "nDCG@10 0.6 -> 0.5", 2)
+    failed = statuses.failed(KINDS[kind].status_model, "NoImprovement", "nDCG@10 0.6 -> 0.5", statuses.At(2, NOW))
     assert health(_body(kind, SPECS[kind], failed.to_wire()), tmp_path) == ("Degraded", "nDCG@10 0.6 -> 0.5")
 
 
@@ -245,15 +245,15 @@ def test_operator_written_index_statuses(tmp_path: pathlib.Path) -> None:
     def check(status_model: Any) -> tuple[str, str]:
         return health(_body(kind, INDEX_SPEC, status_model.to_wire()), tmp_path)
 
-    assert check(statuses.index_observed(spec, _versions(), 2, probe=_probe(0.9))) == (
+    assert check(statuses.index_observed(spec, _versions(), statuses.At(2, NOW), probe=_probe(0.9))) == (
         "Healthy", "serving v2 (10 rows)")
-    assert check(statuses.index_observed(spec, _versions(), 2, probe=_probe(0.2))) == (
+    assert check(statuses.index_observed(spec, _versions(), statuses.At(2, NOW), probe=_probe(0.2))) == (
         "Degraded", "recall@10 0.2000 below 0.5")
-    assert check(statuses.index_observed(spec, _versions(), 2, drift=_drift(True))) == (
+    assert check(statuses.index_observed(spec, _versions(), statuses.At(2, NOW), drift=_drift(True))) == (
         "Degraded", "drift 0.0500 above 0.02")
-    assert check(statuses.index_observed(spec, _versions("Ready"), 2))[0] == "Degraded"
-    gate = statuses.index_observed(spec, _versions(), 2, probe=_probe(0.9))
-    gate.set_condition("Progressing", "False", "GateFailed", "v3 not cut over: low recall", generation=2)
+    assert check(statuses.index_observed(spec, _versions("Ready"), statuses.At(2, NOW)))[0] == "Degraded"
+    gate = statuses.index_observed(spec, _versions(), statuses.At(2, NOW), probe=_probe(0.9))
+    gate.set_condition("Progressing", "False", "GateFailed", "v3 not cut over: low recall", generation=2, now=NOW)
     assert check(gate) == ("Healthy", "serving v2 (10 rows); v3 not cut over: low recall")
     # The dependencies, the model and the spec checks, as planned.
     assert health(_planned(kind, INDEX_SPEC), tmp_path) == ("Progressing", "FineTuneJob ft does not exist")

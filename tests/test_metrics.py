@@ -3,6 +3,8 @@ follow the status, counters the executor drives, and a scrape promtool finds cle
 
 from __future__ import annotations
 
+import datetime as dt
+
 import re
 import shutil
 import subprocess
@@ -18,6 +20,8 @@ from embedops.metrics import RESOURCE, Metrics
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
 
 
 def _documented() -> dict[str, tuple[str, set[str]]]:
@@ -102,8 +106,8 @@ def test_conditions_one_series_per_status_and_the_current_reason():
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     status = _status(1, [1])
-    status.set_condition(ConditionType.READY, "True", Reason.SERVING, "serving v1")
-    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall@20 0.42 < 0.5")
+    status.set_condition(ConditionType.READY, "True", Reason.SERVING, "serving v1", generation=1, now=NOW)
+    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall@20 0.42 < 0.5", generation=1, now=NOW)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
 
     conditions = {(dict(k)["type"], dict(k)["status"]): v
@@ -115,8 +119,8 @@ def test_conditions_one_series_per_status_and_the_current_reason():
     assert set(_series(registry, "embedops_resource_ready").values()) == {1}
 
     # Recovered: the same series change value; the old reason's series goes.
-    status.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "")
-    status.set_condition(ConditionType.PROGRESSING, "False", Reason.GATE_FAILED, "v2 not cut over")
+    status.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "", generation=1, now=NOW)
+    status.set_condition(ConditionType.PROGRESSING, "False", Reason.GATE_FAILED, "v2 not cut over", generation=1, now=NOW)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
     conditions = {(dict(k)["type"], dict(k)["status"]): v
                   for k, v in _series(registry, "embedops_resource_condition").items()}
@@ -218,7 +222,7 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
 def test_the_operators_scrape_has_no_created_series_and_promtool_finds_it_clean(executor, monkeypatch):
     """What the operator serves (the default registry, after reconciles), as promtool lints it."""
     status = _status(1, [1])
-    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall below minRecall")
+    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall below minRecall", generation=1, now=NOW)
     gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over")
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan(status=status, events=[gate]))
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")

@@ -441,9 +441,9 @@ def test_only_the_live_versions_drift_degrades_the_index():
     live = IndexVersion(version=2, table="docs_v2", model="/m", rows=10, state="Live")
     old = DriftResult(version=1, score=0.5, centroid_distance=0.1, drifted_components=0.5, reference_rows=10,
                       current_rows=10, drifted=True, checked_at="2026-11-25T11:00:00Z")
-    assert statuses.index_observed(spec, [live], 1, drift=old).condition("Degraded").status == "False"
+    assert statuses.index_observed(spec, [live], statuses.At(1, NOW), drift=old).condition("Degraded").status == "False"
     now = old.model_copy(update={"version": 2})
-    assert statuses.index_observed(spec, [live], 1, drift=now).condition("Degraded").reason == "QualityDegraded"
+    assert statuses.index_observed(spec, [live], statuses.At(1, NOW), drift=now).condition("Degraded").reason == "QualityDegraded"
 
 
 def test_each_change_of_degraded_is_one_event():

@@ -25,6 +25,7 @@ from typing import Any
 
 from embedops.api import times
 from embedops.api.common import GROUP, VERSION
+from embedops.api.index import RETAINED_STATES
 from embedops.api.kinds import KINDS, ORDER
 from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION
 
@@ -86,8 +87,7 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
 
 
 def _retained(index: dict[str, Any]) -> list[dict[str, Any]]:
-    return [v for v in (index.get("status") or {}).get("versions") or [] if v.get("state") in ("Ready", "Live",
-                                                                                               "Retired")]
+    return [v for v in (index.get("status") or {}).get("versions") or [] if v.get("state") in RETAINED_STATES]
 
 
 # -- commands -------------------------------------------------------------------------------------

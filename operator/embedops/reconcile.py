@@ -33,12 +33,15 @@ from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import (
+    RETAINED_STATES,
     DriftResult,
     EmbeddingIndexSpec,
     EmbeddingIndexStatus,
     ProbeResult,
     ProbeSpec,
     ReindexProgress,
+    VersionState,
+    live_version,
 )
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
@@ -134,6 +137,11 @@ class _Context:
         return (self.body.get("metadata", {}).get(field) or {}).get(key)
 
     @property
+    def at(self) -> statuses.At:
+        """The generation and time every status of this plan is built at."""
+        return statuses.At(self.generation, self.obs.now)
+
+    @property
     def rerun(self) -> str:
         return self.metadata("annotations", RERUN_ANNOTATION) or ""
 
@@ -169,13 +177,13 @@ def _parse_spec(ctx: _Context) -> Any:
 def _failed(ctx: _Context, reason: Reason, message: str) -> Plan:
     """A terminal failure, with one Warning event when it is new."""
     base = ctx.current
-    status = statuses.failed(ctx.status_cls, reason, message, ctx.generation, base)
+    status = statuses.failed(ctx.status_cls, reason, message, ctx.at, base)
     unchanged = statuses.same_condition(base, status, statuses.READY)
     return Plan(status=status, events=[] if unchanged else [("Warning", reason, message)])
 
 
 def _waiting(ctx: _Context, reason: Reason, message: str) -> Plan:
-    return Plan(status=statuses.progressing(ctx.current, reason, message, ctx.generation))
+    return Plan(status=statuses.progressing(ctx.current, reason, message, ctx.at))
 
 
 def _related(ctx: _Context, kind: str, name: str) -> Any:
@@ -207,9 +215,8 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
     name = step.name
     job = ctx.obs.jobs.get(name)
     if job is None:
-        status = statuses.progressing(ctx.current, running, f"Job {name} created", ctx.generation)
-        status.active_job = name
-        status.job = JobStatus(name=name, step=step.step)
+        status = statuses.running(ctx.current, running, f"Job {name} created", ctx.at,
+                                  JobStatus(name=name, step=step.step))
         # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
         # a Kueue quota (and an embed Job would keep writing a version nobody wants).
         superseded = sorted(j.name for j in ctx.obs.jobs.values()
@@ -220,11 +227,12 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
                     events=events), None
     if job.state in ("Pending", "Running"):
         return _in_progress(ctx, job, step, running), None
-    if job.state == "Failed":
-        plan = _failed(ctx, Reason.JOB_FAILED, f"Job {name} failed: {job.error or 'no message'}")
-        plan.status.inputs_hash = step.key
-        plan.status.job = job.report
-        return plan, None
+    if job.state == VersionState.FAILED:
+        message = f"Job {name} failed: {job.error or 'no message'}"
+        status = statuses.step_failed(ctx.current, Reason.JOB_FAILED, message, ctx.at, inputs_hash=step.key,
+                                      job=job.report)
+        unchanged = statuses.same_condition(ctx.current, status, statuses.READY)
+        return Plan(status=status, events=[] if unchanged else [("Warning", Reason.JOB_FAILED, message)]), None
     return None, job
 
 
@@ -251,16 +259,14 @@ def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Rea
         reason, message, phase = running, f"Job {job.name} is pending", "Pending"
     else:
         reason, message, phase = running, f"Job {job.name} is running", "Running"
-    plan.status = statuses.progressing(ctx.current, reason, message, ctx.generation, phase=phase)
-    plan.status.active_job = job.name
-    plan.status.job = job.report or JobStatus(name=job.name, step=step.step)
+    plan.status = statuses.running(ctx.current, reason, message, ctx.at,
+                                   job.report or JobStatus(name=job.name, step=step.step), phase=phase)
     return plan
 
 
 def _done(status: BaseStatus, key: str, job: ObservedJob, extra: list[tuple[str, str, str]] | None = None) -> Plan:
     """A finished run: its status, remembered by its inputs, and the Ready condition as an event."""
-    status.inputs_hash = key
-    status.job = job.report
+    statuses.finished(status, key, job.report)
     ready = status.condition(statuses.READY)
     return Plan(status=status, events=[("Normal" if ready.status == "True" else "Warning", ready.reason,
                                         ready.message), *(extra or [])])
@@ -300,7 +306,7 @@ def plan_dataset(ctx: _Context) -> Plan:
     plan, job = _run_step(ctx, step, Reason.PREPARING)
     if plan is not None:
         return plan
-    return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.generation), key, job)
+    return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.at), key, job)
 
 
 # -- FineTuneJob --------------------------------------------------------------------------------
@@ -323,7 +329,7 @@ def plan_finetune(ctx: _Context) -> Plan:
     plan, job = _run_step(ctx, step, Reason.TRAINING)
     if plan is not None:
         return plan
-    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.generation), key, job)
+    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.at), key, job)
 
 
 # -- EmbeddingIndex -----------------------------------------------------------------------------
@@ -410,7 +416,7 @@ def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -
 def _candidate(job: ObservedJob) -> EmbedResult | None:
     """The version an embed Job built (or reused): the shard result that saw it finished."""
     results = [EmbedResult.model_validate(r) for r in job.results.values() if "version" in r]
-    done = [r for r in results if r.state != "Building"]
+    done = [r for r in results if r.state != VersionState.BUILDING]
     return done[0] if done else None
 
 
@@ -458,8 +464,8 @@ def plan_index(ctx: _Context) -> Plan:
     plan, job = _run_step(ctx, embed, Reason.EMBEDDING)
     if plan is not None:
         embed_job = ctx.obs.jobs.get(embed.name)
-        if embed_job is not None and embed_job.state != "Failed":
-            plan.status.reindex = _reindex_progress(embed_job)
+        if embed_job is not None and embed_job.state != VersionState.FAILED and isinstance(plan.status, EmbeddingIndexStatus):
+            statuses.reindexing(plan.status, _reindex_progress(embed_job))
         return plan
     built = _candidate(job)
     if built is None:
@@ -473,12 +479,13 @@ def plan_index(ctx: _Context) -> Plan:
     publish = _index_step(ctx, publish_key, spec, config)
     plan, job = _run_step(ctx, publish, Reason.PUBLISHING)
     if plan is not None:
-        plan.status.reindex = None
+        if isinstance(plan.status, EmbeddingIndexStatus):
+            statuses.reindexing(plan.status, None)
         return plan
     result = _single_result(ctx, job, PublishResult)
     notes = [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason,
               result.note or "")] if result.note_reason else []
-    return _done(statuses.index_published(spec, result, ctx.generation, drift=current.drift), publish_key, job, notes)
+    return _done(statuses.index_published(spec, result, ctx.at, drift=current.drift), publish_key, job, notes)
 
 
 def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
@@ -494,15 +501,12 @@ def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None
 
 def _unretained_pin(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus) -> Plan | None:
     """spec.pinnedVersion naming a version the index does not keep: say so, serve on, build nothing."""
-    kept = sorted(v.version for v in current.versions if v.state in ("Ready", "Live", "Retired"))
+    kept = sorted(v.version for v in current.versions if v.state in RETAINED_STATES)
     if spec.pinned_version is None or not current.versions or spec.pinned_version in kept:
         return None
-    status = current.model_copy(deep=True)
-    status.observed_generation = ctx.generation
     message = (f"spec.pinnedVersion {spec.pinned_version} is not a version this index keeps "
                f"({', '.join(f'v{v}' for v in kept) or 'none'}); v{current.live_version} keeps serving")
-    statuses.degraded(status, Reason.VERSION_NOT_RETAINED, message, ctx.generation)
-    return Plan(status=status)  # its event: plan() posts one for each change of Degraded
+    return Plan(status=statuses.pin_not_retained(current, message, ctx.at))  # its event: plan() posts one for each change of Degraded
 
 
 def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus,
@@ -534,7 +538,7 @@ def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: Embedding
 
 def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs) -> Plan:
     """Steady state: re-probe the live version and measure its drift when they are due."""
-    live = next((v for v in current.versions if v.state == "Live"), None)
+    live = live_version(current.versions)
     plan = Plan()
     if live is None:
         return plan
@@ -552,17 +556,17 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
                 probe = ProbeResult.model_validate(job.results[0])
             else:
                 drift = DriftResult.model_validate(job.results[0])
-        elif job.state == "Failed":
+        elif job.state == VersionState.FAILED:
             problems.append((SCHEDULED_FAILURES[step.step], f"Job {name} failed: {job.error or 'no message'}"))
     if probe == current.probe and drift == current.drift and not problems and current.observed_generation == ctx.generation:
         return plan
-    refreshed = statuses.index_observed(spec, current.versions, ctx.generation, probe=probe, drift=drift)
-    refreshed.inputs_hash = current.inputs_hash
+    refreshed = statuses.index_observed(spec, current.versions, ctx.at, probe=probe, drift=drift,
+                                        inputs_hash=current.inputs_hash)
     note = current.condition(statuses.PROGRESSING)
     if note is not None and note.reason in PUBLISH_NOTES:
-        statuses.note(refreshed, note.reason, note.message, ctx.generation)
+        statuses.note(refreshed, note.reason, note.message, ctx.at)
     for reason, message in problems:
-        statuses.degraded(refreshed, reason, message, ctx.generation)
+        statuses.degraded(refreshed, reason, message, ctx.at)
     plan.status = refreshed
     return plan
 

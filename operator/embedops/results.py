@@ -15,7 +15,7 @@ from embedops.api.common import ApiModel
 from embedops.api.conditions import Reason
 from embedops.api.dataset import DatasetCounts
 from embedops.api.finetune import IRMetrics, ModelArtifact, ValidationScores
-from embedops.api.index import IndexVersion, ProbeResult
+from embedops.api.index import IndexVersion, ProbeResult, VersionState
 
 # Kubernetes keeps at most this many bytes of a container's termination message.
 TERMINATION_MESSAGE_BYTES = 4096
@@ -99,10 +99,10 @@ def termination_message(result: ApiModel) -> str:
     versions = doc.get("versions")
     if len(encoded().encode()) > TERMINATION_MESSAGE_BYTES and isinstance(versions, list):
         for v in versions:
-            if v.get("state") != "Live":
+            if v.get("state") != VersionState.LIVE:
                 v.pop("probe", None)
         while len(encoded().encode()) > TERMINATION_MESSAGE_BYTES and len(versions) > 1:
-            drop = next((v for v in reversed(versions) if v.get("state") != "Live"), None)
+            drop = next((v for v in reversed(versions) if v.get("state") != VersionState.LIVE), None)
             if drop is None:
                 break
             versions.remove(drop)

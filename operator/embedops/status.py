@@ -7,11 +7,13 @@ The words themselves come from embedops.api.conditions.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from embedops.api.common import BaseStatus
+from embedops.api.common import BaseStatus, JobStatus
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.dataset import EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
@@ -21,11 +23,23 @@ from embedops.api.index import (
     EmbeddingIndexStatus,
     IndexVersion,
     ProbeResult,
+    ReindexProgress,
+    VersionState,
+    live_version,
 )
 
 S = TypeVar("S", bound=BaseStatus)
 
 READY, PROGRESSING, DEGRADED = ConditionType.READY, ConditionType.PROGRESSING, ConditionType.DEGRADED
+
+
+@dataclass(frozen=True)
+class At:
+    """When a status is built: the resource's generation it observes, and the planner's time (Observed.now),
+    which every condition's lastTransitionTime comes from, so a plan is a function of what was observed."""
+
+    generation: int | None
+    now: dt.datetime
 
 
 def parse(status_cls: type[S], raw: dict | None) -> S:
@@ -52,47 +66,85 @@ def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
     return status_cls.model_validate({f: getattr(result, f) for f in shared})
 
 
-def progressing(base: S, reason: Reason, message: str, generation: int | None, *, phase: str = "Running") -> S:
+def progressing(base: S, reason: Reason, message: str, at: At, *, phase: str = "Running") -> S:
     """Work under way, keeping what the last finished run published (a model, a live version).
 
     `phase` says what a person would call it: Running, Pending (its pods cannot start yet),
     Queued (waiting for Kueue) or Suspended.
     """
     status = base.model_copy(deep=True)
-    status.observed_generation = generation
+    status.observed_generation = at.generation
     status.phase = phase
     if not is_ready(base):
-        status.set_condition(READY, "False", reason, message, generation=generation)
-    status.set_condition(PROGRESSING, "True", reason, message, generation=generation)
+        status.set_condition(READY, "False", reason, message, generation=at.generation, now=at.now)
+    status.set_condition(PROGRESSING, "True", reason, message, generation=at.generation, now=at.now)
     degraded = base.condition(DEGRADED)
-    if base.phase == "Failed" and degraded is not None and degraded.status == "True":
+    if base.phase == VersionState.FAILED and degraded is not None and degraded.status == "True":
         # The failure this run follows (a fixed spec, a rerun) is no longer the resource's state.
-        status.set_condition(DEGRADED, "False", reason, message, generation=generation)
+        status.set_condition(DEGRADED, "False", reason, message, generation=at.generation, now=at.now)
     return status
 
 
-def failed(status_cls: type[S], reason: Reason, message: str, generation: int | None, base: S | None = None) -> S:
+def failed(status_cls: type[S], reason: Reason, message: str, at: At, base: S | None = None) -> S:
     """A terminal failure: Ready=False, Degraded=True, with a reason a person can act on."""
     status = base.model_copy(deep=True) if base is not None else status_cls()
-    status.observed_generation = generation
+    status.observed_generation = at.generation
     status.phase = "Failed"
     status.active_job = None
-    status.set_condition(READY, "False", reason, message, generation=generation)
-    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
-    status.set_condition(DEGRADED, "True", reason, message, generation=generation)
+    status.set_condition(READY, "False", reason, message, generation=at.generation, now=at.now)
+    status.set_condition(PROGRESSING, "False", reason, message, generation=at.generation, now=at.now)
+    status.set_condition(DEGRADED, "True", reason, message, generation=at.generation, now=at.now)
     return status
 
 
-def _ready(status: S, reason: Reason, message: str, generation: int | None, phase: str = "Ready") -> S:
-    status.observed_generation = generation
+def running(base: S, reason: Reason, message: str, at: At, job: JobStatus, *, phase: str = "Running") -> S:
+    """A step's Job created or under way: progressing, naming the Job (`activeJob`, `job`)."""
+    status = progressing(base, reason, message, at, phase=phase)
+    status.active_job = job.name
+    status.job = job
+    return status
+
+
+def step_failed(base: S, reason: Reason, message: str, at: At, *, inputs_hash: str, job: JobStatus | None) -> S:
+    """A step's Job failed: a terminal failure remembered by the inputs it ran with, so it is not run again
+    until they change (or the rerun annotation does)."""
+    status = failed(type(base), reason, message, at, base)
+    status.inputs_hash = inputs_hash
+    status.job = job
+    return status
+
+
+def finished(status: S, inputs_hash: str, job: JobStatus | None) -> S:
+    """A finished run's status, remembered by the inputs it used (`inputsHash`) and its Job's times."""
+    status.inputs_hash = inputs_hash
+    status.job = job
+    return status
+
+
+def reindexing(status: EmbeddingIndexStatus, progress: ReindexProgress | None) -> EmbeddingIndexStatus:
+    """An index while its embed Job runs: what the finished shards report (None once it is published)."""
+    status.reindex = progress
+    return status
+
+
+def pin_not_retained(base: EmbeddingIndexStatus, message: str, at: At) -> EmbeddingIndexStatus:
+    """spec.pinnedVersion names a version the index does not keep: it serves on, Degraded says so."""
+    status = base.model_copy(deep=True)
+    status.observed_generation = at.generation
+    degraded(status, Reason.VERSION_NOT_RETAINED, message, at)
+    return status
+
+
+def _ready(status: S, reason: Reason, message: str, at: At, phase: str = "Ready") -> S:
+    status.observed_generation = at.generation
     status.phase = phase
-    status.set_condition(READY, "True", reason, message, generation=generation)
-    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
-    status.set_condition(DEGRADED, "False", reason, message, generation=generation)
+    status.set_condition(READY, "True", reason, message, generation=at.generation, now=at.now)
+    status.set_condition(PROGRESSING, "False", reason, message, generation=at.generation, now=at.now)
+    status.set_condition(DEGRADED, "False", reason, message, generation=at.generation, now=at.now)
     return status
 
 
-def dataset_prepared(result: BaseModel, generation: int | None) -> EmbeddingDatasetStatus:
+def dataset_prepared(result: BaseModel, at: At) -> EmbeddingDatasetStatus:
     status = _copy_fields(result, EmbeddingDatasetStatus)
     counts = status.counts
     message = (
@@ -101,10 +153,10 @@ def dataset_prepared(result: BaseModel, generation: int | None) -> EmbeddingData
         if counts
         else "prepared"
     )
-    return _ready(status, Reason.PREPARED, message, generation)
+    return _ready(status, Reason.PREPARED, message, at)
 
 
-def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, generation: int | None) -> FineTuneJobStatus:
+def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, at: At) -> FineTuneJobStatus:
     status = _copy_fields(result, FineTuneJobStatus)
     base, tuned, validation = status.base_metrics, status.tuned_metrics, status.validation
     if status.model is None and validation is not None:
@@ -112,23 +164,24 @@ def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, generation: int 
                 if validation.best_ndcg_at_10 is not None else "no checkpoint scored")
         return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT,
                       f"no checkpoint beat the base model on {validation.queries} validation queries (nDCG@10 base "
-                      f"{validation.base_ndcg_at_10:.4f}, {best}); no model published", generation, status)
+                      f"{validation.base_ndcg_at_10:.4f}, {best}); no model published", at, status)
     message = f"nDCG@10 {base.ndcg_at_10:.4f} -> {tuned.ndcg_at_10:.4f}" if base and tuned else "trained"
     if spec.evaluation.require_improvement and base and tuned and tuned.ndcg_at_10 <= base.ndcg_at_10:
-        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", generation,
+        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", at,
                       status)
-    return _ready(status, Reason.TRAINED, message, generation, phase="Succeeded")
+    return _ready(status, Reason.TRAINED, message, at, phase="Succeeded")
 
 
 def index_observed(
     spec: EmbeddingIndexSpec,
     versions: list[IndexVersion],
-    generation: int | None,
+    at: At,
     probe: ProbeResult | None = None,
     drift: DriftResult | None = None,
+    inputs_hash: str | None = None,
 ) -> EmbeddingIndexStatus:
     """The index's status from its catalog and latest measurements; Degraded when drift or recall says so."""
-    live = next((v for v in versions if v.state == "Live"), None)
+    live = live_version(versions)
     status = EmbeddingIndexStatus(
         versions=sorted(versions, key=lambda v: v.version, reverse=True),
         live_version=live.version if live else None,
@@ -136,10 +189,11 @@ def index_observed(
         rows=live.rows if live else None,
         probe=probe,
         drift=drift,
+        inputs_hash=inputs_hash,
     )
     if live is None:
         reason = probe.reason if probe and probe.passed is False else "no version passed the probe gate yet"
-        return failed(EmbeddingIndexStatus, Reason.NO_LIVE_VERSION, reason, generation, status)
+        return failed(EmbeddingIndexStatus, Reason.NO_LIVE_VERSION, reason, at, status)
     problems = []
     if probe is not None and probe.version == live.version and probe.recall_at_k < spec.probe.min_recall:
         problems.append(f"recall@{probe.k} {probe.recall_at_k:.4f} below {spec.probe.min_recall}")
@@ -148,31 +202,31 @@ def index_observed(
     if drift is not None and drift.version == live.version and drift.score > spec.drift.threshold:
         problems.append(f"drift {drift.score:.4f} above {spec.drift.threshold}")
     message = f"serving v{live.version} ({live.rows} rows)"
-    status = _ready(status, Reason.SERVING, message, generation)
+    status = _ready(status, Reason.SERVING, message, at)
     if problems:
         status.phase = "Degraded"
-        status.set_condition(DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=generation)
+        status.set_condition(DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=at.generation, now=at.now)
     return status
 
 
-def index_published(spec: EmbeddingIndexSpec, published: BaseModel, generation: int | None,
+def index_published(spec: EmbeddingIndexSpec, published: BaseModel, at: At,
                     drift: DriftResult | None = None) -> EmbeddingIndexStatus:
     """The index's status after a publish step (embedops.results.PublishResult)."""
     versions = published.versions
-    live = next((v for v in versions if v.state == "Live"), None)
-    status = index_observed(spec, versions, generation, probe=live.probe if live else published.probe, drift=drift)
+    live = live_version(versions)
+    status = index_observed(spec, versions, at, probe=live.probe if live else published.probe, drift=drift)
     if published.note_reason and live is not None:
-        note(status, published.note_reason, published.note or "", generation)
+        note(status, published.note_reason, published.note or "", at)
     return status
 
 
-def note(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
+def note(status: EmbeddingIndexStatus, reason: Reason, message: str, at: At) -> None:
     """What the last publish step decided (GateFailed, RolledBack, Pinned), beside a serving index."""
-    status.set_condition(PROGRESSING, "False", reason, message, generation=generation)
+    status.set_condition(PROGRESSING, "False", reason, message, generation=at.generation, now=at.now)
 
 
-def degraded(status: EmbeddingIndexStatus, reason: Reason, message: str, generation: int | None) -> None:
+def degraded(status: EmbeddingIndexStatus, reason: Reason, message: str, at: At) -> None:
     """Something is wrong beside a serving index (a failed probe or drift Job, a pin to a version it does not
     keep): it keeps serving, Degraded says why, and so does its phase."""
     status.phase = "Degraded"
-    status.set_condition(DEGRADED, "True", reason, message, generation=generation)
+    status.set_condition(DEGRADED, "True", reason, message, generation=at.generation, now=at.now)

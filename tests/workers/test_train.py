@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import json
 import math
 from pathlib import Path
@@ -267,7 +269,7 @@ def test_no_checkpoint_above_the_base_model_publishes_nothing(tmp_path, tiny_mod
     assert not (tmp_path / "job" / "model").exists() and not (tmp_path / "job" / "checkpoints").exists()
     assert json.loads((tmp_path / "job" / "evaluation.json").read_text())["published"] is False
     # What the resource then says: NoImprovement, and no model an index could follow.
-    status = statuses.finetune_finished(train.Result.model_validate(result.to_wire()), spec, 3)
+    status = statuses.finetune_finished(train.Result.model_validate(result.to_wire()), spec, statuses.At(3, dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc)))
     ready = status.condition("Ready")
     assert (status.phase, ready.status, ready.reason) == ("Failed", "False", Reason.NO_IMPROVEMENT)
     assert status.model is None and "no model published" in ready.message and "2 validation queries" in ready.message

@@ -189,11 +189,12 @@ class BaseStatus(ApiModel):
         reason: str,
         message: str = "",
         *,
-        generation: int | None = None,
-        now: dt.datetime | None = None,
+        generation: int | None,
+        now: dt.datetime,
     ) -> None:
-        """Set one condition, keeping lastTransitionTime when its status does not change."""
-        stamp = times.format_time(now or times.utcnow())
+        """Set one condition, keeping lastTransitionTime when its status does not change; `now` is the
+        planner's time (a transition happens when the planner observed it, not when a clock was read)."""
+        stamp = times.format_time(now)
         before = self.condition(type_)
         cond = Condition(type=type_, status=status, reason=reason, message=message,
                          last_transition_time=_transition_time(before, status, stamp),

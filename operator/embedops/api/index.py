@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -280,6 +282,20 @@ class DriftResult(ApiModel):
     checked_at: str = Field(description="RFC 3339 time of the measurement.")
 
 
+class VersionState(StrEnum):
+    """Where a version table is in its life (the catalog's `state` column and `status.versions[].state`)."""
+
+    BUILDING = "Building"  # being embedded
+    READY = "Ready"  # built and indexed, not serving (not yet cut over, or waiting for a pin)
+    LIVE = "Live"  # the view serves it: at most one per target
+    RETIRED = "Retired"  # served before; kept for rollback
+    FAILED = "Failed"  # its build was abandoned
+
+
+# The versions an index keeps and can serve (cut over, pin, roll back to).
+RETAINED_STATES = frozenset({VersionState.READY, VersionState.LIVE, VersionState.RETIRED})
+
+
 class IndexVersion(ApiModel):
     """One versioned table."""
 
@@ -289,9 +305,14 @@ class IndexVersion(ApiModel):
     model_fingerprint: str | None = Field(default=None, description="Fingerprint of that model.")
     dimensions: int | None = Field(default=None, description="Embedding size.")
     rows: int = Field(default=0, description="Rows embedded.")
-    state: Literal["Building", "Ready", "Live", "Retired", "Failed"] = Field(description="Lifecycle state.")
+    state: VersionState = Field(description="Lifecycle state.")
     created_at: str | None = Field(default=None, description="RFC 3339 creation time.")
     probe: ProbeResult | None = Field(default=None, description="Last probe of this version.")
+
+
+def live_version(versions: Iterable[IndexVersion]) -> IndexVersion | None:
+    """The version the view serves, if any: the one way to find it in a list of versions."""
+    return next((v for v in versions if v.state == VersionState.LIVE), None)
 
 
 class ReindexProgress(ApiModel):

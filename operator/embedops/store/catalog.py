@@ -12,6 +12,7 @@ transactions and the target lock.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 
 from embedops.api import times
-from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult
+from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult, VersionState
 
 SCHEMA = "embedops"
 
@@ -99,7 +100,7 @@ class VersionRecord:
     source: str
     shards: int
     rows: int
-    state: str
+    state: VersionState
     created_at: dt.datetime
     completed_at: dt.datetime | None
     probe: dict[str, Any] | None
@@ -113,7 +114,7 @@ class VersionRecord:
             model_fingerprint=self.model_fingerprint,
             dimensions=self.dimensions,
             rows=self.rows,
-            state=self.state,  # type: ignore[arg-type]
+            state=self.state,
             created_at=rfc3339(self.created_at),
             probe=ProbeResult.model_validate(self.probe) if self.probe else None,
         )
@@ -190,7 +191,8 @@ def lock_version(conn: psycopg.Connection, schema: str, view: str, version: int)
 
 
 def _record(row: tuple) -> VersionRecord:
-    return VersionRecord(*row)
+    record = VersionRecord(*row)
+    return dataclasses.replace(record, state=VersionState(record.state))
 
 
 def records(conn: psycopg.Connection, schema: str, view: str) -> list[VersionRecord]:
@@ -242,12 +244,12 @@ def insert_building(conn: psycopg.Connection, schema: str, view: str, version: i
     return record(conn, schema, view, version)  # type: ignore[return-value]
 
 
-def set_state(conn: psycopg.Connection, rec: VersionRecord, state: str, *, rows: int | None = None) -> None:
+def set_state(conn: psycopg.Connection, rec: VersionRecord, state: VersionState, *, rows: int | None = None) -> None:
     conn.execute(
         "UPDATE embedops.index_versions SET state = %s, row_count = coalesce(%s, row_count), "
         "completed_at = CASE WHEN %s = 'Ready' THEN now() ELSE completed_at END "
         "WHERE target_schema = %s AND target_name = %s AND version = %s",
-        (state, rows, state, rec.schema, rec.view, rec.version),
+        (state.value, rows, state.value, rec.schema, rec.view, rec.version),
     )
 
 

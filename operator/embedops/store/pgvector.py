@@ -36,7 +36,14 @@ from pgvector import HalfVector, Vector
 from pgvector.psycopg import register_vector
 from psycopg import conninfo, sql
 
-from embedops.api.index import AnnSpec, IndexVersion, ProbeResult, Target
+from embedops.api.index import (
+    RETAINED_STATES,
+    AnnSpec,
+    IndexVersion,
+    ProbeResult,
+    Target,
+    VersionState,
+)
 from embedops.store import catalog, names
 from embedops.store.catalog import Build, ShardProgress, VersionRecord
 
@@ -47,7 +54,6 @@ MAX_INDEXED_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
 _OPCLASS_METRIC = {"cosine": "cosine", "l2": "l2", "inner_product": "ip"}
 _METHODS = ("hnsw", "ivfflat")
-_SERVING_STATES = ("Ready", "Retired", "Live")
 _GRANTABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
 _MIB = 1 << 20
 _BUILD_MEMORY = (64 * _MIB, 1024 * _MIB)
@@ -128,14 +134,14 @@ def live_version(conn: psycopg.Connection, target: Target) -> IndexVersion | Non
 
 def live_record(conn: psycopg.Connection, target: Target) -> VersionRecord | None:
     schema, view = _target(conn, target)
-    return next((r for r in catalog.records(conn, schema, view) if r.state == "Live"), None)
+    return next((r for r in catalog.records(conn, schema, view) if r.state == VersionState.LIVE), None)
 
 
 def version_record(conn: psycopg.Connection, target: Target, version: int | None = None) -> VersionRecord:
     """One version's catalog row (the live one when `version` is None); ValueError when there is none."""
     schema, view = _target(conn, target)
     records = catalog.records(conn, schema, view)
-    found = next((r for r in records if (r.state == "Live" if version is None else r.version == version)), None)
+    found = next((r for r in records if (r.state == VersionState.LIVE if version is None else r.version == version)), None)
     if found is None:
         what = "no live version" if version is None else f"no version {version}"
         raise ValueError(f"{schema}.{view} has {what} in the embedops catalog")
@@ -149,7 +155,7 @@ def cutover(conn: psycopg.Connection, target: Target, version: int) -> IndexVers
         rec = next((r for r in records if r.version == version), None)
         if rec is None:
             raise ValueError(f"{target.schema_name}.{target.name} has no version {version}")
-        if rec.state not in _SERVING_STATES:
+        if rec.state not in RETAINED_STATES:
             raise ValueError(f"version {version} is {rec.state}; only a Ready or Retired version can be cut over to")
         return rec
 
@@ -160,14 +166,14 @@ def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = 
     """Point the view back at a retained version: `to_version`, or the newest Ready/Retired one before the live one."""
 
     def choose(records: list[VersionRecord]) -> VersionRecord:
-        retained = [r for r in records if r.state in ("Ready", "Retired")]
+        retained = [r for r in records if r.state in (VersionState.READY, VersionState.RETIRED)]
         if to_version is not None:
             rec = next((r for r in retained if r.version == to_version), None)
             if rec is None:
                 raise ValueError(
                     f"version {to_version} of {target.schema_name}.{target.name} is not a retained version")
             return rec
-        live = next((r for r in records if r.state == "Live"), None)
+        live = next((r for r in records if r.state == VersionState.LIVE), None)
         earlier = [r for r in retained if live is None or r.version < live.version]
         if not earlier:
             raise ValueError(f"{target.schema_name}.{target.name} has no earlier retained version to roll back to")
@@ -188,7 +194,7 @@ def apply_retention(conn: psycopg.Connection, target: Target, keep: int) -> list
         catalog.lock_target(conn, schema, view)
         records = catalog.records(conn, schema, view)
         kept = _retained(records, keep)
-        doomed = [r for r in records if r.state != "Building" and r.version not in kept]
+        doomed = [r for r in records if r.state != VersionState.BUILDING and r.version not in kept]
         for rec in doomed:
             _drop_version_table(conn, rec)
             catalog.delete_version(conn, rec)
@@ -211,8 +217,8 @@ def drop_target(conn: psycopg.Connection, target: Target) -> list[str]:
 
 
 def _retained(records: list[VersionRecord], keep: int) -> set[int]:
-    live = [r.version for r in records if r.state == "Live"]
-    others = [r.version for r in records if r.state in ("Ready", "Retired")]  # newest first
+    live = [r.version for r in records if r.state == VersionState.LIVE]
+    others = [r.version for r in records if r.state in (VersionState.READY, VersionState.RETIRED)]  # newest first
     return set(live) | set(others[: max(keep - len(live), 0)])
 
 
@@ -258,7 +264,7 @@ def _point_view(conn: psycopg.Connection, rec: VersionRecord) -> None:
             sql.SQL(privilege), view, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
     catalog.retire_live(conn, rec.schema, rec.view)
-    catalog.set_state(conn, rec, "Live")
+    catalog.set_state(conn, rec, VersionState.LIVE)
 
 
 def _view_grants(conn: psycopg.Connection, view: sql.Identifier) -> list[tuple[str, str | None, bool]]:
@@ -279,7 +285,7 @@ def find_built(conn: psycopg.Connection, target: Target, build: Build) -> Versio
     """The newest finished (Ready, Live or Retired) version built like `build`, whatever its shard count."""
     schema, view = _target(conn, target)
     for rec in catalog.records(conn, schema, view):
-        if rec.state in _SERVING_STATES and build.same_embeddings(rec):
+        if rec.state in RETAINED_STATES and build.same_embeddings(rec):
             return rec
     return None
 
@@ -299,12 +305,12 @@ def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple
         catalog.lock_target(conn, schema, view)
         records = catalog.records(conn, schema, view)
         newest = records[0] if records else None
-        if newest is not None and newest.state == "Building":
+        if newest is not None and newest.state == VersionState.BUILDING:
             if build.matches(newest):
                 return newest, True
             log.warning("%s.%s v%d was still building from %s; superseded, marked Failed",
                         schema, view, newest.version, newest.model)
-            catalog.set_state(conn, newest, "Failed")
+            catalog.set_state(conn, newest, VersionState.FAILED)
         version = catalog.next_version(conn, schema, view)
         table = names.version_table(view, version)
         _create_version_table(conn, schema, table, build)
@@ -357,7 +363,7 @@ class VersionWriter:
     """Writes one shard of a Building version; each chunk is committed together with the shard's progress."""
 
     def __init__(self, conn: psycopg.Connection, rec: VersionRecord, shard: int):
-        if rec.state != "Building":
+        if rec.state != VersionState.BUILDING:
             raise ValueError(f"{rec.schema}.{rec.table} is {rec.state}, not Building")
         self._conn = conn
         self.record = rec
@@ -470,7 +476,7 @@ def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpe
         rec = catalog.record(conn, schema, view, version)
         if rec is None:
             raise ValueError(f"{schema}.{view} has no version {version}")
-        if rec.state != "Building":
+        if rec.state != VersionState.BUILDING:
             return rec
         done, rows = catalog.shard_totals(conn, rec)
         if not done:
@@ -486,7 +492,7 @@ def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpe
                  rec.table, rows, memory or "server default")
         conn.execute(_ann_index(rec, ann, rows))
         conn.execute(sql.SQL("ANALYZE {}").format(table))
-        catalog.set_state(conn, rec, "Ready", rows=rows)
+        catalog.set_state(conn, rec, VersionState.READY, rows=rows)
     return catalog.record(conn, schema, view, version)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from embedops import evaluation, modelzoo, steps
 from embedops.api import times
-from embedops.api.index import ProbeResult, ProbeSpec
+from embedops.api.index import ProbeResult, ProbeSpec, VersionState
 from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
@@ -163,7 +163,7 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
     depth = max(k, 10)  # MRR@10 and nDCG@10 need ten results whatever k is
     with pgvector.connect(dsn) as conn:
         rec = pgvector.version_record(conn, config.target, config.version)
-        if rec.state in ("Building", "Failed"):
+        if rec.state in (VersionState.BUILDING, VersionState.FAILED):
             raise ValueError(f"{rec.schema}.{rec.table} is {rec.state}; only a finished version can be probed")
         if rec.model_fingerprint and rec.model_fingerprint != model_fingerprint:
             raise ValueError(f"model {config.model!r} is not the model v{rec.version} was built with ({rec.model})")
@@ -174,7 +174,7 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
         scores = evaluation.score(dict(zip(ids, rankings)), qrels, recall_ks=(k,))
         live = pgvector.live_record(conn, config.target)
         passed, reason = gate(scores.recall[k], k, config.probe, rec, live, probe_set)
-        if passed and config.promote and rec.state != "Live":
+        if passed and config.promote and rec.state != VersionState.LIVE:
             pgvector.cutover(conn, config.target, rec.version)
             reason += f"; cut over to v{rec.version}"
         result = ProbeResult(

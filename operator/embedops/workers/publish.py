@@ -20,6 +20,7 @@ import logging
 
 from embedops import steps
 from embedops.api.conditions import Reason
+from embedops.api.index import VersionState, live_version
 from embedops.results import PublishResult as Result
 from embedops.store import pgvector
 from embedops.workers import probe
@@ -32,19 +33,19 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
     with pgvector.connect(dsn) as conn:
         state = pgvector.version_record(conn, target, config.version).state
     result = Result(candidate=config.version)
-    if state == "Retired":
+    if state == VersionState.RETIRED:
         result.note_reason = Reason.ROLLED_BACK
         result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
     else:
         result.probe = probe.run(steps.ProbeStep(
             target=target, version=config.version, model=config.model, probe=config.probe, ann=config.ann,
-            dataset_dir=config.dataset_dir, promote=state == "Ready" and config.pinned_version is None,
+            dataset_dir=config.dataset_dir, promote=state == VersionState.READY and config.pinned_version is None,
             device=config.device,
         ), dsn=dsn)
-        if state == "Ready" and not result.probe.passed:
+        if state == VersionState.READY and not result.probe.passed:
             result.note_reason = Reason.GATE_FAILED
             result.note = f"v{config.version} not cut over: {result.probe.reason}"
-        elif state == "Ready" and config.pinned_version is not None:
+        elif state == VersionState.READY and config.pinned_version is not None:
             result.note_reason = Reason.PINNED
             result.note = f"v{config.version} passed the gate but the index is pinned to v{config.pinned_version}"
     with pgvector.connect(dsn) as conn:
@@ -55,6 +56,6 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
                 log.info("%s.%s pinned to v%d", target.schema_name, target.name, config.pinned_version)
         result.dropped = pgvector.apply_retention(conn, target, config.keep_versions)
         result.versions = pgvector.versions(conn, target)
-    live_v = next((v for v in result.versions if v.state == "Live"), None)
+    live_v = live_version(result.versions)
     result.live_version = live_v.version if live_v else None
     return result
