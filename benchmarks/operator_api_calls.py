@@ -73,17 +73,16 @@ COUNTER = Counter()
 
 def instrument() -> None:
     """Count the operator's requests: its kubernetes client's calls and kopf's."""
+    from embedops.handlers import executor, kube
     from kopf._cogs.clients import api as kopf_api
     from kubernetes.client import ApiClient
 
-    from embedops.handlers import executor, kube
-
     call_api = ApiClient.call_api
 
-    def counted_call_api(self, resource_path, method, *args, **kwargs):
+    def counted_call_api(self, method, url, *args, **kwargs):  # the client's signature since v33
         if self is kube._api:
-            COUNTER.record(method, resource_path)
-        return call_api(self, resource_path, method, *args, **kwargs)
+            COUNTER.record(method, url)
+        return call_api(self, method, url, *args, **kwargs)
 
     ApiClient.call_api = counted_call_api
     request = kopf_api.request
@@ -268,7 +267,7 @@ def main() -> None:
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    import embedops.handlers.executor as executor
+    from embedops.handlers import executor
 
     print(f"\n{args.label or 'operator'}: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"EMBEDOPS_RECONCILE_SECONDS={executor.SETTINGS.reconcile_seconds:g}, window {args.window:g} s")
