@@ -62,4 +62,4 @@ def test_evaluate_scores_a_perfect_ranking(tiny):
 
     assert scores.queries == 3
     assert scores.ndcg_at_10 == pytest.approx(1.0)
-    assert scores.recall[100] == pytest.approx(1.0)
+    assert scores.recall_at_100 == pytest.approx(1.0)

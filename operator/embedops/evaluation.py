@@ -9,18 +9,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+
+from embedops.api.scores import RetrievalScores
 
 Qrels = Mapping[str, Mapping[str, int]]  # query id -> doc id -> relevance
 Run = Mapping[str, Sequence[str]]  # query id -> ranked doc ids
-
-
-@dataclass(frozen=True)
-class Scores:
-    ndcg_at_10: float
-    mrr_at_10: float
-    recall: dict[int, float]  # k -> recall@k
-    queries: int
 
 
 def ndcg_at(ranked: Sequence[str], rels: Mapping[str, int], k: int = 10) -> float:
@@ -42,13 +35,22 @@ def recall_at(ranked: Sequence[str], rels: Mapping[str, int], k: int) -> float:
     return len(relevant.intersection(ranked[:k])) / len(relevant) if relevant else 0.0
 
 
-def score(run: Run, qrels: Qrels, recall_ks: Sequence[int] = (10, 100)) -> Scores:
-    """Mean metrics over the queries of `qrels` that have a relevant document (missing runs score 0)."""
+def score(run: Run, qrels: Qrels, *, depths: Sequence[int] = (10, 100), k: int | None = None) -> RetrievalScores:
+    """Mean metrics over the queries of `qrels` that have a relevant document (missing runs score 0): nDCG@10,
+    MRR@10, recall at each of `depths` (10 and 100 are the ones RetrievalScores holds) and at `k` if given."""
     qids = [q for q, rels in qrels.items() if any(r > 0 for r in rels.values())]
     if not qids:
         raise ValueError("no query has a relevant document")
     n = len(qids)
-    ndcg = sum(ndcg_at(run.get(q, ()), qrels[q]) for q in qids) / n
-    mrr = sum(mrr_at(run.get(q, ()), qrels[q]) for q in qids) / n
-    recall = {k: sum(recall_at(run.get(q, ()), qrels[q], k) for q in qids) / n for k in recall_ks}
-    return Scores(ndcg_at_10=ndcg, mrr_at_10=mrr, recall=recall, queries=n)
+
+    def recall(depth: int) -> float:
+        return sum(recall_at(run.get(q, ()), qrels[q], depth) for q in qids) / n
+
+    return RetrievalScores(
+        ndcg_at_10=sum(ndcg_at(run.get(q, ()), qrels[q]) for q in qids) / n,
+        mrr_at_10=sum(mrr_at(run.get(q, ()), qrels[q]) for q in qids) / n,
+        recall_at_10=recall(10) if 10 in depths else None,
+        recall_at_100=recall(100) if 100 in depths else None,
+        k=k, recall_at_k=recall(k) if k is not None else None,
+        queries=n,
+    )

@@ -14,8 +14,9 @@ from pydantic import Field
 from embedops.api.common import ApiModel
 from embedops.api.conditions import Reason
 from embedops.api.dataset import DatasetCounts
-from embedops.api.finetune import IRMetrics, ModelArtifact, ValidationScores
+from embedops.api.finetune import ModelArtifact, ValidationScores
 from embedops.api.index import IndexVersion, ProbeResult, VersionState
+from embedops.api.scores import RetrievalScores
 
 # Kubernetes keeps at most this many bytes of a container's termination message.
 TERMINATION_MESSAGE_BYTES = 4096
@@ -38,8 +39,8 @@ class TrainResult(ApiModel):
     """
 
     model: ModelArtifact | None = None
-    base_metrics: IRMetrics
-    tuned_metrics: IRMetrics | None = None
+    base_metrics: RetrievalScores
+    tuned_metrics: RetrievalScores | None = None
     ndcg_gain: float | None = None
     validation: ValidationScores | None = None
     train_pairs: int

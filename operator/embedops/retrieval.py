@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 
 from embedops import evaluation, progress
+from embedops.api.scores import RetrievalScores
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -107,8 +108,8 @@ def evaluate(
     qrels: evaluation.Qrels,
     *,
     batch_size: int = 64,
-) -> evaluation.Scores:
+) -> RetrievalScores:
     """nDCG@10, MRR@10 and Recall@10/100 of exact search over the whole corpus for the judged queries."""
     judged = {q: queries[q] for q in qrels if q in queries}
     ranking = search(model, judged, corpus, 100, batch_size=batch_size)
-    return evaluation.score({q: [d for d, _ in hits] for q, hits in ranking.items()}, qrels, recall_ks=(10, 100))
+    return evaluation.score({q: [d for d, _ in hits] for q, hits in ranking.items()}, qrels)

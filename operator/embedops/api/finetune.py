@@ -13,6 +13,7 @@ from embedops.api.common import (
     Resources,
     Scheduling,
 )
+from embedops.api.scores import RetrievalScores
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -213,16 +214,6 @@ class FineTuneJobSpec(ApiModel):
         return self
 
 
-class IRMetrics(ApiModel):
-    """Retrieval quality on held-out queries."""
-
-    ndcg_at_10: float = Field(alias="ndcgAt10", description="nDCG@10.")
-    mrr_at_10: float = Field(alias="mrrAt10", description="MRR@10.")
-    recall_at_10: float = Field(alias="recallAt10", description="Recall@10.")
-    recall_at_100: float = Field(alias="recallAt100", description="Recall@100.")
-    queries: int = Field(description="Queries evaluated.")
-
-
 class ModelArtifact(ApiModel):
     """The published model."""
 
@@ -251,8 +242,8 @@ class FineTuneJobStatus(BaseStatus):
     model: ModelArtifact | None = Field(
         default=None, description="The tuned model, once trained; none when no checkpoint beat the base model."
     )
-    base_metrics: IRMetrics | None = Field(default=None, description="The base model's held-out (test) scores.")
-    tuned_metrics: IRMetrics | None = Field(default=None, description="The published model's held-out (test) scores.")
+    base_metrics: RetrievalScores | None = Field(default=None, description="The base model's held-out (test) scores.")
+    tuned_metrics: RetrievalScores | None = Field(default=None, description="The published model's held-out (test) scores.")
     ndcg_gain: float | None = Field(default=None, description="Tuned minus base nDCG@10.")
     validation: ValidationScores | None = Field(default=None, description="Checkpoint selection on validation queries.")
     train_pairs: int | None = Field(

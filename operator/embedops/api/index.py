@@ -19,6 +19,7 @@ from embedops.api.common import (
     check_exactly_one,
     exactly_one_rule,
 )
+from embedops.api.scores import RetrievalScores
 
 # The encoder's arithmetic, for embedding and for drift (which must match how a version was built).
 Precision = Literal["auto", "fp32", "bf16"]
@@ -255,15 +256,12 @@ class EmbeddingIndexSpec(ApiModel):
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the embedding Jobs.")
 
 
-class ProbeResult(ApiModel):
-    """One probe of one version."""
+class ProbeResult(RetrievalScores):
+    """One probe of one version: its retrieval scores at the probe's k, and the gate's verdict."""
 
     version: int = Field(description="Version probed.")
     k: int = Field(description="Depth of recall@k.")
     recall_at_k: float = Field(alias="recallAtK", description="Recall@k.")
-    mrr_at_10: float = Field(alias="mrrAt10", description="MRR@10.")
-    ndcg_at_10: float = Field(alias="ndcgAt10", description="nDCG@10.")
-    queries: int = Field(description="Queries probed.")
     passed: bool | None = Field(default=None, description="Whether the version passed the cut-over gate.")
     reason: str | None = Field(default=None, description="Why the gate passed or failed.")
     checked_at: str = Field(description="RFC 3339 time of the probe.")

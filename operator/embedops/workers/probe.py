@@ -171,14 +171,15 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
         vectors = model.encode_query([queries[q] for q in ids], normalize_embeddings=normalizes(rec.metric),
                                      convert_to_numpy=True, show_progress_bar=False)
         rankings = pgvector.search(conn, rec, vectors, depth, ef_search=config.ann.ef_search, probes=config.ann.probes)
-        scores = evaluation.score(dict(zip(ids, rankings)), qrels, recall_ks=(k,))
+        scores = evaluation.score(dict(zip(ids, rankings, strict=True)), qrels, depths=(), k=k)
+        recall = scores.recall_at_k or 0.0
         live = pgvector.live_record(conn, config.target)
-        passed, reason = gate(scores.recall[k], k, config.probe, rec, live, probe_set)
+        passed, reason = gate(recall, k, config.probe, rec, live, probe_set)
         if passed and config.promote and rec.state != VersionState.LIVE:
             pgvector.cutover(conn, config.target, rec.version)
             reason += f"; cut over to v{rec.version}"
         result = ProbeResult(
-            version=rec.version, k=k, recall_at_k=round(scores.recall[k], 6),
+            version=rec.version, k=k, recall_at_k=round(recall, 6),
             mrr_at_10=round(scores.mrr_at_10, 6), ndcg_at_10=round(scores.ndcg_at_10, 6), queries=scores.queries,
             passed=passed, reason=reason, checked_at=times.now(),
         )

@@ -25,10 +25,10 @@ from transformers import TrainerCallback
 from embedops import modelzoo, steps
 from embedops.api import times
 from embedops.api.finetune import (
-    IRMetrics,
     ModelArtifact,
     ValidationScores,
 )
+from embedops.api.scores import RetrievalScores
 from embedops.prepared import PreparedDataset
 from embedops.results import TrainResult as Result
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
@@ -147,9 +147,9 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
                    tuned_metrics=tuned_metrics)
 
 
-def _finish(config: steps.TrainStep, started: str, clock: float, *, base_metrics: IRMetrics, validation: ValidationScores | None,
+def _finish(config: steps.TrainStep, started: str, clock: float, *, base_metrics: RetrievalScores, validation: ValidationScores | None,
             train_rows: int, planned: int, trainer: Any, resumed_from_step: int | None,
-            model: ModelArtifact | None = None, tuned_metrics: IRMetrics | None = None) -> Result:
+            model: ModelArtifact | None = None, tuned_metrics: RetrievalScores | None = None) -> Result:
     """The result, and evaluation.json beside the model; the checkpoints go, since nothing is left to resume."""
     out = config.output_dir
     shutil.rmtree(out / "checkpoints", ignore_errors=True)

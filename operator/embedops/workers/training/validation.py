@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from embedops import retrieval
-from embedops.api.finetune import EvaluationSpec, IRMetrics, ValidationSplitSpec
+from embedops.api.finetune import EvaluationSpec, ValidationSplitSpec
+from embedops.api.scores import RetrievalScores
 from embedops.prepared import Doc, PreparedDataset, TrainExample
 
 if TYPE_CHECKING:
@@ -96,13 +97,11 @@ def sample_validation_corpus(model: SentenceTransformer, validation: ValidationS
 
 
 def score(model: SentenceTransformer, queries: dict[str, str], corpus: dict[str, str], qrels: dict,
-          batch_size: int) -> IRMetrics:
-    s = retrieval.evaluate(model, queries, corpus, qrels, batch_size=batch_size)
-    return IRMetrics(ndcg_at_10=s.ndcg_at_10, mrr_at_10=s.mrr_at_10, recall_at_10=s.recall[10],
-                     recall_at_100=s.recall[100], queries=s.queries)
+          batch_size: int) -> RetrievalScores:
+    return retrieval.evaluate(model, queries, corpus, qrels, batch_size=batch_size)
 
 
-def score_validation(model: SentenceTransformer, validation: ValidationSet, batch_size: int) -> IRMetrics:
+def score_validation(model: SentenceTransformer, validation: ValidationSet, batch_size: int) -> RetrievalScores:
     return score(model, validation.queries, validation.corpus, validation.qrels, batch_size)
 
 
@@ -125,7 +124,7 @@ def validation_evaluator(validation: ValidationSet, batch_size: int) -> Any:
 
 
 def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec,
-                       seed: int) -> Callable[[SentenceTransformer], IRMetrics]:
+                       seed: int) -> Callable[[SentenceTransformer], RetrievalScores]:
     """Scores a model by exact search over the whole corpus for the test queries (a seeded sample when capped)."""
     corpus = {d.id: d.full_text for d in data.corpus().values()}
     queries, qrels = data.test_queries(), data.test_qrels()
@@ -133,7 +132,7 @@ def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec,
         ranked = sorted(qrels, key=lambda q: hashlib.sha256(f"{seed}\0{q}".encode()).hexdigest())
         qrels = {q: qrels[q] for q in ranked[:spec.max_queries]}
 
-    def evaluate(model: SentenceTransformer) -> IRMetrics:
+    def evaluate(model: SentenceTransformer) -> RetrievalScores:
         return score(model, queries, corpus, qrels, spec.batch_size)
 
     return evaluate
