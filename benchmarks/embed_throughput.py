@@ -54,27 +54,38 @@ def build_model(shape: str, folder: Path, max_seq_length: int) -> str:
     if shape == "bundled":
         return "all-MiniLM-L6-v2"
     import torch
-    from embedops import modelzoo
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from embedops import modelzoo
 
     hidden, layers, heads, ffn, pooling = SHAPES[shape]
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(modelzoo.resolve("all-MiniLM-L6-v2")), local_files_only=True)
     raw = folder / "raw"
-    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                         num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=512)).save_pretrained(raw)
+    BertModel(
+        BertConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=ffn,
+            max_position_embeddings=512,
+        )
+    ).save_pretrained(raw)
     tokenizer.save_pretrained(raw)
     word = models.Transformer(str(raw), max_seq_length=max_seq_length)
-    model = SentenceTransformer(modules=[word, models.Pooling(hidden, pooling_mode=pooling), models.Normalize()],
-                                device="cpu")
+    model = SentenceTransformer(
+        modules=[word, models.Pooling(hidden, pooling_mode=pooling), models.Normalize()], device="cpu"
+    )
     model.save(str(folder / "model"))
     return str(folder / "model")
 
 
 def synthetic_docs(model_path: str, count: int, tokens: int) -> list[str]:
-    from embedops import modelzoo
     from transformers import AutoTokenizer
+
+    from embedops import modelzoo
 
     vocab = AutoTokenizer.from_pretrained(str(modelzoo.resolve(model_path)), local_files_only=True).get_vocab()
     words = np.array(sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2))
@@ -97,13 +108,18 @@ def measure(work: Callable[[], object], docs: int, sync: Callable[[], None], rep
 def forward_limit(encoder, texts: list[str], sync: Callable[[], None], repeat: int) -> list[float]:
     """The encoder's model pass over batches tokenized and on the device beforehand, longest first."""
     import torch
+
     from embedops.workers.encoder import FastTokenizer
 
     tokenizer, device = FastTokenizer(encoder.model), encoder.model.device
     ordered, size = sorted(texts, key=len, reverse=True), encoder.batch_size
-    batches = [{k: v.to(device) if isinstance(v, torch.Tensor) else v
-                for k, v in tokenizer.features([tokenizer.ids(ordered[i:i + size])], pin=False).items()}
-               for i in range(0, len(ordered), size)]
+    batches = [
+        {
+            k: v.to(device) if isinstance(v, torch.Tensor) else v
+            for k, v in tokenizer.features([tokenizer.ids(ordered[i : i + size])], pin=False).items()
+        }
+        for i in range(0, len(ordered), size)
+    ]
 
     def run(some: list[dict]) -> None:
         with torch.inference_mode():
@@ -118,12 +134,13 @@ def host_ceiling(model, texts: list[str], args, workers: int, sync: Callable[[],
     """The worker's encoder with its model pass replaced by a no-op (tokenizing, collating, copies), and the
     CPUs it kept busy (CPU seconds of this process per second)."""
     import torch
+
     from embedops.workers.encoder import Encoder
 
     encoder = Encoder(model, batch_size=args.batch_size, normalize=True, precision=args.precision, workers=workers)
     zeros = torch.zeros((args.batch_size, model.get_embedding_dimension()), device=model.device)
-    encoder.forward = lambda features: zeros[:len(features["input_ids"])]
-    encoder.encode(texts[:args.batch_size])  # warm-up: pinned memory
+    encoder.forward = lambda features: zeros[: len(features["input_ids"])]
+    encoder.encode(texts[: args.batch_size])  # warm-up: pinned memory
     cpu = time.process_time()
     found = measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat)
     return found, (time.process_time() - cpu) / sum(len(texts) / rate for rate in found)
@@ -147,13 +164,22 @@ def worker(model_path: str, texts: list[str], args, device: str) -> list[float]:
                     copy.write_row((i, text))
         found = []
         for run in range(args.repeat):
-            config = steps.EmbedStep.model_validate({
-                "target": {"name": f"bench_{args.shape.replace('-', '_')}_{os.getpid()}_{run}"},
-                "source": {"table": {"table": "bench_docs"}},
-                "model": model_path, "device": device, "finalize": False, "reuse": False,
-                "embedding": {"batchSize": args.batch_size, "maxSeqLength": args.max_seq_length,
-                              "commitRows": args.commit_rows, "precision": args.precision},
-            })
+            config = steps.EmbedStep.model_validate(
+                {
+                    "target": {"name": f"bench_{args.shape.replace('-', '_')}_{os.getpid()}_{run}"},
+                    "source": {"table": {"table": "bench_docs"}},
+                    "model": model_path,
+                    "device": device,
+                    "finalize": False,
+                    "reuse": False,
+                    "embedding": {
+                        "batchSize": args.batch_size,
+                        "maxSeqLength": args.max_seq_length,
+                        "commitRows": args.commit_rows,
+                        "precision": args.precision,
+                    },
+                }
+            )
             result = embed.run(config, dsn=dsn)
             assert result.embedded == len(texts), f"{result.embedded} rows embedded of {len(texts)}"
             found.append(result.rows_per_second)
@@ -187,6 +213,7 @@ def main() -> None:
 
     import sentence_transformers
     import torch
+
     from embedops import modelzoo
     from embedops.workers.encoder import Encoder, cpu_limit
 
@@ -194,14 +221,16 @@ def main() -> None:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model_path = build_model(args.shape, Path(tempfile.mkdtemp(prefix="embedops-bench-")), args.max_seq_length)
     texts = synthetic_docs(model_path, args.docs, args.tokens)
-    host_texts = (texts * (args.host_docs // len(texts) + 1))[:args.host_docs]
+    host_texts = (texts * (args.host_docs // len(texts) + 1))[: args.host_docs]
     cpus = cpu_limit()
     what = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU"
-    print(f"{args.shape} on {what}, {cpus} CPUs for this process (of {os.cpu_count()}); {args.docs} docs of "
-          f"~{args.tokens} tokens, max length {args.max_seq_length}, batch {args.batch_size}, precision "
-          f"{args.precision}; torch {torch.__version__} ({torch.get_num_threads()} threads), sentence-transformers "
-          f"{sentence_transformers.__version__}, TOKENIZERS_PARALLELISM="
-          f"{os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}")
+    print(
+        f"{args.shape} on {what}, {cpus} CPUs for this process (of {os.cpu_count()}); {args.docs} docs of "
+        f"~{args.tokens} tokens, max length {args.max_seq_length}, batch {args.batch_size}, precision "
+        f"{args.precision}; torch {torch.__version__} ({torch.get_num_threads()} threads), sentence-transformers "
+        f"{sentence_transformers.__version__}, TOKENIZERS_PARALLELISM="
+        f"{os.environ.get('TOKENIZERS_PARALLELISM', 'unset')}"
+    )
 
     model = modelzoo.load(model_path, device=device, max_seq_length=args.max_seq_length)
     encoder = Encoder(model, batch_size=args.batch_size, normalize=True, precision=args.precision)
@@ -209,17 +238,33 @@ def main() -> None:
     report("forward limit", limit, max(limit), "(pre-tokenized, on the device)")
     for workers in sorted({1 << k for k in range(cpus.bit_length())} | {cpus}):
         found, busy = host_ceiling(model, host_texts, args, workers, sync)
-        report(f"host ceiling, {workers} thread{'s' if workers > 1 else ''}", found, max(limit),
-               f"(no-op model pass, {len(host_texts)} docs, {busy:.1f} CPUs busy)")
-    encoder.encode(texts[:args.batch_size])  # warm-up: kernels, allocator
-    report("encoder", measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat),
-           max(limit), f"(Encoder.encode, {encoder.workers} tokenizer threads, no database)")
-    report("worker into pgvector", worker(model_path, texts, args, device), max(limit),
-           f"(rows committed, commitRows {args.commit_rows})")
-    baseline = texts[:args.baseline_docs]
+        report(
+            f"host ceiling, {workers} thread{'s' if workers > 1 else ''}",
+            found,
+            max(limit),
+            f"(no-op model pass, {len(host_texts)} docs, {busy:.1f} CPUs busy)",
+        )
+    encoder.encode(texts[: args.batch_size])  # warm-up: kernels, allocator
+    report(
+        "encoder",
+        measure(lambda: encoder.encode(texts), len(texts), sync, args.repeat),
+        max(limit),
+        f"(Encoder.encode, {encoder.workers} tokenizer threads, no database)",
+    )
+    report(
+        "worker into pgvector",
+        worker(model_path, texts, args, device),
+        max(limit),
+        f"(rows committed, commitRows {args.commit_rows})",
+    )
+    baseline = texts[: args.baseline_docs]
     model.encode(baseline[:64])  # warm-up
-    report("encode() defaults", measure(lambda: model.encode(baseline), len(baseline), sync, args.repeat),
-           max(limit), "(SentenceTransformer.encode, batch 32, float32)")
+    report(
+        "encode() defaults",
+        measure(lambda: model.encode(baseline), len(baseline), sync, args.repeat),
+        max(limit),
+        "(SentenceTransformer.encode, batch 32, float32)",
+    )
 
 
 if __name__ == "__main__":

@@ -81,39 +81,68 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="embedops-bench-"))
     t0 = time.monotonic()
-    prepared = prepare.run(steps.PrepareStep(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
-                                          output_dir=work / "dataset"))
+    prepared = prepare.run(
+        steps.PrepareStep(
+            spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(), output_dir=work / "dataset"
+        )
+    )
     t1 = time.monotonic()
-    result = train.run(steps.TrainStep(spec=FineTuneJobSpec.model_validate(job), dataset_dir=work / "dataset",
-                                    output_dir=work / "job", device=args.device))
+    result = train.run(
+        steps.TrainStep(
+            spec=FineTuneJobSpec.model_validate(job),
+            dataset_dir=work / "dataset",
+            output_dir=work / "job",
+            device=args.device,
+        )
+    )
     t2 = time.monotonic()
 
     import torch
+
     from embedops import modelzoo
 
     hw = device_name(args.device or modelzoo.default_device())
     counts = prepared.counts
     print(f"\nmachine: {hw}; torch {torch.__version__}")
-    print(f"dataset: {args.beir} -> {counts.train_pairs} pairs ({counts.title_pairs} from titles) in "
-          f"{counts.train_rows} rows, {counts.test_queries} test queries; overrides: {args.set or 'none'}")
+    print(
+        f"dataset: {args.beir} -> {counts.train_pairs} pairs ({counts.title_pairs} from titles) in "
+        f"{counts.train_rows} rows, {counts.test_queries} test queries; overrides: {args.set or 'none'}"
+    )
     v = result.validation
     if v is not None:
         best = f"{v.best_ndcg_at_10:.4f} at step {v.best_step}" if v.best_ndcg_at_10 is not None else "none"
-        print(f"validation: {v.queries} queries over {v.documents} documents, nDCG@10 base {v.base_ndcg_at_10:.4f}, "
-              f"best {best} ({v.evaluations} checkpoints scored)")
+        print(
+            f"validation: {v.queries} queries over {v.documents} documents, nDCG@10 base {v.base_ndcg_at_10:.4f}, "
+            f"best {best} ({v.evaluations} checkpoints scored)"
+        )
     if result.tuned_metrics is None:
         print("no checkpoint beat the base model on validation: no model published (NoImprovement)")
     print(f"{'metric':<12}{'base':>10}{'tuned':>10}{'change':>10}")
-    for label, attr in (("nDCG@10", "ndcg_at_10"), ("MRR@10", "mrr_at_10"), ("Recall@10", "recall_at_10"),
-                        ("Recall@100", "recall_at_100")):
+    for label, attr in (
+        ("nDCG@10", "ndcg_at_10"),
+        ("MRR@10", "mrr_at_10"),
+        ("Recall@10", "recall_at_10"),
+        ("Recall@100", "recall_at_100"),
+    ):
         a = getattr(result.base_metrics, attr)
         b = getattr(result.tuned_metrics, attr) if result.tuned_metrics else float("nan")
         print(f"{label:<12}{a:>10.4f}{b:>10.4f}{b - a:>+10.4f}")
-    print(f"prepare {t1 - t0:.0f}s, train+evaluate {t2 - t1:.0f}s, {result.steps} of {result.planned_steps} planned steps")
-    print(json.dumps({"base": result.base_metrics.to_wire(),
-                      "tuned": result.tuned_metrics.to_wire() if result.tuned_metrics else None,
-                      "validation": v.to_wire() if v else None, "steps": result.steps,
-                      "prepare_s": round(t1 - t0, 1), "train_s": round(t2 - t1, 1), "device": hw}))
+    print(
+        f"prepare {t1 - t0:.0f}s, train+evaluate {t2 - t1:.0f}s, {result.steps} of {result.planned_steps} planned steps"
+    )
+    print(
+        json.dumps(
+            {
+                "base": result.base_metrics.to_wire(),
+                "tuned": result.tuned_metrics.to_wire() if result.tuned_metrics else None,
+                "validation": v.to_wire() if v else None,
+                "steps": result.steps,
+                "prepare_s": round(t1 - t0, 1),
+                "train_s": round(t2 - t1, 1),
+                "device": hw,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

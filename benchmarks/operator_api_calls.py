@@ -73,9 +73,10 @@ COUNTER = Counter()
 
 def instrument() -> None:
     """Count the operator's requests: its kubernetes client's calls and kopf's."""
-    from embedops.handlers import executor, kube
     from kopf._cogs.clients import api as kopf_api
     from kubernetes.client import ApiClient
+
+    from embedops.handlers import executor, kube
 
     call_api = ApiClient.call_api
 
@@ -100,8 +101,9 @@ def instrument() -> None:
             return reconcile_resource(kind, namespace, name)
         finally:
             with COUNTER.lock:
-                COUNTER.reconciles.append((time.monotonic(), (kind, namespace, name),
-                                           threading.current_thread().name, COUNTER.local.writes))
+                COUNTER.reconciles.append(
+                    (time.monotonic(), (kind, namespace, name), threading.current_thread().name, COUNTER.local.writes)
+                )
             COUNTER.local.key = None
 
     executor.reconcile_resource = counted_reconcile
@@ -128,12 +130,22 @@ def setup_cluster(api) -> None:
         ext.create_custom_resource_definition(yaml.safe_load(path.read_text()))
     core = client.CoreV1Api(api)
     capacity = {"cpu": "100000", "memory": "100Ti", "pods": "100000"}
-    core.create_node({"apiVersion": "v1", "kind": "Node",
-                      "metadata": {"name": "cpu-0", "annotations": {"kwok.x-k8s.io/node": "fake"},
-                                   "labels": {"kubernetes.io/hostname": "cpu-0", "type": "kwok"}},
-                      "status": {"capacity": capacity, "allocatable": capacity}})
-    wait_for("the kwok node Ready", lambda: any(c.type == "Ready" and c.status == "True"
-                                                  for c in core.read_node("cpu-0").status.conditions or []))
+    core.create_node(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": "cpu-0",
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {"kubernetes.io/hostname": "cpu-0", "type": "kwok"},
+            },
+            "status": {"capacity": capacity, "allocatable": capacity},
+        }
+    )
+    wait_for(
+        "the kwok node Ready",
+        lambda: any(c.type == "Ready" and c.status == "True" for c in core.read_node("cpu-0").status.conditions or []),
+    )
     time.sleep(2)  # the CRDs Established
 
 
@@ -143,15 +155,30 @@ def make_namespace(api) -> str:
     core = client.CoreV1Api(api)
     name = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
-    core.create_persistent_volume({
-        "metadata": {"name": f"ws-{name}"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "hostPath": {"path": f"/tmp/embedops-ws-{name}"},
-                 "claimRef": {"namespace": name, "name": "embedops-workspace"}}})
-    core.create_namespaced_persistent_volume_claim(name, {
-        "metadata": {"name": "embedops-workspace"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"ws-{name}",
-                 "resources": {"requests": {"storage": "1Gi"}}}})
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": f"ws-{name}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/embedops-ws-{name}"},
+                "claimRef": {"namespace": name, "name": "embedops-workspace"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        name,
+        {
+            "metadata": {"name": "embedops-workspace"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": f"ws-{name}",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
     wait_for("default ServiceAccount", lambda: core.read_namespaced_service_account("default", name))
     return name
 
@@ -159,12 +186,28 @@ def make_namespace(api) -> str:
 def resources(n: int) -> list[dict[str, Any]]:
     docs = []
     for i in range(n // 2):
-        docs.append({"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset", "metadata": {"name": f"ds{i}"},
-                     "spec": {"source": {"beir": {"path": f"data/set{i}"}}}})
-        docs.append({"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": f"ix{i}"},
-                     "spec": {"model": {"name": "all-MiniLM-L6-v2"}, "source": {"datasetRef": {"name": f"ds{i}"}},
-                              "target": {"name": f"docs{i}"}, "database": {"dsnSecretRef": {"name": "pg"}},
-                              "probe": {"minRecall": 0.5}}})
+        docs.append(
+            {
+                "apiVersion": "embedops.dev/v1alpha1",
+                "kind": "EmbeddingDataset",
+                "metadata": {"name": f"ds{i}"},
+                "spec": {"source": {"beir": {"path": f"data/set{i}"}}},
+            }
+        )
+        docs.append(
+            {
+                "apiVersion": "embedops.dev/v1alpha1",
+                "kind": "EmbeddingIndex",
+                "metadata": {"name": f"ix{i}"},
+                "spec": {
+                    "model": {"name": "all-MiniLM-L6-v2"},
+                    "source": {"datasetRef": {"name": f"ds{i}"}},
+                    "target": {"name": f"docs{i}"},
+                    "database": {"dsnSecretRef": {"name": "pg"}},
+                    "probe": {"minRecall": 0.5},
+                },
+            }
+        )
     return docs
 
 
@@ -176,8 +219,10 @@ def settled(custom, ns: str, n: int) -> bool:
     ds = custom.list_namespaced_custom_object("embedops.dev", "v1alpha1", ns, "embeddingdatasets")["items"]
     ix = custom.list_namespaced_custom_object("embedops.dev", "v1alpha1", ns, "embeddingindexes")["items"]
     running = sum((d.get("status") or {}).get("phase") == "Running" for d in ds)
-    waiting = sum(any(c.get("reason") == "DependencyNotReady" for c in (x.get("status") or {}).get("conditions") or [])
-                  for x in ix)
+    waiting = sum(
+        any(c.get("reason") == "DependencyNotReady" for c in (x.get("status") or {}).get("conditions") or [])
+        for x in ix
+    )
     print(f"  settling: {running}/{n // 2} datasets Running, {waiting}/{n // 2} indexes waiting", flush=True)
     return running == n // 2 and waiting == n // 2
 
@@ -192,11 +237,17 @@ def edit_cost(custom, ns: str, kind: str, name: str, patch: dict[str, Any], rela
     time.sleep(15)
     end = time.monotonic()
     keys = {name} | related
-    mine = [r for r in COUNTER.between(start, end)
-            if r[3] is not None and r[3][1] == ns and r[3][2] in keys and r[4] != "embedops-sweep"]
+    mine = [
+        r
+        for r in COUNTER.between(start, end)
+        if r[3] is not None and r[3][1] == ns and r[3][2] in keys and r[4] != "embedops-sweep"
+    ]
     with COUNTER.lock:
-        recs = [r for r in COUNTER.reconciles if start <= r[0] < end and r[1][1] == ns and r[1][2] in keys
-                and r[2] != "embedops-sweep"]
+        recs = [
+            r
+            for r in COUNTER.reconciles
+            if start <= r[0] < end and r[1][1] == ns and r[1][2] in keys and r[2] != "embedops-sweep"
+        ]
     by = collections.Counter(f"{m} {_short(p)}" for _, m, p, _, _ in mine)
     return {"requests": len(mine), "reconciles": len(recs), "writing": sum(1 for r in recs if r[3]), "by": by}
 
@@ -217,8 +268,9 @@ def measure(api, n: int, window: float, settle: float) -> dict[str, Any]:
         custom.create_namespaced_custom_object("embedops.dev", "v1alpha1", ns, PLURALS[doc["kind"]], doc)
     print(f"N={n}: {n} resources created in {ns}", flush=True)
     started = time.monotonic()
-    with kopf.testing.KopfRunner(["run", "--standalone", "--namespace", ns, "-m", "embedops.handlers"],
-                                 timeout=120) as runner:
+    with kopf.testing.KopfRunner(
+        ["run", "--standalone", "--namespace", ns, "-m", "embedops.handlers"], timeout=120
+    ) as runner:
         wait_for("the resources to settle", lambda: settled(custom, ns, n), timeout=1800, interval=5)
         to_settle = time.monotonic() - started
         time.sleep(settle)
@@ -228,13 +280,22 @@ def measure(api, n: int, window: float, settle: float) -> dict[str, Any]:
         rest = COUNTER.between(start, end)
         minutes = (end - start) / 60
         by = collections.Counter(f"{m} {_short(p)}" for _, m, p, _, _ in rest)
-        dataset = edit_cost(custom, ns, "EmbeddingDataset", "ds0", {"spec": {"source": {"beir": {"path": "data/moved"}}}},
-                            {"ix0"})
+        dataset = edit_cost(
+            custom, ns, "EmbeddingDataset", "ds0", {"spec": {"source": {"beir": {"path": "data/moved"}}}}, {"ix0"}
+        )
         index = edit_cost(custom, ns, "EmbeddingIndex", "ix1", {"spec": {"probe": {"minRecall": 0.6}}}, set())
     assert runner.exception is None, runner.output[-3000:]
     client.CoreV1Api(api).delete_namespace(ns)
-    return {"n": n, "settle_s": to_settle, "rest": len(rest), "per_resource_minute": len(rest) / n / minutes,
-            "cpu_share": cpu / (end - start), "rest_by": by, "dataset_edit": dataset, "index_edit": index}
+    return {
+        "n": n,
+        "settle_s": to_settle,
+        "rest": len(rest),
+        "per_resource_minute": len(rest) / n / minutes,
+        "cpu_share": cpu / (end - start),
+        "rest_by": by,
+        "dataset_edit": dataset,
+        "index_edit": index,
+    }
 
 
 def main() -> None:
@@ -269,16 +330,22 @@ def main() -> None:
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     from embedops.handlers import executor
 
-    print(f"\n{args.label or 'operator'}: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"EMBEDOPS_RECONCILE_SECONDS={executor.SETTINGS.reconcile_seconds:g}, window {args.window:g} s")
-    print("| N | settled in | requests at rest | per resource per minute | operator CPU | dataset edit: "
-          "requests (reconciles, writing) | index edit: requests (reconciles, writing) |")
+    print(
+        f"\n{args.label or 'operator'}: {platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"EMBEDOPS_RECONCILE_SECONDS={executor.SETTINGS.reconcile_seconds:g}, window {args.window:g} s"
+    )
+    print(
+        "| N | settled in | requests at rest | per resource per minute | operator CPU | dataset edit: "
+        "requests (reconciles, writing) | index edit: requests (reconciles, writing) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         d, i = r["dataset_edit"], r["index_edit"]
-        print(f"| {r['n']} | {r['settle_s']:.0f} s | {r['rest']} | {r['per_resource_minute']:.2f} | "
-              f"{100 * r['cpu_share']:.0f} % | {d['requests']} ({d['reconciles']}, {d['writing']}) | "
-              f"{i['requests']} ({i['reconciles']}, {i['writing']}) |")
+        print(
+            f"| {r['n']} | {r['settle_s']:.0f} s | {r['rest']} | {r['per_resource_minute']:.2f} | "
+            f"{100 * r['cpu_share']:.0f} % | {d['requests']} ({d['reconciles']}, {d['writing']}) | "
+            f"{i['requests']} ({i['reconciles']}, {i['writing']}) |"
+        )
     for r in rows:
         print(f"N={r['n']} at rest: {dict(r['rest_by'].most_common(8))}")
         print(f"N={r['n']} dataset edit: {dict(r['dataset_edit']['by'].most_common())}")

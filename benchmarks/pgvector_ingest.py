@@ -25,21 +25,23 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
-from embedops.api.index import AnnSpec, Target
-from embedops.store import pgvector
-from embedops.store.catalog import Build
 from pgvector import Vector
 from psycopg import sql
 
+from embedops.api.index import AnnSpec, Target
+from embedops.store import pgvector
+from embedops.store.catalog import Build
 
-def _copy(conn: psycopg.Connection, table: str, ids: np.ndarray, vectors: np.ndarray, chunk: int,
-          how: str) -> tuple[float, float]:
+
+def _copy(
+    conn: psycopg.Connection, table: str, ids: np.ndarray, vectors: np.ndarray, chunk: int, how: str
+) -> tuple[float, float]:
     """Wall seconds, and CPU seconds of this (client) process: the server's work is in its own."""
     oid = conn.execute("SELECT 'bigint'::regtype::oid").fetchone()[0]
     statement = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(sql.Identifier(table))
     started, cpu = time.perf_counter(), time.process_time()
     for start in range(0, len(ids), chunk):
-        part_ids, part = ids[start:start + chunk], vectors[start:start + chunk]
+        part_ids, part = ids[start : start + chunk], vectors[start : start + chunk]
         with conn.transaction(), conn.cursor() as cur, cur.copy(statement) as copy:
             if how == "numpy":
                 copy.write(pgvector.copy_binary(part_ids, oid, part, "vector"))
@@ -69,23 +71,35 @@ def main() -> None:
     vectors = rng.normal(size=(args.rows, args.dims)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     ids = np.arange(1, args.rows + 1, dtype=np.int64)
-    print(f"{args.rows} rows x {args.dims} dims, chunks of {args.chunk}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"{args.rows} rows x {args.dims} dims, chunks of {args.chunk}; {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs"
+    )
     try:
         with pgvector.connect(dsn) as conn:
-            print(conn.execute("SELECT version()").fetchone()[0].split(",")[0],
-                  "/ pgvector", conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0])
+            print(
+                conn.execute("SELECT version()").fetchone()[0].split(",")[0],
+                "/ pgvector",
+                conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()[0],
+            )
             seconds, client = {}, {}
             for how in ("adapters", "numpy"):
                 table = f"bench_ingest_{how}"
                 conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
-                conn.execute(sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, embedding vector({}))").format(
-                    sql.Identifier(table), sql.Literal(args.dims)))
+                conn.execute(
+                    sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, embedding vector({}))").format(
+                        sql.Identifier(table), sql.Literal(args.dims)
+                    )
+                )
                 seconds[how], client[how] = _copy(conn, table, ids, vectors, args.chunk, how)
-                print(f"ingest {how:9s} {args.rows / seconds[how]:10,.0f} rows/s  ({seconds[how]:.1f} s; "
-                      f"client CPU {client[how] / args.rows * 1e6:.2f} us/row)")
-            print(f"ingest ratio numpy / adapters: {seconds['adapters'] / seconds['numpy']:.2f}x rows/s, "
-                  f"{client['adapters'] / client['numpy']:.1f}x less client CPU")
+                print(
+                    f"ingest {how:9s} {args.rows / seconds[how]:10,.0f} rows/s  ({seconds[how]:.1f} s; "
+                    f"client CPU {client[how] / args.rows * 1e6:.2f} us/row)"
+                )
+            print(
+                f"ingest ratio numpy / adapters: {seconds['adapters'] / seconds['numpy']:.2f}x rows/s, "
+                f"{client['adapters'] / client['numpy']:.1f}x less client CPU"
+            )
             for how in ("adapters", "numpy"):
                 conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(f"bench_ingest_{how}")))
             if args.skip_build:
@@ -102,18 +116,32 @@ def _builds(conn: psycopg.Connection, ids: np.ndarray, vectors: np.ndarray, chun
     seconds = {}
     for how in ("defaults", "embedops"):
         target = Target(name=f"bench_{how}")
-        rec, _ = pgvector.begin_build(conn, target, Build(model="bench", model_fingerprint="bench", dimensions=dims,
-                                                          vector_type="vector", metric="cosine", id_type="bigint",
-                                                          source=how, shards=1))
+        rec, _ = pgvector.begin_build(
+            conn,
+            target,
+            Build(
+                model="bench",
+                model_fingerprint="bench",
+                dimensions=dims,
+                vector_type="vector",
+                metric="cosine",
+                id_type="bigint",
+                source=how,
+                shards=1,
+            ),
+        )
         writer = pgvector.VersionWriter(conn, rec, 0)
         for start in range(0, len(ids), chunk):
-            writer.write(ids[start:start + chunk].tolist(), vectors[start:start + chunk])
+            writer.write(ids[start : start + chunk].tolist(), vectors[start : start + chunk])
         writer.finish()
         if how == "defaults":
             table = sql.Identifier(rec.schema, rec.table)
             started = time.perf_counter()
-            conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops) "
-                                 "WITH (m = 16, ef_construction = 64)").format(table))
+            conn.execute(
+                sql.SQL(
+                    "CREATE INDEX ON {} USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+                ).format(table)
+            )
             seconds[how] = time.perf_counter() - started
             memory = conn.execute("SHOW maintenance_work_mem").fetchone()[0]
         else:

@@ -83,8 +83,9 @@ def parse_variant(text: str) -> Variant:
 
 def load_variants(path: Path) -> list[Variant]:
     entries = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    return [Variant(str(e["name"]), tuple(f"{k}={json.dumps(v)}" for k, v in (e.get("set") or {}).items()))
-            for e in entries]
+    return [
+        Variant(str(e["name"]), tuple(f"{k}={json.dumps(v)}" for k, v in (e.get("set") or {}).items())) for e in entries
+    ]
 
 
 # -- one run, in this process or a child --------------------------------------------------------
@@ -111,21 +112,30 @@ def prepare_one(dataset: dict[str, Any], folder: str, device: str) -> dict[str, 
 
     _peak_reset(device)
     t0 = time.monotonic()
-    prepare.run(steps.PrepareStep(spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(),
-                               output_dir=Path(folder)))
+    prepare.run(
+        steps.PrepareStep(
+            spec=EmbeddingDatasetSpec.model_validate(dataset), base_dir=Path.cwd(), output_dir=Path(folder)
+        )
+    )
     return {"seconds": round(time.monotonic() - t0, 1), "peak_gib": _peak_gib(device)}
 
 
 def train_one(job: dict[str, Any], dataset_dir: str, output_dir: str, device: str) -> dict[str, Any]:
     """Train one FineTuneJob spec on a prepared dataset; its result (wire form), seconds and peak GPU memory."""
-    from embedops.api.finetune import FineTuneJobSpec
     from embedops import steps
+    from embedops.api.finetune import FineTuneJobSpec
     from embedops.workers import train
 
     _peak_reset(device)
     t0 = time.monotonic()
-    result = train.run(steps.TrainStep(spec=FineTuneJobSpec.model_validate(job), dataset_dir=Path(dataset_dir),
-                                    output_dir=Path(output_dir), device=device))
+    result = train.run(
+        steps.TrainStep(
+            spec=FineTuneJobSpec.model_validate(job),
+            dataset_dir=Path(dataset_dir),
+            output_dir=Path(output_dir),
+            device=device,
+        )
+    )
     return {"result": result.to_wire(), "seconds": round(time.monotonic() - t0, 1), "peak_gib": _peak_gib(device)}
 
 
@@ -151,8 +161,16 @@ def _map(fn, calls: list[tuple], workers: int) -> list[Any]:
         return list(pool.map(fn, *zip(*calls, strict=True)))
 
 
-def sweep(beir: Path, variants: Sequence[Variant], *, common: Sequence[str] = (), work: Path, device: str,
-          parallel: int | None = None, gib_per_run: float = 10.0) -> list[Row]:
+def sweep(
+    beir: Path,
+    variants: Sequence[Variant],
+    *,
+    common: Sequence[str] = (),
+    work: Path,
+    device: str,
+    parallel: int | None = None,
+    gib_per_run: float = 10.0,
+) -> list[Row]:
     """Prepare each distinct dataset once, train every variant, and return one row per variant."""
     planned = [(v, *specs(beir, [*common, *v.overrides])) for v in variants]
     datasets: dict[str, dict[str, Any]] = {}
@@ -163,25 +181,40 @@ def sweep(beir: Path, variants: Sequence[Variant], *, common: Sequence[str] = ()
     n = slots(device, len(datasets), parallel, gib_per_run)
     prepared = dict(zip(datasets, _map(prepare_one, [(d, folder[k], device) for k, d in datasets.items()], n)))
     n = slots(device, len(planned), parallel, gib_per_run)
-    calls = [(job, folder[json.dumps(dataset, sort_keys=True)], str(work / f"job-{i}"), device)
-             for i, (_, dataset, job) in enumerate(planned)]
+    calls = [
+        (job, folder[json.dumps(dataset, sort_keys=True)], str(work / f"job-{i}"), device)
+        for i, (_, dataset, job) in enumerate(planned)
+    ]
     trained = _map(train_one, calls, n)
 
     hw, rows = device_name(device), []
     for (variant, dataset, _), run in zip(planned, trained, strict=True):
         prep, result = prepared[json.dumps(dataset, sort_keys=True)], run["result"]
         peaks = [p for p in (prep["peak_gib"], run["peak_gib"]) if p is not None]
-        rows.append(Row(variant=variant.name, base=result["baseMetrics"], tuned=result.get("tunedMetrics"),
-                        validation=result.get("validation"), steps=result["steps"],
-                        planned_steps=result.get("plannedSteps"), prepare_s=prep["seconds"], train_s=run["seconds"],
-                        device=hw, peak_gib=max(peaks) if peaks else None, overrides=[*common, *variant.overrides]))
+        rows.append(
+            Row(
+                variant=variant.name,
+                base=result["baseMetrics"],
+                tuned=result.get("tunedMetrics"),
+                validation=result.get("validation"),
+                steps=result["steps"],
+                planned_steps=result.get("plannedSteps"),
+                prepare_s=prep["seconds"],
+                train_s=run["seconds"],
+                device=hw,
+                peak_gib=max(peaks) if peaks else None,
+                overrides=[*common, *variant.overrides],
+            )
+        )
     return rows
 
 
 def table(rows: Sequence[Row]) -> str:
     """One line per variant (and the base model's first), fixed-width."""
-    head = (f"{'variant':<22}{'nDCG@10':>9}{'MRR@10':>8}{'R@10':>7}{'R@100':>7}{'val best':>15}{'steps':>11}"
-            f"{'prep s':>8}{'train s':>9}  gpu")
+    head = (
+        f"{'variant':<22}{'nDCG@10':>9}{'MRR@10':>8}{'R@10':>7}{'R@100':>7}{'val best':>15}{'steps':>11}"
+        f"{'prep s':>8}{'train s':>9}  gpu"
+    )
 
     def metrics(m: dict[str, Any] | None) -> str:
         if m is None:
@@ -193,21 +226,29 @@ def table(rows: Sequence[Row]) -> str:
         v = r.validation
         best = f"{v['bestNdcgAt10']:.4f}@{v['bestStep']}" if v and v.get("bestNdcgAt10") is not None else "-"
         gpu = r.device + (f", {r.peak_gib} GiB" if r.peak_gib is not None else "")
-        lines.append(f"{r.variant:<22}{metrics(r.tuned)}{best:>15}{f'{r.steps}/{r.planned_steps}':>11}"
-                     f"{r.prepare_s:>8.0f}{r.train_s:>9.0f}  {gpu}")
+        lines.append(
+            f"{r.variant:<22}{metrics(r.tuned)}{best:>15}{f'{r.steps}/{r.planned_steps}':>11}"
+            f"{r.prepare_s:>8.0f}{r.train_s:>9.0f}  {gpu}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("beir", type=Path, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME[: PATH=VALUE, ...]",
-                    help=f"a variant (default: the built-in ones, {', '.join(BUILT_IN)}); a built-in name alone is it")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME[: PATH=VALUE, ...]",
+        help=f"a variant (default: the built-in ones, {', '.join(BUILT_IN)}); a built-in name alone is it",
+    )
     ap.add_argument("--variants", type=Path, help="YAML list of {name, set: {PATH: VALUE}}")
     ap.add_argument("--set", action="append", default=[], metavar="PATH=VALUE", help="override for every variant")
     ap.add_argument("--device", help="torch device (default: cuda if available)")
-    ap.add_argument("--parallel", type=int, help="at most this many runs at once (default: as memory allows on a "
-                                                 "GPU, 1 on a CPU)")
+    ap.add_argument(
+        "--parallel", type=int, help="at most this many runs at once (default: as memory allows on a GPU, 1 on a CPU)"
+    )
     ap.add_argument("--gib-per-run", type=float, default=10.0, help="GPU memory set aside per run (default: 10)")
     ap.add_argument("--work", type=Path, help="keep outputs here (default: a temporary folder)")
     ap.add_argument("--json", type=Path, help="also write the rows here")
@@ -215,8 +256,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
 
     from embedops import modelzoo
 
-    variants = [Variant(v.name, tuple(BUILT_IN[v.name])) if v.name in BUILT_IN and not v.overrides else v
-                for v in map(parse_variant, args.variant)]
+    variants = [
+        Variant(v.name, tuple(BUILT_IN[v.name])) if v.name in BUILT_IN and not v.overrides else v
+        for v in map(parse_variant, args.variant)
+    ]
     if args.variants:
         variants += load_variants(args.variants)
     variants = variants or [Variant(name, tuple(o)) for name, o in BUILT_IN.items()]
@@ -224,8 +267,15 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         raise SystemExit("variant names must be unique")
     work = args.work or Path(tempfile.mkdtemp(prefix="embedops-sweep-"))
     device = args.device or modelzoo.default_device()
-    rows = sweep(args.beir, variants, common=args.set, work=work, device=device, parallel=args.parallel,
-                 gib_per_run=args.gib_per_run)
+    rows = sweep(
+        args.beir,
+        variants,
+        common=args.set,
+        work=work,
+        device=device,
+        parallel=args.parallel,
+        gib_per_run=args.gib_per_run,
+    )
     print(f"\n{args.beir}: {len(rows)} variants; overrides for all: {args.set or 'none'}; outputs in {work}")
     print(table(rows))
     if args.json:

@@ -48,19 +48,24 @@ def prepared_dataset(model_path: str, folder: Path, pairs: int, tokens: int) -> 
     docs = iter(synthetic_docs(model_path, pairs * (1 + NEGATIVES), tokens))
     examples = [TrainExample(query=q, positive=next(docs), negatives=tuple(islice(docs, NEGATIVES))) for q in queries]
     corpus = [Doc(id=f"d{i}", text=e.positive) for i, e in enumerate(examples[:20])]
-    write_prepared(folder, corpus=corpus, train=examples,
-                   test_queries={f"q{i}": e.query for i, e in enumerate(examples[:10])},
-                   test_qrels={f"q{i}": {f"d{i}": 1} for i in range(10)})
+    write_prepared(
+        folder,
+        corpus=corpus,
+        train=examples,
+        test_queries={f"q{i}": e.query for i, e in enumerate(examples[:10])},
+        test_qrels={f"q{i}": {f"d{i}": 1} for i in range(10)},
+    )
     return folder
 
 
 def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]:
     """Pairs/s of forward, loss, backward and optimizer step alone, on batches already on the device."""
     import torch
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+
     from embedops import modelzoo
     from embedops.prepared import PreparedDataset
     from embedops.workers import train
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
 
     model = modelzoo.load(model_path, device=device, max_seq_length=args.max_seq_length)
     examples = PreparedDataset(dataset).train_examples()
@@ -68,11 +73,15 @@ def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]
     tokenize = getattr(model, "preprocess", None) or model.tokenize
     batches = []
     for start in range(0, min(len(examples), 8 * args.batch_size), args.batch_size):
-        rows = examples[start:start + args.batch_size]
-        columns = [[e.query for e in rows], [e.positive for e in rows],
-                   *([e.negatives[k] for e in rows] for k in range(NEGATIVES))]
-        batches.append([{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tokenize(c).items()}
-                        for c in columns])
+        rows = examples[start : start + args.batch_size]
+        columns = [
+            [e.query for e in rows],
+            [e.positive for e in rows],
+            *([e.negatives[k] for e in rows] for k in range(NEGATIVES)),
+        ]
+        batches.append(
+            [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tokenize(c).items()} for c in columns]
+        )
     model.train()  # dropout on, as the trainer has it
     loss = MultipleNegativesRankingLoss(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-5, fused=True)
@@ -100,10 +109,11 @@ def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]
 
 def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
     """Pairs/s of the train worker, from the trainer's set-up to its last step."""
-    from embedops.api.finetune import FineTuneJobSpec
-    from embedops import steps
-    from embedops.workers import train
     from transformers import TrainerCallback
+
+    from embedops import steps
+    from embedops.api.finetune import FineTuneJobSpec
+    from embedops.workers import train
 
     class Clock(TrainerCallback):
         def on_init_end(self, args, state, control, **kwargs):
@@ -112,11 +122,14 @@ def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds, self.steps = time.perf_counter() - self.started, state.global_step
 
-    spec = FineTuneJobSpec.model_validate({
-        "datasetRef": {"name": "bench"}, "baseModel": model_path,
-        "training": {"epochs": 1, "batchSize": args.batch_size, "maxSeqLength": args.max_seq_length},
-        "evaluation": {"maxQueries": 10},
-    })
+    spec = FineTuneJobSpec.model_validate(
+        {
+            "datasetRef": {"name": "bench"},
+            "baseModel": model_path,
+            "training": {"epochs": 1, "batchSize": args.batch_size, "maxSeqLength": args.max_seq_length},
+            "evaluation": {"maxQueries": 10},
+        }
+    )
     found = []
     for run in range(args.repeat):
         clock = Clock()
@@ -153,15 +166,21 @@ def main() -> None:
     model_path = build_model(args.shape, work, args.max_seq_length)
     dataset = prepared_dataset(model_path, work / "dataset", args.pairs, args.tokens)
     what = torch.cuda.get_device_name() if device == "cuda" else f"{platform.machine()} CPU"
-    print(f"{args.shape} on {what} ({len(os.sched_getaffinity(0))} CPUs); {args.pairs} pairs of a ~16-token query, "
-          f"a positive and {NEGATIVES} negatives of ~{args.tokens} tokens, batch {args.batch_size}, max length "
-          f"{args.max_seq_length}; torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"sentence-transformers {sentence_transformers.__version__}")
+    print(
+        f"{args.shape} on {what} ({len(os.sched_getaffinity(0))} CPUs); {args.pairs} pairs of a ~16-token query, "
+        f"a positive and {NEGATIVES} negatives of ~{args.tokens} tokens, batch {args.batch_size}, max length "
+        f"{args.max_seq_length}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"sentence-transformers {sentence_transformers.__version__}"
+    )
 
     limit = step_limit(model_path, dataset, args, device)
     report("model step limit", limit, max(limit), "(forward, loss, backward, AdamW; pre-tokenized, on the device)")
-    report("train worker", worker(model_path, dataset, args, device), max(limit),
-           f"({args.pairs // args.batch_size} steps, set-up included)")
+    report(
+        "train worker",
+        worker(model_path, dataset, args, device),
+        max(limit),
+        f"({args.pairs // args.batch_size} steps, set-up included)",
+    )
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _selectors(expr: str) -> list[tuple[str, set[str]]]:
     found = []
     for m in re.finditer(r"(?<![\w:.$])([a-zA-Z_:][\w:]*)\s*(\{[^}]*\})?", expr):
         name, matchers = m.group(1), m.group(2) or ""
-        if name in _KEYWORDS or re.match(r"\s*\(", expr[m.end(1):]):  # keywords and function calls
+        if name in _KEYWORDS or re.match(r"\s*\(", expr[m.end(1) :]):  # keywords and function calls
             continue
         found.append((name, set(re.findall(r"(\w+)\s*(?:=~|!~|!=|=)", matchers))))
     return found
@@ -143,11 +143,21 @@ def test_rules_only_use_documented_metrics_and_labels():
             assert name in documented, f"{rule.get('alert') or rule.get('record')}: {name} is not in docs/metrics.md"
             assert labels <= documented[name], f"{name}: labels {labels - documented[name]} are not documented"
     # The tokenizer must see the metrics each alert is about (guards the check above).
-    assert {"embedops_index_probe_recall", "embedops_index_min_recall", "embedops_index_live_version",
-            "embedops_index_drift_score", "embedops_index_drift_threshold", "embedops_index_reindex_rows",
-            "embedops_index_probe_timestamp_seconds", "embedops_resource_failed", "embedops_resource_condition",
-            "embedops_resource_condition_reason", "embedops_index_gate_failures_total", "embedops_reconcile_total",
-            "up"} <= seen
+    assert {
+        "embedops_index_probe_recall",
+        "embedops_index_min_recall",
+        "embedops_index_live_version",
+        "embedops_index_drift_score",
+        "embedops_index_drift_threshold",
+        "embedops_index_reindex_rows",
+        "embedops_index_probe_timestamp_seconds",
+        "embedops_resource_failed",
+        "embedops_resource_condition",
+        "embedops_resource_condition_reason",
+        "embedops_index_gate_failures_total",
+        "embedops_reconcile_total",
+        "up",
+    } <= seen
 
 
 def _grouping_labels(expr: str) -> set[str]:
@@ -188,8 +198,10 @@ def test_alerts_about_a_resource_carry_its_labels():
 
 
 def test_selector_parser():
-    expr = ('max by (namespace, index) (last_over_time(embedops_index_min_recall[5m])) and on (namespace) '
-            'count_values by (namespace) ("version", foo:bar) or up{job=~".*x.*"} == 0 offset 2h and time() > 3')
+    expr = (
+        "max by (namespace, index) (last_over_time(embedops_index_min_recall[5m])) and on (namespace) "
+        'count_values by (namespace) ("version", foo:bar) or up{job=~".*x.*"} == 0 offset 2h and time() > 3'
+    )
     assert _selectors(expr) == [("embedops_index_min_recall", set()), ("foo:bar", set()), ("up", {"job"})]
 
 

@@ -24,27 +24,42 @@ def _train_step(owner: Owner = OWNER, **overrides) -> WorkerStep:
 
 
 def _embed_step(owner: Owner = OWNER, shards: int = 1, **overrides) -> WorkerStep:
-    config = steps.EmbedStep(target={"name": "docs"}, source={"table": {"table": "docs"}}, model="m",
-                             embedding={"shards": shards})
+    config = steps.EmbedStep(
+        target={"name": "docs"}, source={"table": {"table": "docs"}}, model="m", embedding={"shards": shards}
+    )
     return WorkerStep(owner=owner, key="k", config=config, **overrides)
 
 
 def test_training_job_requests_gpus_and_passes_scheduling_through():
-    scheduling = Scheduling.model_validate({
-        "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
-        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
-        "priorityClassName": "ml-batch", "queueName": "team-a-gpus", "backoffLimit": 4,
-        "activeDeadlineSeconds": 7200, "ttlSecondsAfterFinished": 600, "suspend": True,
-        "serviceAccountName": "trainer",
-    })
-    job = worker_job(_train_step(gpus=2, scheduling=scheduling,
-                                        resources=Resources(cpu="8", memory="32Gi")), SETTINGS)
+    scheduling = Scheduling.model_validate(
+        {
+            "nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+                        ]
+                    }
+                }
+            },
+            "priorityClassName": "ml-batch",
+            "queueName": "team-a-gpus",
+            "backoffLimit": 4,
+            "activeDeadlineSeconds": 7200,
+            "ttlSecondsAfterFinished": 600,
+            "suspend": True,
+            "serviceAccountName": "trainer",
+        }
+    )
+    job = worker_job(_train_step(gpus=2, scheduling=scheduling, resources=Resources(cpu="8", memory="32Gi")), SETTINGS)
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert container["resources"] == {"requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
-                                      "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}}
+    assert container["resources"] == {
+        "requests": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
+        "limits": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"},
+    }
     assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
     assert pod["affinity"] == scheduling.affinity
     assert pod["priorityClassName"] == "ml-batch"
@@ -53,7 +68,11 @@ def test_training_job_requests_gpus_and_passes_scheduling_through():
     assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in pod["tolerations"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert (spec["backoffLimit"], spec["activeDeadlineSeconds"], spec["ttlSecondsAfterFinished"], spec["suspend"]) == (
-        4, 7200, 600, True)
+        4,
+        7200,
+        600,
+        True,
+    )
     assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a-gpus"
     # Kueue reads the label from the Job; the pods do not need it.
     assert "kueue.x-k8s.io/queue-name" not in spec["template"]["metadata"]["labels"]
@@ -66,9 +85,16 @@ def test_job_identity_owner_labels_and_command():
     assert meta["name"] == worker_job(_train_step(), SETTINGS)["metadata"]["name"]  # deterministic
     assert meta["name"].startswith("scifact-minilm-train-") and len(meta["name"]) <= 63
     assert meta["namespace"] == "team-a"
-    assert meta["ownerReferences"] == [{"apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob",
-                                        "name": "scifact-minilm", "uid": OWNER.uid, "controller": True,
-                                        "blockOwnerDeletion": True}]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "embedops.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "scifact-minilm",
+            "uid": OWNER.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     labels = meta["labels"]
     assert labels["app.kubernetes.io/managed-by"] == "embedops"
     assert labels["app.kubernetes.io/instance"] == "scifact-minilm"
@@ -128,8 +154,9 @@ def test_worker_pods_run_locked_down_with_the_workspace_mounted():
 
 
 def test_settings_from_environment():
-    s = OperatorSettings.from_env({"EMBEDOPS_WORKER_IMAGE": "x/y:1", "EMBEDOPS_RECONCILE_SECONDS": "2",
-                                   "UNRELATED": "z"})
+    s = OperatorSettings.from_env(
+        {"EMBEDOPS_WORKER_IMAGE": "x/y:1", "EMBEDOPS_RECONCILE_SECONDS": "2", "UNRELATED": "z"}
+    )
     assert s.worker_image == "x/y:1" and s.reconcile_seconds == 2.0
 
 

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_derived_chart_files_are_up_to_date():
-    done = subprocess.run([sys.executable, "hack/gen_chart.py", "--check"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "hack/gen_chart.py", "--check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -24,8 +25,10 @@ def test_argo_cd_values_carry_the_health_script_for_each_kind():
     chart = ROOT / "charts" / "embedops"
     cm = yaml.safe_load((chart / "files" / "argocd" / "argo-cd-values.yaml").read_text())["configs"]["cm"]
     script = (chart / "files" / "argocd" / "health.lua").read_text()
-    assert cm == {f"resource.customizations.health.embedops.dev_{kind}": script
-                  for kind in ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex")}
+    assert cm == {
+        f"resource.customizations.health.embedops.dev_{kind}": script
+        for kind in ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex")
+    }
 
 
 def test_default_values_fit_the_schema_and_every_value_is_described():
@@ -42,5 +45,14 @@ def test_default_values_fit_the_schema_and_every_value_is_described():
     jsonschema.Draft7Validator(schema).validate(values)
     rows = gen_chart._rows(schema, values, "", schema["definitions"])
     assert [name for name, _, text in rows if not text] == []
-    assert {"image.digest", "worker.resources.cpu", "worker.resources.memory", "extraEnv", "podSecurityContext",
-            "securityContext", "nameOverride", "fullnameOverride", "rbac.aggregateClusterRoles"} <= {r[0] for r in rows}
+    assert {
+        "image.digest",
+        "worker.resources.cpu",
+        "worker.resources.memory",
+        "extraEnv",
+        "podSecurityContext",
+        "securityContext",
+        "nameOverride",
+        "fullnameOverride",
+        "rbac.aggregateClusterRoles",
+    } <= {r[0] for r in rows}

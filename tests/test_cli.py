@@ -56,8 +56,10 @@ def test_validate_says_what_a_cluster_would_refuse(capsys):
     assert "the operator must watch each resource's namespace" in out
     # The local quickstart runs here, not as is on a cluster: its index names no database Secret.
     assert main(["validate", "--cluster", "-f", str(QUICKSTART)]) == 2
-    assert "EmbeddingIndex/default/scifact-docs: spec.database.dsnSecretRef is required in a cluster" in \
-        capsys.readouterr().err
+    assert (
+        "EmbeddingIndex/default/scifact-docs: spec.database.dsnSecretRef is required in a cluster"
+        in capsys.readouterr().err
+    )
 
 
 def test_other_kinds_beside_the_manifests_are_left_to_kubectl():

@@ -18,7 +18,7 @@ def _lua_set(name: str) -> set[str]:
 
 
 def _status_section() -> str:
-    return DOCS[DOCS.index("## Status"):DOCS.index("## Deletion")]
+    return DOCS[DOCS.index("## Status") : DOCS.index("## Deletion")]
 
 
 def test_the_health_check_knows_the_terminal_reasons_and_the_publish_notes():

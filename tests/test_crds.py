@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
+
 from embedops.api import crd as crdgen
 from embedops.api.common import API_VERSION, GROUP, VERSION
 from embedops.api.kinds import KINDS, InvalidResource, Kind, parse_manifest
-from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 Schema = dict[str, Any]
@@ -39,20 +40,81 @@ _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 # Everything else — $ref, $defs, definitions, anyOf/oneOf/allOf/not, title, default, nullable,
 # const, uniqueItems, format — is either not structural or not something the generator should emit.
 _KEYWORDS = {
-    "type", "description", "properties", "required", "items", "additionalProperties", "enum",
-    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
-    "minLength", "maxLength", "pattern", "minItems", "maxItems", "minProperties", "maxProperties",
+    "type",
+    "description",
+    "properties",
+    "required",
+    "items",
+    "additionalProperties",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
 }
 _ENUM_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool}
 # CEL keywords; Kubernetes makes properties with these names reachable only as `__name__`.
 _CEL_RESERVED = {
-    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
-    "import", "let", "loop", "package", "namespace", "return", "var", "void", "while",
+    "true",
+    "false",
+    "null",
+    "in",
+    "as",
+    "break",
+    "const",
+    "continue",
+    "else",
+    "for",
+    "function",
+    "if",
+    "import",
+    "let",
+    "loop",
+    "package",
+    "namespace",
+    "return",
+    "var",
+    "void",
+    "while",
 }
 # Short names kubectl already resolves; ours must not shadow them.
 _BUILTIN_SHORT_NAMES = {
-    "cm", "cs", "csr", "crd", "crds", "deploy", "ds", "ep", "eps", "ev", "hpa", "ing", "limits", "netpol",
-    "no", "ns", "pc", "pdb", "po", "pv", "pvc", "quota", "rc", "rs", "sa", "sc", "sts", "svc",
+    "cm",
+    "cs",
+    "csr",
+    "crd",
+    "crds",
+    "deploy",
+    "ds",
+    "ep",
+    "eps",
+    "ev",
+    "hpa",
+    "ing",
+    "limits",
+    "netpol",
+    "no",
+    "ns",
+    "pc",
+    "pdb",
+    "po",
+    "pv",
+    "pvc",
+    "quota",
+    "rc",
+    "rs",
+    "sa",
+    "sc",
+    "sts",
+    "svc",
 }
 
 
@@ -162,8 +224,12 @@ def test_crd_envelope(crds, kind: Kind):
     spec = crd["spec"]
     assert spec["group"] == GROUP and spec["scope"] == "Namespaced"
     assert spec["names"] == {
-        "kind": kind.kind, "listKind": f"{kind.kind}List", "plural": kind.plural, "singular": kind.singular,
-        "shortNames": list(kind.short_names), "categories": ["embedops"],
+        "kind": kind.kind,
+        "listKind": f"{kind.kind}List",
+        "plural": kind.plural,
+        "singular": kind.singular,
+        "shortNames": list(kind.short_names),
+        "categories": ["embedops"],
     }
     (version,) = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == (VERSION, True, True)
@@ -289,8 +355,13 @@ def test_maps_and_passthrough_objects(crds):
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_]+)(\[\?\(@\.([A-Za-z0-9_]+)==\"[^\"]*\"\)\])?")
 # Filled in by the API server's ObjectMeta, which the CRD schema does not describe.
 _METADATA = {".metadata.creationTimestamp": "string", ".metadata.name": "string", ".metadata.namespace": "string"}
-_COLUMN_TYPES = {"integer": {"integer"}, "number": {"number", "integer"}, "string": {"string"},
-                 "boolean": {"boolean"}, "date": {"string"}}
+_COLUMN_TYPES = {
+    "integer": {"integer"},
+    "number": {"number", "integer"},
+    "string": {"string"},
+    "boolean": {"boolean"},
+    "date": {"string"},
+}
 
 
 def _column_target(root: Schema, path: str) -> Schema:
@@ -321,7 +392,11 @@ def test_printer_columns_point_at_fields_of_their_type(crds, kind: Kind):
 # --- CEL rules ------------------------------------------------------------------------------------
 
 _EXPECTED_RULES = [
-    ("EmbeddingDataset", "spec.source", "[has(self.beir), has(self.pairs), has(self.postgres)].filter(x, x).size() == 1"),
+    (
+        "EmbeddingDataset",
+        "spec.source",
+        "[has(self.beir), has(self.pairs), has(self.postgres)].filter(x, x).size() == 1",
+    ),
     ("EmbeddingIndex", "spec.model", "[has(self.fineTuneJobRef), has(self.name)].filter(x, x).size() == 1"),
     ("EmbeddingIndex", "spec.source", "[has(self.table), has(self.datasetRef)].filter(x, x).size() == 1"),
     ("EmbeddingIndex", "spec.target", "self == oldSelf"),
@@ -355,11 +430,15 @@ def _rule_problems(root: Schema) -> list[str]:
             # The API server refuses rules whose estimated cost is unbounded: every list or map the
             # rule runs once per element of (its ancestors), or walks (what it reads beyond `has()`),
             # needs a size bound.
-            walked = [node] if re.search(r"\b(?:self|oldSelf)\b(?!\.)", text) else [
-                node["properties"][name]
-                for name in re.findall(r"(?<!has\()\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", text)
-                if name in node.get("properties", {})
-            ]
+            walked = (
+                [node]
+                if re.search(r"\b(?:self|oldSelf)\b(?!\.)", text)
+                else [
+                    node["properties"][name]
+                    for name in re.findall(r"(?<!has\()\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", text)
+                    if name in node.get("properties", {})
+                ]
+            )
             for sized in [*parents, *(n for w in walked for _, n, _ in _nodes(w))]:
                 if sized.get("type") == "array" and "maxItems" not in sized:
                     problems.append(f"{where}: a list around or under a CEL rule needs maxItems")
@@ -375,12 +454,20 @@ def test_cel_rules_name_real_fields_and_have_bounded_cost(crds, kind: Kind):
 
 def test_rule_check_catches_unbounded_lists_and_typos():
     root = {
-        "type": "object", "description": "d",
-        "properties": {"items": {
-            "type": "array", "description": "d",
-            "items": {"type": "object", "description": "d", "properties": {"a": {"type": "string", "description": "d"}},
-                      "x-kubernetes-validations": [{"rule": "has(self.b) || self.a == oldSelf.a", "message": "m"}]},
-        }},
+        "type": "object",
+        "description": "d",
+        "properties": {
+            "items": {
+                "type": "array",
+                "description": "d",
+                "items": {
+                    "type": "object",
+                    "description": "d",
+                    "properties": {"a": {"type": "string", "description": "d"}},
+                    "x-kubernetes-validations": [{"rule": "has(self.b) || self.a == oldSelf.a", "message": "m"}],
+                },
+            }
+        },
     }
     problems = "\n".join(_rule_problems(root))
     assert "names 'b'" in problems and "needs maxItems" in problems and "transition rule under a list" in problems
@@ -418,12 +505,15 @@ def test_examples_are_valid_for_the_crd_schema(crds, where: str, doc: Schema):
 
 
 @_needs_examples
-@pytest.mark.parametrize("path, value", [
-    ("training.epochs", 0),
-    ("training.learningRate", 0),
-    ("training.precision", "int8"),
-    ("datasetRef.name", "Not_A_Name"),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        ("training.epochs", 0),
+        ("training.learningRate", 0),
+        ("training.precision", "int8"),
+        ("datasetRef.name", "Not_A_Name"),
+    ],
+)
 def test_crd_schema_and_model_reject_the_same_values(crds, path: str, value: Any):
     jsonschema = pytest.importorskip("jsonschema")
     jobs = [d for _, d in _EXAMPLES if d["kind"] == "FineTuneJob"]

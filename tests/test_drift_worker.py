@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+
 from embedops import steps
 from embedops.store import pgvector
 from embedops.workers import drift, embed
@@ -45,7 +46,7 @@ def test_mmd_matches_the_quadratic_formula():
     gamma = 1 / np.median(np.sqrt(d_xy)) ** 2
     k = lambda a, b: np.exp(-gamma * ((a[:, None] - b[None]) ** 2).sum(-1))  # noqa: E731
     kxx, kyy = k(x, x), k(y, y)
-    expected = ((kxx.sum() - 30) / (30 * 29) + (kyy.sum() - 20) / (20 * 19) - 2 * k(x, y).mean())
+    expected = (kxx.sum() - 30) / (30 * 29) + (kyy.sum() - 20) / (20 * 19) - 2 * k(x, y).mean()
     assert drift.mmd2_unbiased(x, y) == pytest.approx(expected, rel=1e-9)
 
 
@@ -61,8 +62,13 @@ def test_mismatched_widths_are_rejected():
         drift.drift_scores(np.zeros((5, 3)), np.zeros((5, 4)))
 
 
-TOPICS = ["weather forecast rain wind", "football match goal referee", "stock market shares bank",
-          "recipe oven flour sugar", "guitar concert melody drums"]
+TOPICS = [
+    "weather forecast rain wind",
+    "football match goal referee",
+    "stock market shares bank",
+    "recipe oven flour sugar",
+    "guitar concert melody drums",
+]
 
 
 def test_the_worker_sees_no_drift_on_unchanged_text_and_drift_on_rewritten_text(dsn, tiny_model_dir):
@@ -74,8 +80,9 @@ def test_the_worker_sees_no_drift_on_unchanged_text_and_drift_on_rewritten_text(
     built = embed.run(steps.EmbedStep(target=target, source=source, model=str(tiny_model_dir), device="cpu"), dsn=dsn)
     with pgvector.connect(dsn) as conn:
         pgvector.cutover(conn, steps.EmbedStep(target=target, source=source, model="m").target, built.version)
-    config = steps.DriftStep(target=target, source=source, model=str(tiny_model_dir), drift={"sampleSize": 120},
-                          seed=7, device="cpu")
+    config = steps.DriftStep(
+        target=target, source=source, model=str(tiny_model_dir), drift={"sampleSize": 120}, seed=7, device="cpu"
+    )
 
     unchanged = drift.run(config, dsn=dsn)
     assert (unchanged.version, unchanged.reference_rows, unchanged.current_rows) == (built.version, 120, 120)
@@ -101,8 +108,17 @@ def test_drift_encodes_with_the_index_embedding_settings(dsn, tiny_model_dir, tm
     write_prepared(tmp_path / "ds", corpus=corpus, train=[], test_queries={}, test_qrels={})
     target, source = {"name": "notes_index"}, {"datasetRef": {"name": "ds"}}
     embedding = {"batchSize": 7, "maxSeqLength": 24}
-    built = embed.run(steps.EmbedStep(target=target, source=source, dataset_dir=tmp_path / "ds", embedding=embedding,
-                                   model=str(tiny_model_dir), device="cpu"), dsn=dsn)
+    built = embed.run(
+        steps.EmbedStep(
+            target=target,
+            source=source,
+            dataset_dir=tmp_path / "ds",
+            embedding=embedding,
+            model=str(tiny_model_dir),
+            device="cpu",
+        ),
+        dsn=dsn,
+    )
     seen = []
 
     class Spy(encoder.Encoder):
@@ -111,9 +127,17 @@ def test_drift_encodes_with_the_index_embedding_settings(dsn, tiny_model_dir, tm
             super().__init__(model, **kwargs)
 
     monkeypatch.setattr(encoder, "Encoder", Spy)
-    config = steps.DriftStep(target=target, version=built.version, source=source, dataset_dir=tmp_path / "ds",
-                          model=str(tiny_model_dir), drift={"sampleSize": 40}, embedding=embedding, seed=3,
-                          device="cpu")
+    config = steps.DriftStep(
+        target=target,
+        version=built.version,
+        source=source,
+        dataset_dir=tmp_path / "ds",
+        model=str(tiny_model_dir),
+        drift={"sampleSize": 40},
+        embedding=embedding,
+        seed=3,
+        device="cpu",
+    )
     unchanged = drift.run(config, dsn=dsn)
     assert seen == [(7, 24)]
     # The corpus as it was embedded: the same vectors, whichever sample is drawn.

@@ -5,14 +5,15 @@ from __future__ import annotations
 import numpy as np
 import psycopg
 import pytest
+from pydantic import ValidationError
+
 from embedops import modelzoo, steps
 from embedops.prepared import Doc, write_prepared
 from embedops.store import catalog, pgvector
 from embedops.workers import documents, embed
-from pydantic import ValidationError
 
 ROWS = 300
-WORDS = "river stone cloud market engine garden violin harbor pepper lantern quartz meadow".split()
+WORDS = ["river", "stone", "cloud", "market", "engine", "garden", "violin", "harbor", "pepper", "lantern", "quartz", "meadow"]
 
 
 def text_of(i: int) -> str:
@@ -109,8 +110,7 @@ def test_a_killed_run_resumes_after_its_last_committed_chunk(source, tiny_model_
 def test_two_shards_split_the_corpus_exactly(source, tiny_model_dir):
     first = embed.run(config(tiny_model_dir, shard=0, embedding={"commitRows": 50, "shards": 2}), dsn=source)
     assert (first.state, first.rows) == ("Building", first.shard_rows)
-    second = embed.run(config(tiny_model_dir, shard=1, embedding={"commitRows": 50, "shards": 2}),
-                       dsn=source)
+    second = embed.run(config(tiny_model_dir, shard=1, embedding={"commitRows": 50, "shards": 2}), dsn=source)
 
     assert (second.version, second.state, second.rows) == (first.version, "Ready", ROWS)
     assert first.shard_rows + second.shard_rows == ROWS and 0 < first.shard_rows < ROWS
@@ -124,17 +124,22 @@ def test_two_shards_split_the_corpus_exactly(source, tiny_model_dir):
 def test_a_dataset_corpus_with_halfvec_ivfflat_and_l2(tmp_path, dsn, tiny_model_dir, tiny_model):
     docs = [Doc(id=f"d{i}", text=text_of(i), title="T" if i % 2 else "") for i in range(120)]
     write_prepared(tmp_path / "ds", corpus=docs, train=[], test_queries={}, test_qrels={})
-    cfg = config(tiny_model_dir, source={"datasetRef": {"name": "ds"}}, datasetDir=str(tmp_path / "ds"),
-                 ann={"method": "ivfflat", "vectorType": "halfvec", "metric": "l2"},
-                 embedding={"commitRows": 50, "shards": 2})
+    cfg = config(
+        tiny_model_dir,
+        source={"datasetRef": {"name": "ds"}},
+        datasetDir=str(tmp_path / "ds"),
+        ann={"method": "ivfflat", "vectorType": "halfvec", "metric": "l2"},
+        embedding={"commitRows": 50, "shards": 2},
+    )
     results = [embed.run(cfg.model_copy(update={"shard": s}), dsn=dsn) for s in (0, 1)]
 
     assert [r.state for r in results] == ["Building", "Ready"] and results[1].rows == 120
     vectors = stored(dsn, results[1].table)
     assert sorted(vectors) == sorted(d.id for d in docs)
     expected = tiny_model.encode([d.full_text for d in docs[:10]], normalize_embeddings=False)
-    np.testing.assert_allclose(np.stack([vectors[d.id] for d in docs[:10]]).astype(np.float32), expected,
-                               rtol=2e-3, atol=2e-3)  # halfvec keeps about three digits
+    np.testing.assert_allclose(
+        np.stack([vectors[d.id] for d in docs[:10]]).astype(np.float32), expected, rtol=2e-3, atol=2e-3
+    )  # halfvec keeps about three digits
     assert documents.in_shard("d1", 0, 2) != documents.in_shard("d1", 1, 2)
 
 
@@ -153,7 +158,9 @@ def test_a_new_model_starts_a_new_version_instead_of_resuming(source, tiny_model
     assert (result.version, result.rows, result.resumed) == (2, ROWS, False)
     with pgvector.connect(source) as conn:
         assert [(v.version, v.state, v.dimensions) for v in pgvector.versions(conn, config(other).target)] == [
-            (2, "Ready", 16), (1, "Failed", 32)]
+            (2, "Ready", 16),
+            (1, "Failed", 32),
+        ]
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+
 from embedops import modelzoo
 from embedops.workers import encoder as encoder_module
 from embedops.workers.encoder import Encoder, FastTokenizer, bf16_copy, cpu_limit

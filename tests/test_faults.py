@@ -31,12 +31,31 @@ def _docs(dsn: str) -> None:
 
 
 def _worker(dsn: str, model: Path, result: Path) -> subprocess.Popen:
-    config = {"target": {"name": "docs_index"}, "source": {"table": {"table": "docs"}}, "model": str(model),
-              "embedding": {"batchSize": 32, "commitRows": 50}, "device": "cpu"}
+    config = {
+        "target": {"name": "docs_index"},
+        "source": {"table": {"table": "docs"}},
+        "model": str(model),
+        "embedding": {"batchSize": 32, "commitRows": 50},
+        "device": "cpu",
+    }
     env = {**os.environ, "EMBEDOPS_DSN": dsn}
-    return subprocess.Popen([sys.executable, "-m", "embedops.cli", "worker", "embed", "--spec-json",
-                             json.dumps(config), "--result", str(result)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedops.cli",
+            "worker",
+            "embed",
+            "--spec-json",
+            json.dumps(config),
+            "--result",
+            str(result),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _committed(dsn: str) -> tuple[int, int]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kopf
 import pytest
+
 from embedops.handlers import kube, observe, triggers
 
 

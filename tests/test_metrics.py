@@ -4,24 +4,24 @@ follow the status, counters the executor drives, and a scrape promtool finds cle
 from __future__ import annotations
 
 import datetime as dt
-
 import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+
 from embedops import reconcile
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.finetune import FineTuneJobStatus
 from embedops.api.index import EmbeddingIndexStatus
 from embedops.api.kinds import KINDS
 from embedops.metrics import RESOURCE, Metrics
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
 
-NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
 
 def _documented() -> dict[str, tuple[str, set[str]]]:
@@ -55,18 +55,34 @@ def test_every_resource_metric_has_the_resource_labels():
 
 
 def _status(live: int, versions: list[int]) -> EmbeddingIndexStatus:
-    return EmbeddingIndexStatus.model_validate({
-        "liveVersion": live,
-        "versions": [{"version": v, "table": f"docs_v{v}", "model": "m", "rows": 100 * v,
-                      "state": "Live" if v == live else "Ready"} for v in versions],
-        "probe": {"version": live, "k": 20, "recallAtK": 0.9, "mrrAt10": 0.7, "ndcgAt10": 0.8, "queries": 50,
-                  "checkedAt": "2026-11-25T10:00:00Z"},
-    })
+    return EmbeddingIndexStatus.model_validate(
+        {
+            "liveVersion": live,
+            "versions": [
+                {
+                    "version": v,
+                    "table": f"docs_v{v}",
+                    "model": "m",
+                    "rows": 100 * v,
+                    "state": "Live" if v == live else "Ready",
+                }
+                for v in versions
+            ],
+            "probe": {
+                "version": live,
+                "k": 20,
+                "recallAtK": 0.9,
+                "mrrAt10": 0.7,
+                "ndcgAt10": 0.8,
+                "queries": 50,
+                "checkedAt": "2026-11-25T10:00:00Z",
+            },
+        }
+    )
 
 
 def _series(registry: CollectorRegistry, name: str) -> dict[tuple[tuple[str, str], ...], float]:
-    return {tuple(sorted(s.labels.items())): s.value
-            for m in registry.collect() for s in m.samples if s.name == name}
+    return {tuple(sorted(s.labels.items())): s.value for m in registry.collect() for s in m.samples if s.name == name}
 
 
 def _of(series: dict, **match: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -84,7 +100,9 @@ def test_index_series_follow_versions_and_vanish_on_delete():
     recall = _series(registry, "embedops_index_probe_recall")
     # The probe series moved to the new live version; the other index is untouched.
     assert sorted((dict(k)["name"], dict(k)["version"], dict(k)["k"]) for k in recall) == [
-        ("docs", "2", "20"), ("other", "1", "20")]
+        ("docs", "2", "20"),
+        ("other", "1", "20"),
+    ]
     assert {dict(k)["k"] for k in _series(registry, "embedops_index_probe_ndcg")} == {"10"}
     live = (("kind", "EmbeddingIndex"), ("name", "docs"), ("namespace", "ns"))
     assert _series(registry, "embedops_index_live_version")[live] == 2
@@ -93,12 +111,18 @@ def test_index_series_follow_versions_and_vanish_on_delete():
     assert sorted(dict(k)["version"] for k in _of(_series(registry, "embedops_index_rows"), name="docs")) == ["2"]
 
     metrics.forget("EmbeddingIndex", "ns", "docs")
-    for name in ("embedops_index_rows", "embedops_index_probe_recall", "embedops_resource_ready",
-                 "embedops_resource_condition", "embedops_index_gate_failures_total"):
+    for name in (
+        "embedops_index_rows",
+        "embedops_index_probe_recall",
+        "embedops_resource_ready",
+        "embedops_resource_condition",
+        "embedops_index_gate_failures_total",
+    ):
         assert not _of(_series(registry, name), name="docs"), name
     assert _series(registry, "embedops_index_rows")  # "other" keeps its series
     assert _of(_series(registry, "embedops_index_gate_failures_total"), name="other") == {
-        (("kind", "EmbeddingIndex"), ("name", "other"), ("namespace", "ns")): 0}
+        (("kind", "EmbeddingIndex"), ("name", "other"), ("namespace", "ns")): 0
+    }
 
 
 def test_conditions_one_series_per_status_and_the_current_reason():
@@ -107,23 +131,36 @@ def test_conditions_one_series_per_status_and_the_current_reason():
     metrics = Metrics(registry)
     status = _status(1, [1])
     status.set_condition(ConditionType.READY, "True", Reason.SERVING, "serving v1", generation=1, now=NOW)
-    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall@20 0.42 < 0.5", generation=1, now=NOW)
+    status.set_condition(
+        ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall@20 0.42 < 0.5", generation=1, now=NOW
+    )
     metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
 
-    conditions = {(dict(k)["type"], dict(k)["status"]): v
-                  for k, v in _of(_series(registry, "embedops_resource_condition"), name="docs").items()}
-    assert conditions == {("Ready", "True"): 1, ("Ready", "False"): 0, ("Ready", "Unknown"): 0,
-                          ("Degraded", "True"): 1, ("Degraded", "False"): 0, ("Degraded", "Unknown"): 0}
+    conditions = {
+        (dict(k)["type"], dict(k)["status"]): v
+        for k, v in _of(_series(registry, "embedops_resource_condition"), name="docs").items()
+    }
+    assert conditions == {
+        ("Ready", "True"): 1,
+        ("Ready", "False"): 0,
+        ("Ready", "Unknown"): 0,
+        ("Degraded", "True"): 1,
+        ("Degraded", "False"): 0,
+        ("Degraded", "Unknown"): 0,
+    }
     reasons = {(dict(k)["type"], dict(k)["reason"]) for k in _series(registry, "embedops_resource_condition_reason")}
     assert reasons == {("Ready", "Serving"), ("Degraded", "QualityDegraded")}
     assert set(_series(registry, "embedops_resource_ready").values()) == {1}
 
     # Recovered: the same series change value; the old reason's series goes.
     status.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "", generation=1, now=NOW)
-    status.set_condition(ConditionType.PROGRESSING, "False", Reason.GATE_FAILED, "v2 not cut over", generation=1, now=NOW)
+    status.set_condition(
+        ConditionType.PROGRESSING, "False", Reason.GATE_FAILED, "v2 not cut over", generation=1, now=NOW
+    )
     metrics.observe("EmbeddingIndex", "ns", "docs", None, status)
-    conditions = {(dict(k)["type"], dict(k)["status"]): v
-                  for k, v in _series(registry, "embedops_resource_condition").items()}
+    conditions = {
+        (dict(k)["type"], dict(k)["status"]): v for k, v in _series(registry, "embedops_resource_condition").items()
+    }
     assert conditions[("Degraded", "True")] == 0 and conditions[("Degraded", "False")] == 1
     assert conditions[("Progressing", "False")] == 1 and len(conditions) == 9
     reasons = {(dict(k)["type"], dict(k)["reason"]) for k in _series(registry, "embedops_resource_condition_reason")}
@@ -163,8 +200,13 @@ def executor(monkeypatch):
     """The operator's executor with a fake API server holding one index; the plan is the test's."""
     from embedops.handlers import executor, kube
 
-    body = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex",
-            "metadata": {"name": "docs", "namespace": "metrics-test", "uid": "u1"}, "spec": {}, "status": {}}
+    body = {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": "EmbeddingIndex",
+        "metadata": {"name": "docs", "namespace": "metrics-test", "uid": "u1"},
+        "spec": {},
+        "status": {},
+    }
     posted = []
     monkeypatch.setattr(kube, "get_object", lambda kind, ns, name: body)
     monkeypatch.setattr(kube, "owned_jobs", lambda ns, uid: {})
@@ -185,9 +227,13 @@ def _value(name: str, **labels: str) -> float:
 def test_a_gate_failure_event_counts_once_per_event_posted(executor, monkeypatch):
     key = {"namespace": "metrics-test", "name": "docs", "kind": "EmbeddingIndex"}
     gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over: recall@10 0.4200 < 0.5")
-    plans = iter([reconcile.Plan(events=[("Normal", "JobCreated", "created Job x")]),
-                  reconcile.Plan(events=[gate]),
-                  reconcile.Plan()])
+    plans = iter(
+        [
+            reconcile.Plan(events=[("Normal", "JobCreated", "created Job x")]),
+            reconcile.Plan(events=[gate]),
+            reconcile.Plan(),
+        ]
+    )
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: next(plans))
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
     assert REGISTRY.get_sample_value("embedops_index_gate_failures_total", key) == 0  # present before any failure
@@ -200,8 +246,11 @@ def test_a_gate_failure_event_counts_once_per_event_posted(executor, monkeypatch
 def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
     success = {"kind": "EmbeddingIndex", "result": "success"}
     error = {"kind": "EmbeddingIndex", "result": "error"}
-    before = (_value("embedops_reconcile_total", **success), _value("embedops_reconcile_total", **error),
-              _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"))
+    before = (
+        _value("embedops_reconcile_total", **success),
+        _value("embedops_reconcile_total", **error),
+        _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"),
+    )
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan())
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
 
@@ -211,8 +260,11 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
     monkeypatch.setattr(reconcile, "plan", broken)
     with pytest.raises(RuntimeError):
         executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
-    after = (_value("embedops_reconcile_total", **success), _value("embedops_reconcile_total", **error),
-             _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"))
+    after = (
+        _value("embedops_reconcile_total", **success),
+        _value("embedops_reconcile_total", **error),
+        _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"),
+    )
     assert [b - a for a, b in zip(before, after)] == [1, 1, 2]
 
 
@@ -222,14 +274,18 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
 def test_the_operators_scrape_has_no_created_series_and_promtool_finds_it_clean(executor, monkeypatch):
     """What the operator serves (the default registry, after reconciles), as promtool lints it."""
     status = _status(1, [1])
-    status.set_condition(ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall below minRecall", generation=1, now=NOW)
+    status.set_condition(
+        ConditionType.DEGRADED, "True", Reason.QUALITY_DEGRADED, "recall below minRecall", generation=1, now=NOW
+    )
     gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over")
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan(status=status, events=[gate]))
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
     text = generate_latest(REGISTRY).decode()
     assert "_created" not in text
-    assert 'embedops_resource_condition{kind="EmbeddingIndex",name="docs",namespace="metrics-test",' \
-           'status="True",type="Degraded"} 1.0' in text
+    assert (
+        'embedops_resource_condition{kind="EmbeddingIndex",name="docs",namespace="metrics-test",'
+        'status="True",type="Degraded"} 1.0' in text
+    )
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not on PATH")

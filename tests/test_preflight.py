@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from embedops.cli import main
 
 SAMPLE = Path(__file__).resolve().parents[1] / "examples" / "quickstart" / "data" / "scifact-sample"
@@ -23,21 +24,36 @@ def write(folder: Path, *docs: dict) -> Path:
 
 
 def index(**spec) -> dict:
-    base = {"model": {"name": "all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}}, "target": {"name": "docs"},
-            "probe": {"path": "probe.jsonl"}}
+    base = {
+        "model": {"name": "all-MiniLM-L6-v2"},
+        "source": {"table": {"table": "docs"}},
+        "target": {"name": "docs"},
+        "probe": {"path": "probe.jsonl"},
+    }
     return {"kind": "EmbeddingIndex", "metadata": {"name": "ix"}, "spec": {**base, **spec}}
 
 
 def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp_path, capsys):
     (tmp_path / "probe.jsonl").mkdir()
-    path = write(tmp_path,
-                 {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-                  "spec": {"source": {"beir": {"path": "nowhere"}}, "hardNegatives": {"model": "no-such-model"}}},
-                 {"kind": "EmbeddingDataset", "metadata": {"name": "pairs"}, "spec": {"source": {"pairs": {"path": "p.jsonl"}}}},
-                 {"kind": "FineTuneJob", "metadata": {"name": "ft"}, "spec": {
-                     "datasetRef": {"name": "ds"}, "baseModel": "models/missing",
-                     "loss": {"type": "GISTEmbedLoss", "guideModel": "models/guide"}}},
-                 index())
+    path = write(
+        tmp_path,
+        {
+            "kind": "EmbeddingDataset",
+            "metadata": {"name": "ds"},
+            "spec": {"source": {"beir": {"path": "nowhere"}}, "hardNegatives": {"model": "no-such-model"}},
+        },
+        {"kind": "EmbeddingDataset", "metadata": {"name": "pairs"}, "spec": {"source": {"pairs": {"path": "p.jsonl"}}}},
+        {
+            "kind": "FineTuneJob",
+            "metadata": {"name": "ft"},
+            "spec": {
+                "datasetRef": {"name": "ds"},
+                "baseModel": "models/missing",
+                "loss": {"type": "GISTEmbedLoss", "guideModel": "models/guide"},
+            },
+        },
+        index(),
+    )
     assert main(["validate", "-f", str(path)]) == 2
     err = capsys.readouterr().err
     assert "EmbeddingDataset/default/ds: spec.source.beir.path: 'nowhere' is not a folder" in err
@@ -51,8 +67,14 @@ def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp
 def test_a_beir_folder_must_hold_its_files(tmp_path, capsys):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "corpus.jsonl").write_text("{}\n")
-    path = write(tmp_path, {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-                            "spec": {"source": {"beir": {"path": "data"}}, "hardNegatives": {"enabled": False}}})
+    path = write(
+        tmp_path,
+        {
+            "kind": "EmbeddingDataset",
+            "metadata": {"name": "ds"},
+            "spec": {"source": {"beir": {"path": "data"}}, "hardNegatives": {"enabled": False}},
+        },
+    )
     assert main(["validate", "-f", str(path)]) == 2
     err = capsys.readouterr().err
     assert "queries.jsonl not found in 'data'" in err and "qrels/train.tsv not found" in err
@@ -78,8 +100,10 @@ def test_validate_checks_the_database_when_given_one(tmp_path, dsn, capsys):
     # A user who may not create tables in the target schema.
     reader = dsn.replace("postgres:@", "reader:@")
     dsn_file.write_text(reader)
-    locked = write(tmp_path / "locked", index(target={"name": "docs", "schema": "locked"},
-                                              probe={"path": str(tmp_path / "probe.jsonl")}))
+    locked = write(
+        tmp_path / "locked",
+        index(target={"name": "docs", "schema": "locked"}, probe={"path": str(tmp_path / "probe.jsonl")}),
+    )
     assert main(["validate", "-f", str(locked), "--dsn-file", str(dsn_file)]) == 2
     assert "spec.target.schema: the database user may not create tables in 'locked'" in capsys.readouterr().err
 
@@ -87,8 +111,10 @@ def test_validate_checks_the_database_when_given_one(tmp_path, dsn, capsys):
 def test_a_database_that_cannot_be_reached_is_one_line_and_no_password(tmp_path, capsys):
     (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
     path = write(tmp_path, index())
-    for dsn, said in (("postgresql://u:S3cr3t@127.0.0.1:1/x", "cannot connect to the database"),
-                      ("password=S3cr3t extra-Part", "the database connection string (DSN) is malformed")):
+    for dsn, said in (
+        ("postgresql://u:S3cr3t@127.0.0.1:1/x", "cannot connect to the database"),
+        ("password=S3cr3t extra-Part", "the database connection string (DSN) is malformed"),
+    ):
         assert main(["validate", "-f", str(path), "--dsn", dsn]) == 2
         err = capsys.readouterr().err
         assert said in err and "S3cr3t" not in err and "extra-Part" not in err and "Traceback" not in err
@@ -98,14 +124,42 @@ def test_a_worker_without_its_database_exits_transient_with_one_line(tmp_path):
     result = tmp_path / "result"
     config = {"target": {"name": "docs"}, "version": 1, "model": "all-MiniLM-L6-v2", "probe": {"path": "p.jsonl"}}
     env = {**os.environ, "EMBEDOPS_DSN": "postgresql://u:S3cr3t@127.0.0.1:1/x"}
-    proc = subprocess.run([sys.executable, "-m", "embedops.cli", "worker", "publish", "--spec-json",
-                           json.dumps(config), "--result", str(result)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedops.cli",
+            "worker",
+            "publish",
+            "--spec-json",
+            json.dumps(config),
+            "--result",
+            str(result),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and "S3cr3t" not in proc.stderr + result.read_text()
     assert json.loads(result.read_text())["error"]["reason"] == "DatabaseUnavailable"
     env["EMBEDOPS_DSN"] = "password=S3cr3t extra-Part"
-    proc = subprocess.run([sys.executable, "-m", "embedops.cli", "worker", "publish", "--spec-json",
-                           json.dumps(config), "--result", str(result)], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedops.cli",
+            "worker",
+            "publish",
+            "--spec-json",
+            json.dumps(config),
+            "--result",
+            str(result),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "malformed" in proc.stderr and "extra-Part" not in proc.stderr
 
 
@@ -115,8 +169,10 @@ def test_run_reports_missing_paths_and_files_before_doing_anything(tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert main(["run", "-f", str(tmp_path / "empty"), "--state-dir", str(tmp_path / "s")]) == 2
     assert "no embedops manifests in" in capsys.readouterr().err
-    path = write(tmp_path / "m", {"kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-                                  "spec": {"source": {"beir": {"path": "nowhere"}}}})
+    path = write(
+        tmp_path / "m",
+        {"kind": "EmbeddingDataset", "metadata": {"name": "ds"}, "spec": {"source": {"beir": {"path": "nowhere"}}}},
+    )
     assert main(["run", "-f", str(path), "--state-dir", str(tmp_path / "s")]) == 2
     assert not (tmp_path / "s" / "default").exists()  # nothing was started
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from embedops import steps
 from embedops.api.dataset import DatasetSource, EmbeddingDatasetSpec, ValidationSpec
 from embedops.workers import prepare, readers
@@ -32,14 +33,21 @@ def query_rows(n: int = 5) -> list[dict]:
     return [{"_id": f"q{i}", "text": f"question {i}"} for i in range(n)]
 
 
-def beir(tmp_path: Path, *, corpus: str | bytes | None = None, queries: str | bytes | None = None,
-         train: str | bytes | None = None, test: str | bytes | None = None) -> Path:
+def beir(
+    tmp_path: Path,
+    *,
+    corpus: str | bytes | None = None,
+    queries: str | bytes | None = None,
+    train: str | bytes | None = None,
+    test: str | bytes | None = None,
+) -> Path:
     """A BEIR folder of 5 documents and queries (q4 held out); any file can be given instead, as text or bytes."""
     files = {
         "corpus.jsonl": jsonl(*corpus_rows()) if corpus is None else corpus,
         "queries.jsonl": jsonl(*query_rows()) if queries is None else queries,
         "qrels/train.tsv": "".join(f"{line}\n" for line in [HEADER, *(f"q{i}\td{i}\t1" for i in range(4))])
-        if train is None else train,
+        if train is None
+        else train,
         "qrels/test.tsv": f"{HEADER}\nq4\td4\t1\n" if test is None else test,
     }
     folder = tmp_path / "beir"
@@ -53,19 +61,23 @@ def beir(tmp_path: Path, *, corpus: str | bytes | None = None, queries: str | by
 def read(tmp_path: Path, source: dict) -> tuple[Source, list[str]]:
     """What the reader of `source` returns, and its `file:line: reason` reports."""
     issues = Issues()
-    found = readers.read(DatasetSource.model_validate(source), base_dir=tmp_path, rules=ValidationSpec(),
-                         issues=issues, dsn=None)
+    found = readers.read(
+        DatasetSource.model_validate(source), base_dir=tmp_path, rules=ValidationSpec(), issues=issues, dsn=None
+    )
     return found, [f"{r['file']}:{r['line']}: {r['reason']}" for r in issues.rows]
 
 
 BEIR = {"beir": {"path": "beir"}}
 
 
-@pytest.mark.parametrize("source, kind", [
-    ({"beir": {"path": "beir"}}, "beir"),
-    ({"pairs": {"path": "pairs.jsonl"}}, "pairs"),
-    ({"postgres": {"table": "pairs"}}, "postgres"),
-])
+@pytest.mark.parametrize(
+    "source, kind",
+    [
+        ({"beir": {"path": "beir"}}, "beir"),
+        ({"pairs": {"path": "pairs.jsonl"}}, "pairs"),
+        ({"postgres": {"table": "pairs"}}, "postgres"),
+    ],
+)
 def test_a_source_names_its_kind(source, kind):
     assert DatasetSource.model_validate(source).kind == kind
 
@@ -75,9 +87,16 @@ def test_a_source_names_its_kind(source, kind):
 
 def test_nul_in_an_id_or_a_text_is_a_bad_row(tmp_path):
     # Postgres rejects NUL in text: let through, it would break the index's COPY on every retry.
-    beir(tmp_path, corpus=jsonl(*corpus_rows(), {"_id": "d\x005", "text": "fine"}, {"_id": "d6", "text": "a\x00b"},
-                                {"_id": "d7", "title": "t\x00", "text": "fine"}),
-         queries=jsonl(*query_rows(), {"_id": "q\x005", "text": "fine"}, {"_id": "q6", "text": "a\x00b"}))
+    beir(
+        tmp_path,
+        corpus=jsonl(
+            *corpus_rows(),
+            {"_id": "d\x005", "text": "fine"},
+            {"_id": "d6", "text": "a\x00b"},
+            {"_id": "d7", "title": "t\x00", "text": "fine"},
+        ),
+        queries=jsonl(*query_rows(), {"_id": "q\x005", "text": "fine"}, {"_id": "q6", "text": "a\x00b"}),
+    )
     found, reported = read(tmp_path, BEIR)
     assert reported == [
         "corpus.jsonl:6: field '_id' contains a NUL character (U+0000)",
@@ -91,25 +110,33 @@ def test_nul_in_an_id_or_a_text_is_a_bad_row(tmp_path):
 
 
 def test_nul_in_a_pair_is_a_bad_row(tmp_path):
-    (tmp_path / "pairs.jsonl").write_text(jsonl(
-        {"query": "query 0", "positive": "answer 0"},
-        {"query": "query\x00 1", "positive": "answer 1"},
-        {"query": "query 2", "positive": "answer 2", "negatives": ["fine", "not\x00fine"]},
-    ))
+    (tmp_path / "pairs.jsonl").write_text(
+        jsonl(
+            {"query": "query 0", "positive": "answer 0"},
+            {"query": "query\x00 1", "positive": "answer 1"},
+            {"query": "query 2", "positive": "answer 2", "negatives": ["fine", "not\x00fine"]},
+        )
+    )
     found, reported = read(tmp_path, {"pairs": {"path": "pairs.jsonl"}})
-    assert reported == ["pairs.jsonl:2: field 'query' contains a NUL character (U+0000)",
-                        "pairs.jsonl:3: field 'negatives[1]' contains a NUL character (U+0000)"]
+    assert reported == [
+        "pairs.jsonl:2: field 'query' contains a NUL character (U+0000)",
+        "pairs.jsonl:3: field 'negatives[1]' contains a NUL character (U+0000)",
+    ]
     assert [d.text for d in found.corpus.values()] == ["answer 0"]
 
 
 def test_a_lone_surrogate_is_a_bad_row_with_file_and_line(tmp_path):
     # JSON can spell a lone surrogate ("\ud800"); Python decodes it, and only encoding to UTF-8 fails.
-    lines = [json.dumps(r) for r in corpus_rows()] + ['{"_id": "d5", "text": "broken \\ud800 text"}',
-                                                      '{"_id": "\\udc00", "text": "fine"}']
+    lines = [json.dumps(r) for r in corpus_rows()] + [
+        '{"_id": "d5", "text": "broken \\ud800 text"}',
+        '{"_id": "\\udc00", "text": "fine"}',
+    ]
     beir(tmp_path, corpus="".join(f"{line}\n" for line in lines))
     found, reported = read(tmp_path, BEIR)
-    assert reported == ["corpus.jsonl:6: field 'text' contains a lone surrogate (U+D800), which is not valid Unicode",
-                        "corpus.jsonl:7: field '_id' contains a lone surrogate (U+DC00), which is not valid Unicode"]
+    assert reported == [
+        "corpus.jsonl:6: field 'text' contains a lone surrogate (U+D800), which is not valid Unicode",
+        "corpus.jsonl:7: field '_id' contains a lone surrogate (U+DC00), which is not valid Unicode",
+    ]
     assert sorted(found.corpus) == [f"d{i}" for i in range(5)]
 
 
@@ -117,12 +144,18 @@ def test_a_lone_surrogate_in_pairs_does_not_fail_the_whole_prepare(tmp_path):
     lines = [json.dumps({"query": f"query {i}", "positive": f"answer {i}"}) for i in range(20)]
     lines.append('{"query": "query \\ud83d", "positive": "answer"}')
     (tmp_path / "pairs.jsonl").write_text("".join(f"{line}\n" for line in lines))
-    result = prepare.run(steps.PrepareStep(
-        spec=EmbeddingDatasetSpec.model_validate({"source": {"pairs": {"path": "pairs.jsonl"}},
-                                                  "hardNegatives": {"enabled": False}}),
-        base_dir=tmp_path, output_dir=tmp_path / "out"))
+    result = prepare.run(
+        steps.PrepareStep(
+            spec=EmbeddingDatasetSpec.model_validate(
+                {"source": {"pairs": {"path": "pairs.jsonl"}}, "hardNegatives": {"enabled": False}}
+            ),
+            base_dir=tmp_path,
+            output_dir=tmp_path / "out",
+        )
+    )
     assert result.invalid_samples == [
-        "pairs.jsonl:21: field 'query' contains a lone surrogate (U+D83D), which is not valid Unicode"]
+        "pairs.jsonl:21: field 'query' contains a lone surrogate (U+D83D), which is not valid Unicode"
+    ]
     assert result.counts.corpus == 20
 
 
@@ -130,8 +163,13 @@ def test_a_lone_surrogate_in_pairs_does_not_fail_the_whole_prepare(tmp_path):
 
 
 def test_a_bom_at_the_start_of_a_file_is_not_part_of_its_first_row(tmp_path):
-    beir(tmp_path, corpus=BOM + jsonl(*corpus_rows()).encode(), queries=BOM + jsonl(*query_rows()).encode(),
-         train=BOM + f"{HEADER}\nq0\td0\t1\nq1\td1\t1\n".encode(), test=BOM + b"q4\td4\t1\n")
+    beir(
+        tmp_path,
+        corpus=BOM + jsonl(*corpus_rows()).encode(),
+        queries=BOM + jsonl(*query_rows()).encode(),
+        train=BOM + f"{HEADER}\nq0\td0\t1\nq1\td1\t1\n".encode(),
+        test=BOM + b"q4\td4\t1\n",
+    )
     found, reported = read(tmp_path, BEIR)
     assert reported == []
     assert sorted(found.corpus) == [f"d{i}" for i in range(5)] and sorted(found.queries) == [f"q{i}" for i in range(5)]
@@ -148,10 +186,16 @@ def test_a_bom_at_the_start_of_a_pairs_file_is_not_part_of_its_first_row(tmp_pat
 
 
 def test_an_id_defined_twice_with_different_texts_is_reported_and_the_first_kept(tmp_path):
-    beir(tmp_path,
-         corpus=jsonl(*corpus_rows(), {"_id": "d1", "title": "Title 1", "text": "another text"},
-                      corpus_rows()[2], {"_id": "d3", "title": "Another title", "text": "document 3 text"}),
-         queries=jsonl(*query_rows(), {"_id": "q0", "text": "another question"}, query_rows()[1]))
+    beir(
+        tmp_path,
+        corpus=jsonl(
+            *corpus_rows(),
+            {"_id": "d1", "title": "Title 1", "text": "another text"},
+            corpus_rows()[2],
+            {"_id": "d3", "title": "Another title", "text": "document 3 text"},
+        ),
+        queries=jsonl(*query_rows(), {"_id": "q0", "text": "another question"}, query_rows()[1]),
+    )
     found, reported = read(tmp_path, BEIR)
     assert reported == [
         "corpus.jsonl:6: id 'd1' was already defined at line 2 with a different text; the first is kept",
@@ -165,8 +209,15 @@ def test_an_id_defined_twice_with_different_texts_is_reported_and_the_first_kept
 # -- 5: a file with no rows -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("empty, name", [("corpus", "corpus.jsonl"), ("queries", "queries.jsonl"),
-                                         ("train", "qrels/train.tsv"), ("test", "qrels/test.tsv")])
+@pytest.mark.parametrize(
+    "empty, name",
+    [
+        ("corpus", "corpus.jsonl"),
+        ("queries", "queries.jsonl"),
+        ("train", "qrels/train.tsv"),
+        ("test", "qrels/test.tsv"),
+    ],
+)
 @pytest.mark.parametrize("content", ["", "\n  \n"])
 def test_a_beir_file_without_rows_fails_naming_it(tmp_path, empty, name, content):
     beir(tmp_path, **{empty: content})
@@ -207,8 +258,13 @@ def test_an_empty_table_fails_naming_it(tmp_path, dsn):
         conn.execute("CREATE TABLE pairs (query text, positive text)")
     issues = Issues()
     with pytest.raises(ValueError, match=r"^source.postgres: public.pairs is empty \(it has no rows\)$"):
-        readers.read(DatasetSource.model_validate({"postgres": {"table": "pairs"}}), base_dir=tmp_path,
-                     rules=ValidationSpec(), issues=issues, dsn=dsn)
+        readers.read(
+            DatasetSource.model_validate({"postgres": {"table": "pairs"}}),
+            base_dir=tmp_path,
+            rules=ValidationSpec(),
+            issues=issues,
+            dsn=dsn,
+        )
 
 
 # -- 6: bytes that are not UTF-8 in qrels ---------------------------------------------------------
@@ -258,11 +314,18 @@ def watch_files(monkeypatch):
 
 def test_the_filesystem_root_as_a_beir_folder_fails_at_once_naming_the_missing_file(tmp_path, watch_files):
     opened = watch_files()
-    with pytest.raises(FileNotFoundError,
-                       match=r"^source.beir.path '/': corpus.jsonl not found \(a BEIR folder holds corpus.jsonl, "
-                             r"queries.jsonl and qrels/<split>.tsv\)$"):
-        readers.read(DatasetSource.model_validate({"beir": {"path": "/"}}), base_dir=tmp_path,
-                     rules=ValidationSpec(), issues=Issues(), dsn=None)
+    with pytest.raises(
+        FileNotFoundError,
+        match=r"^source.beir.path '/': corpus.jsonl not found \(a BEIR folder holds corpus.jsonl, "
+        r"queries.jsonl and qrels/<split>.tsv\)$",
+    ):
+        readers.read(
+            DatasetSource.model_validate({"beir": {"path": "/"}}),
+            base_dir=tmp_path,
+            rules=ValidationSpec(),
+            issues=Issues(),
+            dsn=None,
+        )
     assert opened == []
 
 
@@ -281,4 +344,8 @@ def test_a_beir_folder_is_read_without_listing_it(tmp_path, watch_files):
     opened = watch_files()
     read(tmp_path, BEIR)
     assert sorted(Path(p).relative_to(folder).as_posix() for p in opened) == [
-        "corpus.jsonl", "qrels/test.tsv", "qrels/train.tsv", "queries.jsonl"]
+        "corpus.jsonl",
+        "qrels/test.tsv",
+        "qrels/train.tsv",
+        "queries.jsonl",
+    ]

@@ -10,13 +10,16 @@ from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.settings import OperatorSettings
 
 SETTINGS = OperatorSettings(worker_image="w:1")
-NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
 
 
 def body(kind: str, name: str, spec: dict, status: dict | None = None, generation: int = 1, **meta) -> dict:
-    out = {"apiVersion": "embedops.dev/v1alpha1", "kind": kind,
-           "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": generation, **meta},
-           "spec": spec}
+    out = {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": generation, **meta},
+        "spec": spec,
+    }
     if status is not None:
         out["status"] = status
     return out
@@ -28,9 +31,13 @@ def ready(plan_) -> tuple[str, str]:
 
 
 DATASET_SPEC = {"source": {"beir": {"path": "data/scifact"}}}
-PREPARED = {"counts": {"corpus": 10, "trainPairs": 5, "testQueries": 3}, "fingerprint": "f" * 64,
-            "location": "/workspace/embedops/embeddingdatasets/ds/k", "invalidSamples": [],
-            "preparedAt": "2026-11-25T11:00:00Z"}
+PREPARED = {
+    "counts": {"corpus": 10, "trainPairs": 5, "testQueries": 3},
+    "fingerprint": "f" * 64,
+    "location": "/workspace/embedops/embeddingdatasets/ds/k",
+    "invalidSamples": [],
+    "preparedAt": "2026-11-25T11:00:00Z",
+}
 
 
 def _run_dataset_to_ready() -> tuple[dict, str]:
@@ -68,8 +75,9 @@ def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
     b, old = _run_dataset_to_ready()
     b["spec"] = {**DATASET_SPEC, "split": {"testFraction": 0.3}}
     b["metadata"]["generation"] = 2
-    again = plan(Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED}, step="prepare")}, now=NOW),
-                 SETTINGS)
+    again = plan(
+        Observed(b, jobs={old: ObservedJob(old, "Succeeded", {0: PREPARED}, step="prepare")}, now=NOW), SETTINGS
+    )
     assert len(again.create) == 1 and again.create[0].name != old
     assert again.delete == []  # a finished run is history, not in the way
     # The last good result stays Ready while the new run goes on.
@@ -81,8 +89,11 @@ def test_a_changed_spec_or_rerun_annotation_starts_a_new_run():
 
 
 def test_a_dataset_can_mine_on_a_gpu_node():
-    spec = {**DATASET_SPEC, "resources": {"gpus": 1, "memory": "32Gi"},
-            "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "mining"}}
+    spec = {
+        **DATASET_SPEC,
+        "resources": {"gpus": 1, "memory": "32Gi"},
+        "scheduling": {"nodeSelector": {"pool": "gpu"}, "queueName": "mining"},
+    }
     (job,) = plan(Observed(body("EmbeddingDataset", "ds", spec), now=NOW), SETTINGS).create
     pod = worker_job(job, SETTINGS)["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
@@ -104,8 +115,10 @@ def test_invalid_spec_is_reported_not_raised():
 def test_failed_job_fails_the_resource_with_the_workers_message():
     b = body("EmbeddingDataset", "ds", DATASET_SPEC)
     name = plan(Observed(b, now=NOW), SETTINGS).create[0].name
-    p = plan(Observed(b, jobs={name: ObservedJob(name, "Failed", error="InvalidInput: corpus.jsonl:3: bad")},
-                      now=NOW), SETTINGS)
+    p = plan(
+        Observed(b, jobs={name: ObservedJob(name, "Failed", error="InvalidInput: corpus.jsonl:3: bad")}, now=NOW),
+        SETTINGS,
+    )
     assert ready(p) == ("False", "JobFailed") and p.status.phase == "Failed"
     assert "corpus.jsonl:3: bad" in p.status.condition("Ready").message
     assert p.create == []
@@ -130,16 +143,29 @@ def test_finetune_waits_for_its_dataset_then_trains_on_a_gpu():
 
 
 TRAINED = {
-    "model": {"location": "/workspace/embedops/finetunejobs/ft/k1/model", "baseModel": "m", "dimensions": 384,
-              "fingerprint": "a" * 64},
+    "model": {
+        "location": "/workspace/embedops/finetunejobs/ft/k1/model",
+        "baseModel": "m",
+        "dimensions": 384,
+        "fingerprint": "a" * 64,
+    },
     "baseMetrics": {"ndcgAt10": 0.6, "mrrAt10": 0.5, "recallAt10": 0.7, "recallAt100": 0.9, "queries": 3},
     "tunedMetrics": {"ndcgAt10": 0.7, "mrrAt10": 0.6, "recallAt10": 0.8, "recallAt100": 0.95, "queries": 3},
-    "ndcgGain": 0.1, "trainPairs": 5, "steps": 2, "startTime": "2026-11-25T11:00:00Z",
-    "completionTime": "2026-11-25T11:10:00Z", "durationSeconds": 600.0,
+    "ndcgGain": 0.1,
+    "trainPairs": 5,
+    "steps": 2,
+    "startTime": "2026-11-25T11:00:00Z",
+    "completionTime": "2026-11-25T11:10:00Z",
+    "durationSeconds": 600.0,
 }
-INDEX_SPEC = {"model": {"fineTuneJobRef": {"name": "ft"}}, "source": {"datasetRef": {"name": "ds"}},
-              "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
-              "embedding": {"shards": 2}, "probe": {"minRecall": 0.5}}
+INDEX_SPEC = {
+    "model": {"fineTuneJobRef": {"name": "ft"}},
+    "source": {"datasetRef": {"name": "ds"}},
+    "target": {"name": "docs"},
+    "database": {"dsnSecretRef": {"name": "pg"}},
+    "embedding": {"shards": 2},
+    "probe": {"minRecall": 0.5},
+}
 
 
 def _trained_status(model_fingerprint: str = "a" * 64) -> dict:
@@ -150,17 +176,41 @@ def _trained_status(model_fingerprint: str = "a" * 64) -> dict:
     name = p.create[0].name
     result = json.loads(json.dumps(TRAINED))
     result["model"]["fingerprint"] = model_fingerprint
-    done = plan(Observed(ft, jobs={name: ObservedJob(name, "Succeeded", {0: result})}, related=related, now=NOW),
-                SETTINGS)
+    done = plan(
+        Observed(ft, jobs={name: ObservedJob(name, "Succeeded", {0: result})}, related=related, now=NOW), SETTINGS
+    )
     return done.status.to_wire()
 
 
 def _publish_result(version: int, recall: float = 0.8) -> dict:
-    probe = {"version": version, "k": 10, "recallAtK": recall, "mrrAt10": 0.6, "ndcgAt10": 0.65, "queries": 3,
-             "passed": True, "reason": "ok", "checkedAt": "2026-11-25T12:00:00Z"}
-    return {"candidate": version, "probe": probe, "liveVersion": version, "dropped": [],
-            "versions": [{"version": version, "table": f"docs_v{version}", "model": "/m", "rows": 10,
-                          "state": "Live", "probe": probe, "createdAt": "2026-11-25T11:50:00Z"}]}
+    probe = {
+        "version": version,
+        "k": 10,
+        "recallAtK": recall,
+        "mrrAt10": 0.6,
+        "ndcgAt10": 0.65,
+        "queries": 3,
+        "passed": True,
+        "reason": "ok",
+        "checkedAt": "2026-11-25T12:00:00Z",
+    }
+    return {
+        "candidate": version,
+        "probe": probe,
+        "liveVersion": version,
+        "dropped": [],
+        "versions": [
+            {
+                "version": version,
+                "table": f"docs_v{version}",
+                "model": "/m",
+                "rows": 10,
+                "state": "Live",
+                "probe": probe,
+                "createdAt": "2026-11-25T11:50:00Z",
+            }
+        ],
+    }
 
 
 def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
@@ -175,11 +225,23 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     assert config.model == TRAINED["model"]["location"]
     ix["status"] = p.status.to_wire()
     en = embed.name
-    shard = {"version": 1, "table": "docs_v1", "rows": 10, "shardRows": 5, "embedded": 5, "resumed": False,
-             "seconds": 1.0, "rowsPerSecond": 50.0}
+    shard = {
+        "version": 1,
+        "table": "docs_v1",
+        "rows": 10,
+        "shardRows": 5,
+        "embedded": 5,
+        "resumed": False,
+        "seconds": 1.0,
+        "rowsPerSecond": 50.0,
+    }
     # One shard done: progress is reported, nothing new starts.
-    half = plan(Observed(ix, jobs={en: ObservedJob(en, "Running", {0: {**shard, "state": "Building"}})},
-                         related=related, now=NOW), SETTINGS)
+    half = plan(
+        Observed(
+            ix, jobs={en: ObservedJob(en, "Running", {0: {**shard, "state": "Building"}})}, related=related, now=NOW
+        ),
+        SETTINGS,
+    )
     assert half.create == [] and half.status.reindex.rows_done == 5
     jobs = {en: ObservedJob(en, "Succeeded", {0: {**shard, "state": "Building"}, 1: {**shard, "state": "Ready"}})}
     p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
@@ -207,10 +269,24 @@ def test_index_embeds_in_shards_then_publishes_then_probes_on_schedule():
     assert drift_config.embedding.precision == "auto" and drift_config.embedding.batch_size == 64
     # A probe below minRecall degrades the index.
     name = probe_job.name
-    low = {"version": 1, "k": 10, "recallAtK": 0.2, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
-           "checkedAt": "2026-11-25T13:01:00Z"}
-    degraded = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low})}, related=related,
-                             now=NOW + dt.timedelta(minutes=61)), SETTINGS)
+    low = {
+        "version": 1,
+        "k": 10,
+        "recallAtK": 0.2,
+        "mrrAt10": 0.1,
+        "ndcgAt10": 0.1,
+        "queries": 3,
+        "checkedAt": "2026-11-25T13:01:00Z",
+    }
+    degraded = plan(
+        Observed(
+            ix,
+            jobs={name: ObservedJob(name, "Succeeded", {0: low})},
+            related=related,
+            now=NOW + dt.timedelta(minutes=61),
+        ),
+        SETTINGS,
+    )
     assert degraded.status.phase == "Degraded"
     assert degraded.status.condition("Degraded").reason == "QualityDegraded"
     # A spec change that needs no new version (a drift threshold) is still observed at once.
@@ -243,11 +319,16 @@ def test_index_without_database_or_model():
     ix = body("EmbeddingIndex", "ix", {k: v for k, v in INDEX_SPEC.items() if k != "database"})
     assert ready(plan(Observed(ix, now=NOW), SETTINGS)) == ("False", "MissingDatabase")
     ds, _ = _run_dataset_to_ready()
-    untrained = {"conditions": [{"type": "Ready", "status": "False", "reason": "Training",
-                                 "lastTransitionTime": "2026-11-25T11:00:00Z"}]}
+    untrained = {
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Training", "lastTransitionTime": "2026-11-25T11:00:00Z"}
+        ]
+    }
     ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
-    p = plan(Observed(ix, related={("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): untrained},
-                      now=NOW), SETTINGS)
+    p = plan(
+        Observed(ix, related={("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): untrained}, now=NOW),
+        SETTINGS,
+    )
     assert p.create == [] and ready(p) == ("False", "WaitingForModel")
 
 
@@ -256,8 +337,10 @@ def test_a_run_superseded_while_pending_is_deleted():
     first = plan(Observed(b, now=NOW), SETTINGS).create[0].name
     b["spec"] = {**DATASET_SPEC, "resources": {"memory": "64Gi"}}
     b["metadata"]["generation"] = 2
-    jobs = {first: ObservedJob(first, "Pending", step="prepare"),
-            "ds-probe-x": ObservedJob("ds-probe-x", "Running", step="probe")}
+    jobs = {
+        first: ObservedJob(first, "Pending", step="prepare"),
+        "ds-probe-x": ObservedJob("ds-probe-x", "Running", step="probe"),
+    }
     p = plan(Observed(b, jobs=jobs, now=NOW), SETTINGS)
     assert len(p.create) == 1 and p.create[0].name != first
     assert p.delete == [first]  # only the same step's run
@@ -267,19 +350,21 @@ def test_a_run_superseded_while_pending_is_deleted():
 def test_a_relative_model_name_resolves_in_the_workspace():
     ds, _ = _run_dataset_to_ready()
     spec = {**INDEX_SPEC, "model": {"name": "models/tuned"}}
-    (embed,) = plan(Observed(body("EmbeddingIndex", "ix", spec), related={("EmbeddingDataset", "ds"): ds["status"]},
-                             now=NOW), SETTINGS).create
-    assert embed.config.model == \
-        "/workspace/models/tuned"
+    (embed,) = plan(
+        Observed(body("EmbeddingIndex", "ix", spec), related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW),
+        SETTINGS,
+    ).create
+    assert embed.config.model == "/workspace/models/tuned"
     bundled = {**INDEX_SPEC, "model": {"name": "all-MiniLM-L6-v2"}}
-    (embed,) = plan(Observed(body("EmbeddingIndex", "ix", bundled), related={("EmbeddingDataset", "ds"): ds["status"]},
-                             now=NOW), SETTINGS).create
+    (embed,) = plan(
+        Observed(body("EmbeddingIndex", "ix", bundled), related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW),
+        SETTINGS,
+    ).create
     assert embed.config.model == "all-MiniLM-L6-v2"
 
 
 def _job_names(kind: str, spec: dict, related: dict | None = None) -> list[str]:
-    return [j.name for j in plan(Observed(body(kind, "r", spec), related=related or {}, now=NOW),
-                                                SETTINGS).create]
+    return [j.name for j in plan(Observed(body(kind, "r", spec), related=related or {}, now=NOW), SETTINGS).create]
 
 
 def test_spelling_out_the_defaults_starts_nothing_new():
@@ -288,8 +373,11 @@ def test_spelling_out_the_defaults_starts_nothing_new():
 
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
-    for kind, spec in (("EmbeddingDataset", DATASET_SPEC), ("FineTuneJob", {"datasetRef": {"name": "ds"}}),
-                       ("EmbeddingIndex", INDEX_SPEC)):
+    for kind, spec in (
+        ("EmbeddingDataset", DATASET_SPEC),
+        ("FineTuneJob", {"datasetRef": {"name": "ds"}}),
+        ("EmbeddingIndex", INDEX_SPEC),
+    ):
         full = KINDS[kind].spec_model.model_validate(spec).model_dump(mode="json", by_alias=True)
         assert len(json.dumps(full)) > 2 * len(json.dumps(spec))
         assert _job_names(kind, full, related) == _job_names(kind, spec, related), kind
@@ -298,9 +386,10 @@ def test_spelling_out_the_defaults_starts_nothing_new():
 def test_a_new_defaulted_field_keeps_the_job_names(monkeypatch):
     import dataclasses
 
+    from pydantic import Field, create_model
+
     from embedops.api.dataset import EmbeddingDatasetSpec
     from embedops.api.kinds import KINDS
-    from pydantic import Field, create_model
 
     before = _job_names("EmbeddingDataset", DATASET_SPEC)
     newer = create_model("EmbeddingDatasetSpec", __base__=EmbeddingDatasetSpec, shuffle_buffer=(int, Field(default=7)))
@@ -313,16 +402,25 @@ def test_search_and_schedule_settings_rebuild_nothing():
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
     embed = _job_names("EmbeddingIndex", INDEX_SPEC, related)
-    tuned = {**INDEX_SPEC, "ann": {"efSearch": 100}, "embedding": {"shards": 4, "batchSize": 16},
-             "probe": {"minRecall": 0.5, "intervalMinutes": 5}}
+    tuned = {
+        **INDEX_SPEC,
+        "ann": {"efSearch": 100},
+        "embedding": {"shards": 4, "batchSize": 16},
+        "probe": {"minRecall": 0.5, "intervalMinutes": 5},
+    }
     assert _job_names("EmbeddingIndex", tuned, related) == embed
     assert _job_names("EmbeddingIndex", {**INDEX_SPEC, "embedding": {"maxSeqLength": 128}}, related) != embed
 
 
 def _train(spec: dict | None = None, labels: dict | None = None, jobs: dict | None = None, status: dict | None = None):
     ds, _ = _run_dataset_to_ready()
-    ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}, **(spec or {})}, status,
-              **({"labels": labels} if labels else {}))
+    ft = body(
+        "FineTuneJob",
+        "ft",
+        {"datasetRef": {"name": "ds"}, **(spec or {})},
+        status,
+        **({"labels": labels} if labels else {}),
+    )
     return plan(Observed(ft, jobs=jobs or {}, related={("EmbeddingDataset", "ds"): ds["status"]}, now=NOW), SETTINGS)
 
 
@@ -364,15 +462,24 @@ def test_a_pending_pod_is_reported_with_the_schedulers_words_and_the_jobs_counts
     (job,) = _train().create
     name = job.name
     report = JobStatus(name=name, step="train", start_time="2026-11-25T12:00:00Z", active=1)
-    stuck = ObservedJob(name, "Pending", step="train", report=report,
-                        waiting=(Reason.UNSCHEDULABLE, "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."))
+    stuck = ObservedJob(
+        name,
+        "Pending",
+        step="train",
+        report=report,
+        waiting=(Reason.UNSCHEDULABLE, "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."),
+    )
     p = _train(jobs={name: stuck})
     assert p.status.phase == "Pending" and ready(p) == ("False", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in p.status.condition("Progressing").message
     assert p.status.job.active == 1 and p.status.job.start_time == "2026-11-25T12:00:00Z"
-    done = ObservedJob(name, "Succeeded", {0: TRAINED}, step="train",
-                       report=report.model_copy(update={"active": 0, "succeeded": 1,
-                                                        "completion_time": "2026-11-25T12:09:00Z"}))
+    done = ObservedJob(
+        name,
+        "Succeeded",
+        {0: TRAINED},
+        step="train",
+        report=report.model_copy(update={"active": 0, "succeeded": 1, "completion_time": "2026-11-25T12:09:00Z"}),
+    )
     finished = _train(jobs={name: done}).status
     assert finished.job.succeeded == 1 and finished.job.completion_time == "2026-11-25T12:09:00Z"
 
@@ -382,9 +489,22 @@ def _serving_index(spec: dict) -> tuple[dict, dict]:
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
     ix = body("EmbeddingIndex", "ix", spec)
     jobs: dict = {}
-    for results in ({0: {"version": 1, "table": "docs_v1", "state": "Ready", "rows": 10, "shardRows": 10,
-                         "embedded": 10, "resumed": False, "seconds": 1.0, "rowsPerSecond": 10.0}},
-                    {0: _publish_result(1)}):
+    for results in (
+        {
+            0: {
+                "version": 1,
+                "table": "docs_v1",
+                "state": "Ready",
+                "rows": 10,
+                "shardRows": 10,
+                "embedded": 10,
+                "resumed": False,
+                "seconds": 1.0,
+                "rowsPerSecond": 10.0,
+            }
+        },
+        {0: _publish_result(1)},
+    ):
         p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
         ix["status"] = p.status.to_wire()
         jobs[p.create[0].name] = ObservedJob(p.create[0].name, "Succeeded", results)
@@ -395,8 +515,7 @@ def _serving_index(spec: dict) -> tuple[dict, dict]:
 def test_one_probe_at_a_time_with_the_interval_as_its_deadline():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
-    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j.step == "probe"]
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create if j.step == "probe"]
     assert probe.scheduling.active_deadline_seconds == 30 * 60
     # Still running an interval later: no second probe piles up behind it.
     slow = {probe.name: ObservedJob(probe.name, "Running", step="probe")}
@@ -439,39 +558,61 @@ def test_only_the_live_versions_drift_degrades_the_index():
 
     spec = EmbeddingIndexSpec.model_validate(INDEX_SPEC)
     live = IndexVersion(version=2, table="docs_v2", model="/m", rows=10, state="Live")
-    old = DriftResult(version=1, score=0.5, centroid_distance=0.1, drifted_components=0.5, reference_rows=10,
-                      current_rows=10, drifted=True, checked_at="2026-11-25T11:00:00Z")
+    old = DriftResult(
+        version=1,
+        score=0.5,
+        centroid_distance=0.1,
+        drifted_components=0.5,
+        reference_rows=10,
+        current_rows=10,
+        drifted=True,
+        checked_at="2026-11-25T11:00:00Z",
+    )
     assert statuses.index_observed(spec, [live], statuses.At(1, NOW), drift=old).condition("Degraded").status == "False"
     now = old.model_copy(update={"version": 2})
-    assert statuses.index_observed(spec, [live], statuses.At(1, NOW), drift=now).condition("Degraded").reason == "QualityDegraded"
+    assert (
+        statuses.index_observed(spec, [live], statuses.At(1, NOW), drift=now).condition("Degraded").reason
+        == "QualityDegraded"
+    )
 
 
 def test_each_change_of_degraded_is_one_event():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
-    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j.step == "probe"]
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create if j.step == "probe"]
     name = probe.name
-    low = {"version": 1, "k": 10, "recallAtK": 0.42, "mrrAt10": 0.1, "ndcgAt10": 0.1, "queries": 3,
-           "checkedAt": "2026-11-25T12:31:00Z"}
-    p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")}, related=related,
-                      now=later), SETTINGS)
+    low = {
+        "version": 1,
+        "k": 10,
+        "recallAtK": 0.42,
+        "mrrAt10": 0.1,
+        "ndcgAt10": 0.1,
+        "queries": 3,
+        "checkedAt": "2026-11-25T12:31:00Z",
+    }
+    p = plan(
+        Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")}, related=related, now=later),
+        SETTINGS,
+    )
     assert p.status.phase == "Degraded"
     assert [(e[0], e[1]) for e in p.events] == [("Warning", "QualityDegraded")]
     assert "recall@10 0.4200 below 0.5" in p.events[0][2]
     ix["status"] = p.status.to_wire()
     # The same Degraded on the next reconciles: no more events.
-    again = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")},
-                          related=related, now=later), SETTINGS)
+    again = plan(
+        Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: low}, step="probe")}, related=related, now=later),
+        SETTINGS,
+    )
     assert again.events == []
     # A good probe later: one Normal event says it recovered.
     good = {**low, "recallAtK": 0.9, "checkedAt": "2026-11-25T13:02:00Z"}
     later = NOW + dt.timedelta(minutes=62)
-    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j.step == "probe"]
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create if j.step == "probe"]
     name = probe.name
-    p = plan(Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: good}, step="probe")}, related=related,
-                      now=later), SETTINGS)
+    p = plan(
+        Observed(ix, jobs={name: ObservedJob(name, "Succeeded", {0: good}, step="probe")}, related=related, now=later),
+        SETTINGS,
+    )
     assert [(e[0], e[1]) for e in p.events if e[1] != "JobCreated"] == [("Normal", "Recovered")]
     assert p.status.phase == "Ready"
 
@@ -479,8 +620,7 @@ def test_each_change_of_degraded_is_one_event():
 def test_a_failed_probe_job_is_one_event_however_often_it_is_seen():
     ix, related = _serving_index(INDEX_SPEC)
     later = NOW + dt.timedelta(minutes=31)
-    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create
-                if j.step == "probe"]
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create if j.step == "probe"]
     failed = {probe.name: ObservedJob(probe.name, "Failed", error="boom", step="probe")}
     p = plan(Observed(ix, jobs=failed, related=related, now=later), SETTINGS)
     assert [e[1] for e in p.events] == ["ProbeFailed"] and p.status.phase == "Degraded"

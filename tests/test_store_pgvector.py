@@ -7,24 +7,41 @@ import os
 import numpy as np
 import psycopg
 import pytest
-from embedops.api.index import AnnSpec, TableSource, Target
-from embedops.store import pgvector, sources
-from embedops.store.catalog import Build
 from pgvector import HalfVector, Vector
 from psycopg import sql
 from pydantic import ValidationError
 
+from embedops.api.index import AnnSpec, TableSource, Target
+from embedops.store import pgvector, sources
+from embedops.store.catalog import Build
+
 TARGET = Target(name="docs")
 
 
-def make_build(dims: int, *, model: str = "m", vector_type: str = "vector", metric: str = "cosine",
-               shards: int = 1, source: str = "test") -> Build:
-    return Build(model=model, model_fingerprint=f"fp-{model}", dimensions=dims, vector_type=vector_type,
-                 metric=metric, id_type="bigint", source=source, shards=shards)
+def make_build(
+    dims: int,
+    *,
+    model: str = "m",
+    vector_type: str = "vector",
+    metric: str = "cosine",
+    shards: int = 1,
+    source: str = "test",
+) -> Build:
+    return Build(
+        model=model,
+        model_fingerprint=f"fp-{model}",
+        dimensions=dims,
+        vector_type=vector_type,
+        metric=metric,
+        id_type="bigint",
+        source=source,
+        shards=shards,
+    )
 
 
-def build_version(conn: psycopg.Connection, dims: int, rows: int = 20, *, target: Target = TARGET,
-                  ann: AnnSpec | None = None, **kw) -> int:
+def build_version(
+    conn: psycopg.Connection, dims: int, rows: int = 20, *, target: Target = TARGET, ann: AnnSpec | None = None, **kw
+) -> int:
     """A Ready version of `rows` random unit vectors with ids 1..rows."""
     rec, _ = pgvector.begin_build(conn, target, make_build(dims, **kw))
     vectors = np.random.default_rng(rec.version).normal(size=(rows, dims)).astype(np.float32)
@@ -167,8 +184,14 @@ def test_finalize_waits_for_every_shard(conn):
 
 
 def test_ivfflat_on_halfvec_with_l2(conn):
-    version = build_version(conn, 6, rows=50, ann=AnnSpec(method="ivfflat", vector_type="halfvec", metric="l2"),
-                            vector_type="halfvec", metric="l2")
+    version = build_version(
+        conn,
+        6,
+        rows=50,
+        ann=AnnSpec(method="ivfflat", vector_type="halfvec", metric="l2"),
+        vector_type="halfvec",
+        metric="l2",
+    )
     indexdef = conn.execute(
         "SELECT indexdef FROM pg_indexes WHERE tablename = %s AND indexdef LIKE '%%ivfflat%%'", (f"docs_v{version}",)
     ).fetchone()[0]
@@ -216,8 +239,10 @@ HOSTILE = ["docs; DROP TABLE x", '"quoted"', "x" * 64, "1docs", "docs-v2", ""]
 def test_hostile_names_are_rejected_before_any_sql(dsn, name):
     closed = psycopg.connect(dsn, autocommit=True)
     closed.close()  # any statement on it would raise psycopg.OperationalError, not ValueError
-    for target in (Target.model_construct(schema_name="public", name=name),
-                   Target.model_construct(schema_name=name, name="docs")):
+    for target in (
+        Target.model_construct(schema_name="public", name=name),
+        Target.model_construct(schema_name=name, name="docs"),
+    ):
         for call in (
             lambda: pgvector.versions(closed, target),
             lambda: pgvector.cutover(closed, target, 1),
@@ -230,8 +255,16 @@ def test_hostile_names_are_rejected_before_any_sql(dsn, name):
             with pytest.raises(ValueError, match=r"target\.(name|schema)"):
                 call()
     for field in ("schema_name", "table", "id_column", "text_column", "title_column"):
-        src = TableSource.model_construct(**{"schema_name": "public", "table": "t", "id_column": "id",
-                                             "text_column": "text", "title_column": None, field: name})
+        src = TableSource.model_construct(
+            **{
+                "schema_name": "public",
+                "table": "t",
+                "id_column": "id",
+                "text_column": "text",
+                "title_column": None,
+                field: name,
+            }
+        )
         with pytest.raises(ValueError, match=r"source\.table\."):
             sources.inspect(closed, src)
     with pytest.raises(ValidationError):
@@ -259,10 +292,16 @@ def test_version_numbers_stop_where_the_table_names_would_not_fit(conn):
         catalog.next_version(conn, "public", "docs")
 
 
-@pytest.mark.parametrize("id_type,ids", [
-    ("smallint", [3, 7, 9]), ("integer", [1, 2**31 - 1, 5]), ("bigint", [-(2**62), 0, 2**62]),
-    ("text", ["doc-1", "é∑ unicode", ""]), ("varchar(40)", ["a", "b b", "c\tc"]),
-])
+@pytest.mark.parametrize(
+    "id_type,ids",
+    [
+        ("smallint", [3, 7, 9]),
+        ("integer", [1, 2**31 - 1, 5]),
+        ("bigint", [-(2**62), 0, 2**62]),
+        ("text", ["doc-1", "é∑ unicode", ""]),
+        ("varchar(40)", ["a", "b b", "c\tc"]),
+    ],
+)
 @pytest.mark.parametrize("vector_type", ["vector", "halfvec"])
 def test_the_numpy_copy_stream_stores_what_psycopgs_adapters_store(conn, id_type, ids, vector_type):
     vectors = np.random.default_rng(0).normal(size=(len(ids), 5)).astype(np.float32)

@@ -8,7 +8,6 @@ import json
 from embedops.builders.jobs import WorkerStep, worker_job
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.workers import runner
-
 from tests.test_reconcile import (
     INDEX_SPEC,
     NOW,
@@ -31,9 +30,22 @@ def _index_jobs(spec: dict, related: dict) -> list[dict]:
     ix = body("EmbeddingIndex", "ix", spec)
     jobs: dict[str, ObservedJob] = {}
     created = []
-    for results in ({0: {"version": 1, "table": "docs_v1", "state": "Ready", "rows": 10, "shardRows": 10,
-                         "embedded": 10, "resumed": False, "seconds": 1.0, "rowsPerSecond": 10.0}},
-                    {0: _publish_result(1)}):
+    for results in (
+        {
+            0: {
+                "version": 1,
+                "table": "docs_v1",
+                "state": "Ready",
+                "rows": 10,
+                "shardRows": 10,
+                "embedded": 10,
+                "resumed": False,
+                "seconds": 1.0,
+                "rowsPerSecond": 10.0,
+            }
+        },
+        {0: _publish_result(1)},
+    ):
         p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
         (job,) = p.create
         created.append(job)
@@ -48,16 +60,35 @@ def test_every_planned_job_config_parses_with_its_workers_config():
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
     jobs = [
-        plan(Observed(body("EmbeddingDataset", "a", {"source": {"beir": {"path": "data/x"}}}), now=NOW),
-             SETTINGS).create[0],
-        plan(Observed(body("EmbeddingDataset", "b", {"source": {"postgres": {
-            "table": "pairs", "database": {"dsnSecretRef": {"name": "pg"}}}}}), now=NOW), SETTINGS).create[0],
-        plan(Observed(body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}}), related=related, now=NOW),
-             SETTINGS).create[0],
+        plan(
+            Observed(body("EmbeddingDataset", "a", {"source": {"beir": {"path": "data/x"}}}), now=NOW), SETTINGS
+        ).create[0],
+        plan(
+            Observed(
+                body(
+                    "EmbeddingDataset",
+                    "b",
+                    {"source": {"postgres": {"table": "pairs", "database": {"dsnSecretRef": {"name": "pg"}}}}},
+                ),
+                now=NOW,
+            ),
+            SETTINGS,
+        ).create[0],
+        plan(
+            Observed(body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}}), related=related, now=NOW), SETTINGS
+        ).create[0],
         *_index_jobs(INDEX_SPEC, related),
-        *_index_jobs({**INDEX_SPEC, "model": {"name": "all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}},
-                      "probe": {"path": "probes/docs.jsonl", "k": 5}, "embedding": {"batchSize": 8},
-                      "pinnedVersion": 1}, related),
+        *_index_jobs(
+            {
+                **INDEX_SPEC,
+                "model": {"name": "all-MiniLM-L6-v2"},
+                "source": {"table": {"table": "docs"}},
+                "probe": {"path": "probes/docs.jsonl", "k": 5},
+                "embedding": {"batchSize": 8},
+                "pinnedVersion": 1,
+            },
+            related,
+        ),
     ]
     assert sorted({j.step for j in jobs}) == ["drift", "embed", "prepare", "probe", "publish", "train"]
     for job in jobs:

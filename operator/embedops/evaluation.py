@@ -51,6 +51,7 @@ def score(run: Run, qrels: Qrels, *, depths: Sequence[int] = (10, 100), k: int |
         mrr_at_10=sum(mrr_at(run.get(q, ()), qrels[q]) for q in qids) / n,
         recall_at_10=recall(10) if 10 in depths else None,
         recall_at_100=recall(100) if 100 in depths else None,
-        k=k, recall_at_k=recall(k) if k is not None else None,
+        k=k,
+        recall_at_k=recall(k) if k is not None else None,
         queries=n,
     )

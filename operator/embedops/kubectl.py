@@ -78,8 +78,9 @@ def _find(api: Any, namespace: str, ref: str, kinds: tuple[str, ...] = ORDER) ->
 
 def _patch(api: Any, obj: dict[str, Any], patch: dict[str, Any]) -> None:
     meta = obj["metadata"]
-    api.patch_namespaced_custom_object(GROUP, VERSION, meta["namespace"], KINDS[obj["kind"]].plural, meta["name"],
-                                       patch)
+    api.patch_namespaced_custom_object(
+        GROUP, VERSION, meta["namespace"], KINDS[obj["kind"]].plural, meta["name"], patch
+    )
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -97,16 +98,26 @@ def status(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     if args.name:
         objects = [_find(api, namespace, args.name)]
     else:
-        objects = [o for kind in ORDER for o in api.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, KINDS[kind].plural)["items"]]
+        objects = [
+            o
+            for kind in ORDER
+            for o in api.list_namespaced_custom_object(GROUP, VERSION, namespace, KINDS[kind].plural)["items"]
+        ]
     rows = [("KIND", "NAME", "READY", "PHASE", "REASON", "MESSAGE")]
     for obj in objects:
         ready = _condition(obj, "Ready")
         # What a person needs first: a degradation, else the work under way, else readiness itself.
-        why = next((c for t in ("Degraded", "Progressing") if (c := _condition(obj, t)).get("status") == "True"),
-                   ready)
-        rows.append((obj["kind"], obj["metadata"]["name"], ready.get("status", "-"),
-                     (obj.get("status") or {}).get("phase") or "-", why.get("reason", "-"), why.get("message", "")))
+        why = next((c for t in ("Degraded", "Progressing") if (c := _condition(obj, t)).get("status") == "True"), ready)
+        rows.append(
+            (
+                obj["kind"],
+                obj["metadata"]["name"],
+                ready.get("status", "-"),
+                (obj.get("status") or {}).get("phase") or "-",
+                why.get("reason", "-"),
+                why.get("message", ""),
+            )
+        )
     return _table(rows)
 
 
@@ -125,8 +136,10 @@ def pin(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
     kept = [v["version"] for v in _retained(index)]
     if args.version not in kept:
-        raise PluginError(f"{index['metadata']['name']} keeps {', '.join(f'v{v}' for v in kept) or 'no version'}: "
-                          f"v{args.version} cannot be served")
+        raise PluginError(
+            f"{index['metadata']['name']} keeps {', '.join(f'v{v}' for v in kept) or 'no version'}: "
+            f"v{args.version} cannot be served"
+        )
     _patch(api, index, {"spec": {"pinnedVersion": args.version}})
     return [f"{index['metadata']['name']} pinned to v{args.version}: the operator cuts over to it"]
 
@@ -151,8 +164,11 @@ def rollback(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
 def rerun(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     obj = _find(api, namespace, args.name)
     _patch(api, obj, {"metadata": {"annotations": {RERUN_ANNOTATION: times.now()}}})
-    what = {"EmbeddingDataset": "prepared", "FineTuneJob": "trained",
-            "EmbeddingIndex": "re-embedded into a new version, probed and cut over if it passes"}[obj["kind"]]
+    what = {
+        "EmbeddingDataset": "prepared",
+        "FineTuneJob": "trained",
+        "EmbeddingIndex": "re-embedded into a new version, probed and cut over if it passes",
+    }[obj["kind"]]
     return [f"{obj['kind']}/{obj['metadata']['name']} will be {what} again"]
 
 
@@ -185,8 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"status": status, "versions": versions, "pin": pin, "unpin": unpin, "rollback": rollback,
-            "rerun": rerun, "probe": probe}
+COMMANDS = {
+    "status": status,
+    "versions": versions,
+    "pin": pin,
+    "unpin": unpin,
+    "rollback": rollback,
+    "rerun": rerun,
+    "probe": probe,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

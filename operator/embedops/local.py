@@ -104,8 +104,10 @@ class LocalRunner:
             self._lock.seek(0)
             holder = self._lock.read().strip() or "unknown"
             self._lock.close()
-            raise StateLocked(f"{self.state_dir} is in use by another embedops run (pid {holder}); wait for it "
-                              "to finish, or give this run another --state-dir") from None
+            raise StateLocked(
+                f"{self.state_dir} is in use by another embedops run (pid {holder}); wait for it "
+                "to finish, or give this run another --state-dir"
+            ) from None
         self._lock.truncate(0)
         self._lock.write(str(os.getpid()))
         self._lock.flush()
@@ -174,10 +176,17 @@ class LocalRunner:
         if _ready_reason(status) == Reason.JOB_FAILED:
             status.pop("inputsHash", None)  # retried: see the module docstring
         return {
-            "apiVersion": API_VERSION, "kind": r.kind.kind,
-            "metadata": {"name": r.name, "namespace": r.namespace, "uid": meta.get("uid") or f"local-{uuid.uuid4()}",
-                         "generation": generation, "annotations": annotations},
-            "spec": spec, "status": status,
+            "apiVersion": API_VERSION,
+            "kind": r.kind.kind,
+            "metadata": {
+                "name": r.name,
+                "namespace": r.namespace,
+                "uid": meta.get("uid") or f"local-{uuid.uuid4()}",
+                "generation": generation,
+                "annotations": annotations,
+            },
+            "spec": spec,
+            "status": status,
         }
 
     def republish(self, index: Any) -> None:
@@ -195,19 +204,22 @@ class LocalRunner:
             log.info("%s: reconciling", loaded.resource.key)
             outcome = self._reconcile(loaded)
             ready = outcome.status.condition(statuses.READY)
-            log.info("%s: Ready=%s %s", loaded.resource.key, ready.status if ready else "?",
-                     ready.message if ready else "")
+            log.info(
+                "%s: Ready=%s %s", loaded.resource.key, ready.status if ready else "?", ready.message if ready else ""
+            )
             self.outcomes[loaded.resource.key] = outcome
         return self.outcomes
 
     def _reconcile(self, loaded: LoadedResource) -> Outcome:
         body = self._apply(loaded)
-        layout = reconcile.Layout(inputs=str(loaded.base_dir), outputs=str(self.state_dir / loaded.resource.namespace),
-                                  database_secrets=False)
+        layout = reconcile.Layout(
+            inputs=str(loaded.base_dir), outputs=str(self.state_dir / loaded.resource.namespace), database_secrets=False
+        )
         jobs: dict[str, reconcile.ObservedJob] = {}
         for _ in range(MAX_ROUNDS):
-            related = reconcile.related_statuses(body, lambda kind, name: self._read(kind, body["metadata"]["namespace"],
-                                                                                      name))
+            related = reconcile.related_statuses(
+                body, lambda kind, name: self._read(kind, body["metadata"]["namespace"], name)
+            )
             observed = reconcile.Observed(body=body, jobs=jobs, related=related, now=self.clock())
             plan = reconcile.plan(observed, SETTINGS, layout)
             for name in plan.delete:
@@ -246,7 +258,7 @@ class LocalRunner:
                 result = runner.run(step, dsn=dsn)
             except runner.WorkerError as err:
                 error = describe_error(error_message(err.reason, str(err)))
-            except Exception as err:  # noqa: BLE001 - a pod's crash: its Job fails with the message
+            except Exception as err:
                 log.debug("%s failed", job.name, exc_info=True)
                 error = f"{type(err).__name__}: {err}"
             else:

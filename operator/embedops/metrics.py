@@ -71,25 +71,42 @@ class Metrics:
         self.reindex_active = gauge("embedops_index_reindex_active", "1 while a re-index runs.")
         self.ft_ndcg = gauge("embedops_finetune_ndcg", "Held-out nDCG@k of the base and tuned model.", ("model",) + k)
         self.ft_mrr = gauge("embedops_finetune_mrr", "Held-out MRR@k of the base and tuned model.", ("model",) + k)
-        self.ft_recall = gauge("embedops_finetune_recall", "Held-out Recall@k of the base and tuned model.",
-                               ("model",) + k)
+        self.ft_recall = gauge(
+            "embedops_finetune_recall", "Held-out Recall@k of the base and tuned model.", ("model",) + k
+        )
         self.ft_duration = gauge("embedops_finetune_duration_seconds", "Training plus evaluation time.")
         self.ready = gauge("embedops_resource_ready", "1 when the resource's Ready condition is True, else 0.")
         self.failed = gauge("embedops_resource_failed", "1 when the resource's phase is Failed, else 0.")
-        self.condition = gauge("embedops_resource_condition",
-                               "1 for the current status of each condition type, 0 for the other statuses.",
-                               ("type", "status"))
-        self.condition_reason = gauge("embedops_resource_condition_reason",
-                                      "1 for the current reason of each condition type.", ("type", "reason"))
-        self.gate_failures = Counter("embedops_index_gate_failures_total",
-                                     "New versions that failed the probe gate (GateFailed events posted).",
-                                     RESOURCE, registry=registry)
-        self.reconciles = Counter("embedops_reconcile_total", "Reconciles run, by result.", ("kind", "result"),
-                                  registry=registry)
-        self.reconcile_duration = Histogram("embedops_reconcile_duration_seconds", "Time one reconcile took.",
-                                            ("kind",), buckets=RECONCILE_BUCKETS, registry=registry)
-        self.build_info = Gauge("embedops_build_info", "The operator's version and Python version; always 1.",
-                                ("version", "python_version"), registry=registry)
+        self.condition = gauge(
+            "embedops_resource_condition",
+            "1 for the current status of each condition type, 0 for the other statuses.",
+            ("type", "status"),
+        )
+        self.condition_reason = gauge(
+            "embedops_resource_condition_reason", "1 for the current reason of each condition type.", ("type", "reason")
+        )
+        self.gate_failures = Counter(
+            "embedops_index_gate_failures_total",
+            "New versions that failed the probe gate (GateFailed events posted).",
+            RESOURCE,
+            registry=registry,
+        )
+        self.reconciles = Counter(
+            "embedops_reconcile_total", "Reconciles run, by result.", ("kind", "result"), registry=registry
+        )
+        self.reconcile_duration = Histogram(
+            "embedops_reconcile_duration_seconds",
+            "Time one reconcile took.",
+            ("kind",),
+            buckets=RECONCILE_BUCKETS,
+            registry=registry,
+        )
+        self.build_info = Gauge(
+            "embedops_build_info",
+            "The operator's version and Python version; always 1.",
+            ("version", "python_version"),
+            registry=registry,
+        )
         self.build_info.labels(_package_version(), platform.python_version()).set(1)
         # Every kind's series exist from the start, at 0: `rate()` and `increase()` then see the
         # first error too, and a dashboard shows 0 rather than "no data".
@@ -146,15 +163,17 @@ class Metrics:
         """Remove the resource's gauge series (label values starting with `key`) except those in `keep`."""
         for g in self._resource_gauges:
             for values in list(g._metrics):
-                if values[:len(key)] == key and (id(g), values) not in keep:
+                if values[: len(key)] == key and (id(g), values) not in keep:
                     g.remove(*values)
 
 
 def _resource_series(m: Metrics, key: tuple[str, ...], st: BaseStatus) -> list[Series]:
     """Ready, Failed and the conditions: the series every kind has."""
     ready = st.condition(ConditionType.READY)
-    want: list[Series] = [(m.ready, key, 1 if ready is not None and ready.status == "True" else 0),
-                          (m.failed, key, 1 if st.phase == "Failed" else 0)]
+    want: list[Series] = [
+        (m.ready, key, 1 if ready is not None and ready.status == "True" else 0),
+        (m.failed, key, 1 if st.phase == "Failed" else 0),
+    ]
     for type_ in ConditionType:
         cond = st.condition(type_)
         if cond is not None:
@@ -163,8 +182,9 @@ def _resource_series(m: Metrics, key: tuple[str, ...], st: BaseStatus) -> list[S
     return want
 
 
-def _index_series(m: Metrics, key: tuple[str, ...], spec: EmbeddingIndexSpec | None,
-                  st: EmbeddingIndexStatus) -> list[Series]:
+def _index_series(
+    m: Metrics, key: tuple[str, ...], spec: EmbeddingIndexSpec | None, st: EmbeddingIndexStatus
+) -> list[Series]:
     want: list[Series] = []
     if spec is not None:
         want += [(m.min_recall, key, spec.probe.min_recall), (m.drift_threshold, key, spec.drift.threshold)]
@@ -173,13 +193,17 @@ def _index_series(m: Metrics, key: tuple[str, ...], spec: EmbeddingIndexSpec | N
     want += [(m.rows, key + (str(v.version),), v.rows) for v in st.versions]
     if st.probe is not None:
         v = str(st.probe.version)
-        want += [(m.probe_recall, key + (v, str(st.probe.k)), st.probe.recall_at_k),
-                 (m.probe_mrr, key + (v, "10"), st.probe.mrr_at_10),
-                 (m.probe_ndcg, key + (v, "10"), st.probe.ndcg_at_10),
-                 (m.probe_time, key, _unix(st.probe.checked_at))]
+        want += [
+            (m.probe_recall, key + (v, str(st.probe.k)), st.probe.recall_at_k),
+            (m.probe_mrr, key + (v, "10"), st.probe.mrr_at_10),
+            (m.probe_ndcg, key + (v, "10"), st.probe.ndcg_at_10),
+            (m.probe_time, key, _unix(st.probe.checked_at)),
+        ]
     if st.drift is not None:
-        want += [(m.drift_score, key + (str(st.drift.version),), st.drift.score),
-                 (m.drift_time, key, _unix(st.drift.checked_at))]
+        want += [
+            (m.drift_score, key + (str(st.drift.version),), st.drift.score),
+            (m.drift_time, key, _unix(st.drift.checked_at)),
+        ]
     want.append((m.reindex_active, key, 1 if st.active_job else 0))
     if st.reindex is not None:
         v = str(st.reindex.version)
@@ -193,10 +217,12 @@ def _finetune_series(m: Metrics, key: tuple[str, ...], st: FineTuneJobStatus) ->
     want: list[Series] = []
     for model, ir in (("base", st.base_metrics), ("tuned", st.tuned_metrics)):
         if ir is not None:
-            want += [(m.ft_ndcg, key + (model, "10"), ir.ndcg_at_10),
-                     (m.ft_mrr, key + (model, "10"), ir.mrr_at_10),
-                     (m.ft_recall, key + (model, "10"), ir.recall_at_10),
-                     (m.ft_recall, key + (model, "100"), ir.recall_at_100)]
+            want += [
+                (m.ft_ndcg, key + (model, "10"), ir.ndcg_at_10),
+                (m.ft_mrr, key + (model, "10"), ir.mrr_at_10),
+                (m.ft_recall, key + (model, "10"), ir.recall_at_10),
+                (m.ft_recall, key + (model, "100"), ir.recall_at_100),
+            ]
     if st.duration_seconds is not None:
         want.append((m.ft_duration, key, st.duration_seconds))
     return want

@@ -61,15 +61,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load(name_or_path: str, *, base_dir: Path | None = None, device: str | None = None,
-         max_seq_length: int | None = None) -> SentenceTransformer:
+def load(
+    name_or_path: str, *, base_dir: Path | None = None, device: str | None = None, max_seq_length: int | None = None
+) -> SentenceTransformer:
     """Load a sentence-transformers model from its local folder."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a bar per weight load; progress.task reports the steps that matter
-    model = SentenceTransformer(str(resolve(name_or_path, base_dir)), device=device or default_device(),
-                                local_files_only=True)
+    model = SentenceTransformer(
+        str(resolve(name_or_path, base_dir)), device=device or default_device(), local_files_only=True
+    )
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model

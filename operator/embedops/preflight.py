@@ -41,8 +41,11 @@ def _beir(base_dir: Path, src: BeirSource) -> list[str]:
     folder = _path(base_dir, src.path)
     if not folder.is_dir():
         return [f"spec.source.beir.path: {src.path!r} is not a folder"]
-    return [f"spec.source.beir.path: {name} not found in {src.path!r}" for name in beir.file_names(src)
-            if not (folder / name).is_file()]
+    return [
+        f"spec.source.beir.path: {name} not found in {src.path!r}"
+        for name in beir.file_names(src)
+        if not (folder / name).is_file()
+    ]
 
 
 def files_and_models(loaded: LoadedResource) -> list[str]:
@@ -69,8 +72,9 @@ def files_and_models(loaded: LoadedResource) -> list[str]:
             if spec.probe.path:
                 problems += _file(base, spec.probe.path, "spec.probe.path")
             elif spec.probe.dataset_ref is None and spec.source.dataset_ref is None:
-                problems.append("spec.probe: set probe.path or probe.datasetRef (a table source has no held-out "
-                                "queries)")
+                problems.append(
+                    "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)"
+                )
     return problems
 
 
@@ -91,7 +95,9 @@ def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
             schema = r.spec.target.schema_name
             allowed = conn.execute(
                 "SELECT CASE WHEN to_regnamespace(%s) IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
-                " ELSE has_schema_privilege(%s, 'CREATE') END", (schema, schema)).fetchone()[0]
+                " ELSE has_schema_privilege(%s, 'CREATE') END",
+                (schema, schema),
+            ).fetchone()[0]
             if not allowed:
                 problems.append(f"{r.key}: spec.target.schema: the database user may not create tables in {schema!r}")
             if r.spec.source.table is not None:
@@ -112,10 +118,15 @@ def cluster(loaded: list[LoadedResource]) -> list[str]:
     for item in loaded:
         r = item.resource
         if r.kind.kind == "EmbeddingIndex" and r.spec.database.dsn_secret_ref is None:
-            problems.append(f"{r.key}: spec.database.dsnSecretRef is required in a cluster (local mode uses "
-                            "--dsn or its embedded server)")
-        if r.kind.kind == "EmbeddingDataset" and r.spec.source.postgres is not None \
-                and r.spec.source.postgres.database.dsn_secret_ref is None:
+            problems.append(
+                f"{r.key}: spec.database.dsnSecretRef is required in a cluster (local mode uses "
+                "--dsn or its embedded server)"
+            )
+        if (
+            r.kind.kind == "EmbeddingDataset"
+            and r.spec.source.postgres is not None
+            and r.spec.source.postgres.database.dsn_secret_ref is None
+        ):
             problems.append(f"{r.key}: spec.source.postgres.database.dsnSecretRef is required in a cluster")
     return problems
 

@@ -148,8 +148,12 @@ class PreparedDataset:
 
     def train_examples(self) -> list[TrainExample]:
         return [
-            TrainExample(query=r["query"], positive=r["positive"], negatives=tuple(r.get("negatives", ())),
-                         origin=r.get("origin", "pair"))
+            TrainExample(
+                query=r["query"],
+                positive=r["positive"],
+                negatives=tuple(r.get("negatives", ())),
+                origin=r.get("origin", "pair"),
+            )
             for r in read_jsonl(self.folder / "train.jsonl")
         ]
 

@@ -60,8 +60,15 @@ class Task:
             self._last_log = time.monotonic()
             total = f"/{self.total}" if self.total else ""
             doc = self.report()
-            log.info("%s: %d%s (%.1f/s) %s%s", self.description, self.done, total, doc["rate"], MARKER,
-                     json.dumps(doc, separators=(",", ":")))
+            log.info(
+                "%s: %d%s (%.1f/s) %s%s",
+                self.description,
+                self.done,
+                total,
+                doc["rate"],
+                MARKER,
+                json.dumps(doc, separators=(",", ":")),
+            )
 
     def report(self) -> dict[str, object]:
         """Where the task stands, as status.job.progress shows it."""
@@ -88,8 +95,13 @@ def task(description: str, total: int | None = None) -> Iterator[Task]:
         )
 
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TimeRemainingColumn(), transient=False, console=None,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+            console=None,
         ) as progress:
             t = Task(description, total, (progress, progress.add_task(description, total=total)))
             yield t

@@ -163,8 +163,9 @@ class _Stop(Exception):
 
 def owner_of(body: dict[str, Any]) -> Owner:
     meta = body["metadata"]
-    return Owner(kind=body["kind"], name=meta["name"], namespace=meta.get("namespace") or "default",
-                 uid=meta.get("uid", ""))
+    return Owner(
+        kind=body["kind"], name=meta["name"], namespace=meta.get("namespace") or "default", uid=meta.get("uid", "")
+    )
 
 
 def _parse_spec(ctx: _Context) -> Any:
@@ -206,8 +207,13 @@ def _single_result(ctx: _Context, job: ObservedJob, model: type[BaseModel]) -> A
     try:
         return model.model_validate(job.results.get(0))
     except ValidationError as err:
-        raise _Stop(_failed(ctx, Reason.BAD_WORKER_RESULT,
-                            f"Job {job.name} finished without a readable result: {err.error_count()} problems")) from err
+        raise _Stop(
+            _failed(
+                ctx,
+                Reason.BAD_WORKER_RESULT,
+                f"Job {job.name} finished without a readable result: {err.error_count()} problems",
+            )
+        ) from err
 
 
 def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | None, ObservedJob | None]:
@@ -215,22 +221,26 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
     name = step.name
     job = ctx.obs.jobs.get(name)
     if job is None:
-        status = statuses.running(ctx.current, running, f"Job {name} created", ctx.at,
-                                  JobStatus(name=name, step=step.step))
+        status = statuses.running(
+            ctx.current, running, f"Job {name} created", ctx.at, JobStatus(name=name, step=step.step)
+        )
         # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
         # a Kueue quota (and an embed Job would keep writing a version nobody wants).
-        superseded = sorted(j.name for j in ctx.obs.jobs.values()
-                            if j.step == step.step and j.name != name and j.state in ("Pending", "Running"))
+        superseded = sorted(
+            j.name
+            for j in ctx.obs.jobs.values()
+            if j.step == step.step and j.name != name and j.state in ("Pending", "Running")
+        )
         events = [("Normal", "JobCreated", f"created Job {name}")]
         events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
-        return Plan(status=status, create=[step], delete=superseded,
-                    events=events), None
+        return Plan(status=status, create=[step], delete=superseded, events=events), None
     if job.state in ("Pending", "Running"):
         return _in_progress(ctx, job, step, running), None
     if job.state == VersionState.FAILED:
         message = f"Job {name} failed: {job.error or 'no message'}"
-        status = statuses.step_failed(ctx.current, Reason.JOB_FAILED, message, ctx.at, inputs_hash=step.key,
-                                      job=job.report)
+        status = statuses.step_failed(
+            ctx.current, Reason.JOB_FAILED, message, ctx.at, inputs_hash=step.key, job=job.report
+        )
         unchanged = statuses.same_condition(ctx.current, status, statuses.READY)
         return Plan(status=status, events=[] if unchanged else [("Warning", Reason.JOB_FAILED, message)]), None
     return None, job
@@ -247,10 +257,19 @@ def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Rea
     suspended = job.suspended
     if job.queue is None and job.suspended != step.scheduling.suspend:
         suspended = plan.suspend[job.name] = step.scheduling.suspend
-        plan.events.append(("Normal", "JobSuspended" if suspended else "JobResumed",
-                            f"{'suspended' if suspended else 'resumed'} Job {job.name}"))
+        plan.events.append(
+            (
+                "Normal",
+                "JobSuspended" if suspended else "JobResumed",
+                f"{'suspended' if suspended else 'resumed'} Job {job.name}",
+            )
+        )
     if suspended and job.queue is not None:
-        reason, message, phase = Reason.QUEUED, f"Job {job.name} waits for Kueue to admit it (queue {job.queue})", "Queued"
+        reason, message, phase = (
+            Reason.QUEUED,
+            f"Job {job.name} waits for Kueue to admit it (queue {job.queue})",
+            "Queued",
+        )
     elif suspended:
         reason, message, phase = Reason.SUSPENDED, f"Job {job.name} is suspended", "Suspended"
     elif job.waiting is not None:
@@ -259,8 +278,9 @@ def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Rea
         reason, message, phase = running, f"Job {job.name} is pending", "Pending"
     else:
         reason, message, phase = running, f"Job {job.name} is running", "Running"
-    plan.status = statuses.running(ctx.current, reason, message, ctx.at,
-                                   job.report or JobStatus(name=job.name, step=step.step), phase=phase)
+    plan.status = statuses.running(
+        ctx.current, reason, message, ctx.at, job.report or JobStatus(name=job.name, step=step.step), phase=phase
+    )
     return plan
 
 
@@ -268,8 +288,10 @@ def _done(status: BaseStatus, key: str, job: ObservedJob, extra: list[tuple[str,
     """A finished run: its status, remembered by its inputs, and the Ready condition as an event."""
     statuses.finished(status, key, job.report)
     ready = status.condition(statuses.READY)
-    return Plan(status=status, events=[("Normal" if ready.status == "True" else "Warning", ready.reason,
-                                        ready.message), *(extra or [])])
+    return Plan(
+        status=status,
+        events=[("Normal" if ready.status == "True" else "Warning", ready.reason, ready.message), *(extra or [])],
+    )
 
 
 def _identity(spec: Any) -> dict[str, Any]:
@@ -296,11 +318,16 @@ def plan_dataset(ctx: _Context) -> Plan:
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
-        owner=owner_of(ctx.body), key=key,
+        owner=owner_of(ctx.body),
+        key=key,
         config=steps.PrepareStep(
-            spec=spec, base_dir=ctx.layout.inputs,
-            output_dir=ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key)),
-        resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling), gpus=spec.resources.gpus or 0,
+            spec=spec,
+            base_dir=ctx.layout.inputs,
+            output_dir=ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key),
+        ),
+        resources=spec.resources,
+        scheduling=_scheduling(ctx, spec.scheduling),
+        gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
     plan, job = _run_step(ctx, step, Reason.PREPARING)
@@ -319,11 +346,16 @@ def plan_finetune(ctx: _Context) -> Plan:
     if ctx.finished(key):
         return Plan()
     step = WorkerStep(
-        owner=owner_of(ctx.body), key=key,
+        owner=owner_of(ctx.body),
+        key=key,
         config=steps.TrainStep(
-            spec=spec, dataset_dir=dataset.location, base_dir=ctx.layout.inputs,
-            output_dir=ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key)),
-        resources=spec.resources, scheduling=_scheduling(ctx, spec.scheduling),
+            spec=spec,
+            dataset_dir=dataset.location,
+            base_dir=ctx.layout.inputs,
+            output_dir=ctx.layout.workdir("finetunejobs", ctx.body["metadata"]["name"], key),
+        ),
+        resources=spec.resources,
+        scheduling=_scheduling(ctx, spec.scheduling),
         gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
     )
     plan, job = _run_step(ctx, step, Reason.TRAINING)
@@ -377,34 +409,61 @@ def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
     elif dataset_dir is not None:
         probe_dataset_dir = dataset_dir
     else:
-        raise _Stop(_failed(ctx, Reason.NO_PROBE_SET,
-                            "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)"))
+        raise _Stop(
+            _failed(
+                ctx,
+                Reason.NO_PROBE_SET,
+                "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)",
+            )
+        )
     return _IndexInputs(model, model_id, dataset_dir, fingerprint, probe, probe_dataset_dir)
 
 
-def _index_step(ctx: _Context, key: str, spec: EmbeddingIndexSpec, config: steps.AnyStep, *,
-                ttl: int | None = None, deadline: int | None = None) -> WorkerStep:
+def _index_step(
+    ctx: _Context,
+    key: str,
+    spec: EmbeddingIndexSpec,
+    config: steps.AnyStep,
+    *,
+    ttl: int | None = None,
+    deadline: int | None = None,
+) -> WorkerStep:
     """Every index step runs with the index's resources, scheduling and database."""
     scheduling = _scheduling(ctx, spec.scheduling)
     if deadline is not None:
         limit = scheduling.active_deadline_seconds
         scheduling = scheduling.model_copy(update={"active_deadline_seconds": min(deadline, limit or deadline)})
-    return WorkerStep(owner=owner_of(ctx.body), key=key, config=config, resources=spec.resources,
-                      scheduling=scheduling, gpus=spec.resources.gpus or 0,
-                      dsn_secret=spec.database.dsn_secret_ref, ttl_seconds=ttl)
+    return WorkerStep(
+        owner=owner_of(ctx.body),
+        key=key,
+        config=config,
+        resources=spec.resources,
+        scheduling=scheduling,
+        gpus=spec.resources.gpus or 0,
+        dsn_secret=spec.database.dsn_secret_ref,
+        ttl_seconds=ttl,
+    )
 
 
 def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
     # What the version's vectors and layout depend on; batch size, commit size and shard count
     # only change how fast it is built, and search settings only what probes measure.
     key = naming.step_key(
-        "embed", inputs.model_id, naming.identity(spec.source), inputs.dataset_fingerprint,
+        "embed",
+        inputs.model_id,
+        naming.identity(spec.source),
+        inputs.dataset_fingerprint,
         naming.identity(spec.ann, exclude={"ef_search", "probes"}),
         naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
-        naming.identity(spec.target), ctx.rerun,
+        naming.identity(spec.target),
+        ctx.rerun,
     )
     config = steps.EmbedStep(
-        target=spec.target, source=spec.source, dataset_dir=inputs.dataset_dir, model=inputs.model, ann=spec.ann,
+        target=spec.target,
+        source=spec.source,
+        dataset_dir=inputs.dataset_dir,
+        model=inputs.model,
+        ann=spec.ann,
         embedding=spec.embedding,
         # A version already built from the same model and source is reused, unless the user asked
         # for a fresh one with the rerun annotation (the table's rows changed, say).
@@ -426,8 +485,11 @@ def _reindex_progress(job: ObservedJob) -> ReindexProgress | None:
     if not results:
         return None
     rates = [r.rows_per_second for r in results if r.rows_per_second]
-    return ReindexProgress(version=results[0].version, rows_done=sum(r.shard_rows for r in results),
-                           rows_per_second=round(sum(rates), 2) if rates else None)
+    return ReindexProgress(
+        version=results[0].version,
+        rows_done=sum(r.shard_rows for r in results),
+        rows_per_second=round(sum(rates), 2) if rates else None,
+    )
 
 
 def _due(last: str | None, minutes: int, now: dt.datetime) -> bool:
@@ -447,16 +509,21 @@ def plan_index(ctx: _Context) -> Plan:
     inputs = _index_inputs(ctx, spec)
     if inputs.model is None:
         if current.live_version is None:
-            return _waiting(ctx, Reason.WAITING_FOR_MODEL,
-                            f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet")
+            return _waiting(
+                ctx, Reason.WAITING_FOR_MODEL, f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet"
+            )
         return _schedule(ctx, spec, current, inputs)
 
     if (pin := _unretained_pin(ctx, spec, current)) is not None:
         return pin
     embed = _embed_step(ctx, spec, inputs)
     publish_key = naming.step_key(
-        "publish", embed.key, naming.identity(spec.probe, exclude={"interval_minutes"}),
-        naming.identity(spec.ann, include={"ef_search", "probes"}), spec.pinned_version, spec.keep_versions,
+        "publish",
+        embed.key,
+        naming.identity(spec.probe, exclude={"interval_minutes"}),
+        naming.identity(spec.ann, include={"ef_search", "probes"}),
+        spec.pinned_version,
+        spec.keep_versions,
     )
     if current.inputs_hash == publish_key and current.active_job is None:
         return _schedule(ctx, spec, current, inputs)
@@ -464,16 +531,27 @@ def plan_index(ctx: _Context) -> Plan:
     plan, job = _run_step(ctx, embed, Reason.EMBEDDING)
     if plan is not None:
         embed_job = ctx.obs.jobs.get(embed.name)
-        if embed_job is not None and embed_job.state != VersionState.FAILED and isinstance(plan.status, EmbeddingIndexStatus):
+        if (
+            embed_job is not None
+            and embed_job.state != VersionState.FAILED
+            and isinstance(plan.status, EmbeddingIndexStatus)
+        ):
             statuses.reindexing(plan.status, _reindex_progress(embed_job))
         return plan
     built = _candidate(job)
     if built is None:
-        return _failed(ctx, Reason.BAD_WORKER_RESULT, f"Job {job.name} finished but no shard reported a finished version")
+        return _failed(
+            ctx, Reason.BAD_WORKER_RESULT, f"Job {job.name} finished but no shard reported a finished version"
+        )
 
     config = steps.PublishStep(
-        target=spec.target, version=built.version, model=inputs.model, probe=inputs.probe,
-        dataset_dir=inputs.probe_dataset_dir, ann=spec.ann, keep_versions=spec.keep_versions,
+        target=spec.target,
+        version=built.version,
+        model=inputs.model,
+        probe=inputs.probe,
+        dataset_dir=inputs.probe_dataset_dir,
+        ann=spec.ann,
+        keep_versions=spec.keep_versions,
         pinned_version=spec.pinned_version,
     )
     publish = _index_step(ctx, publish_key, spec, config)
@@ -483,8 +561,11 @@ def plan_index(ctx: _Context) -> Plan:
             statuses.reindexing(plan.status, None)
         return plan
     result = _single_result(ctx, job, PublishResult)
-    notes = [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason,
-              result.note or "")] if result.note_reason else []
+    notes = (
+        [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason, result.note or "")]
+        if result.note_reason
+        else []
+    )
     return _done(statuses.index_published(spec, result, ctx.at, drift=current.drift), publish_key, job, notes)
 
 
@@ -504,13 +585,18 @@ def _unretained_pin(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingI
     kept = sorted(v.version for v in current.versions if v.state in RETAINED_STATES)
     if spec.pinned_version is None or not current.versions or spec.pinned_version in kept:
         return None
-    message = (f"spec.pinnedVersion {spec.pinned_version} is not a version this index keeps "
-               f"({', '.join(f'v{v}' for v in kept) or 'none'}); v{current.live_version} keeps serving")
-    return Plan(status=statuses.pin_not_retained(current, message, ctx.at))  # its event: plan() posts one for each change of Degraded
+    message = (
+        f"spec.pinnedVersion {spec.pinned_version} is not a version this index keeps "
+        f"({', '.join(f'v{v}' for v in kept) or 'none'}); v{current.live_version} keeps serving"
+    )
+    return Plan(
+        status=statuses.pin_not_retained(current, message, ctx.at)
+    )  # its event: plan() posts one for each change of Degraded
 
 
-def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus,
-                     inputs: _IndexInputs, live: Any) -> list[WorkerStep]:
+def _scheduled_steps(
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs, live: Any
+) -> list[WorkerStep]:
     """The probe and drift runs of the live version that are due now (or asked for).
 
     A scheduled Job gets the interval as its deadline: a probe that takes longer than the time
@@ -521,8 +607,14 @@ def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: Embedding
     minutes = spec.probe.interval_minutes
     requested = _probe_requested(ctx, current)
     if requested or _due(current.probe.checked_at if current.probe else None, minutes, now):
-        probe = steps.ProbeStep(target=spec.target, version=live.version, model=live.model, probe=inputs.probe,
-                                dataset_dir=inputs.probe_dataset_dir, ann=spec.ann)
+        probe = steps.ProbeStep(
+            target=spec.target,
+            version=live.version,
+            model=live.model,
+            probe=inputs.probe,
+            dataset_dir=inputs.probe_dataset_dir,
+            ann=spec.ann,
+        )
         key = "r" + naming.inputs_hash(requested) if requested else _slot(now, minutes)
         planned.append(_index_step(ctx, key, spec, probe, ttl=ttl, deadline=minutes * 60))
     minutes = spec.drift.interval_minutes
@@ -530,8 +622,15 @@ def _scheduled_steps(ctx: _Context, spec: EmbeddingIndexSpec, current: Embedding
     # stored vectors and the source embedded again would match by construction.
     last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
     if spec.drift.enabled and _due(last, minutes, now):
-        drift = steps.DriftStep(target=spec.target, version=live.version, model=live.model, source=spec.source,
-                                dataset_dir=inputs.dataset_dir, drift=spec.drift, embedding=spec.embedding)
+        drift = steps.DriftStep(
+            target=spec.target,
+            version=live.version,
+            model=live.model,
+            source=spec.source,
+            dataset_dir=inputs.dataset_dir,
+            drift=spec.drift,
+            embedding=spec.embedding,
+        )
         planned.append(_index_step(ctx, _slot(now, minutes), spec, drift, ttl=ttl, deadline=minutes * 60))
     return planned
 
@@ -558,10 +657,16 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
                 drift = DriftResult.model_validate(job.results[0])
         elif job.state == VersionState.FAILED:
             problems.append((SCHEDULED_FAILURES[step.step], f"Job {name} failed: {job.error or 'no message'}"))
-    if probe == current.probe and drift == current.drift and not problems and current.observed_generation == ctx.generation:
+    if (
+        probe == current.probe
+        and drift == current.drift
+        and not problems
+        and current.observed_generation == ctx.generation
+    ):
         return plan
-    refreshed = statuses.index_observed(spec, current.versions, ctx.at, probe=probe, drift=drift,
-                                        inputs_hash=current.inputs_hash)
+    refreshed = statuses.index_observed(
+        spec, current.versions, ctx.at, probe=probe, drift=drift, inputs_hash=current.inputs_hash
+    )
     note = current.condition(statuses.PROGRESSING)
     if note is not None and note.reason in PUBLISH_NOTES:
         statuses.note(refreshed, note.reason, note.message, ctx.at)
@@ -592,8 +697,9 @@ def plan(obs: Observed, settings: OperatorSettings, layout: Layout | None = None
     return result
 
 
-def _degraded_transition(old: BaseStatus, new: BaseStatus, planned: list[tuple[str, str, str]]
-                         ) -> list[tuple[str, str, str]]:
+def _degraded_transition(
+    old: BaseStatus, new: BaseStatus, planned: list[tuple[str, str, str]]
+) -> list[tuple[str, str, str]]:
     """One event for each change of Degraded, unless the plan already posts it: what SREs are paged on
     must be in `kubectl describe` too."""
     before, after = old.condition(statuses.DEGRADED), new.condition(statuses.DEGRADED)
@@ -606,8 +712,9 @@ def _degraded_transition(old: BaseStatus, new: BaseStatus, planned: list[tuple[s
     return []
 
 
-def related_statuses(body: dict[str, Any], read: Callable[[str, str], dict[str, Any] | None]
-                     ) -> dict[tuple[str, str], dict[str, Any]]:
+def related_statuses(
+    body: dict[str, Any], read: Callable[[str, str], dict[str, Any] | None]
+) -> dict[tuple[str, str], dict[str, Any]]:
     """`Observed.related` for `body`: the statuses of the resources it references that exist, as `read(kind,
     name)` finds them (the API server, or local mode's state folder)."""
     found = {ref: read(*ref) for ref in references(body)}

@@ -40,8 +40,12 @@ def print_report(outcomes: Mapping[str, Any], console: Console | None = None) ->
             table = Table()
             for col in ("metric", "base", "tuned", "change"):
                 table.add_column(col, justify="right" if col != "metric" else "left")
-            for label, attr in (("nDCG@10", "ndcg_at_10"), ("MRR@10", "mrr_at_10"),
-                                ("Recall@10", "recall_at_10"), ("Recall@100", "recall_at_100")):
+            for label, attr in (
+                ("nDCG@10", "ndcg_at_10"),
+                ("MRR@10", "mrr_at_10"),
+                ("Recall@10", "recall_at_10"),
+                ("Recall@100", "recall_at_100"),
+            ):
                 a, b = getattr(base, attr), getattr(tuned, attr)
                 table.add_row(label, _fmt(a), _fmt(b), _delta(a, b))
             console.print(table)
@@ -52,13 +56,21 @@ def print_report(outcomes: Mapping[str, Any], console: Console | None = None) ->
                 table.add_column(col)
             for v in outcome.status.versions:
                 p = v.probe
-                table.add_row(f"v{v.version}", v.state, str(v.rows), v.model,
-                              _fmt(p.recall_at_k if p else None), _fmt(p.mrr_at_10 if p else None),
-                              _fmt(p.ndcg_at_10 if p else None),
-                              "-" if p is None or p.passed is None else ("pass" if p.passed else "fail"))
+                table.add_row(
+                    f"v{v.version}",
+                    v.state,
+                    str(v.rows),
+                    v.model,
+                    _fmt(p.recall_at_k if p else None),
+                    _fmt(p.mrr_at_10 if p else None),
+                    _fmt(p.ndcg_at_10 if p else None),
+                    "-" if p is None or p.passed is None else ("pass" if p.passed else "fail"),
+                )
             console.print(table)
             if outcome.status.drift:
                 d = outcome.status.drift
-                console.print(f"drift of v{d.version}: MMD² {d.score:.4f}, centroid distance "
-                              f"{d.centroid_distance:.4f}, drifted components {d.drifted_components:.2f}"
-                              f" -> {'DRIFTED' if d.drifted else 'ok'}")
+                console.print(
+                    f"drift of v{d.version}: MMD² {d.score:.4f}, centroid distance "
+                    f"{d.centroid_distance:.4f}, drifted components {d.drifted_components:.2f}"
+                    f" -> {'DRIFTED' if d.drifted else 'ok'}"
+                )

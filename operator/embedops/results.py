@@ -71,7 +71,8 @@ class PublishResult(ApiModel):
     candidate: int = Field(description="The version gated.")
     probe: ProbeResult | None = Field(default=None, description="The candidate's probe, when it was probed.")
     note_reason: Literal[Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED] | None = Field(
-        default=None, description="Why the candidate is not live: GateFailed, RolledBack or Pinned.")
+        default=None, description="Why the candidate is not live: GateFailed, RolledBack or Pinned."
+    )
     note: str | None = Field(default=None, description="The same, for people.")
     live_version: int | None = None
     dropped: list[int] = Field(default_factory=list, description="Versions dropped by retention.")

@@ -47,9 +47,16 @@ def encode(
     blocks = []
     with progress.task(description or f"Encoding {kind}s", total=len(texts)) as task:
         for start in range(0, len(order), ENCODE_BLOCK):
-            block = [texts[i] for i in order[start:start + ENCODE_BLOCK]]
-            blocks.append(fn(block, batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True,
-                             show_progress_bar=False))
+            block = [texts[i] for i in order[start : start + ENCODE_BLOCK]]
+            blocks.append(
+                fn(
+                    block,
+                    batch_size=batch_size,
+                    convert_to_tensor=True,
+                    normalize_embeddings=True,
+                    show_progress_bar=False,
+                )
+            )
             task.advance(len(block))
     if not blocks:
         return torch.empty(0, 0)
@@ -64,11 +71,11 @@ def top_k(queries: torch.Tensor, corpus: torch.Tensor, k: int) -> tuple[torch.Te
     k = min(k, corpus.shape[0])
     all_scores, all_indices = [], []
     for q in range(0, queries.shape[0], QUERY_CHUNK):
-        q_emb = queries[q:q + QUERY_CHUNK]
+        q_emb = queries[q : q + QUERY_CHUNK]
         best_scores = torch.empty(q_emb.shape[0], 0, device=q_emb.device)
         best_indices = torch.empty(q_emb.shape[0], 0, dtype=torch.long, device=q_emb.device)
         for c in range(0, corpus.shape[0], CORPUS_CHUNK):
-            scores = q_emb @ corpus[c:c + CORPUS_CHUNK].to(q_emb.device).T
+            scores = q_emb @ corpus[c : c + CORPUS_CHUNK].to(q_emb.device).T
             s, i = scores.topk(min(k, scores.shape[1]), dim=1)
             merged_s, pos = torch.cat([best_scores, s], dim=1).topk(min(k, best_scores.shape[1] + s.shape[1]), dim=1)
             best_indices = torch.cat([best_indices, i + c], dim=1).gather(1, pos)
@@ -90,10 +97,12 @@ def search(
 ) -> Ranking:
     """The k most similar documents of `corpus` (id -> text) for each query (id -> text)."""
     doc_ids, query_ids = list(corpus), list(queries)
-    corpus_emb = encode(model, [corpus[d] for d in doc_ids], kind="document", batch_size=batch_size,
-                        description="Encoding corpus")
-    query_emb = encode(model, [queries[q] for q in query_ids], kind="query", batch_size=batch_size,
-                       description="Encoding queries")
+    corpus_emb = encode(
+        model, [corpus[d] for d in doc_ids], kind="document", batch_size=batch_size, description="Encoding corpus"
+    )
+    query_emb = encode(
+        model, [queries[q] for q in query_ids], kind="query", batch_size=batch_size, description="Encoding queries"
+    )
     scores, indices = top_k(query_emb, corpus_emb, k)
     return {
         qid: [(doc_ids[i], s) for i, s in zip(indices[row].tolist(), scores[row].tolist(), strict=True)]

@@ -58,7 +58,7 @@ class OperatorSettings(BaseModel):
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
-        given = {name: env[f"EMBEDOPS_{name.upper()}"] for name in cls.model_fields if f"EMBEDOPS_{name.upper()}" in env}
+        given = {
+            name: env[f"EMBEDOPS_{name.upper()}"] for name in cls.model_fields if f"EMBEDOPS_{name.upper()}" in env
+        }
         return cls.model_validate(given)
-
-

@@ -57,7 +57,9 @@ def is_ready(status: BaseStatus) -> bool:
 
 def same_condition(a: BaseStatus, b: BaseStatus, type_: ConditionType) -> bool:
     ca, cb = a.condition(type_), b.condition(type_)
-    return ca is not None and cb is not None and (ca.status, ca.reason, ca.message) == (cb.status, cb.reason, cb.message)
+    return (
+        ca is not None and cb is not None and (ca.status, ca.reason, ca.message) == (cb.status, cb.reason, cb.message)
+    )
 
 
 def _copy_fields(result: BaseModel, status_cls: type[S]) -> S:
@@ -160,15 +162,22 @@ def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, at: At) -> FineT
     status = _copy_fields(result, FineTuneJobStatus)
     base, tuned, validation = status.base_metrics, status.tuned_metrics, status.validation
     if status.model is None and validation is not None:
-        best = (f"best {validation.best_ndcg_at_10:.4f} at step {validation.best_step}"
-                if validation.best_ndcg_at_10 is not None else "no checkpoint scored")
-        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT,
-                      f"no checkpoint beat the base model on {validation.queries} validation queries (nDCG@10 base "
-                      f"{validation.base_ndcg_at_10:.4f}, {best}); no model published", at, status)
+        best = (
+            f"best {validation.best_ndcg_at_10:.4f} at step {validation.best_step}"
+            if validation.best_ndcg_at_10 is not None
+            else "no checkpoint scored"
+        )
+        return failed(
+            FineTuneJobStatus,
+            Reason.NO_IMPROVEMENT,
+            f"no checkpoint beat the base model on {validation.queries} validation queries (nDCG@10 base "
+            f"{validation.base_ndcg_at_10:.4f}, {best}); no model published",
+            at,
+            status,
+        )
     message = f"nDCG@10 {base.ndcg_at_10:.4f} -> {tuned.ndcg_at_10:.4f}" if base and tuned else "trained"
     if spec.evaluation.require_improvement and base and tuned and tuned.ndcg_at_10 <= base.ndcg_at_10:
-        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", at,
-                      status)
+        return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", at, status)
     return _ready(status, Reason.TRAINED, message, at, phase="Succeeded")
 
 
@@ -205,12 +214,15 @@ def index_observed(
     status = _ready(status, Reason.SERVING, message, at)
     if problems:
         status.phase = "Degraded"
-        status.set_condition(DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=at.generation, now=at.now)
+        status.set_condition(
+            DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=at.generation, now=at.now
+        )
     return status
 
 
-def index_published(spec: EmbeddingIndexSpec, published: BaseModel, at: At,
-                    drift: DriftResult | None = None) -> EmbeddingIndexStatus:
+def index_published(
+    spec: EmbeddingIndexSpec, published: BaseModel, at: At, drift: DriftResult | None = None
+) -> EmbeddingIndexStatus:
     """The index's status after a publish step (embedops.results.PublishResult)."""
     versions = published.versions
     live = live_version(versions)

@@ -97,8 +97,9 @@ class EmbedStep(ModelStep):
     )
     ann: AnnSpec = Field(default_factory=AnnSpec, description="Vector type, metric and ANN index of the version.")
     embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Batch, sequence length, commit size, shards.")
-    shard: int = Field(default=0, ge=0, description="This pod's shard of `embedding.shards`, 0-based (the Job "
-                       "completion index).")
+    shard: int = Field(
+        default=0, ge=0, description="This pod's shard of `embedding.shards`, 0-based (the Job completion index)."
+    )
     finalize: bool = Field(
         default=True, description="Build the ANN index and mark the version Ready if every shard is done."
     )
@@ -122,11 +123,13 @@ class EmbedStep(ModelStep):
 class _Probing(VersionStep):
     """What probing a version takes: the probe set and the search settings."""
 
-    probe: ProbeSpec = Field(default_factory=ProbeSpec,
-                             description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`.")
+    probe: ProbeSpec = Field(
+        default_factory=ProbeSpec, description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`."
+    )
     ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (efSearch, probes).")
     dataset_dir: Path | None = Field(
-        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset.")
+        default=None, description="Prepared dataset whose held-out queries are probed, when `probe.path` is unset."
+    )
 
     @model_validator(mode="after")
     def _one_probe_set(self) -> _Probing:
@@ -154,7 +157,9 @@ class DriftStep(VersionStep):
 
     source: IndexSource = Field(description="The index's documents.")
     dataset_dir: Path | None = Field(default=None, description="The prepared dataset folder of a `source.datasetRef`.")
-    drift: DriftSpec = Field(default_factory=DriftSpec, description="The index's drift settings: sample size, threshold.")
+    drift: DriftSpec = Field(
+        default_factory=DriftSpec, description="The index's drift settings: sample size, threshold."
+    )
     embedding: EmbedSpec = Field(
         default_factory=EmbedSpec,
         description="The index's embedding settings: the current sample is encoded as the version was built "
@@ -176,8 +181,9 @@ class CleanupStep(IndexStep):
 
 
 AnyStep = PrepareStep | TrainStep | EmbedStep | PublishStep | ProbeStep | DriftStep | CleanupStep
-STEPS: dict[str, type[AnyStep]] = {cls.NAME: cls for cls in
-                                   (PrepareStep, TrainStep, EmbedStep, PublishStep, ProbeStep, DriftStep, CleanupStep)}
+STEPS: dict[str, type[AnyStep]] = {
+    cls.NAME: cls for cls in (PrepareStep, TrainStep, EmbedStep, PublishStep, ProbeStep, DriftStep, CleanupStep)
+}
 
 
 def parse(name: str, raw: Any, *, shard: int | None = None, device: str | None = None) -> AnyStep:

@@ -34,11 +34,13 @@ def _free_port() -> int:
 
 # The operator's settings are read when its handlers are imported: set them first.
 METRICS_PORT = _free_port()
-os.environ.update({
-    "EMBEDOPS_RECONCILE_SECONDS": "1",
-    "EMBEDOPS_METRICS_PORT": str(METRICS_PORT),
-    "EMBEDOPS_WORKER_IMAGE": "embedops-worker:test",
-})
+os.environ.update(
+    {
+        "EMBEDOPS_RECONCILE_SECONDS": "1",
+        "EMBEDOPS_METRICS_PORT": str(METRICS_PORT),
+        "EMBEDOPS_WORKER_IMAGE": "embedops-worker:test",
+    }
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -105,8 +107,13 @@ def crds(api):
         names.append(doc["metadata"]["name"])
 
     def established():
-        return all(any(c.type == "Established" and c.status == "True"
-                       for c in ext.read_custom_resource_definition(n).status.conditions or []) for n in names)
+        return all(
+            any(
+                c.type == "Established" and c.status == "True"
+                for c in ext.read_custom_resource_definition(n).status.conditions or []
+            )
+            for n in names
+        )
 
     wait_for("CRDs Established", established, timeout=30)
     return names
@@ -122,17 +129,29 @@ def nodes(api):
     for name, gpus in (("gpu-0", "2"), ("cpu-0", None)):
         capacity = dict(common, **({"nvidia.com/gpu": gpus} if gpus else {}))
         node = {
-            "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"},
-                         "labels": {"kubernetes.io/hostname": name, "type": "kwok",
-                                    **({"nvidia.com/gpu.present": "true"} if gpus else {})}},
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+                "labels": {
+                    "kubernetes.io/hostname": name,
+                    "type": "kwok",
+                    **({"nvidia.com/gpu.present": "true"} if gpus else {}),
+                },
+            },
             "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]} if gpus else {},
             "status": {"capacity": capacity, "allocatable": capacity},
         }
         core.create_node(node)
-    wait_for("kwok nodes Ready", lambda: all(
-        any(c.type == "Ready" and c.status == "True" for c in core.read_node(n).status.conditions or [])
-        for n in ("gpu-0", "cpu-0")), timeout=30)
+    wait_for(
+        "kwok nodes Ready",
+        lambda: all(
+            any(c.type == "Ready" and c.status == "True" for c in core.read_node(n).status.conditions or [])
+            for n in ("gpu-0", "cpu-0")
+        ),
+        timeout=30,
+    )
     return ["gpu-0", "cpu-0"]
 
 
@@ -144,19 +163,35 @@ def namespace(api, crds, nodes) -> Iterator[str]:
     core = client.CoreV1Api(api)
     name = f"t-{uuid.uuid4().hex[:8]}"
     core.create_namespace({"metadata": {"name": name}})
-    core.create_persistent_volume({
-        "metadata": {"name": f"ws-{name}"},
-        "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"], "storageClassName": "",
-                 "hostPath": {"path": f"/tmp/embedops-ws-{name}"},
-                 "claimRef": {"namespace": name, "name": "embedops-workspace"}},
-    })
-    core.create_namespaced_persistent_volume_claim(name, {
-        "metadata": {"name": "embedops-workspace"},
-        "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "", "volumeName": f"ws-{name}",
-                 "resources": {"requests": {"storage": "1Gi"}}},
-    })
-    wait_for("workspace claim Bound", lambda: core.read_namespaced_persistent_volume_claim(
-        "embedops-workspace", name).status.phase == "Bound", timeout=30)
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": f"ws-{name}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "hostPath": {"path": f"/tmp/embedops-ws-{name}"},
+                "claimRef": {"namespace": name, "name": "embedops-workspace"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        name,
+        {
+            "metadata": {"name": "embedops-workspace"},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "",
+                "volumeName": f"ws-{name}",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        "workspace claim Bound",
+        lambda: core.read_namespaced_persistent_volume_claim("embedops-workspace", name).status.phase == "Bound",
+        timeout=30,
+    )
     # The default ServiceAccount must exist before pods can be created in the namespace.
     wait_for("default ServiceAccount", lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
@@ -168,6 +203,7 @@ def namespace(api, crds, nodes) -> Iterator[str]:
 def running_operator(namespace: str, **settings: str) -> Iterator[Any]:
     """The operator (kopf, in this process) watching `namespace`."""
     import kopf.testing
+
     from embedops.handlers import executor
 
     saved = executor.SETTINGS
@@ -206,8 +242,9 @@ class Kube:
         from embedops.api.kinds import KINDS
 
         doc = dict(doc, metadata=dict(doc["metadata"], namespace=self.ns))
-        return self.custom.create_namespaced_custom_object("embedops.dev", "v1alpha1", self.ns,
-                                                           KINDS[doc["kind"]].plural, doc)
+        return self.custom.create_namespaced_custom_object(
+            "embedops.dev", "v1alpha1", self.ns, KINDS[doc["kind"]].plural, doc
+        )
 
     def get(self, kind: str, name: str) -> dict[str, Any]:
         from embedops.api.kinds import KINDS
@@ -217,16 +254,18 @@ class Kube:
     def patch(self, kind: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         from embedops.api.kinds import KINDS
 
-        return self.custom.patch_namespaced_custom_object("embedops.dev", "v1alpha1", self.ns, KINDS[kind].plural,
-                                                          name, patch)
+        return self.custom.patch_namespaced_custom_object(
+            "embedops.dev", "v1alpha1", self.ns, KINDS[kind].plural, name, patch
+        )
 
     def condition(self, kind: str, name: str, type_: str = "Ready") -> dict[str, Any] | None:
         status = self.get(kind, name).get("status") or {}
         return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
 
     def wait_ready(self, kind: str, name: str, timeout: float = 60) -> dict[str, Any]:
-        wait_for(f"{kind} {name} Ready", lambda: (self.condition(kind, name) or {}).get("status") == "True",
-                 timeout=timeout)
+        wait_for(
+            f"{kind} {name} Ready", lambda: (self.condition(kind, name) or {}).get("status") == "True", timeout=timeout
+        )
         return self.get(kind, name)
 
     def jobs(self, step: str | None = None) -> list[Any]:
@@ -240,14 +279,23 @@ class Kube:
         return self.core.list_namespaced_pod(self.ns, label_selector=f"batch.kubernetes.io/job-name={job}").items
 
     def wait_running_pods(self, job: str, count: int = 1, timeout: float = 60) -> list[Any]:
-        return wait_for(f"{count} running pod(s) of Job {job}", lambda: (
-            pods if len(pods := [p for p in self.pods(job) if p.status.phase == "Running"]) >= count else None),
-            timeout=timeout)
+        return wait_for(
+            f"{count} running pod(s) of Job {job}",
+            lambda: pods if len(pods := [p for p in self.pods(job) if p.status.phase == "Running"]) >= count else None,
+            timeout=timeout,
+        )
 
     def finish(self, pod: str, message: str, exit_code: int = 0) -> None:
         """End a Running pod as kwok's kubelet would, with this termination message."""
-        self.core.patch_namespaced_pod(pod, self.ns, {"metadata": {"annotations": {
-            "kwok.embedops.dev/exit-code": str(exit_code), "kwok.embedops.dev/message": message}}})
+        self.core.patch_namespaced_pod(
+            pod,
+            self.ns,
+            {
+                "metadata": {
+                    "annotations": {"kwok.embedops.dev/exit-code": str(exit_code), "kwok.embedops.dev/message": message}
+                }
+            },
+        )
 
     def events(self, involved: str | None = None) -> list[Any]:
         items = self.core.list_namespaced_event(self.ns).items

@@ -10,12 +10,24 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.conftest import wait_for
 
-DATASET = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-           "spec": {"source": {"beir": {"path": "data/scifact"}}}}
-INDEX = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "ix"},
-         "spec": {"model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
-                  "source": {"table": {"table": "docs"}}, "target": {"name": "docs"},
-                  "database": {"dsnSecretRef": {"name": "pg"}}, "probe": {"path": "probe.jsonl"}}}
+DATASET = {
+    "apiVersion": "embedops.dev/v1alpha1",
+    "kind": "EmbeddingDataset",
+    "metadata": {"name": "ds"},
+    "spec": {"source": {"beir": {"path": "data/scifact"}}},
+}
+INDEX = {
+    "apiVersion": "embedops.dev/v1alpha1",
+    "kind": "EmbeddingIndex",
+    "metadata": {"name": "ix"},
+    "spec": {
+        "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+        "source": {"table": {"table": "docs"}},
+        "target": {"name": "docs"},
+        "database": {"dsnSecretRef": {"name": "pg"}},
+        "probe": {"path": "probe.jsonl"},
+    },
+}
 
 
 def _kubectl_env(cluster) -> dict[str, str]:
@@ -30,18 +42,30 @@ def _rejected(kube, doc) -> str:
 
 
 def test_crds_apply_and_explain(cluster, crds):
-    assert sorted(crds) == ["embeddingdatasets.embedops.dev", "embeddingindexes.embedops.dev",
-                            "finetunejobs.embedops.dev"]
+    assert sorted(crds) == [
+        "embeddingdatasets.embedops.dev",
+        "embeddingindexes.embedops.dev",
+        "finetunejobs.embedops.dev",
+    ]
+
     def explain() -> str:
         # The API server publishes a new CRD's OpenAPI a moment after it is Established.
-        return subprocess.run([f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "explain",
-                               "embeddingindex.spec.probe.minRecall"], capture_output=True, text=True, check=True,
-                              env=_kubectl_env(cluster)).stdout
+        return subprocess.run(
+            [f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "explain", "embeddingindex.spec.probe.minRecall"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=_kubectl_env(cluster),
+        ).stdout
 
     assert "never cut over" in wait_for("kubectl explain", explain, timeout=30)
-    out = subprocess.run([f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "api-resources", "--categories=embedops", "-o",
-                          "name"], capture_output=True, text=True, check=True,
-                         env=_kubectl_env(cluster)).stdout
+    out = subprocess.run(
+        [f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "api-resources", "--categories=embedops", "-o", "name"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=_kubectl_env(cluster),
+    ).stdout
     assert set(out.split()) == set(crds)
 
 
@@ -69,15 +93,19 @@ def test_schema_and_cel_rules_reject_bad_resources(kube):
     kube.apply(degree)
 
 
-
 def test_unknown_fields_are_rejected_by_kubectl(cluster, kube):
     # A field in the wrong place (shards belongs under spec.embedding) is an error, not silently pruned:
     # kubectl asks the API server for strict field validation.
     doc = json.loads(json.dumps(INDEX))
     doc["metadata"]["namespace"] = kube.ns
     doc["spec"]["shards"] = 4
-    out = subprocess.run([f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "create", "-f", "-"], input=json.dumps(doc),
-                         capture_output=True, text=True, env=_kubectl_env(cluster))
+    out = subprocess.run(
+        [f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl", "create", "-f", "-"],
+        input=json.dumps(doc),
+        capture_output=True,
+        text=True,
+        env=_kubectl_env(cluster),
+    )
     assert out.returncode != 0
     assert 'unknown field "spec.shards"' in out.stderr
 

@@ -29,34 +29,60 @@ PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.
 # Every permission the operator has; the lifecycle test below shows they suffice, and a change
 # here is a deliberate one. No Secrets, no Pods created, nothing deleted but superseded Jobs.
 RULES = [
-    {"apiGroups": ["embedops.dev"], "resources": ["embeddingdatasets", "finetunejobs", "embeddingindexes"],
-     "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["embedops.dev"],
-     "resources": ["embeddingdatasets/status", "finetunejobs/status", "embeddingindexes/status"], "verbs": ["patch"]},
+    {
+        "apiGroups": ["embedops.dev"],
+        "resources": ["embeddingdatasets", "finetunejobs", "embeddingindexes"],
+        "verbs": ["get", "list", "watch", "patch"],
+    },
+    {
+        "apiGroups": ["embedops.dev"],
+        "resources": ["embeddingdatasets/status", "finetunejobs/status", "embeddingindexes/status"],
+        "verbs": ["patch"],
+    },
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
 ]
-ALL_ON = ["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.prometheusRule.enabled=true",
-          "--set", "metrics.dashboard.enabled=true"]
+ALL_ON = [
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+    "--set",
+    "metrics.dashboard.enabled=true",
+]
 # What `helm template` needs to render the ServiceMonitor and PrometheusRule: the chart renders
 # them only where the cluster serves these kinds (helm install reads the cluster's API versions).
-MONITORING_APIS = ["--api-versions", "monitoring.coreos.com/v1/ServiceMonitor",
-                   "--api-versions", "monitoring.coreos.com/v1/PrometheusRule"]
+MONITORING_APIS = [
+    "--api-versions",
+    "monitoring.coreos.com/v1/ServiceMonitor",
+    "--api-versions",
+    "monitoring.coreos.com/v1/PrometheusRule",
+]
 KINDS = ["embeddingdatasets", "finetunejobs", "embeddingindexes"]
 # What people get through the built-in roles (rbac.aggregateClusterRoles): read everything, write
 # the specs with edit or admin, never the status, which is the operator's.
-VIEW_RULES = [{"apiGroups": ["embedops.dev"], "resources": KINDS + [f"{k}/status" for k in KINDS],
-               "verbs": ["get", "list", "watch"]}]
-EDIT_RULES = [{"apiGroups": ["embedops.dev"], "resources": KINDS,
-               "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"]},
-              {"apiGroups": ["embedops.dev"], "resources": [f"{k}/status" for k in KINDS],
-               "verbs": ["get", "list", "watch"]}]
+VIEW_RULES = [
+    {
+        "apiGroups": ["embedops.dev"],
+        "resources": KINDS + [f"{k}/status" for k in KINDS],
+        "verbs": ["get", "list", "watch"],
+    }
+]
+EDIT_RULES = [
+    {
+        "apiGroups": ["embedops.dev"],
+        "resources": KINDS,
+        "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
+    },
+    {"apiGroups": ["embedops.dev"], "resources": [f"{k}/status" for k in KINDS], "verbs": ["get", "list", "watch"]},
+]
 
 
-def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
-         stdin: str | None = None) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], env: dict[str, str] | None = None, check: bool = True, stdin: str | None = None
+) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=120, env=env)
     if check and done.returncode != 0:
         pytest.fail(f"{' '.join(cmd[:4])} ... failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -65,11 +91,18 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, check: bool = True,
 
 @pytest.fixture(scope="session")
 def tools(cluster) -> dict[str, str]:
-    env = dict(os.environ, KUBECONFIG=cluster["KUBECONFIG"], KUBECACHEDIR=cluster["KUBECACHEDIR"],
-               HELM_CACHE_HOME=str(Path(cluster["KUBECONFIG"]).parent / "helm-cache"),
-               HELM_CONFIG_HOME=str(Path(cluster["KUBECONFIG"]).parent / "helm-config"))
-    return {"helm": f"{cluster['EMBEDOPS_KUBE_BIN']}/helm", "kubectl": f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl",
-            "env": env}
+    env = dict(
+        os.environ,
+        KUBECONFIG=cluster["KUBECONFIG"],
+        KUBECACHEDIR=cluster["KUBECACHEDIR"],
+        HELM_CACHE_HOME=str(Path(cluster["KUBECONFIG"]).parent / "helm-cache"),
+        HELM_CONFIG_HOME=str(Path(cluster["KUBECONFIG"]).parent / "helm-config"),
+    )
+    return {
+        "helm": f"{cluster['EMBEDOPS_KUBE_BIN']}/helm",
+        "kubectl": f"{cluster['EMBEDOPS_KUBE_BIN']}/kubectl",
+        "env": env,
+    }
 
 
 def helm(tools, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -99,13 +132,18 @@ def container_of(docs: list[dict]) -> dict:
 
 def _apply_monitoring_crds(tools) -> None:
     """The Prometheus Operator's ServiceMonitor and PrometheusRule CRDs, from its Go module."""
-    done = _run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR],
-                env=dict(os.environ, GOFLAGS="-mod=mod"))
+    done = _run(["go", "mod", "download", "-json", PROMETHEUS_OPERATOR], env=dict(os.environ, GOFLAGS="-mod=mod"))
     folder = Path(json.loads(done.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
     for kind in ("servicemonitors", "prometheusrules"):
         kubectl(tools, "apply", "--server-side", "-f", str(folder / f"monitoring.coreos.com_{kind}.yaml"))
-    kubectl(tools, "wait", "--for=condition=Established", "--timeout=30s",
-            "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+    kubectl(
+        tools,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "crd/prometheusrules.monitoring.coreos.com",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -126,16 +164,28 @@ def test_values_schema_rejects_a_misspelt_value(tools):
 def test_rendered_manifests(tools):
     docs = docs_of(render(tools, "ops", *ALL_ON, *MONITORING_APIS))
     kinds = sorted(d["kind"] for d in docs)
-    assert kinds == sorted(["CustomResourceDefinition"] * 3 + ["ClusterRole"] * 3 + [
-        "ClusterRoleBinding", "ConfigMap", "Deployment", "PrometheusRule", "Service",
-        "ServiceAccount", "ServiceMonitor"])
+    assert kinds == sorted(
+        ["CustomResourceDefinition"] * 3
+        + ["ClusterRole"] * 3
+        + [
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor",
+        ]
+    )
     crd = next(d for d in docs if d["kind"] == "CustomResourceDefinition")
     assert crd["metadata"]["annotations"]["argocd.argoproj.io/sync-wave"] == "-1"
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     # The CRDs the chart ships are the generated ones, unchanged but for labels and annotations.
     shipped = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "CustomResourceDefinition"}
-    generated = {d["metadata"]["name"]: d["spec"] for d in map(yaml.safe_load, map(Path.read_text,
-                                                                                 sorted((ROOT / "crds").glob("*.yaml"))))}
+    generated = {
+        d["metadata"]["name"]: d["spec"]
+        for d in map(yaml.safe_load, map(Path.read_text, sorted((ROOT / "crds").glob("*.yaml"))))
+    }
     assert shipped == generated
     deploy = next(d for d in docs if d["kind"] == "Deployment")
     pod = deploy["spec"]["template"]["spec"]
@@ -143,8 +193,11 @@ def test_rendered_manifests(tools):
     assert deploy["spec"]["strategy"]["type"] == "Recreate" and deploy["spec"]["replicas"] == 1
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["resources"]["requests"] and container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["image"] == "ghcr.io/embedops/operator:0.1.0"
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -160,19 +213,32 @@ def test_rendered_manifests(tools):
 
     scoped = docs_of(render(tools, "ops", "--set", "watchNamespaces={a,b}"))
     assert all(d["rules"] == RULES for d in scoped if d["kind"] == "Role")
-    roles = sorted((d["kind"], d["metadata"].get("namespace", "")) for d in scoped
-                   if d["kind"].startswith(("Role", "Cluster")))
+    roles = sorted(
+        (d["kind"], d["metadata"].get("namespace", "")) for d in scoped if d["kind"].startswith(("Role", "Cluster"))
+    )
     # Nothing cluster-wide for the operator; the users' roles grant nothing until a namespace binds view or edit.
-    assert roles == [("ClusterRole", ""), ("ClusterRole", ""), ("Role", "a"), ("Role", "b"),
-                     ("RoleBinding", "a"), ("RoleBinding", "b")]
-    assert [a for a in next(d for d in scoped if d["kind"] == "Deployment")["spec"]["template"]["spec"][
-        "containers"][0]["args"] if a.startswith("--namespace")] == ["--namespace=a", "--namespace=b"]
+    assert roles == [
+        ("ClusterRole", ""),
+        ("ClusterRole", ""),
+        ("Role", "a"),
+        ("Role", "b"),
+        ("RoleBinding", "a"),
+        ("RoleBinding", "b"),
+    ]
+    assert [
+        a
+        for a in next(d for d in scoped if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0][
+            "args"
+        ]
+        if a.startswith("--namespace")
+    ] == ["--namespace=a", "--namespace=b"]
 
 
 def test_users_roles_aggregate_into_view_edit_and_admin(tools):
     docs = docs_of(render(tools, "ops"))
     view, edit = named(docs, "ClusterRole", "embedops-view"), named(docs, "ClusterRole", "embedops-edit")
     assert view["rules"] == VIEW_RULES and edit["rules"] == EDIT_RULES
+
     def aggregated_to(role: dict) -> dict[str, str]:
         prefix = "rbac.authorization.k8s.io/aggregate-to-"
         return {k.removeprefix(prefix): v for k, v in role["metadata"]["labels"].items() if k.startswith(prefix)}
@@ -180,31 +246,61 @@ def test_users_roles_aggregate_into_view_edit_and_admin(tools):
     assert aggregated_to(view) == {"view": "true"} and aggregated_to(edit) == {"edit": "true", "admin": "true"}
     for off in ("rbac.aggregateClusterRoles=false", "rbac.create=false"):
         docs = docs_of(render(tools, "ops", "--set", off))
-        assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == ([] if "create" in off else
-                                                                                    ["embedops"]), off
+        assert [d["metadata"]["name"] for d in docs if d["kind"] == "ClusterRole"] == (
+            [] if "create" in off else ["embedops"]
+        ), off
 
 
 def test_names_images_security_contexts_and_env_from_values(tools):
     digest = "sha256:" + "0" * 64
-    docs = docs_of(render(tools, "ops", "--set", "fullnameOverride=vectors", "--set", f"image.digest={digest}",
-                          "--set", f"worker.image.digest={digest}", "--set", "worker.resources.cpu=8",
-                          "--set", "worker.resources.memory=16Gi",
-                          "--set", "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128",
-                          "--set", "podSecurityContext.runAsUser=null", "--set", "podSecurityContext.fsGroup=2000",
-                          "--set", "securityContext.readOnlyRootFilesystem=false",
-                          "--set", "podAnnotations.a=b", "--set", "podLabels.team=search", *ALL_ON, *MONITORING_APIS))
+    docs = docs_of(
+        render(
+            tools,
+            "ops",
+            "--set",
+            "fullnameOverride=vectors",
+            "--set",
+            f"image.digest={digest}",
+            "--set",
+            f"worker.image.digest={digest}",
+            "--set",
+            "worker.resources.cpu=8",
+            "--set",
+            "worker.resources.memory=16Gi",
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://proxy:3128",
+            "--set",
+            "podSecurityContext.runAsUser=null",
+            "--set",
+            "podSecurityContext.fsGroup=2000",
+            "--set",
+            "securityContext.readOnlyRootFilesystem=false",
+            "--set",
+            "podAnnotations.a=b",
+            "--set",
+            "podLabels.team=search",
+            *ALL_ON,
+            *MONITORING_APIS,
+        )
+    )
     names = {d["metadata"]["name"] for d in docs if d["kind"] != "CustomResourceDefinition"}
     assert names == {"vectors", "vectors-view", "vectors-edit", "vectors-dashboard"}
     container = container_of(docs)
     assert container["image"] == f"ghcr.io/embedops/operator@{digest}"
     env = container["env"]
     assert {e["name"]: e.get("value") for e in env}["EMBEDOPS_WORKER_IMAGE"] == f"ghcr.io/embedops/worker@{digest}"
-    assert [(e["name"], e["value"]) for e in env if e["name"] in ("EMBEDOPS_WORKER_CPU", "EMBEDOPS_WORKER_MEMORY")] \
-        == [("EMBEDOPS_WORKER_CPU", "8"), ("EMBEDOPS_WORKER_MEMORY", "16Gi")]
+    assert [(e["name"], e["value"]) for e in env if e["name"] in ("EMBEDOPS_WORKER_CPU", "EMBEDOPS_WORKER_MEMORY")] == [
+        ("EMBEDOPS_WORKER_CPU", "8"),
+        ("EMBEDOPS_WORKER_MEMORY", "16Gi"),
+    ]
     assert env[-1] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]
-    assert pod["spec"]["securityContext"] == {"runAsNonRoot": True, "runAsGroup": 65532, "fsGroup": 2000,
-                                              "seccompProfile": {"type": "RuntimeDefault"}}
+    assert pod["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsGroup": 65532,
+        "fsGroup": 2000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
     assert container["securityContext"]["readOnlyRootFilesystem"] is False
     assert pod["metadata"]["annotations"] == {"a": "b"} and pod["metadata"]["labels"]["team"] == "search"
     # The operator-down alert matches job=~".*embedops.*"; the job is the Service's name.
@@ -213,8 +309,12 @@ def test_names_images_security_contexts_and_env_from_values(tools):
 
     renamed = docs_of(render(tools, "ops", "--set", "nameOverride=vectors"))
     assert {d["metadata"]["name"] for d in renamed if d["kind"] == "Deployment"} == {"embedops-vectors"}
-    assert next(d for d in renamed if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"][
-        "app.kubernetes.io/name"] == "vectors-operator"
+    assert (
+        next(d for d in renamed if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"][
+            "app.kubernetes.io/name"
+        ]
+        == "vectors-operator"
+    )
 
     # Unset, the worker defaults are the operator's; an empty value means none.
     assert not [e for e in container_of(docs_of(render(tools, "ops")))["env"] if "WORKER_CPU" in e["name"]]
@@ -222,13 +322,16 @@ def test_names_images_security_contexts_and_env_from_values(tools):
     assert {"name": "EMBEDOPS_WORKER_CPU", "value": ""} in env
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "extraEnv[0].name=EMBEDOPS_WORKER_CPU,extraEnv[0].value=2"], "worker.resources.cpu"),
-    (["--set", "image.digest=latest"], "/image/digest"),
-    (["--set", "worker.resources.cpu=four"], "/worker/resources/cpu"),
-    (["--set", "worker.resources.gpus=1"], "gpus"),
-    (["--set", "fullnameOverride=Vectors"], "/fullnameOverride"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "extraEnv[0].name=EMBEDOPS_WORKER_CPU,extraEnv[0].value=2"], "worker.resources.cpu"),
+        (["--set", "image.digest=latest"], "/image/digest"),
+        (["--set", "worker.resources.cpu=four"], "/worker/resources/cpu"),
+        (["--set", "worker.resources.gpus=1"], "gpus"),
+        (["--set", "fullnameOverride=Vectors"], "/fullnameOverride"),
+    ],
+)
 def test_values_that_the_chart_refuses(tools, args, message):
     done = helm(tools, "template", "x", str(CHART), *args, check=False)
     assert done.returncode != 0 and message in done.stderr, done.stderr
@@ -239,8 +342,10 @@ def test_monitoring_objects_are_rendered_only_with_their_api(tools):
     so); `helm template --api-versions` renders them for GitOps. The dashboard is a ConfigMap."""
     kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON))]
     assert "ServiceMonitor" not in kinds and "PrometheusRule" not in kinds and "ConfigMap" in kinds
-    kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON, "--api-versions",
-                                               "monitoring.coreos.com/v1/ServiceMonitor"))]
+    kinds = [
+        d["kind"]
+        for d in docs_of(render(tools, "ops", *ALL_ON, "--api-versions", "monitoring.coreos.com/v1/ServiceMonitor"))
+    ]
     assert "ServiceMonitor" in kinds and "PrometheusRule" not in kinds
     kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON, *MONITORING_APIS))]
     assert "ServiceMonitor" in kinds and "PrometheusRule" in kinds
@@ -255,14 +360,43 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
     apply = ["apply", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-f", "-"]
     kubectl(tools, *apply, "--dry-run=server", stdin=manifests)
     # What the newer values render passes the server's validation too (not applied: other names).
-    kubectl(tools, *apply, "--dry-run=server", stdin=render(
-        tools, ns, *ALL_ON, *MONITORING_APIS, "--set", "fullnameOverride=vectors", "--set", "nameOverride=vectors",
-        "--set", f"image.digest=sha256:{'0' * 64}", "--set", "worker.resources.cpu=8",
-        "--set", "worker.resources.memory=16Gi", "--set", "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://p",
-        "--set", "podSecurityContext.fsGroup=2000"))
+    kubectl(
+        tools,
+        *apply,
+        "--dry-run=server",
+        stdin=render(
+            tools,
+            ns,
+            *ALL_ON,
+            *MONITORING_APIS,
+            "--set",
+            "fullnameOverride=vectors",
+            "--set",
+            "nameOverride=vectors",
+            "--set",
+            f"image.digest=sha256:{'0' * 64}",
+            "--set",
+            "worker.resources.cpu=8",
+            "--set",
+            "worker.resources.memory=16Gi",
+            "--set",
+            "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://p",
+            "--set",
+            "podSecurityContext.fsGroup=2000",
+        ),
+    )
     kubectl(tools, *apply, stdin=manifests)
-    diff = kubectl(tools, "diff", "--server-side", "--force-conflicts", "--field-manager=argocd-controller", "-f", "-",
-                   stdin=manifests, check=False)
+    diff = kubectl(
+        tools,
+        "diff",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=argocd-controller",
+        "-f",
+        "-",
+        stdin=manifests,
+        check=False,
+    )
     assert diff.returncode == 0, f"the server changed what the chart applied:\n{diff.stdout}{diff.stderr}"
     # The Deployment is schedulable as rendered (kwok plays the kubelet: no container runs).
     kubectl(tools, "rollout", "status", "-n", ns, "deployment/embedops", "--timeout=60s")
@@ -273,13 +407,26 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
 
 def _token_kubeconfig(tools, cluster, namespace: str, account: str, path: Path) -> Path:
     token = kubectl(tools, "create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "c", "cluster": {"server": cluster["EMBEDOPS_KUBE_SERVER"],
-                                               "certificate-authority": cluster["EMBEDOPS_KUBE_CA"]}}],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account, "namespace": namespace}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [
+                    {
+                        "name": "c",
+                        "cluster": {
+                            "server": cluster["EMBEDOPS_KUBE_SERVER"],
+                            "certificate-authority": cluster["EMBEDOPS_KUBE_CA"],
+                        },
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account, "namespace": namespace}}],
+            }
+        )
+    )
     return path
 
 
@@ -296,25 +443,37 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
     who = f"system:serviceaccount:{release_ns}:{account}"
 
     # Least privilege: what the operator must never be able to do.
-    for verb, what, where in (("get", "secrets", kube.ns), ("list", "secrets", kube.ns),
-                              ("delete", "pods", kube.ns), ("create", "pods", kube.ns),
-                              ("delete", "embeddingindexes.embedops.dev", kube.ns),
-                              ("list", "embeddingindexes.embedops.dev", "default"),
-                              ("list", "jobs", "default")):
+    for verb, what, where in (
+        ("get", "secrets", kube.ns),
+        ("list", "secrets", kube.ns),
+        ("delete", "pods", kube.ns),
+        ("create", "pods", kube.ns),
+        ("delete", "embeddingindexes.embedops.dev", kube.ns),
+        ("list", "embeddingindexes.embedops.dev", "default"),
+        ("list", "jobs", "default"),
+    ):
         done = kubectl(tools, "auth", "can-i", verb, what, "-n", where, f"--as={who}", check=False)
         assert done.stdout.strip() == "no", f"{who} can {verb} {what} in {where}"
 
     kubeconfig = _token_kubeconfig(tools, cluster, release_ns, account, tmp_path / "kubeconfig")
     health, metrics = _free_port(), _free_port()
     log = tmp_path / "operator.log"
-    env = dict(os.environ, KUBECONFIG=str(kubeconfig), EMBEDOPS_RECONCILE_SECONDS="1",
-               EMBEDOPS_METRICS_PORT=str(metrics))
+    env = dict(
+        os.environ, KUBECONFIG=str(kubeconfig), EMBEDOPS_RECONCILE_SECONDS="1", EMBEDOPS_METRICS_PORT=str(metrics)
+    )
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "embedops.cli", "operator", "-n", kube.ns,
-                                 f"--health-port={health}"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedops.cli", "operator", "-n", kube.ns, f"--health-port={health}"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for("the operator's /healthz", lambda: urllib.request.urlopen(
-            f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200, timeout=60)
+        wait_for(
+            "the operator's /healthz",
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
+            timeout=60,
+        )
         run_lifecycle(kube)
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
         assert f'embedops_index_live_version{{kind="EmbeddingIndex",name="ix",namespace="{kube.ns}"}} 1.0' in text
@@ -330,17 +489,25 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
     assert "Traceback" not in output, output
 
 
-INDEX = yaml.safe_dump({
-    "apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "ix"},
-    "spec": {"model": {"name": "sentence-transformers/all-MiniLM-L6-v2"}, "source": {"table": {"table": "docs"}},
-             "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
-             "probe": {"path": "probe.jsonl"}}})
+INDEX = yaml.safe_dump(
+    {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": "EmbeddingIndex",
+        "metadata": {"name": "ix"},
+        "spec": {
+            "model": {"name": "sentence-transformers/all-MiniLM-L6-v2"},
+            "source": {"table": {"table": "docs"}},
+            "target": {"name": "docs"},
+            "database": {"dsnSecretRef": {"name": "pg"}},
+            "probe": {"path": "probe.jsonl"},
+        },
+    }
+)
 
 
 def as_account(tools, kubeconfig: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     """kubectl with a ServiceAccount's own token: what that account may do, no impersonation."""
-    return _run([tools["kubectl"], *args], env=dict(tools["env"], KUBECONFIG=str(kubeconfig)), check=False,
-                stdin=stdin)
+    return _run([tools["kubectl"], *args], env=dict(tools["env"], KUBECONFIG=str(kubeconfig)), check=False, stdin=stdin)
 
 
 def _can(tools, kubeconfig: Path, verb: str, what: str) -> bool:
@@ -354,50 +521,92 @@ def test_namespace_edit_and_view_users_get_the_kinds(tools, cluster, crds, tmp_p
     suffix = uuid.uuid4().hex[:6]
     ns, release = f"team-{suffix}", f"users-{suffix}"
     index = "embeddingindexes.embedops.dev"
-    roles = [d for d in docs_of(helm(tools, "template", release, str(CHART), "--namespace", "ops").stdout)
-             if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(("-view", "-edit"))]
+    roles = [
+        d
+        for d in docs_of(helm(tools, "template", release, str(CHART), "--namespace", "ops").stdout)
+        if d["kind"] == "ClusterRole" and d["metadata"]["name"].endswith(("-view", "-edit"))
+    ]
     assert len(roles) == 2
     kubectl(tools, "create", "namespace", ns)
     for account, role in (("editor", "edit"), ("viewer", "view")):
         kubectl(tools, "create", "serviceaccount", account, "-n", ns)
-        kubectl(tools, "create", "rolebinding", account, f"--clusterrole={role}", f"--serviceaccount={ns}:{account}",
-                "-n", ns)
+        kubectl(
+            tools,
+            "create",
+            "rolebinding",
+            account,
+            f"--clusterrole={role}",
+            f"--serviceaccount={ns}:{account}",
+            "-n",
+            ns,
+        )
     kubectl(tools, "create", "rolebinding", "carol", "--clusterrole=admin", "--user=carol", "-n", ns)
     editor = _token_kubeconfig(tools, cluster, ns, "editor", tmp_path / "editor")
     viewer = _token_kubeconfig(tools, cluster, ns, "viewer", tmp_path / "viewer")
     # Without the chart's roles (unless another test's are still there) edit grants nothing on the kinds.
-    others = kubectl(tools, "get", "clusterrole", "-o", "name",
-                     "-l", "app.kubernetes.io/part-of=embedops,rbac.authorization.k8s.io/aggregate-to-edit=true").stdout
+    others = kubectl(
+        tools,
+        "get",
+        "clusterrole",
+        "-o",
+        "name",
+        "-l",
+        "app.kubernetes.io/part-of=embedops,rbac.authorization.k8s.io/aggregate-to-edit=true",
+    ).stdout
     if not others.strip():
         assert not _can(tools, editor, "list", index) and not _can(tools, viewer, "list", index)
     try:
         kubectl(tools, "apply", "--server-side", "-f", "-", stdin=yaml.safe_dump_all(roles))
-        wait_for("edit and view to aggregate the chart's roles",
-                 lambda: _can(tools, editor, "create", index) and _can(tools, viewer, "list", index), timeout=30)
+        wait_for(
+            "edit and view to aggregate the chart's roles",
+            lambda: _can(tools, editor, "create", index) and _can(tools, viewer, "list", index),
+            timeout=30,
+        )
 
         created = as_account(tools, editor, "create", "-f", "-", stdin=INDEX)
         assert created.returncode == 0, created.stderr
-        assert as_account(tools, editor, "get", "embeddingindex", "ix", "-o", "name").stdout.strip() \
+        assert (
+            as_account(tools, editor, "get", "embeddingindex", "ix", "-o", "name").stdout.strip()
             == "embeddingindex.embedops.dev/ix"
+        )
         for account in (editor, viewer):
             listed = as_account(tools, account, "get", "embeddingindexes", "-o", "name")
             assert listed.returncode == 0 and listed.stdout.split() == ["embeddingindex.embedops.dev/ix"], listed.stderr
             assert as_account(tools, account, "get", "embeddingindex", "ix", "--subresource=status").returncode == 0
         for kind in ("embeddingdatasets", "finetunejobs"):
-            assert _can(tools, editor, "deletecollection", f"{kind}.embedops.dev") and _can(tools, viewer, "watch",
-                                                                                           f"{kind}.embedops.dev")
+            assert _can(tools, editor, "deletecollection", f"{kind}.embedops.dev") and _can(
+                tools, viewer, "watch", f"{kind}.embedops.dev"
+            )
 
         refused = as_account(tools, viewer, "create", "-f", "-", stdin=INDEX.replace("name: ix", "name: iy"))
         assert refused.returncode != 0 and "forbidden" in refused.stderr, refused.stderr
         # The status is the operator's, even for editors.
-        patched = as_account(tools, editor, "patch", "embeddingindex", "ix", "--subresource=status", "--type=merge",
-                             "-p", '{"status": {"phase": "Ready"}}')
+        patched = as_account(
+            tools,
+            editor,
+            "patch",
+            "embeddingindex",
+            "ix",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"phase": "Ready"}}',
+        )
         assert patched.returncode != 0 and "forbidden" in patched.stderr, patched.stderr
         # admin aggregates edit's labels too; neither reaches another namespace.
         can = kubectl(tools, "auth", "can-i", "delete", index, "-n", ns, "--as=carol", check=False)
         assert can.stdout.strip() == "yes"
-        can = kubectl(tools, "auth", "can-i", "list", index, "-n", "default", f"--as=system:serviceaccount:{ns}:editor",
-                      check=False)
+        can = kubectl(
+            tools,
+            "auth",
+            "can-i",
+            "list",
+            index,
+            "-n",
+            "default",
+            f"--as=system:serviceaccount:{ns}:editor",
+            check=False,
+        )
         assert can.stdout.strip() == "no"
     finally:
         kubectl(tools, "delete", "clusterrole", *(r["metadata"]["name"] for r in roles), "--ignore-not-found")
@@ -424,8 +633,9 @@ def test_a_release_of_another_name_takes_over_the_kept_crds(tools, crds):
     first, second, data = f"first-{suffix}", f"second-{suffix}", f"data-{suffix}"
     kubectl(tools, "create", "namespace", data)
     kubectl(tools, "apply", "-n", data, "-f", "-", stdin=INDEX)
-    index_uid = json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)[
-        "metadata"]["uid"]
+    index_uid = json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)["metadata"][
+        "uid"
+    ]
     crd_uids = {name: c["metadata"]["uid"] for name, c in _crds_by_name(tools).items()}
     assert len(crd_uids) == 3
 
@@ -433,8 +643,12 @@ def test_a_release_of_another_name_takes_over_the_kept_crds(tools, crds):
         kept = _crds_by_name(tools)
         assert {name: c["metadata"]["uid"] for name, c in kept.items()} == crd_uids
         assert {_owner(c) for c in kept.values()} == {owner}
-        assert json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)[
-            "metadata"]["uid"] == index_uid
+        assert (
+            json.loads(kubectl(tools, "get", "embeddingindex", "ix", "-n", data, "-o", "json").stdout)["metadata"][
+                "uid"
+            ]
+            == index_uid
+        )
 
     try:
         # The session's CRDs were created through the API, as `kubectl apply -f crds/` leaves them:
@@ -452,8 +666,9 @@ def test_a_release_of_another_name_takes_over_the_kept_crds(tools, crds):
         # Now the CRDs are the second release's: a plain upgrade keeps managing them.
         helm(tools, "upgrade", second, str(CHART), "-n", second)
         manifest = docs_of(helm(tools, "get", "manifest", second, "-n", second).stdout)
-        assert sorted(d["metadata"]["name"] for d in manifest if d["kind"] == "CustomResourceDefinition") \
-            == sorted(crd_uids)
+        assert sorted(d["metadata"]["name"] for d in manifest if d["kind"] == "CustomResourceDefinition") == sorted(
+            crd_uids
+        )
         helm(tools, "uninstall", second, "-n", second)
         survived((second, second))
     finally:

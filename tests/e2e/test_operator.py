@@ -15,47 +15,119 @@ import urllib.request
 
 from tests.e2e.conftest import METRICS_PORT, running_operator, wait_for
 
-DATASET = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingDataset", "metadata": {"name": "ds"},
-           "spec": {"source": {"beir": {"path": "data/scifact"}}}}
-FINETUNE = {"apiVersion": "embedops.dev/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "ft"},
-            "spec": {"datasetRef": {"name": "ds"}, "resources": {"cpu": "4", "memory": "16Gi"},
-                     "scheduling": {"priorityClassName": "", "queueName": "gpu-queue", "backoffLimit": 1,
-                                    "activeDeadlineSeconds": 3600}}}
-INDEX = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "ix"},
-         "spec": {"model": {"fineTuneJobRef": {"name": "ft"}}, "source": {"datasetRef": {"name": "ds"}},
-                  "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}},
-                  "embedding": {"shards": 2}, "probe": {"minRecall": 0.5}}}
+DATASET = {
+    "apiVersion": "embedops.dev/v1alpha1",
+    "kind": "EmbeddingDataset",
+    "metadata": {"name": "ds"},
+    "spec": {"source": {"beir": {"path": "data/scifact"}}},
+}
+FINETUNE = {
+    "apiVersion": "embedops.dev/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "ft"},
+    "spec": {
+        "datasetRef": {"name": "ds"},
+        "resources": {"cpu": "4", "memory": "16Gi"},
+        "scheduling": {
+            "priorityClassName": "",
+            "queueName": "gpu-queue",
+            "backoffLimit": 1,
+            "activeDeadlineSeconds": 3600,
+        },
+    },
+}
+INDEX = {
+    "apiVersion": "embedops.dev/v1alpha1",
+    "kind": "EmbeddingIndex",
+    "metadata": {"name": "ix"},
+    "spec": {
+        "model": {"fineTuneJobRef": {"name": "ft"}},
+        "source": {"datasetRef": {"name": "ds"}},
+        "target": {"name": "docs"},
+        "database": {"dsnSecretRef": {"name": "pg"}},
+        "embedding": {"shards": 2},
+        "probe": {"minRecall": 0.5},
+    },
+}
 
-PREPARED = {"counts": {"corpus": 600, "trainPairs": 433, "testQueries": 100, "titlePairs": 200},
-            "fingerprint": "f" * 64, "location": "/workspace/embedops/embeddingdatasets/ds/k",
-            "invalidSamples": [], "preparedAt": "2026-11-25T11:00:00Z"}
+PREPARED = {
+    "counts": {"corpus": 600, "trainPairs": 433, "testQueries": 100, "titlePairs": 200},
+    "fingerprint": "f" * 64,
+    "location": "/workspace/embedops/embeddingdatasets/ds/k",
+    "invalidSamples": [],
+    "preparedAt": "2026-11-25T11:00:00Z",
+}
 TRAINED = {
-    "model": {"location": "/workspace/embedops/finetunejobs/ft/k/model", "baseModel": "m", "dimensions": 384,
-              "fingerprint": "a" * 64},
+    "model": {
+        "location": "/workspace/embedops/finetunejobs/ft/k/model",
+        "baseModel": "m",
+        "dimensions": 384,
+        "fingerprint": "a" * 64,
+    },
     "baseMetrics": {"ndcgAt10": 0.7897, "mrrAt10": 0.7623, "recallAt10": 0.905, "recallAt100": 0.97, "queries": 100},
     "tunedMetrics": {"ndcgAt10": 0.8167, "mrrAt10": 0.7913, "recallAt10": 0.915, "recallAt100": 0.98, "queries": 100},
-    "ndcgGain": 0.027, "trainPairs": 433, "steps": 84, "startTime": "2026-11-25T11:00:00Z",
-    "completionTime": "2026-11-25T11:05:00Z", "durationSeconds": 288.0,
+    "ndcgGain": 0.027,
+    "trainPairs": 433,
+    "steps": 84,
+    "startTime": "2026-11-25T11:00:00Z",
+    "completionTime": "2026-11-25T11:05:00Z",
+    "durationSeconds": 288.0,
 }
 
 
 def _shard(state: str) -> str:
-    return json.dumps({"version": 1, "table": "docs_v1", "state": state, "rows": 600, "shardRows": 300,
-                       "embedded": 300, "resumed": False, "seconds": 10.0, "rowsPerSecond": 45.0})
+    return json.dumps(
+        {
+            "version": 1,
+            "table": "docs_v1",
+            "state": state,
+            "rows": 600,
+            "shardRows": 300,
+            "embedded": 300,
+            "resumed": False,
+            "seconds": 10.0,
+            "rowsPerSecond": 45.0,
+        }
+    )
 
 
 def _published() -> str:
-    probe = {"version": 1, "k": 10, "recallAtK": 0.91, "mrrAt10": 0.79, "ndcgAt10": 0.81, "queries": 100,
-             "passed": True, "reason": "recall@10 0.9100 >= 0.5", "checkedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                                            time.gmtime())}
-    return json.dumps({"candidate": 1, "probe": probe, "liveVersion": 1, "dropped": [], "versions": [
-        {"version": 1, "table": "docs_v1", "model": TRAINED["model"]["location"], "rows": 600, "state": "Live",
-         "probe": probe, "createdAt": probe["checkedAt"]}]})
+    probe = {
+        "version": 1,
+        "k": 10,
+        "recallAtK": 0.91,
+        "mrrAt10": 0.79,
+        "ndcgAt10": 0.81,
+        "queries": 100,
+        "passed": True,
+        "reason": "recall@10 0.9100 >= 0.5",
+        "checkedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return json.dumps(
+        {
+            "candidate": 1,
+            "probe": probe,
+            "liveVersion": 1,
+            "dropped": [],
+            "versions": [
+                {
+                    "version": 1,
+                    "table": "docs_v1",
+                    "model": TRAINED["model"]["location"],
+                    "rows": 600,
+                    "state": "Live",
+                    "probe": probe,
+                    "createdAt": probe["checkedAt"],
+                }
+            ],
+        }
+    )
 
 
 def _secret(kube):
-    kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "pg"},
-                                                 "stringData": {"dsn": "postgresql://u:p@db.example:5432/x"}})
+    kube.core.create_namespaced_secret(
+        kube.ns, {"metadata": {"name": "pg"}, "stringData": {"dsn": "postgresql://u:p@db.example:5432/x"}}
+    )
 
 
 def _prepare(kube) -> None:
@@ -93,13 +165,17 @@ def run_lifecycle(kube) -> None:
     # Re-embedding: an Indexed Job of two shards, then the publish step (probe gate, cut-over).
     embed = kube.wait_job("embed")
     assert embed.spec.completion_mode == "Indexed" and embed.spec.completions == 2
-    pods = sorted(kube.wait_running_pods(embed.metadata.name, 2),
-                  key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+    pods = sorted(
+        kube.wait_running_pods(embed.metadata.name, 2),
+        key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"],
+    )
     env = {e.name: e for e in pods[0].spec.containers[0].env}
     assert env["EMBEDOPS_DSN"].value_from.secret_key_ref.name == "pg"  # the DSN never in the spec itself
     kube.finish(pods[0].metadata.name, _shard("Building"))
-    wait_for("re-index progress in status", lambda: (kube.get("EmbeddingIndex", "ix")["status"].get("reindex") or {})
-             .get("rowsDone") == 300)
+    wait_for(
+        "re-index progress in status",
+        lambda: (kube.get("EmbeddingIndex", "ix")["status"].get("reindex") or {}).get("rowsDone") == 300,
+    )
     kube.finish(pods[1].metadata.name, _shard("Ready"))
     publish = kube.wait_job("publish")
     (pod,) = kube.wait_running_pods(publish.metadata.name)
@@ -136,7 +212,11 @@ def test_full_lifecycle_on_the_control_plane(kube, operator):
         assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
     # Exactly one Job per step: reconciles every second created nothing twice.
     assert sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs()) == [
-        "embed", "prepare", "publish", "train"]
+        "embed",
+        "prepare",
+        "publish",
+        "train",
+    ]
 
 
 def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
@@ -147,15 +227,19 @@ def test_gpu_request_that_no_node_fits_stays_pending(kube, operator):
     kube.apply(big)
     job = kube.wait_job("train")
     pod = wait_for("the training pod", lambda: next(iter(kube.pods(job.metadata.name)), None))
-    event = wait_for("FailedScheduling", lambda: next(
-        (e for e in kube.events(pod.metadata.name) if e.reason == "FailedScheduling"), None))
+    event = wait_for(
+        "FailedScheduling",
+        lambda: next((e for e in kube.events(pod.metadata.name) if e.reason == "FailedScheduling"), None),
+    )
     assert "Insufficient nvidia.com/gpu" in event.message
     time.sleep(2)
     pod = kube.core.read_namespaced_pod(pod.metadata.name, kube.ns)
     assert pod.status.phase == "Pending" and not pod.spec.node_name
     # Reported as what it is, in the scheduler's words: not "running".
-    progressing = wait_for("Unschedulable", lambda: (
-        c if (c := kube.condition("FineTuneJob", "ft", "Progressing"))["reason"] == "Unschedulable" else None))
+    progressing = wait_for(
+        "Unschedulable",
+        lambda: c if (c := kube.condition("FineTuneJob", "ft", "Progressing"))["reason"] == "Unschedulable" else None,
+    )
     assert progressing["status"] == "True" and "Insufficient nvidia.com/gpu" in progressing["message"]
     status = kube.get("FineTuneJob", "ft")["status"]
     assert status["phase"] == "Pending" and status["job"]["name"] == job.metadata.name
@@ -178,8 +262,9 @@ def test_the_cluster_example_applies_and_runs(kube, operator):
 
     from tests.e2e.conftest import ROOT
 
-    kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "embedops-demo-pg"},
-                                                 "stringData": {"password": "p", "dsn": "postgresql://x"}})
+    kube.core.create_namespaced_secret(
+        kube.ns, {"metadata": {"name": "embedops-demo-pg"}, "stringData": {"password": "p", "dsn": "postgresql://x"}}
+    )
     for path in sorted((ROOT / "examples" / "cluster").glob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
             if doc["apiVersion"].startswith("embedops.dev/"):
@@ -201,8 +286,12 @@ def test_a_missing_workspace_claim_is_named(kube, operator):
     kube.core.delete_namespaced_persistent_volume_claim("embedops-workspace", kube.ns)
     wait_for("the claim gone", lambda: not kube.core.list_namespaced_persistent_volume_claim(kube.ns).items)
     kube.apply(DATASET)
-    ready = wait_for("MissingWorkspace", lambda: (
-        c if (c := kube.condition("EmbeddingDataset", "ds") or {}).get("reason") == "MissingWorkspace" else None))
+    ready = wait_for(
+        "MissingWorkspace",
+        lambda: (
+            c if (c := kube.condition("EmbeddingDataset", "ds") or {}).get("reason") == "MissingWorkspace" else None
+        ),
+    )
     assert 'persistentvolumeclaim "embedops-workspace" not found' in ready["message"]
 
 
@@ -222,14 +311,19 @@ def test_kueue_label_suspend_and_resume(kube, operator):
     unqueued["metadata"]["name"] = "solo"
     unqueued["spec"]["scheduling"] = {"suspend": True}
     kube.apply(unqueued)
-    solo = wait_for("the solo Job", lambda: next((j for j in kube.jobs("train")
-                                                   if j.metadata.labels["app.kubernetes.io/instance"] == "solo"), None))
+    solo = wait_for(
+        "the solo Job",
+        lambda: next(
+            (j for j in kube.jobs("train") if j.metadata.labels["app.kubernetes.io/instance"] == "solo"), None
+        ),
+    )
     wait_for("Suspended", lambda: kube.get("FineTuneJob", "solo").get("status", {}).get("phase") == "Suspended")
     kube.patch("FineTuneJob", "solo", {"spec": {"scheduling": {"suspend": False}}})
     wait_for("resumed", lambda: kube.batch.read_namespaced_job(solo.metadata.name, kube.ns).spec.suspend is False)
     (pod,) = kube.wait_running_pods(solo.metadata.name)
-    assert [j.metadata.name for j in kube.jobs("train") if j.metadata.labels["app.kubernetes.io/instance"] == "solo"] \
-        == [solo.metadata.name]
+    assert [
+        j.metadata.name for j in kube.jobs("train") if j.metadata.labels["app.kubernetes.io/instance"] == "solo"
+    ] == [solo.metadata.name]
     assert any(e.reason == "JobResumed" for e in kube.events("solo"))
     kube.finish(pod.metadata.name, json.dumps(TRAINED))
 
@@ -299,25 +393,41 @@ def test_deletion_keeps_tables_unless_the_spec_says_delete(kube, operator):
     wait_for("kept reconciled", lambda: kube.get("EmbeddingIndex", "kept").get("status"))
     assert "embedops.dev/finalizer" not in (kube.get("EmbeddingIndex", "kept")["metadata"].get("finalizers") or [])
     kube.custom.delete_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "kept")
-    wait_for("kept gone", lambda: not kube.custom.list_namespaced_custom_object(
-        "embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")["items"])
+    wait_for(
+        "kept gone",
+        lambda: (
+            not kube.custom.list_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")[
+                "items"
+            ]
+        ),
+    )
     assert kube.jobs("cleanup") == []  # Retain: nothing touches the database
 
     dropped = json.loads(json.dumps(INDEX))
     dropped["metadata"]["name"] = "dropped"
     dropped["spec"]["deletionPolicy"] = "Delete"
     kube.apply(dropped)
-    wait_for("the finalizer", lambda: "embedops.dev/finalizer" in (
-        kube.get("EmbeddingIndex", "dropped")["metadata"].get("finalizers") or []))
+    wait_for(
+        "the finalizer",
+        lambda: "embedops.dev/finalizer" in (kube.get("EmbeddingIndex", "dropped")["metadata"].get("finalizers") or []),
+    )
     kube.custom.delete_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "dropped")
     job = kube.wait_job("cleanup")
-    assert json.loads(job.spec.template.spec.containers[0].command[4]) == {"target": {"name": "docs",
-                                                                                      "schema": "public"}}
+    assert json.loads(job.spec.template.spec.containers[0].command[4]) == {
+        "target": {"name": "docs", "schema": "public"}
+    }
     (pod,) = kube.wait_running_pods(job.metadata.name)
     assert kube.get("EmbeddingIndex", "dropped")["metadata"].get("deletionTimestamp")  # held until dropped
     kube.finish(pod.metadata.name, json.dumps({"dropped": ["docs_v1"]}))
-    wait_for("dropped gone", lambda: not kube.custom.list_namespaced_custom_object(
-        "embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")["items"], timeout=60)
+    wait_for(
+        "dropped gone",
+        lambda: (
+            not kube.custom.list_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes")[
+                "items"
+            ]
+        ),
+        timeout=60,
+    )
 
 
 def test_a_repeated_event_is_counted_not_copied(kube):

@@ -16,18 +16,25 @@ from typing import Any
 
 import psycopg
 import yaml
+
 from embedops import manifests
 from embedops.api.index import Target
 from embedops.local import LocalRunner
 from embedops.store import pgvector
-
 from tests.e2e.conftest import run_pod_command, running_operator, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart"
 KINDS = ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex")
-VOLATILE = {"lastTransitionTime", "preparedAt", "startTime", "completionTime", "durationSeconds", "checkedAt",
-            "createdAt"}
+VOLATILE = {
+    "lastTransitionTime",
+    "preparedAt",
+    "startTime",
+    "completionTime",
+    "durationSeconds",
+    "checkedAt",
+    "createdAt",
+}
 
 
 def _manifests(folder: Path, namespace: str, model: Path) -> list[dict[str, Any]]:
@@ -110,4 +117,8 @@ def test_local_mode_and_the_operator_write_the_same_statuses(kube, pg_server, ds
         assert locally == on_cluster, kind
     assert _catalog(dsn, roots) == _catalog(cluster_dsn, roots)
     assert sorted(j.metadata.labels["embedops.dev/step"] for j in kube.jobs()) == [
-        "embed", "prepare", "publish", "train"]
+        "embed",
+        "prepare",
+        "publish",
+        "train",
+    ]

@@ -5,23 +5,55 @@ from __future__ import annotations
 import json
 
 from embedops.kubectl import main
-
 from tests.e2e.test_operator import INDEX
 
 VERSIONS = [
-    {"version": 2, "table": "docs_v2", "model": "/workspace/m2", "rows": 600, "state": "Live",
-     "probe": {"version": 2, "k": 10, "recallAtK": 0.91, "mrrAt10": 0.8, "ndcgAt10": 0.8, "queries": 100,
-               "passed": True, "checkedAt": "2026-11-27T10:00:00Z"}},
+    {
+        "version": 2,
+        "table": "docs_v2",
+        "model": "/workspace/m2",
+        "rows": 600,
+        "state": "Live",
+        "probe": {
+            "version": 2,
+            "k": 10,
+            "recallAtK": 0.91,
+            "mrrAt10": 0.8,
+            "ndcgAt10": 0.8,
+            "queries": 100,
+            "passed": True,
+            "checkedAt": "2026-11-27T10:00:00Z",
+        },
+    },
     {"version": 1, "table": "docs_v1", "model": "/workspace/m1", "rows": 600, "state": "Retired"},
 ]
 
 
 def _serving(kube) -> None:
     kube.apply(json.loads(json.dumps(INDEX)))
-    kube.custom.patch_namespaced_custom_object_status("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "ix", {
-        "status": {"liveVersion": 2, "versions": VERSIONS, "phase": "Ready", "conditions": [
-            {"type": "Ready", "status": "True", "reason": "Serving", "message": "serving v2 (600 rows)",
-             "lastTransitionTime": "2026-11-27T10:00:00Z"}]}})
+    kube.custom.patch_namespaced_custom_object_status(
+        "embedops.dev",
+        "v1alpha1",
+        kube.ns,
+        "embeddingindexes",
+        "ix",
+        {
+            "status": {
+                "liveVersion": 2,
+                "versions": VERSIONS,
+                "phase": "Ready",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "Serving",
+                        "message": "serving v2 (600 rows)",
+                        "lastTransitionTime": "2026-11-27T10:00:00Z",
+                    }
+                ],
+            }
+        },
+    )
 
 
 def test_the_plugin_reads_status_and_pins_rolls_back_reruns_and_probes(kube, capsys):
@@ -33,7 +65,10 @@ def test_the_plugin_reads_status_and_pins_rolls_back_reruns_and_probes(kube, cap
     assert out[1].split()[:5] == ["EmbeddingIndex", "ix", "True", "Ready", "Serving"]
     assert main([*ns, "versions", "eix/ix"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].split()[:5] == ["v2", "Live", "600", "0.9100@10", "pass"] and lines[2].split()[:2] == ["v1", "Retired"]
+    assert lines[1].split()[:5] == ["v2", "Live", "600", "0.9100@10", "pass"] and lines[2].split()[:2] == [
+        "v1",
+        "Retired",
+    ]
 
     assert main([*ns, "pin", "ix", "9"]) == 1
     assert "ix keeps v2, v1: v9 cannot be served" in capsys.readouterr().err

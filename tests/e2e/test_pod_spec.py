@@ -18,13 +18,25 @@ import psycopg
 from tests.e2e.conftest import run_pod_command, running_operator
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-TOPICS = ["protein folding", "river delta sediment", "jazz harmony", "sourdough baking", "orbital mechanics",
-          "coral reef bleaching", "medieval castles", "volcanic eruptions", "honeybee colonies", "chess openings"]
+TOPICS = [
+    "protein folding",
+    "river delta sediment",
+    "jazz harmony",
+    "sourdough baking",
+    "orbital mechanics",
+    "coral reef bleaching",
+    "medieval castles",
+    "volcanic eruptions",
+    "honeybee colonies",
+    "chess openings",
+]
 
 
 def _docs() -> list[tuple[str, str]]:
-    return [(f"d{i:02d}", f"A note about {topic}, number {j}: how {topic} works and why it matters.")
-            for i, (topic, j) in enumerate((t, j) for t in TOPICS for j in range(3))]
+    return [
+        (f"d{i:02d}", f"A note about {topic}, number {j}: how {topic} works and why it matters.")
+        for i, (topic, j) in enumerate((t, j) for t in TOPICS for j in range(3))
+    ]
 
 
 def test_index_pods_run_as_written_against_embedded_postgres(kube, dsn, tmp_path):
@@ -38,11 +50,21 @@ def test_index_pods_run_as_written_against_embedded_postgres(kube, dsn, tmp_path
         for i, topic in enumerate(TOPICS):
             f.write(json.dumps({"query": f"{topic}", "relevant": [f"d{3 * i + j:02d}" for j in range(3)]}) + "\n")
     kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "pg"}, "stringData": {"dsn": dsn}})
-    kube.apply({"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "notes"},
-                "spec": {"model": {"name": MODEL}, "source": {"table": {"table": "docs"}},
-                         "target": {"name": "notes_search"}, "database": {"dsnSecretRef": {"name": "pg"}},
-                         "embedding": {"shards": 2, "commitRows": 8},
-                         "probe": {"path": "probe.jsonl", "k": 3, "minRecall": 0.5}}})
+    kube.apply(
+        {
+            "apiVersion": "embedops.dev/v1alpha1",
+            "kind": "EmbeddingIndex",
+            "metadata": {"name": "notes"},
+            "spec": {
+                "model": {"name": MODEL},
+                "source": {"table": {"table": "docs"}},
+                "target": {"name": "notes_search"},
+                "database": {"dsnSecretRef": {"name": "pg"}},
+                "embedding": {"shards": 2, "commitRows": 8},
+                "probe": {"path": "probe.jsonl", "k": 3, "minRecall": 0.5},
+            },
+        }
+    )
 
     with running_operator(kube.ns, workspace_path=str(workspace)):
         embed = kube.wait_job("embed")

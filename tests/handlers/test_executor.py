@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import pytest
-from embedops.handlers import executor, kube, memory
 
+from embedops.handlers import executor, kube, memory
 from tests.handlers.test_memory import _memory
 
 
 def _index(status=None):
-    return {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex",
-            "metadata": {"name": "ix", "namespace": "ns", "uid": "uid-ix", "resourceVersion": "3", "generation": 1},
-            "spec": {"model": {"name": "all-MiniLM-L6-v2"}, "source": {"datasetRef": {"name": "ds"}},
-                     "target": {"name": "docs"}, "database": {"dsnSecretRef": {"name": "pg"}}, "probe": {"minRecall": 0.5}},
-            "status": status or {}}
+    return {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": "EmbeddingIndex",
+        "metadata": {"name": "ix", "namespace": "ns", "uid": "uid-ix", "resourceVersion": "3", "generation": 1},
+        "spec": {
+            "model": {"name": "all-MiniLM-L6-v2"},
+            "source": {"datasetRef": {"name": "ds"}},
+            "target": {"name": "docs"},
+            "database": {"dsnSecretRef": {"name": "pg"}},
+            "probe": {"minRecall": 0.5},
+        },
+        "status": status or {},
+    }
 
 
 @pytest.fixture
@@ -25,6 +33,7 @@ def api(monkeypatch):
         def call(*args, **kwargs):
             calls.append(name)
             raise AssertionError(f"{name} should come from memory")
+
         return call
 
     for name in ("get_object", "list_objects", "owned_jobs", "job_pods", "log_tail"):

@@ -5,20 +5,38 @@ from __future__ import annotations
 import threading
 import time
 
+from kopf._core.engines.indexing import OperatorIndexer
+
 from embedops.handlers import jobs, memory
 from embedops.handlers.locks import KeyedLocks
-from kopf._core.engines.indexing import OperatorIndexer
 
 
 def _body(kind, name, spec=None, status=None, rv="1", uid=None, annotations=None):
-    return {"apiVersion": "embedops.dev/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "namespace": "ns", "uid": uid or f"uid-{name}", "resourceVersion": rv,
-                         "annotations": annotations or {}, "managedFields": [{"manager": "kubectl"}]},
-            "spec": spec or {}, "status": status or {}}
+    return {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "namespace": "ns",
+            "uid": uid or f"uid-{name}",
+            "resourceVersion": rv,
+            "annotations": annotations or {},
+            "managedFields": [{"manager": "kubectl"}],
+        },
+        "spec": spec or {},
+        "status": status or {},
+    }
 
 
-INDEX = _body("EmbeddingIndex", "ix", {"model": {"fineTuneJobRef": {"name": "ft"}},
-                                       "source": {"datasetRef": {"name": "ds"}}, "probe": {"datasetRef": {"name": "qs"}}})
+INDEX = _body(
+    "EmbeddingIndex",
+    "ix",
+    {
+        "model": {"fineTuneJobRef": {"name": "ft"}},
+        "source": {"datasetRef": {"name": "ds"}},
+        "probe": {"datasetRef": {"name": "qs"}},
+    },
+)
 FINETUNE = _body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}})
 
 
@@ -36,7 +54,10 @@ def _memory(*bodies, jobs_=()):
 
 def test_who_refers_to_a_dataset_comes_from_the_index_not_a_listing():
     known, indexers = _memory(INDEX, FINETUNE, _body("EmbeddingDataset", "ds"))
-    assert known.referrers("EmbeddingDataset", "ns", "ds") == [("EmbeddingIndex", "ns", "ix"), ("FineTuneJob", "ns", "ft")]
+    assert known.referrers("EmbeddingDataset", "ns", "ds") == [
+        ("EmbeddingIndex", "ns", "ix"),
+        ("FineTuneJob", "ns", "ft"),
+    ]
     assert known.referrers("FineTuneJob", "ns", "ft") == [("EmbeddingIndex", "ns", "ix")]
     assert known.referrers("EmbeddingDataset", "ns", "qs") == [("EmbeddingIndex", "ns", "ix")]
     assert known.referrers("EmbeddingDataset", "ns", "other") == []
@@ -60,8 +81,10 @@ def test_our_status_write_is_seen_before_its_watch_event_arrives():
     known.wrote(("EmbeddingDataset", "ns", "ds"), answer)
     assert known.body("EmbeddingDataset", "ns", "ds")["status"] == {"phase": "Running"}
     # The watch catches up: memory is the watch's again (and a status written by someone else wins).
-    indexers[0].replace(("ns", "ds", "uid-ds"), memory.index_resource(
-        _body("EmbeddingDataset", "ds", status={"phase": "Failed"}, rv="7")))
+    indexers[0].replace(
+        ("ns", "ds", "uid-ds"),
+        memory.index_resource(_body("EmbeddingDataset", "ds", status={"phase": "Failed"}, rv="7")),
+    )
     assert known.body("EmbeddingDataset", "ns", "ds")["status"] == {"phase": "Failed"}
     assert len(known) == 0
 
@@ -73,13 +96,26 @@ def test_the_event_of_our_own_status_write_needs_no_reconcile():
     assert not known.unchanged(key, after)  # never reconciled
     known.reconciled(key, after)
     # Our write comes back with a new resourceVersion and kopf's own annotation: nothing changed.
-    echo = _body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "a"}}}, {"phase": "Running"}, rv="7",
-                 annotations={"embedops.dev/last-handled-configuration": "{}"})
+    echo = _body(
+        "EmbeddingDataset",
+        "ds",
+        {"source": {"beir": {"path": "a"}}},
+        {"phase": "Running"},
+        rv="7",
+        annotations={"embedops.dev/last-handled-configuration": "{}"},
+    )
     assert known.unchanged(key, echo)
-    for change in (_body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "b"}}}, {"phase": "Running"}),
-                   _body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "a"}}}, {"phase": "Running"},
-                         annotations={"embedops.dev/rerun": "1"}),
-                   _body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "a"}}}, {"phase": "Failed"})):
+    for change in (
+        _body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "b"}}}, {"phase": "Running"}),
+        _body(
+            "EmbeddingDataset",
+            "ds",
+            {"source": {"beir": {"path": "a"}}},
+            {"phase": "Running"},
+            annotations={"embedops.dev/rerun": "1"},
+        ),
+        _body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "a"}}}, {"phase": "Failed"}),
+    ):
         assert not known.unchanged(key, change)
     known.forget(key)
     assert not known.unchanged(key, echo) and len(known) == 0
@@ -117,14 +153,19 @@ def _job(status, uid="ju"):
 
 
 def _observer(api, recheck=2.0):
-    return jobs.JobObserver(recheck_seconds=recheck, progress_seconds=120, clock=lambda: api.now,
-                            list_pods=api.list_pods, read_tail=api.read_tail)
+    return jobs.JobObserver(
+        recheck_seconds=recheck,
+        progress_seconds=120,
+        clock=lambda: api.now,
+        list_pods=api.list_pods,
+        read_tail=api.read_tail,
+    )
 
 
 def test_pods_are_listed_when_the_jobs_status_changes_and_logs_read_when_it_starts_and_then_when_due():
     api = FakeApi()
     observer = _observer(api)
-    assert observer.observe([_job({})]) [1] is None and api.calls == []  # no pod yet: nothing to list
+    assert observer.observe([_job({})])[1] is None and api.calls == []  # no pod yet: nothing to list
     api.pods = [{"metadata": {"name": "p"}, "status": {"phase": "Running"}}]
     got, look = observer.observe([_job({"active": 1, "ready": 1})])
     assert got["j"].state == "Running" and got["j"].report.progress.done == 1

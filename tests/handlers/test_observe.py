@@ -9,19 +9,34 @@ from embedops.handlers.observe import job_state, observe_job, parse_progress
 
 
 def _job(status=None, suspend=False, labels=None):
-    return {"metadata": {"name": "j", "namespace": "ns", "uid": "u",
-                         "labels": {"embedops.dev/step": "embed", **(labels or {})}},
-            "spec": {"suspend": suspend}, "status": status or {}}
+    return {
+        "metadata": {
+            "name": "j",
+            "namespace": "ns",
+            "uid": "u",
+            "labels": {"embedops.dev/step": "embed", **(labels or {})},
+        },
+        "spec": {"suspend": suspend},
+        "status": status or {},
+    }
 
 
 def _pod(phase, *, index=0, message=None, conditions=None, waiting=None, created="2026-12-01T10:00:00Z"):
     state = {"terminated": {"message": message}} if message is not None else {}
     if waiting:
         state = {"waiting": waiting}
-    return {"metadata": {"name": f"p{index}-{phase}", "creationTimestamp": created,
-                         "annotations": {"batch.kubernetes.io/job-completion-index": str(index)}},
-            "status": {"phase": phase, "conditions": conditions or [],
-                       "containerStatuses": [{"name": "worker", "image": "img", "state": state}]}}
+    return {
+        "metadata": {
+            "name": f"p{index}-{phase}",
+            "creationTimestamp": created,
+            "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
+        },
+        "status": {
+            "phase": phase,
+            "conditions": conditions or [],
+            "containerStatuses": [{"name": "worker", "image": "img", "state": state}],
+        },
+    }
 
 
 def _done(type_, **extra):
@@ -41,9 +56,12 @@ def test_the_jobs_conditions_decide_success_and_failure():
 
 
 def test_results_are_keyed_by_completion_index_and_unreadable_ones_skipped():
-    pods = [_pod("Succeeded", index=1, message=json.dumps({"shard": 1})),
-            _pod("Succeeded", index=0, message=json.dumps({"shard": 0})),
-            _pod("Succeeded", index=2, message="not json"), _pod("Running", index=3)]
+    pods = [
+        _pod("Succeeded", index=1, message=json.dumps({"shard": 1})),
+        _pod("Succeeded", index=0, message=json.dumps({"shard": 0})),
+        _pod("Succeeded", index=2, message="not json"),
+        _pod("Running", index=3),
+    ]
     got = observe_job(_job({"active": 1, "succeeded": 3}), pods)
     assert got.results == {0: {"shard": 0}, 1: {"shard": 1}}
     assert got.state == "Running" and got.report.succeeded == 3 and got.report.step == "embed"
@@ -51,24 +69,36 @@ def test_results_are_keyed_by_completion_index_and_unreadable_ones_skipped():
 
 def test_a_failed_job_says_why_from_its_newest_failed_pod_or_its_condition():
     err = json.dumps({"error": {"reason": "InvalidInput", "message": "corpus.jsonl:7: missing _id"}})
-    pods = [_pod("Failed", index=0, message="old", created="2026-12-01T09:00:00Z"),
-            _pod("Failed", index=0, message=err, created="2026-12-01T10:00:00Z")]
+    pods = [
+        _pod("Failed", index=0, message="old", created="2026-12-01T09:00:00Z"),
+        _pod("Failed", index=0, message=err, created="2026-12-01T10:00:00Z"),
+    ]
     assert "missing _id" in observe_job(_job(_done("Failed")), pods).error
     bare = observe_job(_job(_done("Failed", reason="DeadlineExceeded", message="Job was active longer")), [])
     assert bare.error == "Job was active longer"
 
 
 def test_a_pending_pod_says_what_holds_it():
-    unschedulable = [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
-                      "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu."}]
+    unschedulable = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+        }
+    ]
     got = observe_job(_job({"active": 1}), [_pod("Pending", conditions=unschedulable)])
     assert got.waiting == (Reason.UNSCHEDULABLE, unschedulable[0]["message"])
     claim = [{**unschedulable[0], "message": 'persistentvolumeclaim "embedops-workspace" not found'}]
     assert observe_job(_job({"active": 1}), [_pod("Pending", conditions=claim)]).waiting[0] == Reason.MISSING_WORKSPACE
-    pull = observe_job(_job({"active": 1}), [_pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "nope"})])
+    pull = observe_job(
+        _job({"active": 1}), [_pod("Pending", waiting={"reason": "ImagePullBackOff", "message": "nope"})]
+    )
     assert pull.waiting == (Reason.IMAGE_PULL_FAILED, "ImagePullBackOff: nope")
     # Only a pending Job is held back by its pods.
-    assert observe_job(_job({"active": 1}), [_pod("Running"), _pod("Pending", conditions=unschedulable)]).waiting is None
+    assert (
+        observe_job(_job({"active": 1}), [_pod("Running"), _pod("Pending", conditions=unschedulable)]).waiting is None
+    )
 
 
 def test_suspension_and_queue_come_from_the_job():
@@ -77,8 +107,10 @@ def test_suspension_and_queue_come_from_the_job():
 
 
 def test_progress_is_read_from_the_log_tail_of_a_running_job_only():
-    line = 'INFO embedops.progress: Training steps: 120/300 progress={"task": "Training steps", "done": 120, ' \
-           '"total": 300, "rate": 2.5, "loss": 0.4}'
+    line = (
+        'INFO embedops.progress: Training steps: 120/300 progress={"task": "Training steps", "done": 120, '
+        '"total": 300, "rate": 2.5, "loss": 0.4}'
+    )
     running = observe_job(_job({"active": 1}), [_pod("Running")], "loading\n" + line + "\n")
     assert (running.report.progress.done, running.report.progress.loss) == (120, 0.4)
     assert observe_job(_job({"active": 1}), [_pod("Running")], None).report.progress is None  # the log was not read

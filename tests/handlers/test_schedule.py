@@ -10,9 +10,14 @@ from embedops.handlers.schedule import next_due
 from embedops.handlers.workqueue import WorkQueue
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=dt.UTC)
-SPEC = {"model": {"name": "all-MiniLM-L6-v2"}, "source": {"datasetRef": {"name": "ds"}}, "target": {"name": "docs"},
-        "database": {"dsnSecretRef": {"name": "pg"}}, "probe": {"minRecall": 0.5, "intervalMinutes": 30},
-        "drift": {"intervalMinutes": 60}}
+SPEC = {
+    "model": {"name": "all-MiniLM-L6-v2"},
+    "source": {"datasetRef": {"name": "ds"}},
+    "target": {"name": "docs"},
+    "database": {"dsnSecretRef": {"name": "pg"}},
+    "probe": {"minRecall": 0.5, "intervalMinutes": 30},
+    "drift": {"intervalMinutes": 60},
+}
 
 
 def _stamp(minutes_ago: float) -> str:
@@ -20,17 +25,42 @@ def _stamp(minutes_ago: float) -> str:
 
 
 def _index(probe_ago=None, drift_ago=None, built_ago=5.0, drift=True, live=True, **spec):
-    version = {"version": 1, "table": "docs_v1", "model": "m", "rows": 10, "state": "Live" if live else "Ready",
-               "createdAt": _stamp(built_ago)}
+    version = {
+        "version": 1,
+        "table": "docs_v1",
+        "model": "m",
+        "rows": 10,
+        "state": "Live" if live else "Ready",
+        "createdAt": _stamp(built_ago),
+    }
     status = {"liveVersion": 1, "versions": [version]}
     if probe_ago is not None:
-        status["probe"] = {"version": 1, "k": 10, "recallAtK": 0.9, "mrrAt10": 0.8, "ndcgAt10": 0.8, "queries": 10, "passed": True,
-                           "checkedAt": _stamp(probe_ago)}
+        status["probe"] = {
+            "version": 1,
+            "k": 10,
+            "recallAtK": 0.9,
+            "mrrAt10": 0.8,
+            "ndcgAt10": 0.8,
+            "queries": 10,
+            "passed": True,
+            "checkedAt": _stamp(probe_ago),
+        }
     if drift_ago is not None:
-        status["drift"] = {"version": 1, "checkedAt": _stamp(drift_ago), "score": 0.01, "centroidDistance": 0.0,
-                           "driftedComponents": 0.0, "referenceRows": 10, "currentRows": 10, "drifted": False}
-    return {"kind": "EmbeddingIndex", "spec": {**SPEC, "drift": {**SPEC["drift"], "enabled": drift}, **spec},
-            "status": status}
+        status["drift"] = {
+            "version": 1,
+            "checkedAt": _stamp(drift_ago),
+            "score": 0.01,
+            "centroidDistance": 0.0,
+            "driftedComponents": 0.0,
+            "referenceRows": 10,
+            "currentRows": 10,
+            "drifted": False,
+        }
+    return {
+        "kind": "EmbeddingIndex",
+        "spec": {**SPEC, "drift": {**SPEC["drift"], "enabled": drift}, **spec},
+        "status": status,
+    }
 
 
 def test_the_next_probe_is_due_one_interval_after_the_last():

@@ -3,36 +3,68 @@
 from __future__ import annotations
 
 import datetime as dt
-
 import json
 import math
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
+
 from embedops import modelzoo, steps
 from embedops.api.finetune import FineTuneJobSpec
 from embedops.prepared import Doc, PreparedDataset, TrainExample, write_prepared
 from embedops.workers import train
 from embedops.workers.training import checkpoints, data, trainer, validation
-from transformers import TrainerCallback
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
-TOPICS = ["protein", "galaxy", "river", "taxes", "jazz", "soil", "volcano", "neuron", "coral", "bonds",
-          "glacier", "virus", "enzyme", "comet", "delta", "tariff", "blues", "fungi", "magma", "synapse",
-          "kelp", "equity", "tundra", "plasmid", "quasar", "canyon", "budget", "opera", "lichen", "geyser"]
+TOPICS = [
+    "protein",
+    "galaxy",
+    "river",
+    "taxes",
+    "jazz",
+    "soil",
+    "volcano",
+    "neuron",
+    "coral",
+    "bonds",
+    "glacier",
+    "virus",
+    "enzyme",
+    "comet",
+    "delta",
+    "tariff",
+    "blues",
+    "fungi",
+    "magma",
+    "synapse",
+    "kelp",
+    "equity",
+    "tundra",
+    "plasmid",
+    "quasar",
+    "canyon",
+    "budget",
+    "opera",
+    "lichen",
+    "geyser",
+]
 
 
 def synthetic_dataset(folder: Path, *, negatives: int = 2, uneven: bool = False) -> Path:
     """Thirty topics: a query and a document each, ten held out for testing."""
-    corpus = [Doc(id=f"d{i}", title=t.title(), text=f"notes on {t} and related {t} findings")
-              for i, t in enumerate(TOPICS)]
+    corpus = [
+        Doc(id=f"d{i}", title=t.title(), text=f"notes on {t} and related {t} findings") for i, t in enumerate(TOPICS)
+    ]
     examples = []
     for i, t in enumerate(TOPICS[:20]):
         n = negatives if not uneven else i % (negatives + 1)
         negs = tuple(corpus[(i + k + 1) % len(corpus)].full_text for k in range(n))
         examples.append(TrainExample(query=f"what is known about {t}?", positive=corpus[i].full_text, negatives=negs))
     write_prepared(
-        folder, corpus=corpus, train=examples,
+        folder,
+        corpus=corpus,
+        train=examples,
         test_queries={f"q{i}": f"what is known about {t}?" for i, t in enumerate(TOPICS) if i >= 20},
         test_qrels={f"q{i}": {f"d{i}": 1} for i in range(20, 30)},
     )
@@ -42,10 +74,15 @@ def synthetic_dataset(folder: Path, *, negatives: int = 2, uneven: bool = False)
 def job(model: Path | str, **training) -> FineTuneJobSpec:
     loss = training.pop("loss", {})
     evaluation = training.pop("evaluation", {})
-    return FineTuneJobSpec.model_validate({
-        "datasetRef": {"name": "d"}, "baseModel": str(model), "loss": loss, "evaluation": evaluation,
-        "training": {"batchSize": 8, "maxSteps": 4, "maxSeqLength": 32, "learningRate": 1e-3, **training},
-    })
+    return FineTuneJobSpec.model_validate(
+        {
+            "datasetRef": {"name": "d"},
+            "baseModel": str(model),
+            "loss": loss,
+            "evaluation": evaluation,
+            "training": {"batchSize": 8, "maxSteps": 4, "maxSeqLength": 32, "learningRate": 1e-3, **training},
+        }
+    )
 
 
 NO_VALIDATION = {"validation": {"fraction": 0}}
@@ -117,8 +154,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path, tiny_model_dir,
     assert not (tmp_path / "job" / "checkpoints").exists(), "a finished run leaves no checkpoints behind"
 
 
-def test_a_save_cut_short_is_skipped_and_the_run_resumes_from_the_complete_one_before(tmp_path, tiny_model_dir,
-                                                                                     dataset):
+def test_a_save_cut_short_is_skipped_and_the_run_resumes_from_the_complete_one_before(
+    tmp_path, tiny_model_dir, dataset
+):
     spec = job(tiny_model_dir, maxSteps=6, checkpointSteps=2)
     with pytest.raises(KeyboardInterrupt):
         run_job(tmp_path, spec, dataset, callbacks=[KillAfterCheckpoint(4)])
@@ -163,16 +201,20 @@ def test_triplet_loss_without_negatives_fails_clearly(tmp_path, tiny_model_dir):
         run_job(tmp_path, job(tiny_model_dir, loss={"type": "TripletLoss"}), dataset)
 
 
-@pytest.mark.parametrize("loss", [
-    {"type": "TripletLoss"},
-    {"type": "CachedMultipleNegativesRankingLoss", "miniBatchSize": 4},
-    {"type": "MultipleNegativesRankingLoss", "matryoshkaDims": [32, 16, 8]},
-    {"type": "GISTEmbedLoss"},
-    {"type": "CachedGISTEmbedLoss", "miniBatchSize": 4, "guideMarginStrategy": "relative", "guideMargin": 0.05},
-])
+@pytest.mark.parametrize(
+    "loss",
+    [
+        {"type": "TripletLoss"},
+        {"type": "CachedMultipleNegativesRankingLoss", "miniBatchSize": 4},
+        {"type": "MultipleNegativesRankingLoss", "matryoshkaDims": [32, 16, 8]},
+        {"type": "GISTEmbedLoss"},
+        {"type": "CachedGISTEmbedLoss", "miniBatchSize": 4, "guideMarginStrategy": "relative", "guideMargin": 0.05},
+    ],
+)
 def test_other_losses_and_the_matryoshka_wrapper_train(tmp_path, tiny_model_dir, dataset, loss):
-    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=2, loss=loss, evaluation={"requireImprovement": False}),
-                     dataset)
+    result = run_job(
+        tmp_path, job(tiny_model_dir, maxSteps=2, loss=loss, evaluation={"requireImprovement": False}), dataset
+    )
     assert result.steps == 2 and result.tuned_metrics.queries == 10
 
 
@@ -192,17 +234,26 @@ def test_minilm_on_a_scifact_sample_beats_the_base_model(tmp_path):
     from embedops.api.dataset import EmbeddingDatasetSpec
     from embedops.workers import prepare
 
-    spec = EmbeddingDatasetSpec.model_validate({
-        "source": {"beir": {"path": "data/scifact-sample"}},
-        "hardNegatives": {"count": 1}, "augment": {"maxTitlePairs": 200},
-    })
+    spec = EmbeddingDatasetSpec.model_validate(
+        {
+            "source": {"beir": {"path": "data/scifact-sample"}},
+            "hardNegatives": {"count": 1},
+            "augment": {"maxTitlePairs": 200},
+        }
+    )
     prepare.run(steps.PrepareStep(spec=spec, base_dir=QUICKSTART, output_dir=tmp_path / "dataset"))
     assert PreparedDataset(tmp_path / "dataset").manifest.counts["test_queries"] == 100
 
-    result = run_job(tmp_path, FineTuneJobSpec.model_validate({
-        "datasetRef": {"name": "scifact-sample"},
-        "training": {"epochs": 1, "batchSize": 16, "maxSeqLength": 128},
-    }), tmp_path / "dataset")
+    result = run_job(
+        tmp_path,
+        FineTuneJobSpec.model_validate(
+            {
+                "datasetRef": {"name": "scifact-sample"},
+                "training": {"epochs": 1, "batchSize": 16, "maxSeqLength": 128},
+            }
+        ),
+        tmp_path / "dataset",
+    )
 
     assert result.tuned_metrics.ndcg_at_10 > result.base_metrics.ndcg_at_10
 
@@ -246,8 +297,14 @@ def test_the_best_checkpoint_on_validation_is_published(tmp_path, tiny_model_dir
     result = run_job(tmp_path, job(tiny_model_dir, maxSteps=6, checkpointSteps=2), dataset, callbacks=[weights])
 
     assert left == [] and result.steps == 6 and result.planned_steps == 6
-    assert result.validation.model_dump() == {"queries": 2, "documents": 30, "base_ndcg_at_10": 0.60,
-                                              "best_ndcg_at_10": 0.90, "best_step": 4, "evaluations": 3}
+    assert result.validation.model_dump() == {
+        "queries": 2,
+        "documents": 30,
+        "base_ndcg_at_10": 0.60,
+        "best_ndcg_at_10": 0.90,
+        "best_step": 4,
+        "evaluations": 3,
+    }
     published = modelzoo.load(result.model.location, device="cpu")
     assert same_weights(published.state_dict(), weights.at[4]) and not same_weights(weights.at[4], weights.at[6])
     # Test scores are those of the published (step 4) model; they never chose it.
@@ -269,19 +326,28 @@ def test_no_checkpoint_above_the_base_model_publishes_nothing(tmp_path, tiny_mod
     assert not (tmp_path / "job" / "model").exists() and not (tmp_path / "job" / "checkpoints").exists()
     assert json.loads((tmp_path / "job" / "evaluation.json").read_text())["published"] is False
     # What the resource then says: NoImprovement, and no model an index could follow.
-    status = statuses.finetune_finished(train.Result.model_validate(result.to_wire()), spec, statuses.At(3, dt.datetime(2026, 12, 3, tzinfo=dt.timezone.utc)))
+    status = statuses.finetune_finished(
+        train.Result.model_validate(result.to_wire()),
+        spec,
+        statuses.At(3, dt.datetime(2026, 12, 3, tzinfo=dt.UTC)),
+    )
     ready = status.condition("Ready")
     assert (status.phase, ready.status, ready.reason) == ("Failed", "False", Reason.NO_IMPROVEMENT)
     assert status.model is None and "no model published" in ready.message and "2 validation queries" in ready.message
     assert status.planned_steps == status.steps == 6 and status.validation.best_step == 2
 
 
-def test_without_required_improvement_the_best_checkpoint_is_published_anyway(tmp_path, tiny_model_dir, dataset,
-                                                                              monkeypatch):
+def test_without_required_improvement_the_best_checkpoint_is_published_anyway(
+    tmp_path, tiny_model_dir, dataset, monkeypatch
+):
     scripted_validation(monkeypatch, [0.60, 0.50, 0.40, 0.55])
     weights = Weights()
-    result = run_job(tmp_path, job(tiny_model_dir, maxSteps=6, checkpointSteps=2,
-                                   evaluation={"requireImprovement": False}), dataset, callbacks=[weights])
+    result = run_job(
+        tmp_path,
+        job(tiny_model_dir, maxSteps=6, checkpointSteps=2, evaluation={"requireImprovement": False}),
+        dataset,
+        callbacks=[weights],
+    )
     assert result.validation.best_step == 6 and result.model is not None
     assert same_weights(modelzoo.load(result.model.location, device="cpu").state_dict(), weights.at[6])
 

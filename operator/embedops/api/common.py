@@ -160,9 +160,7 @@ class JobStatus(ApiModel):
 class BaseStatus(ApiModel):
     """Fields every embedops status has."""
 
-    observed_generation: int | None = Field(
-        default=None, description="The .metadata.generation the status reflects."
-    )
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation the status reflects.")
     phase: str | None = Field(default=None, description="A one-word summary for display; conditions are authoritative.")
     conditions: list[Condition] = Field(
         default_factory=list,
@@ -180,7 +178,9 @@ class BaseStatus(ApiModel):
         ),
     )
     active_job: str | None = Field(default=None, description="The Job doing this resource's work now, if any.")
-    job: JobStatus | None = Field(default=None, description="The Job of the current or last step: times and pod counts.")
+    job: JobStatus | None = Field(
+        default=None, description="The Job of the current or last step: times and pod counts."
+    )
 
     def set_condition(
         self,
@@ -196,9 +196,14 @@ class BaseStatus(ApiModel):
         planner's time (a transition happens when the planner observed it, not when a clock was read)."""
         stamp = times.format_time(now)
         before = self.condition(type_)
-        cond = Condition(type=type_, status=status, reason=reason, message=message,
-                         last_transition_time=_transition_time(before, status, stamp),
-                         observed_generation=generation)
+        cond = Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=_transition_time(before, status, stamp),
+            observed_generation=generation,
+        )
         if before is None:
             self.conditions.append(cond)
         else:
@@ -207,8 +212,9 @@ class BaseStatus(ApiModel):
     def carry_transition_times(self, stored: BaseStatus) -> None:
         """Keep the stored status's lastTransitionTime of each condition whose status did not change."""
         for cond in self.conditions:
-            cond.last_transition_time = _transition_time(stored.condition(cond.type), cond.status,
-                                                         cond.last_transition_time)
+            cond.last_transition_time = _transition_time(
+                stored.condition(cond.type), cond.status, cond.last_transition_time
+            )
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

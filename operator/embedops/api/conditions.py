@@ -56,9 +56,16 @@ class Reason(StrEnum):
     PINNED = "Pinned"
 
 
-TERMINAL = frozenset({
-    Reason.INVALID_SPEC, Reason.MISSING_DATABASE, Reason.NO_PROBE_SET, Reason.JOB_FAILED,
-    Reason.BAD_WORKER_RESULT, Reason.NO_IMPROVEMENT, Reason.NO_LIVE_VERSION,
-})
+TERMINAL = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.MISSING_DATABASE,
+        Reason.NO_PROBE_SET,
+        Reason.JOB_FAILED,
+        Reason.BAD_WORKER_RESULT,
+        Reason.NO_IMPROVEMENT,
+        Reason.NO_LIVE_VERSION,
+    }
+)
 PUBLISH_NOTES = frozenset({Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED})
 SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED}

@@ -35,12 +35,24 @@ _PRESERVE = "x-kubernetes-preserve-unknown-fields"
 
 # Keywords passed through unchanged, besides `x-kubernetes-*` ones. Anything else pydantic emits
 # (`const`, `format`, `uniqueItems`, `not`...) stops generation until someone decides how it maps.
-_PASSED = frozenset({
-    "type", "description", "enum", "required",
-    "minimum", "maximum", "multipleOf",
-    "minLength", "maxLength", "pattern",
-    "minItems", "maxItems", "minProperties", "maxProperties",
-})
+_PASSED = frozenset(
+    {
+        "type",
+        "description",
+        "enum",
+        "required",
+        "minimum",
+        "maximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "pattern",
+        "minItems",
+        "maxItems",
+        "minProperties",
+        "maxProperties",
+    }
+)
 _DEFAULT_SAID = re.compile(r"\bDefault\b")
 
 

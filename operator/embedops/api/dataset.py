@@ -31,13 +31,17 @@ class BeirSource(ApiModel):
         ),
     )
     train_split: str = Field(
-        default="train", pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$", max_length=200,
+        default="train",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=200,
         description="qrels file used for training, `qrels/<trainSplit>.tsv` (a file name, no path). Default: `train`.",
     )
     test_split: str = Field(
-        default="test", pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$", max_length=200,
+        default="test",
+        pattern=r"^([A-Za-z0-9_][A-Za-z0-9_.-]*)?$",
+        max_length=200,
         description=(
-            "qrels file held out for evaluation. Default: `test`. Set to \"\" (empty) to split the train "
+            'qrels file held out for evaluation. Default: `test`. Set to "" (empty) to split the train '
             "queries deterministically instead (see `split`)."
         ),
     )
@@ -63,10 +67,14 @@ class PostgresSource(ApiModel):
     """A table of query–positive pairs in Postgres."""
 
     database: Database = Field(default_factory=Database, description="Server holding the table.")
-    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the table. Default: `public`.")
+    schema_name: SqlName = Field(
+        default="public", alias="schema", description="Schema of the table. Default: `public`."
+    )
     table: SqlName = Field(description="Table holding one pair a row.")
     query_column: SqlName = Field(default="query", description="Column with the query text. Default: `query`.")
-    positive_column: SqlName = Field(default="positive", description="Column with the relevant text. Default: `positive`.")
+    positive_column: SqlName = Field(
+        default="positive", description="Column with the relevant text. Default: `positive`."
+    )
     split_column: SqlName | None = Field(
         default=None,
         description="Optional column whose value `test` marks held-out rows; unset splits deterministically.",
@@ -119,7 +127,9 @@ class SplitSpec(ApiModel):
     """Deterministic train/test split, used when the source gives no test split."""
 
     test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of queries held out. Default: 0.2.")
-    seed: int = Field(default=42, description="Seed of the split; the same data and seed give the same split. Default: 42.")
+    seed: int = Field(
+        default=42, description="Seed of the split; the same data and seed give the same split. Default: 42."
+    )
     max_test_queries: int | None = Field(
         default=None, ge=1, description="Cap on held-out queries, to bound evaluation time. Default: no cap."
     )
@@ -128,13 +138,19 @@ class SplitSpec(ApiModel):
 # Defaults of the fields the CEL rules read: the API server does not fill defaults in (common.py).
 _RANGE_MIN, _RANGE_MAX, _COUNT = 10, 50, 3
 _MINING_RULES = [
-    {"rule": f"(has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN}) < (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})",
-     "message": "hardNegatives.rangeMin must be below hardNegatives.rangeMax"},
-    {"rule": f"(has(self.count) ? self.count : {_COUNT}) <= (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})"
-             f" - (has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN})",
-     "message": "hardNegatives.count must fit between rangeMin and rangeMax (count <= rangeMax - rangeMin)"},
-    {"rule": "!(has(self.absoluteMargin) && has(self.relativeMargin))",
-     "message": "set at most one of hardNegatives.absoluteMargin or hardNegatives.relativeMargin"},
+    {
+        "rule": f"(has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN}) < (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})",
+        "message": "hardNegatives.rangeMin must be below hardNegatives.rangeMax",
+    },
+    {
+        "rule": f"(has(self.count) ? self.count : {_COUNT}) <= (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})"
+        f" - (has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN})",
+        "message": "hardNegatives.count must fit between rangeMin and rangeMax (count <= rangeMax - rangeMin)",
+    },
+    {
+        "rule": "!(has(self.absoluteMargin) && has(self.relativeMargin))",
+        "message": "set at most one of hardNegatives.absoluteMargin or hardNegatives.relativeMargin",
+    },
 ]
 DEFAULT_RELATIVE_MARGIN = 0.05
 
@@ -158,9 +174,13 @@ class HardNegativesSpec(ApiModel):
             f"Default: `{DEFAULT_MINING_MODEL}`."
         ),
     )
-    count: int = Field(default=_COUNT, ge=1, le=32, description=f"Negatives mined per pair (`num_negatives`). Default: {_COUNT}.")
+    count: int = Field(
+        default=_COUNT, ge=1, le=32, description=f"Negatives mined per pair (`num_negatives`). Default: {_COUNT}."
+    )
     range_min: int = Field(
-        default=_RANGE_MIN, ge=0, le=2047,
+        default=_RANGE_MIN,
+        ge=0,
+        le=2047,
         description=(
             "Skip this many of the best-ranked candidates, counted once the query's positives and the candidates "
             "the margin rules out are set aside: the top ranks are where unlabelled positives concentrate. "
@@ -168,18 +188,24 @@ class HardNegativesSpec(ApiModel):
         ),
     )
     range_max: int = Field(
-        default=_RANGE_MAX, ge=1, le=2048,
+        default=_RANGE_MAX,
+        ge=1,
+        le=2048,
         description=f"Only candidates ranked above this are considered. Default: {_RANGE_MAX}.",
     )
     absolute_margin: float | None = Field(
-        default=None, ge=0.0, le=2.0,
+        default=None,
+        ge=0.0,
+        le=2.0,
         description=(
             "Drop candidates scoring above the positive's score minus this (the lowest-scoring positive's, with "
             "several). Unset: the relative margin applies."
         ),
     )
     relative_margin: float | None = Field(
-        default=None, ge=0.0, lt=1.0,
+        default=None,
+        ge=0.0,
+        lt=1.0,
         description=(
             "Drop candidates scoring above the positive's score minus |score| x this: they are likely unlabelled "
             "positives (positive-aware mining, as in NV-Retriever). With several positives, the lowest-scoring "

@@ -17,8 +17,13 @@ from embedops.api.scores import RetrievalScores
 
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
-LossType = Literal["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", "GISTEmbedLoss",
-                   "CachedGISTEmbedLoss", "TripletLoss"]
+LossType = Literal[
+    "MultipleNegativesRankingLoss",
+    "CachedMultipleNegativesRankingLoss",
+    "GISTEmbedLoss",
+    "CachedGISTEmbedLoss",
+    "TripletLoss",
+]
 GIST_LOSSES = ("GISTEmbedLoss", "CachedGISTEmbedLoss")
 CACHED_LOSSES = ("CachedMultipleNegativesRankingLoss", "CachedGISTEmbedLoss")
 
@@ -44,17 +49,17 @@ class LossSpec(ApiModel):
         ),
     )
     scale: float = Field(
-        default=20.0, gt=0,
+        default=20.0,
+        gt=0,
         description=(
             "Similarity scale of the ranking losses; the GIST losses' temperature is its inverse (20: 0.05). "
             "Default: 20."
         ),
     )
-    mini_batch_size: int = Field(
-        default=32, ge=1, description="Mini-batch of the cached losses. Default: 32."
-    )
+    mini_batch_size: int = Field(default=32, ge=1, description="Mini-batch of the cached losses. Default: 32.")
     guide_model: str | None = Field(
-        default=None, min_length=1,
+        default=None,
+        min_length=1,
         description="Guide model of the GIST losses (a bundled model name or a path). Default: the base model.",
     )
     guide_margin_strategy: Literal["absolute", "relative"] = Field(
@@ -62,7 +67,8 @@ class LossSpec(ApiModel):
         description="How guideMargin applies: below the guide's positive score, or a share of it. Default: absolute.",
     )
     guide_margin: float = Field(
-        default=0.0, ge=0,
+        default=0.0,
+        ge=0,
         description=(
             "GIST losses mask a candidate the guide scores above its positive's score minus this margin "
             "(absolute) or minus |score| x margin (relative). Default: 0."
@@ -102,7 +108,9 @@ class StepBudget(ApiModel):
 
     model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_BUDGET_RULE]}}
 
-    epochs: int = Field(default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5.")
+    epochs: int = Field(
+        default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5."
+    )
     min_steps: int = Field(default=_BUDGET_MIN, ge=1, description=f"Fewest steps. Default: {_BUDGET_MIN}.")
     max_steps: int = Field(default=_BUDGET_MAX, ge=1, description=f"Most steps. Default: {_BUDGET_MAX}.")
 
@@ -117,7 +125,9 @@ class TrainingSpec(ApiModel):
     """Optimisation settings."""
 
     epochs: int | None = Field(
-        default=None, ge=1, le=100,
+        default=None,
+        ge=1,
+        le=100,
         description="Passes over the training rows, replacing the step budget. Default: unset (the budget decides).",
     )
     budget: StepBudget = Field(
@@ -125,7 +135,9 @@ class TrainingSpec(ApiModel):
         description="Steps from the data's size when epochs and maxSteps are unset: epochs passes within minSteps..maxSteps.",
     )
     batch_size: int = Field(
-        default=64, ge=2, description="Rows per step; with ranking losses, also the number of in-batch negatives. Default: 64."
+        default=64,
+        ge=2,
+        description="Rows per step; with ranking losses, also the number of in-batch negatives. Default: 64.",
     )
     learning_rate: float = Field(default=3e-5, gt=0, description="Peak learning rate. Default: 3e-5.")
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of steps of linear warm-up. Default: 0.1.")
@@ -133,13 +145,15 @@ class TrainingSpec(ApiModel):
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
     seed: int = Field(default=42, description="Random seed (also of the validation split). Default: 42.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="Numeric precision; auto picks bf16 on a GPU that supports it, else fp32. Default: auto."
+        default="auto",
+        description="Numeric precision; auto picks bf16 on a GPU that supports it, else fp32. Default: auto.",
     )
     max_steps: int | None = Field(
         default=None, ge=1, description="Stop after this many steps (overrides epochs and the budget)."
     )
     checkpoint_steps: int | None = Field(
-        default=None, ge=1,
+        default=None,
+        ge=1,
         description=(
             "Save a checkpoint, and score it on the validation queries, every this many steps (and at the last); "
             "a killed run resumes from the last complete one. Default: a fifth of the planned steps."
@@ -154,7 +168,9 @@ class ValidationSplitSpec(ApiModel):
     """Training queries held out to pick the checkpoint to publish; the test split is never used for that."""
 
     fraction: float = Field(
-        default=0.1, ge=0, lt=1,
+        default=0.1,
+        ge=0,
+        lt=1,
         description=(
             "Share of the training queries held out (all their rows), a sample seeded by training.seed. "
             "0 turns validation off: the last step's model is published, as without it. Default: 0.1."
@@ -162,7 +178,8 @@ class ValidationSplitSpec(ApiModel):
     )
     max_queries: int = Field(default=500, ge=1, description="Cap on validation queries. Default: 500.")
     max_corpus: int = Field(
-        default=20_000, ge=1,
+        default=20_000,
+        ge=1,
         description=(
             "Documents the validation queries are searched over. A larger corpus is sampled: every validation "
             "positive, the base model's top 50 for each validation query, then a seeded random fill. Default: 20000."
@@ -243,7 +260,9 @@ class FineTuneJobStatus(BaseStatus):
         default=None, description="The tuned model, once trained; none when no checkpoint beat the base model."
     )
     base_metrics: RetrievalScores | None = Field(default=None, description="The base model's held-out (test) scores.")
-    tuned_metrics: RetrievalScores | None = Field(default=None, description="The published model's held-out (test) scores.")
+    tuned_metrics: RetrievalScores | None = Field(
+        default=None, description="The published model's held-out (test) scores."
+    )
     ndcg_gain: float | None = Field(default=None, description="Tuned minus base nDCG@10.")
     validation: ValidationScores | None = Field(default=None, description="Checkpoint selection on validation queries.")
     train_pairs: int | None = Field(

@@ -47,7 +47,9 @@ class IndexModel(ApiModel):
 class TableSource(ApiModel):
     """A Postgres table holding the documents."""
 
-    schema_name: SqlName = Field(default="public", alias="schema", description="Schema of the table. Default: `public`.")
+    schema_name: SqlName = Field(
+        default="public", alias="schema", description="Schema of the table. Default: `public`."
+    )
     table: SqlName = Field(description="Table holding one document a row.")
     id_column: SqlName = Field(default="id", description="Unique, ordered key column. Default: `id`.")
     text_column: SqlName = Field(default="text", description="Column with the text to embed. Default: `text`.")
@@ -95,7 +97,9 @@ class Target(ApiModel):
     model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _IMMUTABLE}}
 
     schema_name: TargetName = Field(
-        default="public", alias="schema", max_length=63,
+        default="public",
+        alias="schema",
+        max_length=63,
         description="Schema of the view and its tables (lower case; not pg_*, information_schema or embedops). "
         "Default: `public`.",
         json_schema_extra={"x-kubernetes-validations": [_RESERVED_RULE]},
@@ -115,8 +119,10 @@ class Target(ApiModel):
         return value
 
 
-_EF_RULE = {"rule": "(has(self.efConstruction) ? self.efConstruction : 64) >= 2 * (has(self.m) ? self.m : 16)",
-            "message": "ann.efConstruction must be at least twice ann.m (pgvector refuses smaller)"}
+_EF_RULE = {
+    "rule": "(has(self.efConstruction) ? self.efConstruction : 64) >= 2 * (has(self.m) ? self.m : 16)",
+    "message": "ann.efConstruction must be at least twice ann.m (pgvector refuses smaller)",
+}
 
 
 class AnnSpec(ApiModel):
@@ -135,7 +141,9 @@ class AnnSpec(ApiModel):
     m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree. Default: 16 (pgvector's).")
     ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam. Default: 64 (pgvector's).")
     lists: int | None = Field(
-        default=None, ge=1, le=32768,
+        default=None,
+        ge=1,
+        le=32768,
         description="IVFFlat lists (pgvector allows up to 32768). Default: rows/1000 (at least 1), sqrt(rows) above 1M rows.",
     )
     ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW search beam used by probes. Default: 40.")
@@ -154,9 +162,13 @@ class EmbedSpec(ApiModel):
     batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch. Default: 64.")
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
     commit_rows: int = Field(
-        default=2048, ge=1, description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048."
+        default=2048,
+        ge=1,
+        description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048.",
     )
-    shards: int = Field(default=1, ge=1, le=1000, description="Pods that embed in parallel (an Indexed Job). Default: 1.")
+    shards: int = Field(
+        default=1, ge=1, le=1000, description="Pods that embed in parallel (an Indexed Job). Default: 1."
+    )
     precision: Precision = Field(
         default="auto",
         description=(
@@ -170,9 +182,14 @@ class ProbeSpec(ApiModel):
     """Retrieval probe: queries with known relevant ids, run through SQL against a version."""
 
     model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [
-            {"rule": "!(has(self.datasetRef) && has(self.path))", "message": "set at most one of probe.datasetRef or probe.path"}
-        ]}
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.datasetRef) && has(self.path))",
+                    "message": "set at most one of probe.datasetRef or probe.path",
+                }
+            ]
+        }
     }
 
     dataset_ref: LocalObjectReference | None = Field(
@@ -209,7 +226,9 @@ class DriftSpec(ApiModel):
     enabled: bool = Field(default=True, description="Measure drift on a schedule. Default: true.")
     sample_size: int = Field(default=1000, ge=10, le=100_000, description="Rows sampled on each side. Default: 1000.")
     threshold: float = Field(
-        default=0.015, ge=0, description="Drift score (MMD², see docs) above which the index is Degraded. Default: 0.015."
+        default=0.015,
+        ge=0,
+        description="Drift score (MMD², see docs) above which the index is Degraded. Default: 0.015.",
     )
     interval_minutes: int = Field(default=60, ge=1, description="Measure this often. Default: 60.")
 

@@ -115,9 +115,9 @@ class InvalidResource(ValueError):
 # The name patterns of the API, in words.
 _PATTERNS = {
     K8sName.__metadata__[0].pattern: "a lower-case RFC 1123 name (a-z, 0-9, '-' and '.', starting and ending "
-                                     "with a letter or digit)",
+    "with a letter or digit)",
     K8sNamespace.__metadata__[0].pattern: "a lower-case RFC 1123 label (a-z, 0-9 and '-', starting and ending "
-                                          "with a letter or digit)",
+    "with a letter or digit)",
     SqlName.__metadata__[0].pattern: "an SQL name (letters, digits and underscores, not starting with a digit)",
     TargetName.__metadata__[0].pattern: "a lower-case SQL name (a-z, 0-9 and underscores, not starting with a digit)",
 }
@@ -187,11 +187,26 @@ def parse_manifest(doc: dict[str, Any], where: str = "manifest") -> Resource:
     if problems:
         raise InvalidResource(where, problems)
     spec = parse_spec(kind, doc.get("spec"), where)
-    return Resource(kind=KINDS[kind], name=meta.name, namespace=meta.namespace or "default", spec=spec,
-                    metadata=meta.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True))
+    return Resource(
+        kind=KINDS[kind],
+        name=meta.name,
+        namespace=meta.namespace or "default",
+        spec=spec,
+        metadata=meta.model_dump(by_alias=True, exclude_none=True, exclude_defaults=True),
+    )
 
 
 __all__ = [
-    "API_VERSION", "GROUP", "VERSION", "KINDS", "ORDER", "Kind", "Resource", "InvalidResource",
-    "parse_manifest", "parse_spec", "validate_spec", "format_validation_error",
+    "API_VERSION",
+    "GROUP",
+    "KINDS",
+    "ORDER",
+    "VERSION",
+    "InvalidResource",
+    "Kind",
+    "Resource",
+    "format_validation_error",
+    "parse_manifest",
+    "parse_spec",
+    "validate_spec",
 ]

@@ -12,13 +12,13 @@ FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def format_time(when: dt.datetime) -> str:
     """`when` in the API's format (a naive time is taken as UTC)."""
     if when.tzinfo is not None:
-        when = when.astimezone(dt.timezone.utc)
+        when = when.astimezone(dt.UTC)
     return when.strftime(FORMAT)
 
 
@@ -31,4 +31,4 @@ def parse_time(stamp: str | None) -> dt.datetime | None:
     """A time the API wrote, as an aware UTC datetime; None for none. ValueError for another format."""
     if not stamp:
         return None
-    return dt.datetime.strptime(stamp, FORMAT).replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.strptime(stamp, FORMAT).replace(tzinfo=dt.UTC)

@@ -44,8 +44,12 @@ class Owner:
 
     def reference(self) -> dict[str, Any]:
         return {
-            "apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
-            "controller": True, "blockOwnerDeletion": True,
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
         }
 
 
@@ -80,9 +84,15 @@ class WorkerStep:
 
 def worker_command(step: WorkerStep) -> list[str]:
     """The pod's command: the one place a step becomes text (embedops.steps.parse reads it back)."""
-    return ["embedops", "worker", step.step,
-            "--spec-json", json.dumps(step.config.to_wire(), sort_keys=True, separators=(",", ":")),
-            "--result", TERMINATION_LOG]
+    return [
+        "embedops",
+        "worker",
+        step.step,
+        "--spec-json",
+        json.dumps(step.config.to_wire(), sort_keys=True, separators=(",", ":")),
+        "--result",
+        TERMINATION_LOG,
+    ]
 
 
 def _resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
@@ -119,8 +129,12 @@ def _env(step: WorkerStep) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if step.dsn_secret is not None:
-        env.append({"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {
-            "name": step.dsn_secret.name, "key": step.dsn_secret.key}}})
+        env.append(
+            {
+                "name": "EMBEDOPS_DSN",
+                "valueFrom": {"secretKeyRef": {"name": step.dsn_secret.name, "key": step.dsn_secret.key}},
+            }
+        )
     return env
 
 
@@ -162,7 +176,10 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
         "securityContext": {
-            "runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS,
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
@@ -179,11 +196,15 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
     job_spec: dict[str, Any] = {
         "backoffLimit": sched.backoff_limit,
         "suspend": sched.suspend,
-        "podFailurePolicy": {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": [EXIT_INVALID]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-        ]},
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID]},
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            ]
+        },
         "template": {"metadata": {"labels": labels}, "spec": pod_spec},
     }
     if step.shards is not None:

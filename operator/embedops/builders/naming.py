@@ -40,8 +40,9 @@ def inputs_hash(*parts: Any) -> str:
 
 def identity(model: BaseModel, *, include: set[str] | None = None, exclude: set[str] | None = None) -> dict[str, Any]:
     """The part of a spec (or of one of its sections) that a step's key hashes: what differs from the defaults."""
-    return model.model_dump(mode="json", by_alias=True, exclude_defaults=True, exclude_none=True,
-                            include=include, exclude=exclude)
+    return model.model_dump(
+        mode="json", by_alias=True, exclude_defaults=True, exclude_none=True, include=include, exclude=exclude
+    )
 
 
 def step_key(step: str, *parts: Any) -> str:

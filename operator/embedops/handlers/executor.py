@@ -121,8 +121,9 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Ou
     return Outcome(written=written, look_again=_look_again(body, jobs_look), dependants=dependants)
 
 
-def _wrote(key: memory.Key, body: dict[str, Any], answer: dict[str, Any] | None, wire: dict[str, Any]
-           ) -> dict[str, Any]:
+def _wrote(
+    key: memory.Key, body: dict[str, Any], answer: dict[str, Any] | None, wire: dict[str, Any]
+) -> dict[str, Any]:
     """The resource after our status write, remembered until the watch brings it."""
     if answer is None:  # a test's fake API server
         return {**body, "status": wire}
@@ -170,5 +171,3 @@ def safe_reconcile(kind: str, namespace: str, name: str) -> Outcome | None:
         return Outcome(look_again=delay)
     _failures.pop(key, None)
     return outcome
-
-

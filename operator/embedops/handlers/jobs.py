@@ -50,10 +50,14 @@ class _Tail:
 
 
 class JobObserver:
-    def __init__(self, recheck_seconds: float, progress_seconds: float = PROGRESS_SECONDS,
-                 clock: Callable[[], float] = time.monotonic,
-                 list_pods: Callable[[str, str], list[dict[str, Any]]] | None = None,
-                 read_tail: Callable[[str, str], str | None] | None = None) -> None:
+    def __init__(
+        self,
+        recheck_seconds: float,
+        progress_seconds: float = PROGRESS_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+        list_pods: Callable[[str, str], list[dict[str, Any]]] | None = None,
+        read_tail: Callable[[str, str], str | None] | None = None,
+    ) -> None:
         self.recheck_seconds, self.progress_seconds, self._clock = recheck_seconds, progress_seconds, clock
         self._list_pods = list_pods or kube.job_pods
         self._read_tail = read_tail or kube.log_tail

@@ -46,8 +46,9 @@ def api() -> client.ApiClient:
                 config.load_kube_config(config_file=path)
             except (config.ConfigException, OSError) as err:
                 where = f"$KUBECONFIG ({path})" if path else "~/.kube/config"
-                raise NoCredentials(f"no Kubernetes credentials: not running in a cluster, and {where} "
-                                    f"gives none ({err})") from None
+                raise NoCredentials(
+                    f"no Kubernetes credentials: not running in a cluster, and {where} gives none ({err})"
+                ) from None
         _api = client.ApiClient()
     return _api
 
@@ -69,7 +70,9 @@ def plural(kind: str) -> str:
 
 def get_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return client.CustomObjectsApi(api()).get_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
+        return client.CustomObjectsApi(api()).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural(kind), name
+        )
     except ApiException as err:
         if err.status == 404:
             return None
@@ -95,11 +98,11 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]
-                   ) -> dict[str, Any]:
+def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Make the status `new`, removing what it no longer has; the object as the API server now holds it."""
     return client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
-        GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER)
+        GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER
+    )
 
 
 # Events this process posted, by (object uid, type, reason, message) -> (Event name, count): a
@@ -114,7 +117,7 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
     """An Event about a resource, as `kubectl describe` shows it (posted from any thread)."""
     meta = body["metadata"]
     message = message[:1024]
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     key = (meta.get("uid") or meta["name"], type_, reason, message)
     core = client.CoreV1Api(api())
     try:
@@ -131,11 +134,22 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
                     raise
         event = {
             "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
-            "involvedObject": {"apiVersion": body["apiVersion"], "kind": body["kind"], "name": meta["name"],
-                               "namespace": meta["namespace"], "uid": meta.get("uid")},
-            "type": type_, "reason": reason, "message": message,
-            "source": {"component": "embedops-operator"}, "reportingComponent": "embedops.dev/operator",
-            "reportingInstance": "embedops-operator", "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": body["apiVersion"],
+                "kind": body["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message,
+            "source": {"component": "embedops-operator"},
+            "reportingComponent": "embedops.dev/operator",
+            "reportingInstance": "embedops-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         created = core.create_namespaced_event(meta["namespace"], event)
         _remember(key, created.metadata.name, 1)
@@ -154,8 +168,9 @@ def _remember(key: tuple[str, str, str, str], name: str, count: int) -> None:
 def create_job(manifest: dict[str, Any]) -> bool:
     """Create a Job; False when it exists already (a restart, or a concurrent reconcile)."""
     try:
-        client.BatchV1Api(api()).create_namespaced_job(manifest["metadata"]["namespace"], manifest,
-                                                       field_manager=FIELD_MANAGER)
+        client.BatchV1Api(api()).create_namespaced_job(
+            manifest["metadata"]["namespace"], manifest, field_manager=FIELD_MANAGER
+        )
         return True
     except ApiException as err:
         if err.status == 409:
@@ -165,8 +180,9 @@ def create_job(manifest: dict[str, Any]) -> bool:
 
 def suspend_job(namespace: str, name: str, suspend: bool) -> None:
     """Suspend a Job (its pods are deleted) or resume it (the same Job goes on)."""
-    client.BatchV1Api(api()).patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}},
-                                                  field_manager=FIELD_MANAGER)
+    client.BatchV1Api(api()).patch_namespaced_job(
+        name, namespace, {"spec": {"suspend": suspend}}, field_manager=FIELD_MANAGER
+    )
 
 
 def delete_job(namespace: str, name: str) -> None:
@@ -191,7 +207,8 @@ def owned_jobs(namespace: str, owner_uid: str) -> dict[str, ObservedJob]:
     """The Jobs a resource owns, read from the API server now (the operator reads them from its
     watch cache, embedops.handlers.memory; this is for a caller without one)."""
     jobs = client.BatchV1Api(api()).list_namespaced_job(
-        namespace, label_selector=f"{naming.LABEL_OWNER_UID}={owner_uid}")
+        namespace, label_selector=f"{naming.LABEL_OWNER_UID}={owner_uid}"
+    )
     out = {}
     for job in jobs.items:
         raw = api().sanitize_for_serialization(job)
@@ -208,15 +225,18 @@ def observe(job: dict[str, Any]) -> ObservedJob:
 
 
 def job_pods(namespace: str, job_name: str) -> list[dict[str, Any]]:
-    pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}")
+    pods = client.CoreV1Api(api()).list_namespaced_pod(
+        namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}"
+    )
     return [api().sanitize_for_serialization(p) for p in pods.items]
 
 
 def log_tail(namespace: str, pod: str, lines: int = 50) -> str | None:
     """The last lines of a worker pod's log; None when there is none to read."""
     try:
-        return client.CoreV1Api(api()).read_namespaced_pod_log(pod, namespace, container=CONTAINER,
-                                                               tail_lines=lines) or ""
+        return (
+            client.CoreV1Api(api()).read_namespaced_pod_log(pod, namespace, container=CONTAINER, tail_lines=lines) or ""
+        )
     except ApiException as err:  # no log yet, or no right to read it: no progress shown
         log.debug("no log of pod %s/%s: %s", namespace, pod, err.reason)
         return None

@@ -41,8 +41,9 @@ JOBS = "embedops_jobs"
 
 # Annotations kopf itself writes (its progress storage and diff base use the embedops.dev/ prefix):
 # a change of one of them is no change of the resource.
-KOPF_ANNOTATIONS = frozenset({f"{naming.ANNOTATION_PREFIX}/last-handled-configuration",
-                              f"{naming.ANNOTATION_PREFIX}/drop-tables"})
+KOPF_ANNOTATIONS = frozenset(
+    {f"{naming.ANNOTATION_PREFIX}/last-handled-configuration", f"{naming.ANNOTATION_PREFIX}/drop-tables"}
+)
 
 
 def key_of(body: Any) -> Key:
@@ -75,8 +76,11 @@ def fingerprint(body: dict[str, Any]) -> str:
     """What a reconcile reads from the resource itself: the same fingerprint means the same plan."""
     meta = body.get("metadata") or {}
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in KOPF_ANNOTATIONS}
-    return json.dumps([body.get("spec"), meta.get("labels"), annotations, meta.get("deletionTimestamp"),
-                       body.get("status")], sort_keys=True, default=str)
+    return json.dumps(
+        [body.get("spec"), meta.get("labels"), annotations, meta.get("deletionTimestamp"), body.get("status")],
+        sort_keys=True,
+        default=str,
+    )
 
 
 def _values(index: Index[Any, Any], key: Any) -> list[Any]:

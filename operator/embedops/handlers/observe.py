@@ -44,15 +44,29 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
         newest = max(failures)[1] if failures else None
         error = describe_error(newest) or failed.get("message") or failed.get("reason")
     labels = meta.get("labels") or {}
-    report = JobStatus(name=name, step=labels.get(naming.LABEL_STEP, ""), start_time=status.get("startTime"),
-                       completion_time=status.get("completionTime"), active=status.get("active") or 0,
-                       succeeded=status.get("succeeded") or 0, failed=status.get("failed") or 0)
+    report = JobStatus(
+        name=name,
+        step=labels.get(naming.LABEL_STEP, ""),
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime"),
+        active=status.get("active") or 0,
+        succeeded=status.get("succeeded") or 0,
+        failed=status.get("failed") or 0,
+    )
     waiting = next((w for p in pods if (w := waiting_reason(p)) is not None), None) if state == "Pending" else None
     if state == "Running" and log_tail is not None:
         report.progress = parse_progress(log_tail)
-    return ObservedJob(name=name, state=state, results=results, error=error,  # type: ignore[arg-type]
-                       suspended=bool((job.get("spec") or {}).get("suspend")), step=labels.get(naming.LABEL_STEP),
-                       queue=labels.get(KUEUE_QUEUE_LABEL), waiting=waiting, report=report)
+    return ObservedJob(
+        name=name,
+        state=state,
+        results=results,
+        error=error,  # type: ignore[arg-type]
+        suspended=bool((job.get("spec") or {}).get("suspend")),
+        step=labels.get(naming.LABEL_STEP),
+        queue=labels.get(KUEUE_QUEUE_LABEL),
+        waiting=waiting,
+        report=report,
+    )
 
 
 def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
@@ -69,8 +83,13 @@ def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
 def has_pods(job: dict[str, Any]) -> bool:
     """Whether the Job's status counts any pod: a Job without one needs no pod listing."""
     status = job.get("status") or {}
-    return bool(status.get("active") or status.get("succeeded") or status.get("failed") or status.get("ready")
-                or status.get("terminating"))
+    return bool(
+        status.get("active")
+        or status.get("succeeded")
+        or status.get("failed")
+        or status.get("ready")
+        or status.get("terminating")
+    )
 
 
 def finished(job: dict[str, Any]) -> bool:
@@ -97,7 +116,11 @@ def waiting_reason(pod: dict[str, Any]) -> tuple[Reason, str] | None:
     """Why a pending pod cannot start, as the scheduler or the kubelet says it."""
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
-        if cond.get("type") == "PodScheduled" and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
             message = cond.get("message") or "no node fits"
             missing_claim = "persistentvolumeclaim" in message and "not found" in message
             return (Reason.MISSING_WORKSPACE if missing_claim else Reason.UNSCHEDULABLE), message
@@ -115,7 +138,9 @@ def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return None
 
 
-def _results(pods: list[dict[str, Any]], namespace: str) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
+def _results(
+    pods: list[dict[str, Any]], namespace: str
+) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
     """The succeeded pods' results by completion index, and (creation time, message) of the failed ones."""
     results: dict[int, dict[str, Any]] = {}
     failures = []

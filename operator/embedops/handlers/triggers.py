@@ -44,7 +44,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = naming.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=naming.ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration")
+        prefix=naming.ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
     settings.posting.level = logging.WARNING  # kopf's own log lines do not become Events; ours are posted below
     settings.execution.max_workers = 4  # the handlers only queue; the reconciles run on the queue's threads
     settings.watching.server_timeout = 300
@@ -56,11 +57,17 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     except kube.NoCredentials as err:
         raise kopf.PermanentError(str(err)) from None
     if missing:
-        raise kopf.PermanentError(f"the API server does not serve {', '.join(missing)} "
-                                  f"({GROUP}/{VERSION}): install the CRDs (crds/ or the Helm chart) first")
+        raise kopf.PermanentError(
+            f"the API server does not serve {', '.join(missing)} "
+            f"({GROUP}/{VERSION}): install the CRDs (crds/ or the Helm chart) first"
+        )
     metrics.serve(executor.SETTINGS.metrics_port)
-    log.info("embedops operator: worker image %s, workspace claim %s at %s", executor.SETTINGS.worker_image,
-             executor.SETTINGS.workspace_claim, executor.SETTINGS.workspace_path)
+    log.info(
+        "embedops operator: worker image %s, workspace claim %s at %s",
+        executor.SETTINGS.worker_image,
+        executor.SETTINGS.workspace_claim,
+        executor.SETTINGS.workspace_path,
+    )
 
 
 MANAGED = {"app.kubernetes.io/managed-by": naming.MANAGED_BY}
@@ -134,8 +141,14 @@ for _kind in KINDS.values():
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
 def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-    owner = next((r for r in body["metadata"].get("ownerReferences") or []
-                  if r.get("apiVersion", "").startswith(f"{GROUP}/") and r.get("kind") in KINDS), None)
+    owner = next(
+        (
+            r
+            for r in body["metadata"].get("ownerReferences") or []
+            if r.get("apiVersion", "").startswith(f"{GROUP}/") and r.get("kind") in KINDS
+        ),
+        None,
+    )
     if type == "DELETED":
         executor.forget_job(body["metadata"].get("uid"))
     if owner is not None:
@@ -156,9 +169,15 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     owner = reconcile.owner_of(dict(body))
     if spec.database.dsn_secret_ref is None:
         return  # nothing was ever built
-    step = WorkerStep(owner=owner, key=owner.uid, config=steps.CleanupStep(target=spec.target),
-                      resources=spec.resources, scheduling=spec.scheduling, dsn_secret=spec.database.dsn_secret_ref,
-                      ttl_seconds=600)
+    step = WorkerStep(
+        owner=owner,
+        key=owner.uid,
+        config=steps.CleanupStep(target=spec.target),
+        resources=spec.resources,
+        scheduling=spec.scheduling,
+        dsn_secret=spec.database.dsn_secret_ref,
+        ttl_seconds=600,
+    )
     manifest = worker_job(step, executor.SETTINGS)
     # Not owned: the garbage collector would delete it with the resource it cleans up after.
     manifest["metadata"].pop("ownerReferences")

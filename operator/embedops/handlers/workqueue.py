@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 class WorkQueue:
     """Keys for `work(key) -> seconds until its next look (None: none)`, run by `workers` threads."""
 
-    def __init__(self, work: Callable[[Hashable], float | None], workers: int = 4,
-                 clock: Callable[[], float] = time.monotonic, name: str = "embedops-work") -> None:
+    def __init__(
+        self,
+        work: Callable[[Hashable], float | None],
+        workers: int = 4,
+        clock: Callable[[], float] = time.monotonic,
+        name: str = "embedops-work",
+    ) -> None:
         self._work, self._workers, self._clock, self._name = work, workers, clock, name
         self._cond = threading.Condition()
         self._due: dict[Hashable, float] = {}  # waiting key -> when it is wanted

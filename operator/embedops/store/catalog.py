@@ -135,14 +135,25 @@ class Build:
 
     def same_embeddings(self, rec: VersionRecord) -> bool:
         """Whether `rec` holds what this build would write (the shard count aside)."""
-        return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type,
-                self.source) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type,
-                                 rec.source)
+        return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type, self.source) == (
+            rec.model_fingerprint,
+            rec.dimensions,
+            rec.vector_type,
+            rec.metric,
+            rec.id_type,
+            rec.source,
+        )
 
     def matches(self, rec: VersionRecord) -> bool:
-        return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type, self.source,
-                self.shards) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type,
-                                 rec.source, rec.shards)
+        return (
+            self.model_fingerprint,
+            self.dimensions,
+            self.vector_type,
+            self.metric,
+            self.id_type,
+            self.source,
+            self.shards,
+        ) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type, rec.source, rec.shards)
 
 
 @dataclass(frozen=True)
@@ -221,20 +232,35 @@ def next_version(conn: psycopg.Connection, schema: str, view: str) -> int:
         (schema, view),
     ).fetchone()[0]
     if version > MAX_VERSION:
-        raise ValueError(f"target {schema}.{view}: all {MAX_VERSION} version numbers are used; "
-                         "create a new EmbeddingIndex with another target.name")
+        raise ValueError(
+            f"target {schema}.{view}: all {MAX_VERSION} version numbers are used; "
+            "create a new EmbeddingIndex with another target.name"
+        )
     return version
 
 
-def insert_building(conn: psycopg.Connection, schema: str, view: str, version: int, table: str,
-                    build: Build) -> VersionRecord:
+def insert_building(
+    conn: psycopg.Connection, schema: str, view: str, version: int, table: str, build: Build
+) -> VersionRecord:
     """Insert a Building version and one empty progress row per shard."""
     conn.execute(
         "INSERT INTO embedops.index_versions (target_schema, target_name, version, table_name, model, "
         "model_fingerprint, dimensions, vector_type, metric, id_type, source, shards, state) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'Building')",
-        (schema, view, version, table, build.model, build.model_fingerprint, build.dimensions, build.vector_type,
-         build.metric, build.id_type, build.source, build.shards),
+        (
+            schema,
+            view,
+            version,
+            table,
+            build.model,
+            build.model_fingerprint,
+            build.dimensions,
+            build.vector_type,
+            build.metric,
+            build.id_type,
+            build.source,
+            build.shards,
+        ),
     )
     conn.execute(
         "INSERT INTO embedops.index_progress (target_schema, target_name, version, shard) "
@@ -270,9 +296,7 @@ def delete_version(conn: psycopg.Connection, rec: VersionRecord) -> None:
 
 def delete_target(conn: psycopg.Connection, schema: str, view: str) -> None:
     for table in ("index_versions", "index_targets"):
-        conn.execute(
-            f"DELETE FROM embedops.{table} WHERE target_schema = %s AND target_name = %s", (schema, view)
-        )
+        conn.execute(f"DELETE FROM embedops.{table} WHERE target_schema = %s AND target_name = %s", (schema, view))
 
 
 def progress(conn: psycopg.Connection, rec: VersionRecord, shard: int) -> ShardProgress:
@@ -286,8 +310,9 @@ def progress(conn: psycopg.Connection, rec: VersionRecord, shard: int) -> ShardP
     return ShardProgress(*row)
 
 
-def advance(conn: psycopg.Connection, rec: VersionRecord, shard: int, expected: ShardProgress,
-            last_id: Any, rows: int) -> ShardProgress | None:
+def advance(
+    conn: psycopg.Connection, rec: VersionRecord, shard: int, expected: ShardProgress, last_id: Any, rows: int
+) -> ShardProgress | None:
     """Move a shard's progress past `last_id`; None when the shard moved meanwhile or the version stopped Building.
 
     Checking the previous position makes a second pod running the same shard (a retried pod

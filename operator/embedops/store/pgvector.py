@@ -85,9 +85,11 @@ def connect(dsn: str | None, *, catalog_schema: bool = True) -> psycopg.Connecti
     try:
         password = conninfo.conninfo_to_dict(dsn).get("password")
     except psycopg.ProgrammingError:
-        raise ValueError("the database connection string (DSN) is malformed; it is not shown, as it may hold "
-                         "a password (libpq's format: 'postgresql://user:password@host:5432/db' or "
-                         "'host=... dbname=... user=...')") from None
+        raise ValueError(
+            "the database connection string (DSN) is malformed; it is not shown, as it may hold "
+            "a password (libpq's format: 'postgresql://user:password@host:5432/db' or "
+            "'host=... dbname=... user=...')"
+        ) from None
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.OperationalError as err:
@@ -141,7 +143,9 @@ def version_record(conn: psycopg.Connection, target: Target, version: int | None
     """One version's catalog row (the live one when `version` is None); ValueError when there is none."""
     schema, view = _target(conn, target)
     records = catalog.records(conn, schema, view)
-    found = next((r for r in records if (r.state == VersionState.LIVE if version is None else r.version == version)), None)
+    found = next(
+        (r for r in records if (r.state == VersionState.LIVE if version is None else r.version == version)), None
+    )
     if found is None:
         what = "no live version" if version is None else f"no version {version}"
         raise ValueError(f"{schema}.{view} has {what} in the embedops catalog")
@@ -171,7 +175,8 @@ def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = 
             rec = next((r for r in retained if r.version == to_version), None)
             if rec is None:
                 raise ValueError(
-                    f"version {to_version} of {target.schema_name}.{target.name} is not a retained version")
+                    f"version {to_version} of {target.schema_name}.{target.name} is not a retained version"
+                )
             return rec
         live = next((r for r in records if r.state == VersionState.LIVE), None)
         earlier = [r for r in retained if live is None or r.version < live.version]
@@ -230,8 +235,9 @@ def _drop_version_table(conn: psycopg.Connection, rec: VersionRecord) -> None:
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(rec.schema, table)))
 
 
-def _switch(conn: psycopg.Connection, target: Target,
-            choose: Callable[[list[VersionRecord]], VersionRecord]) -> VersionRecord:
+def _switch(
+    conn: psycopg.Connection, target: Target, choose: Callable[[list[VersionRecord]], VersionRecord]
+) -> VersionRecord:
     """Repoint the view at the version `choose` picks, in one transaction, retrying when locks are busy."""
     schema, view = _target(conn, target)
     for attempt in range(_LOCK_TRIES):
@@ -255,14 +261,23 @@ def _point_view(conn: psycopg.Connection, rec: VersionRecord) -> None:
     view = sql.Identifier(rec.schema, rec.view)
     grants = _view_grants(conn, view)
     conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
-    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT id, embedding FROM {}").format(
-        view, sql.Identifier(rec.schema, rec.table)))
-    conn.execute(sql.SQL("COMMENT ON VIEW {} IS {}").format(
-        view, sql.Literal(f"Managed by embedops: serves version {rec.version} ({rec.model}).")))
+    conn.execute(
+        sql.SQL("CREATE VIEW {} AS SELECT id, embedding FROM {}").format(view, sql.Identifier(rec.schema, rec.table))
+    )
+    conn.execute(
+        sql.SQL("COMMENT ON VIEW {} IS {}").format(
+            view, sql.Literal(f"Managed by embedops: serves version {rec.version} ({rec.model}).")
+        )
+    )
     for privilege, grantee, grantable in grants:
-        conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-            sql.SQL(privilege), view, sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
-            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+        conn.execute(
+            sql.SQL("GRANT {} ON {} TO {}{}").format(
+                sql.SQL(privilege),
+                view,
+                sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+                sql.SQL(" WITH GRANT OPTION" if grantable else ""),
+            )
+        )
     catalog.retire_live(conn, rec.schema, rec.view)
     catalog.set_state(conn, rec, VersionState.LIVE)
 
@@ -308,8 +323,13 @@ def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple
         if newest is not None and newest.state == VersionState.BUILDING:
             if build.matches(newest):
                 return newest, True
-            log.warning("%s.%s v%d was still building from %s; superseded, marked Failed",
-                        schema, view, newest.version, newest.model)
+            log.warning(
+                "%s.%s v%d was still building from %s; superseded, marked Failed",
+                schema,
+                view,
+                newest.version,
+                newest.model,
+            )
             catalog.set_state(conn, newest, VersionState.FAILED)
         version = catalog.next_version(conn, schema, view)
         table = names.version_table(view, version)
@@ -338,8 +358,9 @@ def _check_build(build: Build) -> None:
 
 def _check_view_name_free(conn: psycopg.Connection, schema: str, view: str) -> None:
     """Fail before hours of embedding, not at cut-over, when the view's name is taken by a table."""
-    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)",
-                        (sql.Identifier(schema, view).as_string(conn),)).fetchone()
+    kind = conn.execute(
+        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (sql.Identifier(schema, view).as_string(conn),)
+    ).fetchone()
     if kind is not None and kind[0] != "v":
         raise ValueError(f"target.name: {schema}.{view} exists and is not a view; embedops will not replace it")
 
@@ -349,9 +370,14 @@ def _create_version_table(conn: psycopg.Connection, schema: str, table: str, bui
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
         # id_type is format_type()'s output for the source column, written by Postgres itself.
-        conn.execute(sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, embedding {}({}) NOT NULL)").format(
-            sql.Identifier(schema, table), sql.SQL(build.id_type), sql.SQL(build.vector_type),
-            sql.Literal(build.dimensions)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, embedding {}({}) NOT NULL)").format(
+                sql.Identifier(schema, table),
+                sql.SQL(build.id_type),
+                sql.SQL(build.vector_type),
+                sql.Literal(build.dimensions),
+            )
+        )
     except psycopg.errors.DuplicateTable:
         raise ValueError(
             f"target.name: table {schema}.{table} already exists and is not an embedops version; "
@@ -370,7 +396,8 @@ class VersionWriter:
         self.shard = shard
         self.progress: ShardProgress = catalog.progress(conn, rec, shard)
         self._copy = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(rec.schema, rec.table))
+            sql.Identifier(rec.schema, rec.table)
+        )
         self._id_type = self._id_oid()
         self._types = [self._id_type, rec.vector_type]
         self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
@@ -443,9 +470,9 @@ def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_typ
         prefix = 2 + 4 + kind.itemsize
         width = prefix + 4 + vec_len
         out = np.empty(len(_COPY_HEADER) + n * width + len(_COPY_TRAILER), np.uint8)
-        out[:len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, np.uint8)
-        out[len(out) - len(_COPY_TRAILER):] = np.frombuffer(_COPY_TRAILER, np.uint8)
-        rows = out[len(_COPY_HEADER):len(out) - len(_COPY_TRAILER)].reshape(n, width)
+        out[: len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, np.uint8)
+        out[len(out) - len(_COPY_TRAILER) :] = np.frombuffer(_COPY_TRAILER, np.uint8)
+        rows = out[len(_COPY_HEADER) : len(out) - len(_COPY_TRAILER)].reshape(n, width)
         rows[:, 0:2] = np.frombuffer(b"\x00\x02", np.uint8)
         rows[:, 2:6] = np.frombuffer(kind.itemsize.to_bytes(4, "big"), np.uint8)
         rows[:, 6:prefix].view(kind)[:, 0] = np.asarray(ids, dtype=np.int64)
@@ -463,8 +490,9 @@ def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_typ
     return None
 
 
-def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpec,
-             maintenance_work_mem: str | None = None) -> VersionRecord | None:
+def finalize(
+    conn: psycopg.Connection, target: Target, version: int, ann: AnnSpec, maintenance_work_mem: str | None = None
+) -> VersionRecord | None:
     """Build the ANN index, ANALYZE and mark the version Ready once every shard is done.
 
     None while shards are still running; the record once the version is no longer Building
@@ -488,8 +516,14 @@ def finalize(conn: psycopg.Connection, target: Target, version: int, ann: AnnSpe
         memory = maintenance_work_mem or _build_memory(conn, rec, ann, rows)
         if memory:
             conn.execute("SELECT set_config('maintenance_work_mem', %s, true)", (memory,))
-        log.info("building the %s index of %s.%s (%d rows, maintenance_work_mem %s)", ann.method, schema,
-                 rec.table, rows, memory or "server default")
+        log.info(
+            "building the %s index of %s.%s (%d rows, maintenance_work_mem %s)",
+            ann.method,
+            schema,
+            rec.table,
+            rows,
+            memory or "server default",
+        )
         conn.execute(_ann_index(rec, ann, rows))
         conn.execute(sql.SQL("ANALYZE {}").format(table))
         catalog.set_state(conn, rec, VersionState.READY, rows=rows)
@@ -510,7 +544,8 @@ def _ann_index(rec: VersionRecord, ann: AnnSpec, rows: int) -> sql.Composed:
     else:
         options = sql.SQL("lists = {}").format(sql.Literal(ann.lists or ivfflat_lists(rows)))
     return sql.SQL("CREATE INDEX ON {} USING {} (embedding {}) WITH ({})").format(
-        sql.Identifier(rec.schema, rec.table), sql.SQL(ann.method), opclass, options)
+        sql.Identifier(rec.schema, rec.table), sql.SQL(ann.method), opclass, options
+    )
 
 
 def _build_memory(conn: psycopg.Connection, rec: VersionRecord, ann: AnnSpec, rows: int) -> str | None:
@@ -526,16 +561,28 @@ def _build_memory(conn: psycopg.Connection, rec: VersionRecord, ann: AnnSpec, ro
 # -- reading a version --------------------------------------------------------------------------
 
 
-def search(conn: psycopg.Connection, rec: VersionRecord, queries: np.ndarray, limit: int, *,
-           ef_search: int = 40, probes: int = 10) -> list[list[str]]:
+def search(
+    conn: psycopg.Connection,
+    rec: VersionRecord,
+    queries: np.ndarray,
+    limit: int,
+    *,
+    ef_search: int = 40,
+    probes: int = 10,
+) -> list[list[str]]:
     """Ids (as text) of the `limit` nearest rows of the version's table for each query vector, nearest first."""
     query = sql.SQL("SELECT id::text FROM {} ORDER BY embedding {} CAST(%s AS {}) LIMIT {}").format(
-        sql.Identifier(rec.schema, rec.table), sql.SQL(OPERATORS[rec.metric]), sql.SQL(rec.vector_type),
-        sql.Literal(limit))
+        sql.Identifier(rec.schema, rec.table),
+        sql.SQL(OPERATORS[rec.metric]),
+        sql.SQL(rec.vector_type),
+        sql.Literal(limit),
+    )
     with conn.transaction():
         # An HNSW scan returns at most ef_search rows, so the beam is at least as deep as the ranking.
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
-                     (str(max(ef_search, limit)), str(probes)))
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
+            (str(max(ef_search, limit)), str(probes)),
+        )
         return [[row[0] for row in conn.execute(query, (Vector(q),))] for q in queries]
 
 
@@ -543,7 +590,8 @@ def sample_embeddings(conn: psycopg.Connection, rec: VersionRecord, n: int, seed
     """`n` stored (id, embedding) rows drawn by a seeded hash of the id."""
     rows = conn.execute(
         sql.SQL("SELECT id, embedding FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(
-            sql.Identifier(rec.schema, rec.table)),
+            sql.Identifier(rec.schema, rec.table)
+        ),
         (seed, n),
     ).fetchall()
     if not rows:

@@ -100,7 +100,9 @@ def _documents(src: TableSource) -> sql.Composable:
     """`SELECT id, text, title FROM table` with the spec's columns renamed, as a subquery."""
     title = sql.Identifier(src.title_column) if src.title_column else sql.SQL("NULL")
     return sql.SQL("(SELECT {id} AS id, {text}::text AS text, {title}::text AS title FROM {table}) AS d").format(
-        id=sql.Identifier(src.id_column), text=sql.Identifier(src.text_column), title=title,
+        id=sql.Identifier(src.id_column),
+        text=sql.Identifier(src.text_column),
+        title=title,
         table=sql.Identifier(src.schema_name, src.table),
     )
 
@@ -115,12 +117,12 @@ def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int) -
     return conn.execute(query).fetchone()[0]
 
 
-def page(conn: psycopg.Connection, src: TableSource, id_type: str, shard: int, shards: int,
-         after: Any | None, limit: int) -> list[tuple[Any, str]]:
+def page(
+    conn: psycopg.Connection, src: TableSource, id_type: str, shard: int, shards: int, after: Any | None, limit: int
+) -> list[tuple[Any, str]]:
     """The next `limit` (id, text to embed) of a shard after id `after` (its value or text form), in id order."""
     after_filter = (
-        sql.SQL("true") if after is None
-        else sql.SQL("id > CAST({} AS {})").format(sql.Placeholder(), sql.SQL(id_type))
+        sql.SQL("true") if after is None else sql.SQL("id > CAST({} AS {})").format(sql.Placeholder(), sql.SQL(id_type))
     )
     query = sql.SQL("SELECT id, text, title FROM {} WHERE {} AND {} ORDER BY id LIMIT {}").format(
         _documents(src), _shard_filter(shard, shards), after_filter, sql.Literal(limit)

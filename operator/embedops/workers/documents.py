@@ -87,7 +87,7 @@ class DatasetDocuments:
     def chunks(self, after: str | None, size: int) -> Iterator[list[tuple[Any, str]]]:
         remaining = [(i, text) for i, text in self._texts.items() if after is None or i > after]
         for start in range(0, len(remaining), size):
-            yield remaining[start:start + size]
+            yield remaining[start : start + size]
 
     def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
         return {i: self._texts[i] for i in ids if i in self._texts}
@@ -97,8 +97,9 @@ class DatasetDocuments:
         return [self._texts[i] for i in picked]
 
 
-def open_documents(source: IndexSource, *, conn: psycopg.Connection, dataset_dir: Path | None,
-                   shard: int = 0, shards: int = 1) -> Documents:
+def open_documents(
+    source: IndexSource, *, conn: psycopg.Connection, dataset_dir: Path | None, shard: int = 0, shards: int = 1
+) -> Documents:
     """The reader of `source`'s documents (one shard of them)."""
     match source.kind:
         case "table":

@@ -80,7 +80,7 @@ def _kernel_sum(a: np.ndarray, b: np.ndarray, gamma: float) -> float:
     total = 0.0
     for i in range(0, len(a), _BLOCK):
         for j in range(0, len(b), _BLOCK):
-            total += float(np.exp(-gamma * _sq_distances(a[i:i + _BLOCK], b[j:j + _BLOCK])).sum())
+            total += float(np.exp(-gamma * _sq_distances(a[i : i + _BLOCK], b[j : j + _BLOCK])).sum())
     return total
 
 
@@ -164,21 +164,36 @@ def run(config: steps.DriftStep, *, dsn: str | None = None) -> DriftResult:
         docs = documents.open_documents(config.source, conn=conn, dataset_dir=config.dataset_dir)
         texts = current_texts(config, docs, ids, seed + ":current")
     if len(reference) < 2 or len(texts) < 2:
-        raise ValueError(f"{rec.schema}.{rec.table}: too few rows to measure drift "
-                         f"({len(reference)} stored, {len(texts)} current)")
+        raise ValueError(
+            f"{rec.schema}.{rec.table}: too few rows to measure drift ({len(reference)} stored, {len(texts)} current)"
+        )
     from embedops.workers.encoder import Encoder  # torch: only where a pod measures
 
     # The same encoder, sequence length and precision as the embed worker, so that its arithmetic is
     # no part of the drift.
-    current = Encoder(model, batch_size=config.embedding.batch_size, normalize=normalizes(rec.metric),
-                      precision=config.embedding.precision).encode(texts)
+    current = Encoder(
+        model,
+        batch_size=config.embedding.batch_size,
+        normalize=normalizes(rec.metric),
+        precision=config.embedding.precision,
+    ).encode(texts)
     scores = drift_scores(reference, current)
     result = DriftResult(
-        version=rec.version, score=round(scores.score, 6), centroid_distance=round(scores.centroid_distance, 6),
-        drifted_components=round(scores.drifted_components, 4), reference_rows=len(reference),
-        current_rows=len(current), drifted=scores.score > config.drift.threshold,
+        version=rec.version,
+        score=round(scores.score, 6),
+        centroid_distance=round(scores.centroid_distance, 6),
+        drifted_components=round(scores.drifted_components, 4),
+        reference_rows=len(reference),
+        current_rows=len(current),
+        drifted=scores.score > config.drift.threshold,
         checked_at=times.now(),
     )
-    log.info("drift of %s: MMD² %.4f (threshold %s), centroid distance %.4f, %.0f%% components drifted",
-             rec.table, result.score, config.drift.threshold, result.centroid_distance, 100 * result.drifted_components)
+    log.info(
+        "drift of %s: MMD² %.4f (threshold %s), centroid distance %.4f, %.0f%% components drifted",
+        rec.table,
+        result.score,
+        config.drift.threshold,
+        result.centroid_distance,
+        100 * result.drifted_components,
+    )
     return result

@@ -43,20 +43,39 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
-        docs = documents.open_documents(config.source, conn=reader, dataset_dir=config.dataset_dir,
-                                        shard=config.shard, shards=config.embedding.shards)
+        docs = documents.open_documents(
+            config.source,
+            conn=reader,
+            dataset_dir=config.dataset_dir,
+            shard=config.shard,
+            shards=config.embedding.shards,
+        )
         model = modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
         fingerprint = modelzoo.fingerprint(modelzoo.resolve(config.model))
         build = pgvector.Build(
-            model=config.model, model_fingerprint=fingerprint,
-            dimensions=model.get_embedding_dimension(), vector_type=config.ann.vector_type, metric=config.ann.metric,
-            id_type=docs.id_type, source=docs.description, shards=config.embedding.shards,
+            model=config.model,
+            model_fingerprint=fingerprint,
+            dimensions=model.get_embedding_dimension(),
+            vector_type=config.ann.vector_type,
+            metric=config.ann.metric,
+            id_type=docs.id_type,
+            source=docs.description,
+            shards=config.embedding.shards,
         )
         if config.reuse and (done := pgvector.find_built(conn, target, build)) is not None:
             log.info("%s already holds these embeddings (%s); nothing to build", done.table, done.state)
-            return Result(version=done.version, table=done.table, state=done.state, rows=done.rows, shard_rows=0,
-                          embedded=0, resumed=False, reused=True, seconds=round(time.monotonic() - started, 3),
-                          rows_per_second=0.0)
+            return Result(
+                version=done.version,
+                table=done.table,
+                state=done.state,
+                rows=done.rows,
+                shard_rows=0,
+                embedded=0,
+                resumed=False,
+                reused=True,
+                seconds=round(time.monotonic() - started, 3),
+                rows_per_second=0.0,
+            )
         rec, resumed = pgvector.begin_build(conn, target, build)
         writer = pgvector.VersionWriter(conn, rec, config.shard)
         already = writer.progress.rows
@@ -70,14 +89,21 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
         now = pgvector.version_record(conn, target, rec.version)
     embedded = writer.progress.rows - already
     return Result(
-        version=rec.version, table=rec.table, state=now.state, rows=now.rows, shard_rows=writer.progress.rows,
-        embedded=embedded, resumed=resumed and already > 0, seconds=round(time.monotonic() - started, 3),
+        version=rec.version,
+        table=rec.table,
+        state=now.state,
+        rows=now.rows,
+        shard_rows=writer.progress.rows,
+        embedded=embedded,
+        resumed=resumed and already > 0,
+        seconds=round(time.monotonic() - started, 3),
         rows_per_second=round(embedded / embedding_seconds, 2) if embedding_seconds > 0 else 0.0,
     )
 
 
-def embed_shard(model: SentenceTransformer, docs: documents.Documents, writer: pgvector.VersionWriter,
-                config: steps.EmbedStep) -> None:
+def embed_shard(
+    model: SentenceTransformer, docs: documents.Documents, writer: pgvector.VersionWriter, config: steps.EmbedStep
+) -> None:
     """Embed and commit the shard's remaining documents, chunk by chunk.
 
     A chunk is written (COPY and commit, in a second thread) while the next one is encoded; the
@@ -90,10 +116,16 @@ def embed_shard(model: SentenceTransformer, docs: documents.Documents, writer: p
     shard = f" shard {config.shard}/{config.embedding.shards}" if config.embedding.shards > 1 else ""
     from embedops.workers.encoder import Encoder  # torch: only where a pod embeds
 
-    encoder = Encoder(model, batch_size=config.embedding.batch_size, normalize=normalizes(rec.metric),
-                      precision=config.embedding.precision)
-    with progress.task(f"Embedding {rec.schema}.{rec.table}{shard}", total=remaining) as task, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedops-copy") as copier:
+    encoder = Encoder(
+        model,
+        batch_size=config.embedding.batch_size,
+        normalize=normalizes(rec.metric),
+        precision=config.embedding.precision,
+    )
+    with (
+        progress.task(f"Embedding {rec.schema}.{rec.table}{shard}", total=remaining) as task,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedops-copy") as copier,
+    ):
         pending: tuple[Future, int] | None = None
         for chunk in docs.chunks(writer.progress.last_id, config.embedding.commit_rows):
             vectors = encoder.encode([text for _, text in chunk])

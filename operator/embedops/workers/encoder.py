@@ -66,8 +66,15 @@ def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
 class Encoder:
     """Embeds lists of documents with one model; create once per worker run."""
 
-    def __init__(self, model: SentenceTransformer, *, batch_size: int, normalize: bool,
-                 precision: Precision = "auto", workers: Workers = "auto"):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        *,
+        batch_size: int,
+        normalize: bool,
+        precision: Precision = "auto",
+        workers: Workers = "auto",
+    ):
         self.model = model
         self.batch_size = batch_size
         self.normalize = normalize
@@ -88,19 +95,29 @@ class Encoder:
         if not texts:
             return np.zeros((0, self.model.get_embedding_dimension()), np.float32)
         if (tokenizer := self._tokenizer) is None:
-            return self.model.encode_document(texts, batch_size=self.batch_size, normalize_embeddings=self.normalize,
-                                              convert_to_numpy=True, show_progress_bar=False).astype(np.float32)
+            return self.model.encode_document(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            ).astype(np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
-        by_length = torch.empty((len(texts), self.model.get_embedding_dimension()), dtype=torch.float32,
-                                pin_memory=self._cuda)
+        by_length = torch.empty(
+            (len(texts), self.model.get_embedding_dimension()), dtype=torch.float32, pin_memory=self._cuda
+        )
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="embedops-tokenize")
         try:
             with torch.inference_mode():
                 done = 0
                 for features in self._batches(tokenizer, [texts[i] for i in order], pool):
-                    embeddings = self.forward({k: v.to(self.model.device, non_blocking=True)
-                                               if isinstance(v, torch.Tensor) else v for k, v in features.items()})
-                    by_length[done:done + len(embeddings)].copy_(embeddings, non_blocking=True)
+                    embeddings = self.forward(
+                        {
+                            k: v.to(self.model.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                            for k, v in features.items()
+                        }
+                    )
+                    by_length[done : done + len(embeddings)].copy_(embeddings, non_blocking=True)
                     done += len(embeddings)
         finally:
             pool.shutdown(cancel_futures=True)
@@ -119,12 +136,14 @@ class Encoder:
         embeddings = features["sentence_embedding"]
         return torch.nn.functional.normalize(embeddings, p=2, dim=1) if self.normalize else embeddings
 
-    def _batches(self, tokenizer: FastTokenizer, texts: list[str],
-                 pool: ThreadPoolExecutor) -> Iterator[dict[str, Any]]:
+    def _batches(
+        self, tokenizer: FastTokenizer, texts: list[str], pool: ThreadPoolExecutor
+    ) -> Iterator[dict[str, Any]]:
         """Model inputs of texts, `batch_size` at a time, tokenized in pieces by the pool a few batches ahead."""
         bounds = [(lo, min(lo + self.batch_size, len(texts))) for lo in range(0, len(texts), self.batch_size)]
-        futures = (pool.submit(tokenizer.ids, texts[p:min(p + PIECE, hi)])
-                   for lo, hi in bounds for p in range(lo, hi, PIECE))
+        futures = (
+            pool.submit(tokenizer.ids, texts[p : min(p + PIECE, hi)]) for lo, hi in bounds for p in range(lo, hi, PIECE)
+        )
         window = deque(islice(futures, max(2 * self.workers, 2 * math.ceil(self.batch_size / PIECE))))
         for lo, hi in bounds:
             pieces = []

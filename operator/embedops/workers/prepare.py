@@ -65,10 +65,11 @@ def split(source: Source, spec: SplitSpec) -> tuple[Qrels, Qrels]:
         test = {q: docs for q, docs in source.test_qrels.items() if q in positives(source.test_qrels)}
         held_out = set(test)
         if overlap := held_out & set(train):
-            log.warning("%d queries are in both the train and the test split; they are used for testing only",
-                        len(overlap))
+            log.warning(
+                "%d queries are in both the train and the test split; they are used for testing only", len(overlap)
+            )
     if spec.max_test_queries is not None and len(test) > spec.max_test_queries:
-        kept = sorted(test, key=lambda q: (seeded_unit(spec.seed, q), q))[:spec.max_test_queries]
+        kept = sorted(test, key=lambda q: (seeded_unit(spec.seed, q), q))[: spec.max_test_queries]
         test = {q: test[q] for q in sorted(kept)}
         if source.test_qrels is None:
             # Queries the cap leaves out of a derived test split are ordinary training data.
@@ -92,8 +93,13 @@ class Candidate:
 
 def pair_candidates(source: Source, train: Qrels) -> list[Candidate]:
     return [
-        Candidate(query=source.queries[q], positive_id=d, exclude=frozenset(docs), origin="pair",
-                  given=tuple(n for n in source.given_negatives.get((q, d), ()) if n not in docs))
+        Candidate(
+            query=source.queries[q],
+            positive_id=d,
+            exclude=frozenset(docs),
+            origin="pair",
+            given=tuple(n for n in source.given_negatives.get((q, d), ()) if n not in docs),
+        )
         for q, docs in train.items()
         for d in docs
     ]
@@ -105,8 +111,11 @@ def title_candidates(corpus: dict[str, Doc], augment: AugmentSpec, rules: Valida
         return []
     titled = [d for d in corpus.values() if rules.min_chars <= len(d.title.strip()) <= rules.max_chars]
     if augment.max_title_pairs is not None and len(titled) > augment.max_title_pairs:
-        keep = set(sorted((d.id for d in titled), key=lambda i: (seeded_unit(seed, "title\0" + i), i))
-                   [:augment.max_title_pairs])
+        keep = set(
+            sorted((d.id for d in titled), key=lambda i: (seeded_unit(seed, "title\0" + i), i))[
+                : augment.max_title_pairs
+            ]
+        )
         titled = [d for d in titled if d.id in keep]
     return [Candidate(query=d.title, positive_id=d.id, exclude=frozenset({d.id}), origin="title") for d in titled]
 
@@ -126,8 +135,10 @@ def mining_rows(candidates: list[Candidate], corpus: dict[str, Doc]) -> dict[str
         texts = positives.setdefault(c.query, {})
         for doc_id in sorted(c.exclude):
             texts.setdefault(corpus[doc_id].full_text)
-    return {"anchor": [q for q, texts in positives.items() for _ in texts],
-            "positive": [t for texts in positives.values() for t in texts]}
+    return {
+        "anchor": [q for q, texts in positives.items() for _ in texts],
+        "positive": [t for texts in positives.values() for t in texts],
+    }
 
 
 @contextlib.contextmanager
@@ -141,8 +152,9 @@ def seeded_random(seed: int) -> Iterator[None]:
         random.setstate(state)
 
 
-def mine(candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegativesSpec, base_dir: Path,
-         seed: int) -> list[tuple[str, ...]]:
+def mine(
+    candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegativesSpec, base_dir: Path, seed: int
+) -> list[tuple[str, ...]]:
     """Hard-negative doc ids for each candidate, in candidate order: its given negatives, then mined ones.
 
     The search and the sampling are `sentence_transformers.util.mine_hard_negatives` with the spec's
@@ -161,15 +173,27 @@ def mine(candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegative
         doc_of.setdefault(d.full_text, d.id)
     absolute, relative = spec.margins()
     report = io.StringIO()
-    with progress.task("Mining hard negatives", total=1) as task, seeded_random(seed), warnings.catch_warnings(), \
-            contextlib.redirect_stdout(report):  # the library prints its statistics; a worker's stdout is its result
+    with (
+        progress.task("Mining hard negatives", total=1) as task,
+        seeded_random(seed),
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(report),
+    ):  # the library prints its statistics; a worker's stdout is its result
         # Its statistics take the std of the scores found, which warns when a single negative was.
         warnings.filterwarnings("ignore", message=r"std\(\): degrees of freedom", category=UserWarning)
         mined = util.mine_hard_negatives(
-            Dataset.from_dict(mining_rows(candidates, corpus)), model, corpus=list(doc_of),
-            range_min=spec.range_min, range_max=spec.range_max, absolute_margin=absolute, relative_margin=relative,
-            num_negatives=spec.count, sampling_strategy=spec.sampling_strategy, output_format="labeled-list",
-            batch_size=spec.batch_size, verbose=True,
+            Dataset.from_dict(mining_rows(candidates, corpus)),
+            model,
+            corpus=list(doc_of),
+            range_min=spec.range_min,
+            range_max=spec.range_max,
+            absolute_margin=absolute,
+            relative_margin=relative,
+            num_negatives=spec.count,
+            sampling_strategy=spec.sampling_strategy,
+            output_format="labeled-list",
+            batch_size=spec.batch_size,
+            verbose=True,
         )
         task.advance()
     for line in report.getvalue().splitlines():
@@ -181,13 +205,15 @@ def mine(candidates: list[Candidate], corpus: dict[str, Doc], spec: HardNegative
     picks = []
     for c in candidates:
         fill = [d for d in negatives.get(c.query, ()) if d not in c.given]
-        picks.append((*c.given, *fill)[:max(spec.count, len(c.given))])
+        picks.append((*c.given, *fill)[: max(spec.count, len(c.given))])
     return picks
 
 
-def to_examples(candidates: list[Candidate], negatives: list[tuple[str, ...]], corpus: dict[str, Doc],
-                output_format: str) -> list[TrainExample]:
+def to_examples(
+    candidates: list[Candidate], negatives: list[tuple[str, ...]], corpus: dict[str, Doc], output_format: str
+) -> list[TrainExample]:
     """Training rows: one per pair (n-tuple), or one per (pair, negative) (triplet); a pair never disappears."""
+
     # Within a title pair the positive has no title, so its negatives are shown without theirs too:
     # otherwise "has a title" alone would tell positives from negatives.
     def render(doc_id: str, origin: str) -> str:
@@ -221,11 +247,15 @@ def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
     train, test = split(source, spec.split)
     require_some(source, train, test)
 
-    candidates = pair_candidates(source, train) + title_candidates(source.corpus, spec.augment, spec.validation,
-                                                                   spec.split.seed)
+    candidates = pair_candidates(source, train) + title_candidates(
+        source.corpus, spec.augment, spec.validation, spec.split.seed
+    )
     mining = spec.hard_negatives
-    negatives = (mine(candidates, source.corpus, mining, config.base_dir, spec.split.seed) if mining.enabled
-                 else [c.given for c in candidates])
+    negatives = (
+        mine(candidates, source.corpus, mining, config.base_dir, spec.split.seed)
+        if mining.enabled
+        else [c.given for c in candidates]
+    )
     examples = to_examples(candidates, negatives, source.corpus, mining.output_format)
 
     counts = DatasetCounts(
@@ -252,8 +282,21 @@ def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
         settings=spec.model_copy(update={"source": None}).to_wire(),
         created_at=prepared_at,
     )
-    log.info("prepared %d training pairs (%d from titles) in %d rows, %d test queries, %d documents; "
-             "%d invalid rows, %d duplicates", counts.train_pairs, counts.title_pairs, counts.train_rows,
-             counts.test_queries, counts.corpus, counts.invalid_rows, counts.duplicates)
-    return Result(counts=counts, fingerprint=manifest.fingerprint, location=str(config.output_dir),
-                  invalid_samples=issues.samples(), prepared_at=prepared_at)
+    log.info(
+        "prepared %d training pairs (%d from titles) in %d rows, %d test queries, %d documents; "
+        "%d invalid rows, %d duplicates",
+        counts.train_pairs,
+        counts.title_pairs,
+        counts.train_rows,
+        counts.test_queries,
+        counts.corpus,
+        counts.invalid_rows,
+        counts.duplicates,
+    )
+    return Result(
+        counts=counts,
+        fingerprint=manifest.fingerprint,
+        location=str(config.output_dir),
+        invalid_samples=issues.samples(),
+        prepared_at=prepared_at,
+    )

@@ -49,6 +49,7 @@ class ProbeSetError(ValueError):
 
 def _relevant(value: Any) -> dict[str, int]:
     """`relevant` as {id: grade}; ValueError saying what is wrong."""
+
     def doc_id(v: Any) -> str:
         if isinstance(v, bool) or not isinstance(v, (str, int)) or v == "":
             raise ValueError(f"ids must be non-empty strings or integers, got {v!r}")
@@ -124,8 +125,9 @@ def fingerprint(queries: dict[str, str], qrels: Qrels) -> str:
 # -- gate ---------------------------------------------------------------------------------------
 
 
-def gate(recall: float, k: int, spec: ProbeSpec, rec: VersionRecord, live: VersionRecord | None,
-         probe_set: str) -> tuple[bool, str]:
+def gate(
+    recall: float, k: int, spec: ProbeSpec, rec: VersionRecord, live: VersionRecord | None, probe_set: str
+) -> tuple[bool, str]:
     """Whether the version may serve, and why, in words a person reads in `kubectl describe`."""
     measured = f"recall@{k} {recall:.4f}"
     if recall < spec.min_recall:
@@ -134,14 +136,19 @@ def gate(recall: float, k: int, spec: ProbeSpec, rec: VersionRecord, live: Versi
         return True, f"{measured} meets minRecall {spec.min_recall}" + (" (no live version)" if live is None else "")
     live_recall = _comparable_recall(live, k, probe_set)
     if live_recall is None:
-        return True, (f"{measured} meets minRecall {spec.min_recall}; "
-                      f"live v{live.version} has no probe on this probe set to compare with")
+        return True, (
+            f"{measured} meets minRecall {spec.min_recall}; "
+            f"live v{live.version} has no probe on this probe set to compare with"
+        )
     floor = live_recall - spec.max_regression
     if recall < floor:
-        return False, (f"{measured} regresses more than {spec.max_regression} from live v{live.version}'s "
-                       f"{live_recall:.4f}")
-    return True, (f"{measured} meets minRecall {spec.min_recall} and is within {spec.max_regression} "
-                  f"of live v{live.version}'s {live_recall:.4f}")
+        return False, (
+            f"{measured} regresses more than {spec.max_regression} from live v{live.version}'s {live_recall:.4f}"
+        )
+    return True, (
+        f"{measured} meets minRecall {spec.min_recall} and is within {spec.max_regression} "
+        f"of live v{live.version}'s {live_recall:.4f}"
+    )
 
 
 def _comparable_recall(live: VersionRecord, k: int, probe_set: str) -> float | None:
@@ -168,8 +175,12 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
         if rec.model_fingerprint and rec.model_fingerprint != model_fingerprint:
             raise ValueError(f"model {config.model!r} is not the model v{rec.version} was built with ({rec.model})")
         ids = list(queries)
-        vectors = model.encode_query([queries[q] for q in ids], normalize_embeddings=normalizes(rec.metric),
-                                     convert_to_numpy=True, show_progress_bar=False)
+        vectors = model.encode_query(
+            [queries[q] for q in ids],
+            normalize_embeddings=normalizes(rec.metric),
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         rankings = pgvector.search(conn, rec, vectors, depth, ef_search=config.ann.ef_search, probes=config.ann.probes)
         scores = evaluation.score(dict(zip(ids, rankings, strict=True)), qrels, depths=(), k=k)
         recall = scores.recall_at_k or 0.0
@@ -179,9 +190,15 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
             pgvector.cutover(conn, config.target, rec.version)
             reason += f"; cut over to v{rec.version}"
         result = ProbeResult(
-            version=rec.version, k=k, recall_at_k=round(recall, 6),
-            mrr_at_10=round(scores.mrr_at_10, 6), ndcg_at_10=round(scores.ndcg_at_10, 6), queries=scores.queries,
-            passed=passed, reason=reason, checked_at=times.now(),
+            version=rec.version,
+            k=k,
+            recall_at_k=round(recall, 6),
+            mrr_at_10=round(scores.mrr_at_10, 6),
+            ndcg_at_10=round(scores.ndcg_at_10, 6),
+            queries=scores.queries,
+            passed=passed,
+            reason=reason,
+            checked_at=times.now(),
         )
         pgvector.save_probe(conn, rec, result, probe_set)
     log.info("probe of %s: %s", rec.table, reason)

@@ -37,11 +37,19 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
         result.note_reason = Reason.ROLLED_BACK
         result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
     else:
-        result.probe = probe.run(steps.ProbeStep(
-            target=target, version=config.version, model=config.model, probe=config.probe, ann=config.ann,
-            dataset_dir=config.dataset_dir, promote=state == VersionState.READY and config.pinned_version is None,
-            device=config.device,
-        ), dsn=dsn)
+        result.probe = probe.run(
+            steps.ProbeStep(
+                target=target,
+                version=config.version,
+                model=config.model,
+                probe=config.probe,
+                ann=config.ann,
+                dataset_dir=config.dataset_dir,
+                promote=state == VersionState.READY and config.pinned_version is None,
+                device=config.device,
+            ),
+            dsn=dsn,
+        )
         if state == VersionState.READY and not result.probe.passed:
             result.note_reason = Reason.GATE_FAILED
             result.note = f"v{config.version} not cut over: {result.probe.reason}"

@@ -43,11 +43,17 @@ def cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
 def plain_stack(model: SentenceTransformer) -> bool:
     """Transformer → Pooling (→ Normalize), with no document prompt: what the fast path reproduces exactly."""
     modules = list(model)
-    prompted = bool((getattr(model, "prompts", None) or {}).get("document")) or getattr(
-        model, "default_prompt_name", None) is not None
-    return (not prompted and len(modules) in (2, 3)
-            and isinstance(modules[0], st_models.Transformer) and isinstance(modules[1], st_models.Pooling)
-            and (len(modules) == 2 or isinstance(modules[2], st_models.Normalize)))
+    prompted = (
+        bool((getattr(model, "prompts", None) or {}).get("document"))
+        or getattr(model, "default_prompt_name", None) is not None
+    )
+    return (
+        not prompted
+        and len(modules) in (2, 3)
+        and isinstance(modules[0], st_models.Transformer)
+        and isinstance(modules[1], st_models.Pooling)
+        and (len(modules) == 2 or isinstance(modules[2], st_models.Normalize))
+    )
 
 
 def preprocess(model: SentenceTransformer, texts: list[str]) -> dict[str, Any]:
@@ -74,14 +80,18 @@ class FastTokenizer:
         self._names = [k for k, v in want.items() if isinstance(v, torch.Tensor)]
         self._extras = {k: v for k, v in want.items() if not isinstance(v, torch.Tensor)}
         self.matches = _NEEDED <= set(self._names) <= _BUILT and all(
-            torch.equal(got, want[k]) for k, got in self.features([self.ids(_PROBE)], pin=False).items()
-            if k in self._names)
+            torch.equal(got, want[k])
+            for k, got in self.features([self.ids(_PROBE)], pin=False).items()
+            if k in self._names
+        )
 
     def ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """The texts' token ids end to end, and each text's count. Thread-safe: the Rust call releases the GIL."""
         encodings = self._rust.encode_batch_fast(texts)
-        return (np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64),
-                np.fromiter(map(len, encodings), np.int64, len(encodings)))
+        return (
+            np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int64),
+            np.fromiter(map(len, encodings), np.int64, len(encodings)),
+        )
 
     def features(self, pieces: list[tuple[np.ndarray, np.ndarray]], *, pin: bool) -> dict[str, Any]:
         """One batch of model inputs from consecutive pieces of `ids`, padded as the model's tokenizer pads."""

@@ -72,15 +72,15 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
 
     # Model: the base model, from a local folder or a bundled package.
     def load(name: str) -> SentenceTransformer:
-        return modelzoo.load(name, base_dir=config.base_dir, device=device,
-                             max_seq_length=spec.training.max_seq_length)
+        return modelzoo.load(name, base_dir=config.base_dir, device=device, max_seq_length=spec.training.max_seq_length)
 
     model = load(spec.base_model)
 
     # Dataset: the prepared training rows with their hard negatives, less the validation queries' rows.
     data = PreparedDataset(config.dataset_dir)
-    examples, validation = carve_validation(data.train_examples(), data.corpus(), spec.evaluation.validation,
-                                            spec.training.seed)
+    examples, validation = carve_validation(
+        data.train_examples(), data.corpus(), spec.evaluation.validation, spec.training.seed
+    )
     train_dataset, train_rows = build_train_dataset(examples, spec)
 
     # Loss: in-batch plus hard negatives (or triplets), optionally guided (GIST) or at several Matryoshka sizes.
@@ -93,8 +93,9 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     log.info("base model: nDCG@10 %.4f on %d test queries", base_metrics.ndcg_at_10, base_metrics.queries)
     batch = spec.evaluation.batch_size
     if validation is not None:
-        validation = sample_validation_corpus(model, validation, spec.evaluation.validation.max_corpus,
-                                              spec.training.seed, batch)
+        validation = sample_validation_corpus(
+            model, validation, spec.evaluation.validation.max_corpus, spec.training.seed, batch
+        )
         base_validation = score_validation(model, validation, batch).ndcg_at_10
         log.info("base model: nDCG@10 %.4f on %d validation queries", base_validation, len(validation.queries))
 
@@ -105,9 +106,14 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     log.info("training %d rows for %d steps, a checkpoint every %d", train_rows, planned, args.save_steps)
 
     # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed.
-    trainer = trainer_class()(model=model, args=args, train_dataset=train_dataset, loss=loss,
-                              evaluator=validation_evaluator(validation, batch) if validation else None,
-                              callbacks=[ProgressCallback(), *callbacks])
+    trainer = trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=loss,
+        evaluator=validation_evaluator(validation, batch) if validation else None,
+        callbacks=[ProgressCallback(), *callbacks],
+    )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
     trainer.data_collator = pretokenized_collator(trainer.data_collator, model, train_dataset)
     resume_from, resumed_from_step = last_checkpoint(checkpoints)
@@ -120,17 +126,37 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     if validation is not None:
         state = trainer.state
         chosen = select_checkpoint(state, base_validation, spec.evaluation.require_improvement)
-        scores = ValidationScores(queries=len(validation.queries), documents=len(validation.corpus),
-                                  base_ndcg_at_10=base_validation, best_ndcg_at_10=state.best_metric,
-                                  best_step=state.best_global_step or None,
-                                  evaluations=sum(BEST_METRIC in h for h in state.log_history))
+        scores = ValidationScores(
+            queries=len(validation.queries),
+            documents=len(validation.corpus),
+            base_ndcg_at_10=base_validation,
+            best_ndcg_at_10=state.best_metric,
+            best_step=state.best_global_step or None,
+            evaluations=sum(BEST_METRIC in h for h in state.log_history),
+        )
         if chosen is None:
-            log.warning("no checkpoint beat the base model on validation (nDCG@10 %.4f, best %s): no model published",
-                        base_validation, state.best_metric)
-            return _finish(config, started, clock, base_metrics=base_metrics, validation=scores, train_rows=train_rows,
-                           planned=planned, trainer=trainer, resumed_from_step=resumed_from_step)
-        log.info("publishing the checkpoint of step %d: validation nDCG@10 %.4f (base %.4f)", scores.best_step,
-                 state.best_metric, base_validation)
+            log.warning(
+                "no checkpoint beat the base model on validation (nDCG@10 %.4f, best %s): no model published",
+                base_validation,
+                state.best_metric,
+            )
+            return _finish(
+                config,
+                started,
+                clock,
+                base_metrics=base_metrics,
+                validation=scores,
+                train_rows=train_rows,
+                planned=planned,
+                trainer=trainer,
+                resumed_from_step=resumed_from_step,
+            )
+        log.info(
+            "publishing the checkpoint of step %d: validation nDCG@10 %.4f (base %.4f)",
+            scores.best_step,
+            state.best_metric,
+            base_validation,
+        )
         model = load(chosen)
 
     # Evaluate: the model to publish on the test queries, as the base model was.
@@ -140,16 +166,41 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     # Save: the model folder and the evaluation next to it.
     model_dir = out / "model"
     model.save(str(model_dir), create_model_card=False)
-    artifact = ModelArtifact(location=str(model_dir), base_model=spec.base_model,
-                             dimensions=embedding_dimension(model), fingerprint=modelzoo.fingerprint(model_dir))
-    return _finish(config, started, clock, base_metrics=base_metrics, validation=scores, train_rows=train_rows,
-                   planned=planned, trainer=trainer, resumed_from_step=resumed_from_step, model=artifact,
-                   tuned_metrics=tuned_metrics)
+    artifact = ModelArtifact(
+        location=str(model_dir),
+        base_model=spec.base_model,
+        dimensions=embedding_dimension(model),
+        fingerprint=modelzoo.fingerprint(model_dir),
+    )
+    return _finish(
+        config,
+        started,
+        clock,
+        base_metrics=base_metrics,
+        validation=scores,
+        train_rows=train_rows,
+        planned=planned,
+        trainer=trainer,
+        resumed_from_step=resumed_from_step,
+        model=artifact,
+        tuned_metrics=tuned_metrics,
+    )
 
 
-def _finish(config: steps.TrainStep, started: str, clock: float, *, base_metrics: RetrievalScores, validation: ValidationScores | None,
-            train_rows: int, planned: int, trainer: Any, resumed_from_step: int | None,
-            model: ModelArtifact | None = None, tuned_metrics: RetrievalScores | None = None) -> Result:
+def _finish(
+    config: steps.TrainStep,
+    started: str,
+    clock: float,
+    *,
+    base_metrics: RetrievalScores,
+    validation: ValidationScores | None,
+    train_rows: int,
+    planned: int,
+    trainer: Any,
+    resumed_from_step: int | None,
+    model: ModelArtifact | None = None,
+    tuned_metrics: RetrievalScores | None = None,
+) -> Result:
     """The result, and evaluation.json beside the model; the checkpoints go, since nothing is left to resume."""
     out = config.output_dir
     shutil.rmtree(out / "checkpoints", ignore_errors=True)
@@ -167,10 +218,17 @@ def _finish(config: steps.TrainStep, started: str, clock: float, *, base_metrics
         completion_time=times.now(),
         duration_seconds=round(time.monotonic() - clock, 1),
     )
-    evaluation = {"base": base_metrics.to_wire(), "tuned": tuned_metrics.to_wire() if tuned_metrics else None,
-                  "ndcgGain": result.ndcg_gain, "validation": validation.to_wire() if validation else None,
-                  "baseModel": config.spec.base_model, "published": model is not None, "plannedSteps": planned,
-                  "steps": result.steps, "trainPairs": train_rows}
+    evaluation = {
+        "base": base_metrics.to_wire(),
+        "tuned": tuned_metrics.to_wire() if tuned_metrics else None,
+        "ndcgGain": result.ndcg_gain,
+        "validation": validation.to_wire() if validation else None,
+        "baseModel": config.spec.base_model,
+        "published": model is not None,
+        "plannedSteps": planned,
+        "steps": result.steps,
+        "trainPairs": train_rows,
+    }
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(evaluation, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return result

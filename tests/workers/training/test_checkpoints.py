@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+
 from embedops.workers.training import checkpoints
 
 
@@ -37,13 +38,16 @@ def test_the_newest_complete_checkpoint_is_resumed_and_newer_remains_removed(tmp
     assert checkpoints.last_checkpoint(tmp_path / "none yet") == (None, None)
 
 
-@pytest.mark.parametrize("best, metric, require, chosen", [
-    ("checkpoint-4", 0.70, True, "checkpoint-4"),   # beats the base
-    ("checkpoint-4", 0.60, True, None),             # a tie is no improvement
-    ("checkpoint-4", 0.50, True, None),
-    ("checkpoint-4", 0.50, False, "checkpoint-4"),  # published anyway when improvement is not required
-    (None, None, False, None),                      # nothing was scored
-])
+@pytest.mark.parametrize(
+    "best, metric, require, chosen",
+    [
+        ("checkpoint-4", 0.70, True, "checkpoint-4"),  # beats the base
+        ("checkpoint-4", 0.60, True, None),  # a tie is no improvement
+        ("checkpoint-4", 0.50, True, None),
+        ("checkpoint-4", 0.50, False, "checkpoint-4"),  # published anyway when improvement is not required
+        (None, None, False, None),  # nothing was scored
+    ],
+)
 def test_the_published_checkpoint_is_the_best_when_it_beats_the_base(best, metric, require, chosen):
     state = SimpleNamespace(best_model_checkpoint=best, best_metric=metric)
     assert checkpoints.select_checkpoint(state, 0.60, require) == chosen

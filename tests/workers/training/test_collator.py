@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from embedops import modelzoo
-from embedops.prepared import PreparedDataset
-from embedops.workers import tokenizer
-from embedops.workers.training import collator, data
 from sentence_transformers.sentence_transformer.data_collator import (
     SentenceTransformerDataCollator,
 )
 
+from embedops import modelzoo
+from embedops.prepared import PreparedDataset
+from embedops.workers import tokenizer
+from embedops.workers.training import collator, data
 from tests.workers.test_train import job, synthetic_dataset
 
 
@@ -46,8 +46,9 @@ def test_each_distinct_text_is_tokenized_once_and_prompts_go_to_the_model(model)
         calls.append((len(inputs), prompt))
         return model.preprocess(inputs, prompt=prompt, **kwargs)
 
-    texts = collator.PretokenizedTexts(tokenizer.fast_tokenizer(model), ["a", "b", "a", "c " * 40, "b"], preprocess,
-                                       workers=2)
+    texts = collator.PretokenizedTexts(
+        tokenizer.fast_tokenizer(model), ["a", "b", "a", "c " * 40, "b"], preprocess, workers=2
+    )
     assert len(texts) == 3
     got = texts(["c " * 40, "a"])
     assert not calls and got["input_ids"].shape == model.preprocess(["c " * 40, "a"])["input_ids"].shape
@@ -56,19 +57,21 @@ def test_each_distinct_text_is_tokenized_once_and_prompts_go_to_the_model(model)
     assert calls == [(1, "query: "), (1, None)]
 
 
-def test_a_tokenizer_the_fast_path_does_not_reproduce_keeps_the_trainers_collator(tmp_path, tiny_model_dir, model,
-                                                                                  monkeypatch):
+def test_a_tokenizer_the_fast_path_does_not_reproduce_keeps_the_trainers_collator(
+    tmp_path, tiny_model_dir, model, monkeypatch
+):
     monkeypatch.setattr(tokenizer, "fast_tokenizer", lambda model: None)
     trainers = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
-    dataset, _ = data.build_train_dataset(PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(),
-                                          job(tiny_model_dir))
+    dataset, _ = data.build_train_dataset(
+        PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(), job(tiny_model_dir)
+    )
     assert collator.pretokenized_collator(trainers, model, dataset) is trainers
 
 
-def test_batches_that_differ_from_the_trainers_keep_the_trainers_collator(tmp_path, tiny_model_dir, model,
-                                                                          monkeypatch):
-    dataset, _ = data.build_train_dataset(PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(),
-                                          job(tiny_model_dir))
+def test_batches_that_differ_from_the_trainers_keep_the_trainers_collator(tmp_path, tiny_model_dir, model, monkeypatch):
+    dataset, _ = data.build_train_dataset(
+        PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(), job(tiny_model_dir)
+    )
     monkeypatch.setattr(collator, "same_batch", lambda a, b: False)
     trainers = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
     assert collator.pretokenized_collator(trainers, model, dataset) is trainers

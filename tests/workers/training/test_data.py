@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from embedops.prepared import PreparedDataset, TrainExample
 from embedops.workers.training import data
-
 from tests.workers.test_train import job, synthetic_dataset
 
 
@@ -27,7 +27,10 @@ def test_every_row_is_kept_in_a_group_whose_columns_it_fills(tmp_path, tiny_mode
     dataset, rows = data.build_train_dataset(examples, job(tiny_model_dir, batchSize=4))
     assert rows == 20 and sum(len(g) for g in data.groups_of(dataset)) == 20
     assert {name: len(group.column_names) for name, group in dataset.items()} == {
-        "negatives_0": 2, "negatives_1": 3, "negatives_2": 4}
+        "negatives_0": 2,
+        "negatives_1": 3,
+        "negatives_2": 4,
+    }
     assert data.steps_per_epoch(dataset, 4) == 2 + 2 + 2  # 7, 7 and 6 rows
 
 

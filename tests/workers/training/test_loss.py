@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
 from embedops import modelzoo
 from embedops.api.finetune import LossSpec
 from embedops.prepared import PreparedDataset
 from embedops.workers.training import data, loss
-
 from tests.workers.test_train import job, synthetic_dataset
 
 
@@ -34,20 +34,25 @@ def test_matryoshka_wraps_the_loss_at_each_size_largest_first(model):
         loss.build_loss(model, LossSpec(matryoshkaDims=[64, 16]))
 
 
-def test_gist_losses_are_guided_by_a_frozen_copy_of_the_base_model_at_the_ranking_scale(tmp_path, tiny_model_dir,
-                                                                                        model):
+def test_gist_losses_are_guided_by_a_frozen_copy_of_the_base_model_at_the_ranking_scale(
+    tmp_path, tiny_model_dir, model
+):
     import torch
 
     gist = loss.build_loss(model, LossSpec(type="GISTEmbedLoss", scale=25))
     assert gist.temperature == pytest.approx(0.04) and gist.guide is not model
     assert not any(p.requires_grad for p in gist.guide.parameters()) and not gist.guide.training
     assert all(torch.equal(a, b) for a, b in zip(gist.guide.state_dict().values(), model.state_dict().values()))
-    cached = loss.build_loss(model, LossSpec(type="CachedGISTEmbedLoss", miniBatchSize=4),
-                             guide=lambda: modelzoo.load(str(tiny_model_dir), device="cpu"))
+    cached = loss.build_loss(
+        model,
+        LossSpec(type="CachedGISTEmbedLoss", miniBatchSize=4),
+        guide=lambda: modelzoo.load(str(tiny_model_dir), device="cpu"),
+    )
     assert cached.mini_batch_size == 4 and cached.temperature == pytest.approx(0.05)
     # GISTEmbedLoss takes one hard negative a row, CachedGISTEmbedLoss all of them.
     examples = PreparedDataset(synthetic_dataset(tmp_path / "d", negatives=2)).train_examples()
     one, _ = data.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "GISTEmbedLoss"}))
-    both, _ = data.build_train_dataset(examples, job(tiny_model_dir, loss={"type": "CachedGISTEmbedLoss",
-                                                                           "miniBatchSize": 4}))
+    both, _ = data.build_train_dataset(
+        examples, job(tiny_model_dir, loss={"type": "CachedGISTEmbedLoss", "miniBatchSize": 4})
+    )
     assert one.column_names == ["anchor", "positive", "negative_1"] and len(both.column_names) == 4

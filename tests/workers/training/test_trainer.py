@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from embedops import modelzoo
 from embedops.prepared import PreparedDataset
 from embedops.workers.training import data, loss, trainer
-
 from tests.workers.test_train import job, synthetic_dataset
 
 
@@ -33,8 +33,9 @@ def test_the_trainers_dataloader_moves_batches_itself_no_private_override(tmp_pa
     dataset, _ = data.build_train_dataset(PreparedDataset(synthetic_dataset(tmp_path / "d")).train_examples(), spec)
     args = trainer.training_args(spec, tmp_path / "c", "cpu", 4)
     args.accelerator_config.non_blocking = True  # what a GPU run asks for (training_args sets it for cuda only)
-    built = trainer.trainer_class()(model=model, args=args, train_dataset=dataset,
-                                    loss=loss.build_loss(model, spec.loss))
+    built = trainer.trainer_class()(
+        model=model, args=args, train_dataset=dataset, loss=loss.build_loss(model, spec.loss)
+    )
     loader = built.get_train_dataloader()
     assert loader.device == args.device and loader._non_blocking
     assert type(built)._prepare_input is SentenceTransformerTrainer._prepare_input

@@ -6,14 +6,14 @@ from embedops import modelzoo, retrieval
 from embedops.api.finetune import ValidationSplitSpec
 from embedops.prepared import Doc, TrainExample
 from embedops.workers.training import validation
-
 from tests.workers.test_train import TOPICS
 
 
 def test_validation_holds_out_whole_queries_never_title_pairs_and_is_seeded():
     corpus = {d.id: d for d in [Doc("d0", "zero"), Doc("d0-copy", "zero"), Doc("d1", "one", "One"), Doc("d2", "two")]}
-    rows = [TrainExample(f"query {i}", corpus[f"d{i % 3}"].full_text, (f"neg {k}",))
-            for i in range(10) for k in range(3)]
+    rows = [
+        TrainExample(f"query {i}", corpus[f"d{i % 3}"].full_text, (f"neg {k}",)) for i in range(10) for k in range(3)
+    ]
     rows += [TrainExample("One", "one", ("two",), origin="title")]
     spec = ValidationSplitSpec(fraction=0.2)
 
@@ -39,8 +39,9 @@ def test_a_large_corpus_is_sampled_for_validation_keeping_what_decides_the_ranki
     monkeypatch.setattr(validation, "VALIDATION_DEPTH", 5)
     model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
     corpus = {f"d{i}": f"notes on {t} and related {t} findings" for i, t in enumerate(TOPICS)}
-    held_out = validation.ValidationSet(queries={"v0": "what is known about jazz?"}, qrels={"v0": {"d4": 1}},
-                                        corpus=corpus)
+    held_out = validation.ValidationSet(
+        queries={"v0": "what is known about jazz?"}, qrels={"v0": {"d4": 1}}, corpus=corpus
+    )
     assert validation.sample_validation_corpus(model, held_out, 30, seed=1, batch_size=8) is held_out
     sampled = validation.sample_validation_corpus(model, held_out, 12, seed=1, batch_size=8)
     top = [d for d, _ in retrieval.search(model, held_out.queries, corpus, 5)["v0"]]
@@ -52,9 +53,12 @@ def test_a_large_corpus_is_sampled_for_validation_keeping_what_decides_the_ranki
 
 def test_the_evaluator_reports_the_metric_the_trainer_keeps_the_best_checkpoint_by(tiny_model_dir):
     model = modelzoo.load(str(tiny_model_dir), device="cpu", max_seq_length=32)
-    held_out = validation.ValidationSet(queries={"v0": "what is known about jazz?"}, qrels={"v0": {"d4": 1}},
-                                        corpus={f"d{i}": f"notes on {t}" for i, t in enumerate(TOPICS[:8])})
+    held_out = validation.ValidationSet(
+        queries={"v0": "what is known about jazz?"},
+        qrels={"v0": {"d4": 1}},
+        corpus={f"d{i}": f"notes on {t}" for i, t in enumerate(TOPICS[:8])},
+    )
     evaluator = validation.validation_evaluator(held_out, batch_size=4)
     scores = evaluator(model)
-    assert validation.BEST_METRIC == f"eval_{evaluator.primary_metric}" and evaluator.primary_metric in scores
+    assert f"eval_{evaluator.primary_metric}" == validation.BEST_METRIC and evaluator.primary_metric in scores
     assert scores[evaluator.primary_metric] == validation.score_validation(model, held_out, 4).ndcg_at_10

@@ -40,16 +40,27 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
     # The expected files only, all checked before any is read: the folder is never listed.
     for name in file_names(src):
         if not (folder / name).is_file():
-            raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r}: {name} not found "
-                                    "(a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)")
+            raise FileNotFoundError(
+                f"source.beir.path {display_name(src.path)!r}: {name} not found "
+                "(a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
+            )
     corpus, dup_docs = read_by_id(folder / "corpus.jsonl", "corpus.jsonl", lambda row: parse_doc(row, rules), issues)
     # Only `_id` and `text` of a query are read: other fields (SciFact's `metadata`) may hold the answers.
-    queries, dup_queries = read_by_id(folder / "queries.jsonl", "queries.jsonl",
-                                      lambda row: (checked_id(row, "_id"), checked_text(row, "text", rules)), issues)
+    queries, dup_queries = read_by_id(
+        folder / "queries.jsonl",
+        "queries.jsonl",
+        lambda row: (checked_id(row, "_id"), checked_text(row, "text", rules)),
+        issues,
+    )
     train, dup_train = read_qrels(folder, src.train_split, queries, corpus, issues)
     test, dup_test = read_qrels(folder, src.test_split, queries, corpus, issues) if src.test_split else (None, 0)
-    return Source(corpus=corpus, queries=queries, train_qrels=train, test_qrels=test,
-                  duplicates=dup_docs + dup_queries + dup_train + dup_test)
+    return Source(
+        corpus=corpus,
+        queries=queries,
+        train_qrels=train,
+        test_qrels=test,
+        duplicates=dup_docs + dup_queries + dup_train + dup_test,
+    )
 
 
 def file_names(src: BeirSource) -> list[str]:
@@ -63,13 +74,17 @@ def qrels_name(split: str) -> str:
 
 
 def parse_doc(row: dict, rules: ValidationSpec) -> tuple[str, Doc]:
-    doc = Doc(id=checked_id(row, "_id"), text=checked_text(row, "text", rules),
-              title=checked_text(row, "title", rules, required=False))
+    doc = Doc(
+        id=checked_id(row, "_id"),
+        text=checked_text(row, "text", rules),
+        title=checked_text(row, "title", rules, required=False),
+    )
     return doc.id, doc
 
 
-def read_by_id(path: Path, name: str, parse: Callable[[dict], tuple[str, T]],
-               issues: Issues) -> tuple[dict[str, T], int]:
+def read_by_id(
+    path: Path, name: str, parse: Callable[[dict], tuple[str, T]], issues: Issues
+) -> tuple[dict[str, T], int]:
     """The valid rows of a JSONL file by id, and how many repeated an earlier row exactly.
 
     The first definition of an id is kept. A repeat that differs from it is reported: one of
@@ -90,8 +105,12 @@ def read_by_id(path: Path, name: str, parse: Callable[[dict], tuple[str, T]],
             duplicates += 1
             log.warning("%s:%d: duplicate of line %d (id %r), skipped", name, lineno, first_line[key], key)
         else:
-            issues.add(name, lineno, f"id {key!r} was already defined at line {first_line[key]} with a different "
-                                     f"{difference(kept[key], value)}; the first is kept")
+            issues.add(
+                name,
+                lineno,
+                f"id {key!r} was already defined at line {first_line[key]} with a different "
+                f"{difference(kept[key], value)}; the first is kept",
+            )
     return kept, duplicates
 
 
@@ -99,8 +118,9 @@ def difference(first: Doc | str, again: Doc | str) -> str:
     return "title" if isinstance(first, Doc) and first.text == again.text else "text"
 
 
-def read_qrels(folder: Path, split: str, queries: dict[str, str], corpus: dict[str, Doc],
-               issues: Issues) -> tuple[Qrels, int]:
+def read_qrels(
+    folder: Path, split: str, queries: dict[str, str], corpus: dict[str, Doc], issues: Issues
+) -> tuple[Qrels, int]:
     name = qrels_name(split)
     qrels: Qrels = {}
     rows = duplicates = 0

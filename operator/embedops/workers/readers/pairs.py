@@ -41,8 +41,7 @@ def read(src: PairsSource, base_dir: Path, rules: ValidationSpec, issues: Issues
     return pairs_to_source(pairs, has_test=bool(src.test_path))
 
 
-def read_file(path_as_written: str, base_dir: Path, rules: ValidationSpec, issues: Issues,
-              *, test: bool) -> list[Pair]:
+def read_file(path_as_written: str, base_dir: Path, rules: ValidationSpec, issues: Issues, *, test: bool) -> list[Pair]:
     path, name = resolve(path_as_written, base_dir), display_name(path_as_written)
     if not path.is_file():
         raise FileNotFoundError(f"pairs file {name!r} not found")
@@ -55,8 +54,9 @@ def read_file(path_as_written: str, base_dir: Path, rules: ValidationSpec, issue
     return pairs
 
 
-def parse_pair(row: dict, rules: ValidationSpec, *, test: bool = False, query_key: str = "query",
-               positive_key: str = "positive") -> Pair:
+def parse_pair(
+    row: dict, rules: ValidationSpec, *, test: bool = False, query_key: str = "query", positive_key: str = "positive"
+) -> Pair:
     query, positive = checked_text(row, query_key, rules), checked_text(row, positive_key, rules)
     negatives = row.get("negatives")
     if negatives is None:
@@ -87,5 +87,11 @@ def pairs_to_source(pairs: list[Pair], *, has_test: bool) -> Source:
             continue
         qrels[ids[0]] = 1
         negatives[(qid, ids[0])] = tuple(dict.fromkeys(ids[1:]))
-    return Source(corpus=corpus, queries=queries, train_qrels=train, test_qrels=test if has_test else None,
-                  given_negatives=negatives, duplicates=duplicates)
+    return Source(
+        corpus=corpus,
+        queries=queries,
+        train_qrels=train,
+        test_qrels=test if has_test else None,
+        given_negatives=negatives,
+        duplicates=duplicates,
+    )

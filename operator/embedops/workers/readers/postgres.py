@@ -39,8 +39,15 @@ def read(src: PostgresSource, dsn: str | None, rules: ValidationSpec, issues: Is
         issues.seen[name] += 1
         row = {src.query_column: values[0], src.positive_column: values[1]}
         try:
-            pairs.append(parse_pair(row, rules, test=bool(src.split_column) and values[2] == "test",
-                                    query_key=src.query_column, positive_key=src.positive_column))
+            pairs.append(
+                parse_pair(
+                    row,
+                    rules,
+                    test=bool(src.split_column) and values[2] == "test",
+                    query_key=src.query_column,
+                    positive_key=src.positive_column,
+                )
+            )
         except BadRow as err:
             issues.add(name, n, str(err))
     return pairs_to_source(pairs, has_test=bool(src.split_column))

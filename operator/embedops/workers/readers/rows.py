@@ -76,8 +76,9 @@ def checked_text(row: dict, key: str, rules: ValidationSpec, *, required: bool =
     checked_characters(key, value)
     n = len(value.strip())
     if n < rules.min_chars and (required or n):
-        raise BadRow(f"field {key!r} is empty" if n == 0
-                     else f"field {key!r} is shorter than {rules.min_chars} characters")
+        raise BadRow(
+            f"field {key!r} is empty" if n == 0 else f"field {key!r} is shorter than {rules.min_chars} characters"
+        )
     if n > rules.max_chars:
         raise BadRow(f"field {key!r} is longer than validation.maxChars={rules.max_chars} ({n} characters)")
     return value
@@ -103,8 +104,9 @@ def checked_characters(key: str, value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        raise BadRow(f"field {key!r} contains a lone surrogate (U+{ord(value[err.start]):04X}), "
-                     "which is not valid Unicode") from None
+        raise BadRow(
+            f"field {key!r} contains a lone surrogate (U+{ord(value[err.start]):04X}), which is not valid Unicode"
+        ) from None
     return value
 
 

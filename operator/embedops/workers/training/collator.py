@@ -33,16 +33,18 @@ class PretokenizedTexts:
     Texts it has no ids for, a prompt or a max_length go to the model's own `preprocess`.
     """
 
-    def __init__(self, tokenizer: tokenizers.FastTokenizer, texts: Iterable[str], preprocess: Callable,
-                 workers: int):
+    def __init__(self, tokenizer: tokenizers.FastTokenizer, texts: Iterable[str], preprocess: Callable, workers: int):
         import numpy as np
 
         unique = list(dict.fromkeys(texts))
-        pieces = [unique[i:i + tokenizers.PIECE] for i in range(0, len(unique), tokenizers.PIECE)]
+        pieces = [unique[i : i + tokenizers.PIECE] for i in range(0, len(unique), tokenizers.PIECE)]
         with ThreadPoolExecutor(workers, thread_name_prefix="embedops-tokenize") as pool:
             tokenized = list(pool.map(tokenizer.ids, pieces))
-        self._ids = {text: ids for piece, (tokens, lengths) in zip(pieces, tokenized)
-                     for text, ids in zip(piece, np.split(tokens, np.cumsum(lengths)[:-1]))}
+        self._ids = {
+            text: ids
+            for piece, (tokens, lengths) in zip(pieces, tokenized)
+            for text, ids in zip(piece, np.split(tokens, np.cumsum(lengths)[:-1]))
+        }
         self._tokenizer, self._preprocess = tokenizer, preprocess
 
     def __len__(self) -> int:
@@ -55,15 +57,17 @@ class PretokenizedTexts:
             return self._preprocess(inputs, prompt=prompt, **kwargs)
         rows = [self._ids[t] for t in inputs]
         # Not pinned here: the trainer's DataLoader pins batches (dataloader_pin_memory) on a GPU.
-        return self._tokenizer.features([(np.concatenate(rows), np.fromiter(map(len, rows), np.int64, len(rows)))],
-                                        pin=False)
+        return self._tokenizer.features(
+            [(np.concatenate(rows), np.fromiter(map(len, rows), np.int64, len(rows)))], pin=False
+        )
 
 
 def same_batch(a: dict[str, Any], b: dict[str, Any]) -> bool:
     import torch
 
     return a.keys() == b.keys() and all(
-        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a
+    )
 
 
 def pretokenized_collator(collator: Any, model: SentenceTransformer, dataset: Dataset | DatasetDict) -> Any:

@@ -27,8 +27,9 @@ def embedding_dimension(model: SentenceTransformer) -> int:
     return int(getter())
 
 
-def build_loss(model: SentenceTransformer, spec: LossSpec, guide: Callable[[], SentenceTransformer] | None = None
-               ) -> nn.Module:
+def build_loss(
+    model: SentenceTransformer, spec: LossSpec, guide: Callable[[], SentenceTransformer] | None = None
+) -> nn.Module:
     """The loss; `guide` loads the GIST losses' guide model (by default a frozen copy of the base model)."""
     from sentence_transformers.losses import (
         CachedGISTEmbedLoss,

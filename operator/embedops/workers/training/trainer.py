@@ -63,8 +63,9 @@ def precision_flags(precision: str, device: str) -> dict[str, bool]:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def training_args(spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int, *,
-                  validate: bool = False) -> SentenceTransformerTrainingArguments:
+def training_args(
+    spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int, *, validate: bool = False
+) -> SentenceTransformerTrainingArguments:
     """The trainer's arguments for `total_steps` steps; with `validate`, each checkpoint is scored and the best kept."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
@@ -129,11 +130,21 @@ class ProgressCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            log.info("step %d/%d: loss %.4f, learning rate %.2e", state.global_step, state.max_steps,
-                     logs["loss"], logs.get("learning_rate", 0.0))
+            log.info(
+                "step %d/%d: loss %.4f, learning rate %.2e",
+                state.global_step,
+                state.max_steps,
+                logs["loss"],
+                logs.get("learning_rate", 0.0),
+            )
         if logs and BEST_METRIC in logs:
-            log.info("step %d/%d: validation nDCG@10 %.4f (best so far %.4f)", state.global_step, state.max_steps,
-                     logs[BEST_METRIC], max(logs[BEST_METRIC], state.best_metric or -1.0))
+            log.info(
+                "step %d/%d: validation nDCG@10 %.4f (best so far %.4f)",
+                state.global_step,
+                state.max_steps,
+                logs[BEST_METRIC],
+                max(logs[BEST_METRIC], state.best_metric or -1.0),
+            )
 
     def on_train_end(self, args, state, control, **kwargs):
         self._stack.close()

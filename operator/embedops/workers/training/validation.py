@@ -46,8 +46,9 @@ def _seeded_order(seed: int, keys: Iterable[str]) -> list[str]:
     return sorted(keys, key=lambda k: (hashlib.sha256(f"{seed}\0{k}".encode()).hexdigest(), k))
 
 
-def carve_validation(examples: list[TrainExample], corpus: dict[str, Doc], spec: ValidationSplitSpec,
-                     seed: int) -> tuple[list[TrainExample], ValidationSet | None]:
+def carve_validation(
+    examples: list[TrainExample], corpus: dict[str, Doc], spec: ValidationSplitSpec, seed: int
+) -> tuple[list[TrainExample], ValidationSet | None]:
     """Training rows without the held-out queries, and those queries with their positives (by text, as rows hold them).
 
     A seeded sample of the queries of the (query, positive) rows; title pairs always stay in training.
@@ -56,8 +57,9 @@ def carve_validation(examples: list[TrainExample], corpus: dict[str, Doc], spec:
     pair_queries = sorted({e.query for e in examples if e.origin == "pair"})
     n = min(spec.max_queries, round(spec.fraction * len(pair_queries)))
     if spec.fraction > 0 and (n < 1 or n >= len(pair_queries)):
-        log.warning("validation off: %d training queries are too few to hold %.0f%% out", len(pair_queries),
-                    100 * spec.fraction)
+        log.warning(
+            "validation off: %d training queries are too few to hold %.0f%% out", len(pair_queries), 100 * spec.fraction
+        )
     if n < 1 or n >= len(pair_queries):
         return examples, None
     held = _seeded_order(seed, pair_queries)[:n]
@@ -75,8 +77,9 @@ def carve_validation(examples: list[TrainExample], corpus: dict[str, Doc], spec:
     return rows, ValidationSet(queries=queries, qrels={q: qrels[q] for q in queries}, corpus=documents)
 
 
-def sample_validation_corpus(model: SentenceTransformer, validation: ValidationSet, max_corpus: int, seed: int,
-                             batch_size: int) -> ValidationSet:
+def sample_validation_corpus(
+    model: SentenceTransformer, validation: ValidationSet, max_corpus: int, seed: int, batch_size: int
+) -> ValidationSet:
     """The validation set searched over at most max_corpus documents (when the corpus is larger).
 
     Every positive and the base model's top VALIDATION_DEPTH of each validation query are kept (the
@@ -96,8 +99,9 @@ def sample_validation_corpus(model: SentenceTransformer, validation: ValidationS
     return dataclasses.replace(validation, corpus={d: corpus[d] for d in sorted(keep)})
 
 
-def score(model: SentenceTransformer, queries: dict[str, str], corpus: dict[str, str], qrels: dict,
-          batch_size: int) -> RetrievalScores:
+def score(
+    model: SentenceTransformer, queries: dict[str, str], corpus: dict[str, str], qrels: dict, batch_size: int
+) -> RetrievalScores:
     return retrieval.evaluate(model, queries, corpus, qrels, batch_size=batch_size)
 
 
@@ -114,23 +118,28 @@ def validation_evaluator(validation: ValidationSet, batch_size: int) -> Any:
             super().__init__()
             self.primary_metric = PRIMARY_METRIC
 
-        def __call__(self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1,
-                     steps: int = -1) -> dict[str, float]:
+        def __call__(
+            self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1, steps: int = -1
+        ) -> dict[str, float]:
             m = score_validation(model, validation, batch_size)
-            return {PRIMARY_METRIC: m.ndcg_at_10, "validation_mrr@10": m.mrr_at_10,
-                    "validation_recall@10": m.recall_at_10}
+            return {
+                PRIMARY_METRIC: m.ndcg_at_10,
+                "validation_mrr@10": m.mrr_at_10,
+                "validation_recall@10": m.recall_at_10,
+            }
 
     return ValidationEvaluator()
 
 
-def held_out_evaluator(data: PreparedDataset, spec: EvaluationSpec,
-                       seed: int) -> Callable[[SentenceTransformer], RetrievalScores]:
+def held_out_evaluator(
+    data: PreparedDataset, spec: EvaluationSpec, seed: int
+) -> Callable[[SentenceTransformer], RetrievalScores]:
     """Scores a model by exact search over the whole corpus for the test queries (a seeded sample when capped)."""
     corpus = {d.id: d.full_text for d in data.corpus().values()}
     queries, qrels = data.test_queries(), data.test_qrels()
     if spec.max_queries is not None and len(qrels) > spec.max_queries:
         ranked = sorted(qrels, key=lambda q: hashlib.sha256(f"{seed}\0{q}".encode()).hexdigest())
-        qrels = {q: qrels[q] for q in ranked[:spec.max_queries]}
+        qrels = {q: qrels[q] for q in ranked[: spec.max_queries]}
 
     def evaluate(model: SentenceTransformer) -> RetrievalScores:
         return score(model, queries, corpus, qrels, spec.batch_size)
