@@ -1,7 +1,7 @@
 """Write, or check, the CRDs generated from the API models (operator/embedops/api).
 
 CRDs are generated rather than written by hand so that the API server and the operator can never
-disagree about what a valid spec is; `--check` is what CI and tests/test_crds.py run to catch a
+disagree about what a valid spec is; `--check` is what CI and tests/api/test_crd.py run to catch a
 model change committed without its regenerated CRDs.
 
     python hack/gen_crds.py                      # write crds/ and the chart's copy

@@ -117,3 +117,20 @@ def test_progress_is_read_from_the_log_tail_of_a_running_job_only():
     assert observe_job(_job(_done("Complete")), [_pod("Succeeded", message="{}")], line).report.progress is None
     assert parse_progress("no progress here\n") is None
     assert parse_progress("progress={broken") is None
+
+
+def test_a_pods_progress_lines_become_status_job_progress(caplog):
+    import logging
+
+    from embedops import progress
+
+    progress.use_bars(False)
+    with caplog.at_level(logging.INFO, logger="embedops.progress"), progress.task("Training steps", total=300) as task:
+        task._log_every = 0
+        task.extra["loss"] = 0.4321
+        task.advance(120)
+    log = "\n".join(f"12:00:0{i} INFO embedops.progress: {m}" for i, m in enumerate(caplog.messages))
+    got = parse_progress("Loading weights...\n" + log + "\nTraining steps: done, 120 items in 1.0s")
+    assert (got.task, got.done, got.total, got.loss) == ("Training steps", 120, 300, 0.4321)
+    assert got.rate > 0 and got.eta_seconds is not None
+    assert parse_progress("no progress here\n") is None

@@ -7,7 +7,7 @@ import re
 
 from embedops.api.conditions import PUBLISH_NOTES, TERMINAL, ConditionType, Reason
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 LUA = (ROOT / "charts" / "embedops" / "files" / "argocd" / "health.lua").read_text(encoding="utf-8")
 DOCS = (ROOT / "docs" / "operator.md").read_text(encoding="utf-8")
 

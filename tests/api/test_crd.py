@@ -33,7 +33,7 @@ from embedops.api import crd as crdgen
 from embedops.api.common import API_VERSION, GROUP, VERSION
 from embedops.api.kinds import KINDS, InvalidResource, Kind, parse_manifest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 Schema = dict[str, Any]
 
 _TYPES = {"object", "array", "string", "integer", "number", "boolean"}
