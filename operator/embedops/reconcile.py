@@ -37,6 +37,7 @@ from embedops.api.index import (
     DriftResult,
     EmbeddingIndexSpec,
     EmbeddingIndexStatus,
+    IndexVersion,
     ProbeResult,
     ProbeSpec,
     ReindexProgress,
@@ -125,7 +126,8 @@ class _Context:
 
     @property
     def generation(self) -> int | None:
-        return self.body.get("metadata", {}).get("generation")
+        generation = self.body.get("metadata", {}).get("generation")
+        return int(generation) if generation is not None else None
 
     @cached_property
     def current(self) -> Any:
@@ -148,7 +150,7 @@ class _Context:
     def finished(self, key: str) -> bool:
         """The last finished run used these inputs and the status reflects this generation."""
         current = self.current
-        return current.inputs_hash == key and current.observed_generation == self.generation
+        return bool(current.inputs_hash == key and current.observed_generation == self.generation)
 
 
 class _Stop(Exception):
@@ -216,8 +218,8 @@ def _single_result(ctx: _Context, job: ObservedJob, model: type[BaseModel]) -> A
         ) from err
 
 
-def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | None, ObservedJob | None]:
-    """Drive one Job: create it, report it running, or hand back the finished Job."""
+def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> Plan | ObservedJob:
+    """Drive one Job: the plan that creates it, reports it running or failed; or the Job, once it succeeded."""
     name = step.name
     job = ctx.obs.jobs.get(name)
     if job is None:
@@ -233,17 +235,17 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> tuple[Plan | 
         )
         events = [("Normal", "JobCreated", f"created Job {name}")]
         events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
-        return Plan(status=status, create=[step], delete=superseded, events=events), None
+        return Plan(status=status, create=[step], delete=superseded, events=events)
     if job.state in ("Pending", "Running"):
-        return _in_progress(ctx, job, step, running), None
-    if job.state == VersionState.FAILED:
+        return _in_progress(ctx, job, step, running)
+    if job.state == "Failed":
         message = f"Job {name} failed: {job.error or 'no message'}"
         status = statuses.step_failed(
             ctx.current, Reason.JOB_FAILED, message, ctx.at, inputs_hash=step.key, job=job.report
         )
         unchanged = statuses.same_condition(ctx.current, status, statuses.READY)
-        return Plan(status=status, events=[] if unchanged else [("Warning", Reason.JOB_FAILED, message)]), None
-    return None, job
+        return Plan(status=status, events=[] if unchanged else [("Warning", Reason.JOB_FAILED, message)])
+    return job
 
 
 def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Reason) -> Plan:
@@ -288,6 +290,7 @@ def _done(status: BaseStatus, key: str, job: ObservedJob, extra: list[tuple[str,
     """A finished run: its status, remembered by its inputs, and the Ready condition as an event."""
     statuses.finished(status, key, job.report)
     ready = status.condition(statuses.READY)
+    assert ready is not None, "a finished status says whether it is Ready"
     return Plan(
         status=status,
         events=[("Normal" if ready.status == "True" else "Warning", ready.reason, ready.message), *(extra or [])],
@@ -330,9 +333,9 @@ def plan_dataset(ctx: _Context) -> Plan:
         gpus=spec.resources.gpus or 0,
         dsn_secret=pg.database.dsn_secret_ref if pg else None,
     )
-    plan, job = _run_step(ctx, step, Reason.PREPARING)
-    if plan is not None:
-        return plan
+    job = _run_step(ctx, step, Reason.PREPARING)
+    if isinstance(job, Plan):
+        return job
     return _done(statuses.dataset_prepared(_single_result(ctx, job, PrepareResult), ctx.at), key, job)
 
 
@@ -358,9 +361,9 @@ def plan_finetune(ctx: _Context) -> Plan:
         scheduling=_scheduling(ctx, spec.scheduling),
         gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
     )
-    plan, job = _run_step(ctx, step, Reason.TRAINING)
-    if plan is not None:
-        return plan
+    job = _run_step(ctx, step, Reason.TRAINING)
+    if isinstance(job, Plan):
+        return job
     return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.at), key, job)
 
 
@@ -378,10 +381,10 @@ class _IndexInputs:
 
 
 def _index_model(ctx: _Context, spec: EmbeddingIndexSpec) -> tuple[str | None, str | None]:
-    if spec.model.fine_tune_job_ref is None:
-        name = spec.model.name
+    if (name := spec.model.name) is not None:
         model = name if modelzoo.is_bundled(name) else ctx.layout.resolve(name)
         return model, model
+    assert spec.model.fine_tune_job_ref is not None, "the spec names exactly one of the two"
     ref = spec.model.fine_tune_job_ref.name
     raw = ctx.obs.related.get(("FineTuneJob", ref))
     if raw is None:
@@ -391,6 +394,11 @@ def _index_model(ctx: _Context, spec: EmbeddingIndexSpec) -> tuple[str | None, s
     if job.model is not None and statuses.is_ready(job):
         return job.model.location, job.model.fingerprint
     return None, None
+
+
+def _followed(spec: EmbeddingIndexSpec) -> str:
+    """The FineTuneJob an index follows (spec.model.fineTuneJobRef), by name."""
+    return spec.model.fine_tune_job_ref.name if spec.model.fine_tune_job_ref is not None else ""
 
 
 def _index_inputs(ctx: _Context, spec: EmbeddingIndexSpec) -> _IndexInputs:
@@ -509,9 +517,7 @@ def plan_index(ctx: _Context) -> Plan:
     inputs = _index_inputs(ctx, spec)
     if inputs.model is None:
         if current.live_version is None:
-            return _waiting(
-                ctx, Reason.WAITING_FOR_MODEL, f"FineTuneJob {spec.model.fine_tune_job_ref.name} has no Ready model yet"
-            )
+            return _waiting(ctx, Reason.WAITING_FOR_MODEL, f"FineTuneJob {_followed(spec)} has no Ready model yet")
         return _schedule(ctx, spec, current, inputs)
 
     if (pin := _unretained_pin(ctx, spec, current)) is not None:
@@ -528,16 +534,12 @@ def plan_index(ctx: _Context) -> Plan:
     if current.inputs_hash == publish_key and current.active_job is None:
         return _schedule(ctx, spec, current, inputs)
 
-    plan, job = _run_step(ctx, embed, Reason.EMBEDDING)
-    if plan is not None:
+    job = _run_step(ctx, embed, Reason.EMBEDDING)
+    if isinstance(job, Plan):
         embed_job = ctx.obs.jobs.get(embed.name)
-        if (
-            embed_job is not None
-            and embed_job.state != VersionState.FAILED
-            and isinstance(plan.status, EmbeddingIndexStatus)
-        ):
-            statuses.reindexing(plan.status, _reindex_progress(embed_job))
-        return plan
+        if embed_job is not None and embed_job.state != "Failed" and isinstance(job.status, EmbeddingIndexStatus):
+            statuses.reindexing(job.status, _reindex_progress(embed_job))
+        return job
     built = _candidate(job)
     if built is None:
         return _failed(
@@ -555,11 +557,11 @@ def plan_index(ctx: _Context) -> Plan:
         pinned_version=spec.pinned_version,
     )
     publish = _index_step(ctx, publish_key, spec, config)
-    plan, job = _run_step(ctx, publish, Reason.PUBLISHING)
-    if plan is not None:
-        if isinstance(plan.status, EmbeddingIndexStatus):
-            statuses.reindexing(plan.status, None)
-        return plan
+    job = _run_step(ctx, publish, Reason.PUBLISHING)
+    if isinstance(job, Plan):
+        if isinstance(job.status, EmbeddingIndexStatus):
+            statuses.reindexing(job.status, None)
+        return job
     result = _single_result(ctx, job, PublishResult)
     notes = (
         [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason, result.note or "")]
@@ -595,7 +597,7 @@ def _unretained_pin(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingI
 
 
 def _scheduled_steps(
-    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs, live: Any
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs, live: IndexVersion
 ) -> list[WorkerStep]:
     """The probe and drift runs of the live version that are due now (or asked for).
 
@@ -604,9 +606,10 @@ def _scheduled_steps(
     """
     now, ttl = ctx.obs.now, ctx.settings.periodic_job_ttl_seconds
     planned: list[WorkerStep] = []
+    last_probe, last_drift = _last_runs(current, live)
     minutes = spec.probe.interval_minutes
     requested = _probe_requested(ctx, current)
-    if requested or _due(current.probe.checked_at if current.probe else None, minutes, now):
+    if requested or _due(last_probe, minutes, now):
         probe = steps.ProbeStep(
             target=spec.target,
             version=live.version,
@@ -618,10 +621,7 @@ def _scheduled_steps(
         key = "r" + naming.inputs_hash(requested) if requested else _slot(now, minutes)
         planned.append(_index_step(ctx, key, spec, probe, ttl=ttl, deadline=minutes * 60))
     minutes = spec.drift.interval_minutes
-    # A version's first drift measurement comes one interval after it was built: right away, the
-    # stored vectors and the source embedded again would match by construction.
-    last = current.drift.checked_at if current.drift and current.drift.version == live.version else live.created_at
-    if spec.drift.enabled and _due(last, minutes, now):
+    if spec.drift.enabled and _due(last_drift, minutes, now):
         drift = steps.DriftStep(
             target=spec.target,
             version=live.version,
@@ -635,45 +635,102 @@ def _scheduled_steps(
     return planned
 
 
+def _last_runs(current: EmbeddingIndexStatus, live: IndexVersion) -> tuple[str | None, str | None]:
+    """When the live version was last probed, and last measured for drift.
+
+    A version's first drift measurement comes one interval after it was built: right away, the
+    stored vectors and the source embedded again would match by construction.
+    """
+    probed = current.probe.checked_at if current.probe else None
+    drift = current.drift
+    return probed, drift.checked_at if drift is not None and drift.version == live.version else live.created_at
+
+
+def next_due(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
+    """The next time the plan for `body` would start a Job with nothing else changed (a probe or drift run of
+    an index's live version); None: never. An executor sets its timer by it instead of planning on a sweep."""
+    if body.get("kind") != "EmbeddingIndex":
+        return None
+    try:
+        spec = EmbeddingIndexSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None  # an invalid spec waits for an edit
+    current = statuses.parse(EmbeddingIndexStatus, body.get("status"))
+    live = live_version(current.versions)
+    if live is None:
+        return None
+    last_probe, last_drift = _last_runs(current, live)
+    dues = [_next_run(last_probe, spec.probe.interval_minutes, now)]
+    if spec.drift.enabled:
+        dues.append(_next_run(last_drift, spec.drift.interval_minutes, now))
+    return min(dues)
+
+
+def _next_run(last: str | None, minutes: int, now: dt.datetime) -> dt.datetime:
+    """`minutes` after `last`; once that is past, the start of the next schedule slot.
+
+    Overdue means the planner has had its chance at `now`: it started the run (a Job whose end
+    is a watch event), one is still going, or this slot's run failed. Scheduled Jobs are named
+    by their slot (`_slot`), so the next new run can only start with the next slot.
+    """
+    interval = dt.timedelta(minutes=minutes)
+    try:
+        when = times.parse_time(last)
+    except ValueError:
+        when = None
+    if when is not None and when + interval > now:
+        return when + interval
+    seconds = interval.total_seconds()
+    return dt.datetime.fromtimestamp((now.timestamp() // seconds + 1) * seconds, dt.UTC)
+
+
+@dataclass
+class _Scheduled:
+    """What the scheduled runs of the live version came to: Jobs to start, new measurements, failures."""
+
+    plan: Plan
+    probe: ProbeResult | None
+    drift: DriftResult | None
+    problems: list[tuple[Reason, str]] = field(default_factory=list)
+
+
+def _run_scheduled(ctx: _Context, planned: list[WorkerStep], current: EmbeddingIndexStatus) -> _Scheduled:
+    out = _Scheduled(Plan(), current.probe, current.drift)
+    for step in planned:
+        job = ctx.obs.jobs.get(step.name)
+        if job is None:
+            if not any(j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()):
+                out.plan.create.append(step)  # one probe (one drift) at a time
+                out.plan.events.append(("Normal", "JobCreated", f"created Job {step.name}"))
+        elif job.state == "Succeeded" and 0 in job.results:
+            if step.step == "probe":
+                out.probe = ProbeResult.model_validate(job.results[0])
+            else:
+                out.drift = DriftResult.model_validate(job.results[0])
+        elif job.state == "Failed":
+            out.problems.append((SCHEDULED_FAILURES[step.step], f"Job {step.name} failed: {job.error or 'no message'}"))
+    return out
+
+
 def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs) -> Plan:
     """Steady state: re-probe the live version and measure its drift when they are due."""
     live = live_version(current.versions)
-    plan = Plan()
     if live is None:
-        return plan
-    probe, drift = current.probe, current.drift
-    problems: list[tuple[Reason, str]] = []
-    for step in _scheduled_steps(ctx, spec, current, inputs, live):
-        name = step.name
-        job = ctx.obs.jobs.get(name)
-        if job is None:
-            if not any(j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()):
-                plan.create.append(step)  # one probe (one drift) at a time
-                plan.events.append(("Normal", "JobCreated", f"created Job {name}"))
-        elif job.state == "Succeeded" and 0 in job.results:
-            if step.step == "probe":
-                probe = ProbeResult.model_validate(job.results[0])
-            else:
-                drift = DriftResult.model_validate(job.results[0])
-        elif job.state == VersionState.FAILED:
-            problems.append((SCHEDULED_FAILURES[step.step], f"Job {name} failed: {job.error or 'no message'}"))
-    if (
-        probe == current.probe
-        and drift == current.drift
-        and not problems
-        and current.observed_generation == ctx.generation
-    ):
-        return plan
+        return Plan()
+    ran = _run_scheduled(ctx, _scheduled_steps(ctx, spec, current, inputs, live), current)
+    unchanged = ran.probe == current.probe and ran.drift == current.drift and not ran.problems
+    if unchanged and current.observed_generation == ctx.generation:
+        return ran.plan
     refreshed = statuses.index_observed(
-        spec, current.versions, ctx.at, probe=probe, drift=drift, inputs_hash=current.inputs_hash
+        spec, current.versions, ctx.at, probe=ran.probe, drift=ran.drift, inputs_hash=current.inputs_hash
     )
     note = current.condition(statuses.PROGRESSING)
     if note is not None and note.reason in PUBLISH_NOTES:
-        statuses.note(refreshed, note.reason, note.message, ctx.at)
-    for reason, message in problems:
+        statuses.note(refreshed, Reason(note.reason), note.message, ctx.at)
+    for reason, message in ran.problems:
         statuses.degraded(refreshed, reason, message, ctx.at)
-    plan.status = refreshed
-    return plan
+    ran.plan.status = refreshed
+    return ran.plan
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -703,12 +760,12 @@ def _degraded_transition(
     """One event for each change of Degraded, unless the plan already posts it: what SREs are paged on
     must be in `kubectl describe` too."""
     before, after = old.condition(statuses.DEGRADED), new.condition(statuses.DEGRADED)
-    was = before is not None and before.status == "True"
-    now = after is not None and after.status == "True"
-    if now and (not was or before.reason != after.reason) and all(e[1] != after.reason for e in planned):
-        return [("Warning", after.reason, after.message)]
-    if was and not now:
-        return [("Normal", "Recovered", f"no longer degraded ({before.reason}: {before.message})")]
+    was = before if before is not None and before.status == "True" else None
+    now = after if after is not None and after.status == "True" else None
+    if now is not None and (was is None or was.reason != now.reason) and all(e[1] != now.reason for e in planned):
+        return [("Warning", now.reason, now.message)]
+    if was is not None and now is None:
+        return [("Normal", "Recovered", f"no longer degraded ({was.reason}: {was.message})")]
     return []
 
 
@@ -731,7 +788,6 @@ def references(body: dict[str, Any]) -> list[tuple[str, str]]:
     if kind == "EmbeddingIndex":
         if name := ((spec.get("model") or {}).get("fineTuneJobRef") or {}).get("name"):
             refs.append(("FineTuneJob", name))
-        for part in ("source", "probe"):
-            if name := ((spec.get(part) or {}).get("datasetRef") or {}).get("name"):
-                refs.append(("EmbeddingDataset", name))
+        parts = ((spec.get(part) or {}).get("datasetRef") or {} for part in ("source", "probe"))
+        refs += [("EmbeddingDataset", ref["name"]) for ref in parts if ref.get("name")]
     return refs

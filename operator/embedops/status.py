@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -27,6 +27,7 @@ from embedops.api.index import (
     VersionState,
     live_version,
 )
+from embedops.results import PublishResult
 
 S = TypeVar("S", bound=BaseStatus)
 
@@ -42,7 +43,7 @@ class At:
     now: dt.datetime
 
 
-def parse(status_cls: type[S], raw: dict | None) -> S:
+def parse(status_cls: type[S], raw: dict[str, Any] | None) -> S:
     """A status as stored, or an empty one when it cannot be read (an older operator's, say)."""
     try:
         return status_cls.model_validate(raw or {})
@@ -201,7 +202,8 @@ def index_observed(
         inputs_hash=inputs_hash,
     )
     if live is None:
-        reason = probe.reason if probe and probe.passed is False else "no version passed the probe gate yet"
+        gated = probe.reason if probe and probe.passed is False else None
+        reason = gated or "no version passed the probe gate yet"
         return failed(EmbeddingIndexStatus, Reason.NO_LIVE_VERSION, reason, at, status)
     problems = []
     if probe is not None and probe.version == live.version and probe.recall_at_k < spec.probe.min_recall:
@@ -221,9 +223,9 @@ def index_observed(
 
 
 def index_published(
-    spec: EmbeddingIndexSpec, published: BaseModel, at: At, drift: DriftResult | None = None
+    spec: EmbeddingIndexSpec, published: PublishResult, at: At, drift: DriftResult | None = None
 ) -> EmbeddingIndexStatus:
-    """The index's status after a publish step (embedops.results.PublishResult)."""
+    """The index's status after a publish step."""
     versions = published.versions
     live = live_version(versions)
     status = index_observed(spec, versions, at, probe=live.probe if live else published.probe, drift=drift)

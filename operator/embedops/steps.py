@@ -147,7 +147,7 @@ class ProbeStep(_Probing):
 class PublishStep(_Probing):
     NAME: ClassVar[str] = "publish"
 
-    version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")  # type: ignore[assignment]
+    version: int = Field(ge=1, description="The candidate version (what the embed step built or found).")
     pinned_version: int | None = Field(default=None, ge=1, description="Serve exactly this version.")
     keep_versions: int = Field(default=2, ge=1, le=20, description="Versions kept, the live one included.")
 

@@ -1,4 +1,4 @@
-"""When a resource needs a look with no event (embedops.handlers.schedule), and the queue that keeps the time."""
+"""When a resource needs a look with no event (embedops.reconcile.next_due), and the queue that keeps the time."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datetime as dt
 import threading
 import time
 
-from embedops.handlers.schedule import next_due
 from embedops.handlers.workqueue import WorkQueue
+from embedops.reconcile import next_due
 
 NOW = dt.datetime(2026, 12, 3, 12, 0, 0, tzinfo=dt.UTC)
 SPEC = {

@@ -9,9 +9,10 @@ server-filled fields never fight a GitOps tool's desired state.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 from pydantic.alias_generators import to_camel
 
 from embedops.api import times
@@ -20,18 +21,22 @@ GROUP = "embedops.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+K8S_NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+SQL_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
 # A Kubernetes object name (RFC 1123 subdomain, the rule for most kinds).
 K8sName = Annotated[
     str,
-    StringConstraints(max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+    StringConstraints(max_length=253, pattern=K8S_NAME_PATTERN),
 ]
 # A namespace (RFC 1123 label).
-K8sNamespace = Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+K8sNamespace = Annotated[str, StringConstraints(max_length=63, pattern=K8S_NAMESPACE_PATTERN)]
 # A Postgres identifier as embedops accepts it: letters, digits and underscores, not starting
 # with a digit, at most 63 bytes. Everything is still quoted with psycopg.sql.Identifier.
 SqlName = Annotated[
     str,
-    StringConstraints(max_length=63, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$"),
+    StringConstraints(max_length=63, pattern=SQL_NAME_PATTERN),
 ]
 
 
@@ -67,6 +72,12 @@ class ApiModel(BaseModel):
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict as it appears in a manifest or in `status` (camelCase, no nulls)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def cel_rules(rules: Sequence[JsonValue]) -> ConfigDict:
+    """ApiModel's config with CEL rules (`x-kubernetes-validations`) on the model's schema: the API server
+    checks them, and a validator on the model mirrors each."""
+    return ApiModel.model_config | ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
 
 
 class ObjectMeta(ApiModel):
@@ -257,7 +268,8 @@ class Resources(ApiModel):
     )
     memory: str | None = Field(
         default=None,
-        description="Memory request and limit, a quantity such as `16Gi`. Default: the operator's EMBEDOPS_WORKER_MEMORY "
+        description="Memory request and limit, a quantity such as `16Gi`. Default: the operator's "
+        "EMBEDOPS_WORKER_MEMORY "
         "(none).",
     )
 

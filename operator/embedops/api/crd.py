@@ -104,36 +104,38 @@ def _structural(raw: Schema, defs: dict[str, Schema], where: str) -> Schema:
     node = _flatten(raw, defs, where)
     out: Schema = {}
     for key, value in node.items():
-        if key in _PASSED or key.startswith("x-kubernetes-"):
-            out[key] = value
-        elif key in ("title", "default"):
-            pass
-        elif key == "exclusiveMinimum":
-            if "minimum" in node:
-                raise ValueError(f"{where}: both minimum and exclusiveMinimum")
-            out["minimum"], out["exclusiveMinimum"] = value, True
-        elif key == "exclusiveMaximum":
-            if "maximum" in node:
-                raise ValueError(f"{where}: both maximum and exclusiveMaximum")
-            out["maximum"], out["exclusiveMaximum"] = value, True
-        elif key == "properties":
-            out["properties"] = {name: _structural(sub, defs, f"{where}.{name}") for name, sub in value.items()}
-        elif key == "items":
-            out["items"] = _structural(value, defs, f"{where}[]")
-        elif key == "additionalProperties":
-            if isinstance(value, dict):
-                out["additionalProperties"] = _structural(value, defs, f"{where}.*")
-            elif value is True and not node.get(_PRESERVE):
-                raise ValueError(f"{where}: a map of arbitrary values needs {_PRESERVE} or the API server prunes it")
-            # False (extra="forbid") is dropped: next to `properties` the API server rejects it,
-            # and it prunes unknown fields anyway.
-        else:
-            raise ValueError(f"{where}: JSON schema keyword {key!r} has no structural CRD equivalent here")
+        out.update(_keyword(key, value, node, defs, where))
     if "default" in node:
         out["description"] = _say_default(out.get("description", ""), node["default"])
     if "required" in out:
         out["required"] = sorted(out["required"])
     return out
+
+
+def _keyword(key: str, value: Any, node: Schema, defs: dict[str, Schema], where: str) -> Schema:
+    """One JSON schema keyword of `node` as a structural schema says it (nothing, for those it drops)."""
+    if key in _PASSED or key.startswith("x-kubernetes-"):
+        return {key: value}
+    if key in ("title", "default"):
+        return {}
+    if key in ("exclusiveMinimum", "exclusiveMaximum"):
+        bound = key.removeprefix("exclusive").lower()  # OpenAPI v3.0: a bound and a flag
+        if bound in node:
+            raise ValueError(f"{where}: both {bound} and {key}")
+        return {bound: value, key: True}
+    if key == "properties":
+        return {"properties": {name: _structural(sub, defs, f"{where}.{name}") for name, sub in value.items()}}
+    if key == "items":
+        return {"items": _structural(value, defs, f"{where}[]")}
+    if key == "additionalProperties":
+        if isinstance(value, dict):
+            return {"additionalProperties": _structural(value, defs, f"{where}.*")}
+        if value is True and not node.get(_PRESERVE):
+            raise ValueError(f"{where}: a map of arbitrary values needs {_PRESERVE} or the API server prunes it")
+        # False (extra="forbid") is dropped: next to `properties` the API server rejects it,
+        # and it prunes unknown fields anyway.
+        return {}
+    raise ValueError(f"{where}: JSON schema keyword {key!r} has no structural CRD equivalent here")
 
 
 def structural_schema(model: type[BaseModel], where: str) -> Schema:

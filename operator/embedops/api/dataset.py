@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
     ApiModel,
@@ -13,6 +14,7 @@ from embedops.api.common import (
     Resources,
     Scheduling,
     SqlName,
+    cel_rules,
     check_exactly_one,
     exactly_one_rule,
 )
@@ -137,9 +139,10 @@ class SplitSpec(ApiModel):
 
 # Defaults of the fields the CEL rules read: the API server does not fill defaults in (common.py).
 _RANGE_MIN, _RANGE_MAX, _COUNT = 10, 50, 3
-_MINING_RULES = [
+_MINING_RULES: list[JsonDict] = [
     {
-        "rule": f"(has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN}) < (has(self.rangeMax) ? self.rangeMax : {_RANGE_MAX})",
+        "rule": f"(has(self.rangeMin) ? self.rangeMin : {_RANGE_MIN}) < (has(self.rangeMax) ? self.rangeMax : "
+        f"{_RANGE_MAX})",
         "message": "hardNegatives.rangeMin must be below hardNegatives.rangeMax",
     },
     {
@@ -163,7 +166,7 @@ class HardNegativesSpec(ApiModel):
     pairs too.
     """
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _MINING_RULES}}
+    model_config = cel_rules(_MINING_RULES)
 
     enabled: bool = Field(default=True, description="Mine hard negatives for the training pairs. Default: true.")
     model: str = Field(
@@ -232,11 +235,11 @@ class HardNegativesSpec(ApiModel):
     @model_validator(mode="after")
     def _rules(self) -> HardNegativesSpec:
         if self.range_min >= self.range_max:
-            raise ValueError(_MINING_RULES[0]["message"])
+            raise ValueError(str(_MINING_RULES[0]["message"]))
         if self.count > self.range_max - self.range_min:
-            raise ValueError(_MINING_RULES[1]["message"])
+            raise ValueError(str(_MINING_RULES[1]["message"]))
         if self.absolute_margin is not None and self.relative_margin is not None:
-            raise ValueError(_MINING_RULES[2]["message"])
+            raise ValueError(str(_MINING_RULES[2]["message"]))
         return self
 
     def margins(self) -> tuple[float | None, float | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, model_validator
+from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
     ApiModel,
@@ -12,6 +13,7 @@ from embedops.api.common import (
     LocalObjectReference,
     Resources,
     Scheduling,
+    cel_rules,
 )
 from embedops.api.scores import RetrievalScores
 
@@ -27,7 +29,7 @@ LossType = Literal[
 GIST_LOSSES = ("GISTEmbedLoss", "CachedGISTEmbedLoss")
 CACHED_LOSSES = ("CachedMultipleNegativesRankingLoss", "CachedGISTEmbedLoss")
 
-_GUIDE_RULE = {
+_GUIDE_RULE: JsonDict = {
     "rule": "!has(self.guideModel) || (has(self.type) && self.type in ['GISTEmbedLoss', 'CachedGISTEmbedLoss'])",
     "message": "loss.guideModel is only used by loss.type GISTEmbedLoss or CachedGISTEmbedLoss",
 }
@@ -36,7 +38,7 @@ _GUIDE_RULE = {
 class LossSpec(ApiModel):
     """Training loss."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_GUIDE_RULE]}}
+    model_config = cel_rules([_GUIDE_RULE])
 
     type: LossType = Field(
         default="MultipleNegativesRankingLoss",
@@ -91,8 +93,9 @@ class LossSpec(ApiModel):
 
 
 _BUDGET_MIN, _BUDGET_MAX = 200, 2000
-_BUDGET_RULE = {
-    "rule": f"(has(self.minSteps) ? self.minSteps : {_BUDGET_MIN}) <= (has(self.maxSteps) ? self.maxSteps : {_BUDGET_MAX})",
+_BUDGET_RULE: JsonDict = {
+    "rule": f"(has(self.minSteps) ? self.minSteps : {_BUDGET_MIN}) <= (has(self.maxSteps) ? self.maxSteps : "
+    f"{_BUDGET_MAX})",
     "message": "training.budget.minSteps must not exceed training.budget.maxSteps",
 }
 
@@ -106,7 +109,7 @@ class StepBudget(ApiModel):
     docs/performance.md).
     """
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_BUDGET_RULE]}}
+    model_config = cel_rules([_BUDGET_RULE])
 
     epochs: int = Field(
         default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5."
@@ -132,7 +135,8 @@ class TrainingSpec(ApiModel):
     )
     budget: StepBudget = Field(
         default_factory=StepBudget,
-        description="Steps from the data's size when epochs and maxSteps are unset: epochs passes within minSteps..maxSteps.",
+        description="Steps from the data's size when epochs and maxSteps are unset: epochs passes within "
+        "minSteps..maxSteps.",
     )
     batch_size: int = Field(
         default=64,
@@ -214,7 +218,8 @@ class FineTuneJobSpec(ApiModel):
     base_model: str = Field(
         default=DEFAULT_BASE_MODEL,
         min_length=1,
-        description=f"Model to start from: a bundled model name or a path in the worker image. Default: `{DEFAULT_BASE_MODEL}`.",
+        description=f"Model to start from: a bundled model name or a path in the worker image. Default: "
+        f"`{DEFAULT_BASE_MODEL}`.",
     )
     loss: LossSpec = Field(default_factory=LossSpec, description="Training loss.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")

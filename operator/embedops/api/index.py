@@ -6,7 +6,8 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, JsonValue, StringConstraints, field_validator, model_validator
+from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
     ApiModel,
@@ -16,6 +17,7 @@ from embedops.api.common import (
     Resources,
     Scheduling,
     SqlName,
+    cel_rules,
     check_exactly_one,
     exactly_one_rule,
 )
@@ -24,7 +26,9 @@ from embedops.api.scores import RetrievalScores
 # The encoder's arithmetic, for embedding and for drift (which must match how a version was built).
 Precision = Literal["auto", "fp32", "bf16"]
 
-_IMMUTABLE = [{"rule": "self == oldSelf", "message": "is immutable; create a new EmbeddingIndex instead"}]
+_IMMUTABLE: list[JsonValue] = [
+    {"rule": "self == oldSelf", "message": "is immutable; create a new EmbeddingIndex instead"}
+]
 
 
 class IndexModel(ApiModel):
@@ -34,7 +38,8 @@ class IndexModel(ApiModel):
 
     fine_tune_job_ref: LocalObjectReference | None = Field(
         default=None,
-        description="Follow a FineTuneJob: every model it publishes is built into a new version, probed and cut over if it passes.",
+        description="Follow a FineTuneJob: every model it publishes is built into a new version, probed and cut over "
+        "if it passes.",
     )
     name: str | None = Field(default=None, min_length=1, description="A fixed model: a bundled model name or a path.")
 
@@ -83,18 +88,19 @@ class IndexSource(ApiModel):
 MAX_VERSION = 99_999
 # Schemas an index never writes into: Postgres's own, and embedops' catalog.
 RESERVED_SCHEMAS = ("information_schema", "embedops")
-_RESERVED_RULE = {
+_RESERVED_RULE: JsonDict = {
     "rule": "!self.startsWith('pg_') && !(self in " + str(list(RESERVED_SCHEMAS)).replace('"', "'") + ")",
     "message": "is reserved (pg_*, information_schema, embedops: Postgres's own schemas and embedops' catalog)",
 }
 # Lower case: the objects embedops creates are named as applications will write them unquoted.
-TargetName = Annotated[str, StringConstraints(pattern=r"^[a-z_][a-z0-9_]*$")]
+TARGET_NAME_PATTERN = r"^[a-z_][a-z0-9_]*$"
+TargetName = Annotated[str, StringConstraints(pattern=TARGET_NAME_PATTERN)]
 
 
 class Target(ApiModel):
     """The stable name applications query; versions live beside it as `<name>_v<N>` tables."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": _IMMUTABLE}}
+    model_config = cel_rules(_IMMUTABLE)
 
     schema_name: TargetName = Field(
         default="public",
@@ -119,7 +125,7 @@ class Target(ApiModel):
         return value
 
 
-_EF_RULE = {
+_EF_RULE: JsonDict = {
     "rule": "(has(self.efConstruction) ? self.efConstruction : 64) >= 2 * (has(self.m) ? self.m : 16)",
     "message": "ann.efConstruction must be at least twice ann.m (pgvector refuses smaller)",
 }
@@ -128,7 +134,7 @@ _EF_RULE = {
 class AnnSpec(ApiModel):
     """Approximate nearest-neighbour index built on every version."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": [_EF_RULE]}}
+    model_config = cel_rules([_EF_RULE])
 
     method: Literal["hnsw", "ivfflat"] = Field(default="hnsw", description="hnsw or ivfflat. Default: hnsw.")
     metric: Literal["cosine", "l2", "inner_product"] = Field(
@@ -136,7 +142,8 @@ class AnnSpec(ApiModel):
     )
     vector_type: Literal["vector", "halfvec"] = Field(
         default="vector",
-        description="Column type: vector (float32, up to 2,000 dims indexed) or halfvec (float16, up to 4,000). Default: vector.",
+        description="Column type: vector (float32, up to 2,000 dims indexed) or halfvec (float16, up to 4,000). "
+        "Default: vector.",
     )
     m: int = Field(default=16, ge=2, le=100, description="HNSW graph degree. Default: 16 (pgvector's).")
     ef_construction: int = Field(default=64, ge=4, le=1000, description="HNSW build beam. Default: 64 (pgvector's).")
@@ -144,7 +151,8 @@ class AnnSpec(ApiModel):
         default=None,
         ge=1,
         le=32768,
-        description="IVFFlat lists (pgvector allows up to 32768). Default: rows/1000 (at least 1), sqrt(rows) above 1M rows.",
+        description="IVFFlat lists (pgvector allows up to 32768). Default: rows/1000 (at least 1), sqrt(rows) above "
+        "1M rows.",
     )
     ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW search beam used by probes. Default: 40.")
     probes: int = Field(default=10, ge=1, le=32768, description="IVFFlat lists searched by probes. Default: 10.")
@@ -194,7 +202,8 @@ class ProbeSpec(ApiModel):
 
     dataset_ref: LocalObjectReference | None = Field(
         default=None,
-        description="Use this EmbeddingDataset's held-out queries; ids must match the index's ids. Default: the source dataset.",
+        description="Use this EmbeddingDataset's held-out queries; ids must match the index's ids. Default: the "
+        "source dataset.",
     )
     path: str | None = Field(
         default=None,

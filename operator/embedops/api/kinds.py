@@ -11,16 +11,16 @@ from pydantic import BaseModel, ValidationError
 from embedops.api.common import (
     API_VERSION,
     GROUP,
+    K8S_NAME_PATTERN,
+    K8S_NAMESPACE_PATTERN,
+    SQL_NAME_PATTERN,
     VERSION,
     BaseStatus,
-    K8sName,
-    K8sNamespace,
     ObjectMeta,
-    SqlName,
 )
 from embedops.api.dataset import EmbeddingDatasetSpec, EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, TargetName
+from embedops.api.index import TARGET_NAME_PATTERN, EmbeddingIndexSpec, EmbeddingIndexStatus
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,8 @@ DATASET = Kind(
     short_names=("eds",),
     spec_model=EmbeddingDatasetSpec,
     status_model=EmbeddingDatasetStatus,
-    description="Domain training data for embedding models: where it lives, how it is validated, split and enriched with hard negatives.",
+    description="Domain training data for embedding models: where it lives, how it is validated, split and enriched "
+    "with hard negatives.",
     printer_columns=(
         _READY,
         _PHASE,
@@ -65,7 +66,8 @@ FINETUNE = Kind(
     short_names=("ftj",),
     spec_model=FineTuneJobSpec,
     status_model=FineTuneJobStatus,
-    description="Fine-tunes a base sentence-transformers model on an EmbeddingDataset in a GPU Job, and scores it against the base model on held-out queries.",
+    description="Fine-tunes a base sentence-transformers model on an EmbeddingDataset in a GPU Job, and scores it "
+    "against the base model on held-out queries.",
     printer_columns=(
         _READY,
         _PHASE,
@@ -82,7 +84,8 @@ INDEX = Kind(
     short_names=("eix",),
     spec_model=EmbeddingIndexSpec,
     status_model=EmbeddingIndexStatus,
-    description="A corpus re-embedded into versioned pgvector tables behind one stable view, probed, cut over atomically and watched for drift.",
+    description="A corpus re-embedded into versioned pgvector tables behind one stable view, probed, cut over "
+    "atomically and watched for drift.",
     printer_columns=(
         _READY,
         _PHASE,
@@ -114,12 +117,10 @@ class InvalidResource(ValueError):
 
 # The name patterns of the API, in words.
 _PATTERNS = {
-    K8sName.__metadata__[0].pattern: "a lower-case RFC 1123 name (a-z, 0-9, '-' and '.', starting and ending "
-    "with a letter or digit)",
-    K8sNamespace.__metadata__[0].pattern: "a lower-case RFC 1123 label (a-z, 0-9 and '-', starting and ending "
-    "with a letter or digit)",
-    SqlName.__metadata__[0].pattern: "an SQL name (letters, digits and underscores, not starting with a digit)",
-    TargetName.__metadata__[0].pattern: "a lower-case SQL name (a-z, 0-9 and underscores, not starting with a digit)",
+    K8S_NAME_PATTERN: "a lower-case RFC 1123 name (a-z, 0-9, '-' and '.', starting and ending with a letter or digit)",
+    K8S_NAMESPACE_PATTERN: "a lower-case RFC 1123 label (a-z, 0-9 and '-', starting and ending with a letter or digit)",
+    SQL_NAME_PATTERN: "an SQL name (letters, digits and underscores, not starting with a digit)",
+    TARGET_NAME_PATTERN: "a lower-case SQL name (a-z, 0-9 and underscores, not starting with a digit)",
 }
 
 

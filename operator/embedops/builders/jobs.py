@@ -1,8 +1,9 @@
 """Worker Jobs: one builder for every step, so every pod the operator starts looks the same.
 
 A worker pod runs `embedops worker <name> --spec-json <step> --result /dev/termination-log`:
-its typed step (embedops.steps) is in the pod spec, rendered here and nowhere else (no ConfigMap to go stale, and `kubectl describe` shows
-exactly what ran), the database DSN comes from a Secret through the environment, and the
+its typed step (embedops.steps) is in the pod spec, rendered here and nowhere else (no
+ConfigMap to go stale, and `kubectl describe` shows exactly what ran), the database DSN comes
+from a Secret through the environment, and the
 small JSON result comes back through the termination message, which the operator copies
 into status. A worker's exit code says whether trying again can help (docs/operator.md):
 2 (invalid config or input) fails the Job at once through a pod failure policy; 3 (transient:
@@ -138,13 +139,8 @@ def _env(step: WorkerStep) -> list[dict[str, Any]]:
     return env
 
 
-def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
-    """The batch/v1 Job that runs `step` for its owner."""
-    owner, sched = step.owner, step.scheduling
-    labels = naming.child_labels(owner.kind, owner.name, owner.uid, step.step, step.key)
-    job_labels = dict(labels)
-    if sched.queue_name:
-        job_labels[KUEUE_QUEUE_LABEL] = sched.queue_name
+def _volumes(step: WorkerStep, settings: OperatorSettings) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pod's volumes and the container's mounts: the workspace, a writable /tmp, and /dev/shm on GPUs."""
     volumes: list[dict[str, Any]] = [
         {"name": "workspace", "persistentVolumeClaim": {"claimName": settings.workspace_claim}},
         {"name": "tmp", "emptyDir": {}},
@@ -154,6 +150,10 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         # PyTorch data loaders share tensors through /dev/shm, which is 64 MiB by default.
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    return volumes, mounts
+
+
+def _container(step: WorkerStep, settings: OperatorSettings, mounts: list[dict[str, Any]]) -> dict[str, Any]:
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": settings.worker_image,
@@ -171,9 +171,15 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
     }
     if resources := _resources(step.resources, step.gpus, settings):
         container["resources"] = resources
+    return container
+
+
+def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
+    sched = step.scheduling
+    volumes, mounts = _volumes(step, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [container],
+        "containers": [_container(step, settings, mounts)],
         "volumes": volumes,
         "securityContext": {
             "runAsNonRoot": True,
@@ -183,16 +189,19 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
-    if sched.node_selector:
-        pod_spec["nodeSelector"] = dict(sched.node_selector)
-    if tolerations := _tolerations(sched, step.gpus):
-        pod_spec["tolerations"] = tolerations
-    if sched.affinity:
-        pod_spec["affinity"] = sched.affinity
-    if sched.priority_class_name:
-        pod_spec["priorityClassName"] = sched.priority_class_name
-    if sched.service_account_name:
-        pod_spec["serviceAccountName"] = sched.service_account_name
+    passed_through = {
+        "nodeSelector": dict(sched.node_selector),
+        "tolerations": _tolerations(sched, step.gpus),
+        "affinity": sched.affinity,
+        "priorityClassName": sched.priority_class_name,
+        "serviceAccountName": sched.service_account_name,
+    }
+    pod_spec.update({key: value for key, value in passed_through.items() if value})
+    return pod_spec
+
+
+def _job_spec(step: WorkerStep, labels: dict[str, str], pod_spec: dict[str, Any]) -> dict[str, Any]:
+    sched = step.scheduling
     job_spec: dict[str, Any] = {
         "backoffLimit": sched.backoff_limit,
         "suspend": sched.suspend,
@@ -217,6 +226,16 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
     ttl = step.ttl_seconds if step.ttl_seconds is not None else sched.ttl_seconds_after_finished
     if ttl is not None:
         job_spec["ttlSecondsAfterFinished"] = ttl
+    return job_spec
+
+
+def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
+    """The batch/v1 Job that runs `step` for its owner."""
+    owner = step.owner
+    labels = naming.child_labels(owner.kind, owner.name, owner.uid, step.step, step.key)
+    job_labels = dict(labels)
+    if step.scheduling.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = step.scheduling.queue_name
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -226,5 +245,5 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
             "labels": job_labels,
             "ownerReferences": [owner.reference()],
         },
-        "spec": job_spec,
+        "spec": _job_spec(step, labels, _pod_spec(step, settings)),
     }

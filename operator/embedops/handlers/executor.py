@@ -23,7 +23,7 @@ from embedops import status as statuses
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import KINDS
 from embedops.builders.jobs import worker_job
-from embedops.handlers import jobs, kube, locks, memory, schedule
+from embedops.handlers import jobs, kube, locks, memory
 from embedops.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _look_again(body: dict[str, Any], jobs_look: float | None) -> float:
     """
     now = dt.datetime.now(dt.UTC)
     looks = [SETTINGS.reconcile_seconds] + ([jobs_look] if jobs_look is not None else [])
-    if (due := schedule.next_due(body, now)) is not None:
+    if (due := reconcile.next_due(body, now)) is not None:
         looks.append((due - now).total_seconds())
     return max(min(looks), MIN_LOOK_SECONDS)
 
