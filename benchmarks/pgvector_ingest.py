@@ -47,7 +47,7 @@ def _copy(
                 copy.write(pgvector.copy_binary(part_ids, oid, part, "vector"))
             else:
                 copy.set_types([oid, "vector"])
-                for doc_id, v in zip(part_ids.tolist(), part):
+                for doc_id, v in zip(part_ids.tolist(), part, strict=True):
                     copy.write_row((doc_id, Vector(v)))
     return time.perf_counter() - started, time.process_time() - cpu
 

@@ -179,7 +179,9 @@ def sweep(
     folder = {key: str(work / f"dataset-{i}") for i, key in enumerate(datasets)}
 
     n = slots(device, len(datasets), parallel, gib_per_run)
-    prepared = dict(zip(datasets, _map(prepare_one, [(d, folder[k], device) for k, d in datasets.items()], n)))
+    prepared = dict(
+        zip(datasets, _map(prepare_one, [(d, folder[k], device) for k, d in datasets.items()], n), strict=True)
+    )
     n = slots(device, len(planned), parallel, gib_per_run)
     calls = [
         (job, folder[json.dumps(dataset, sort_keys=True)], str(work / f"job-{i}"), device)

@@ -38,9 +38,9 @@ def stale(out: Path, files: dict[str, str]) -> list[str]:
             problems.append(f"{path}: missing")
         elif path.read_text(encoding="utf-8") != text:
             problems.append(f"{path}: differs from the models")
-    for path in sorted(out.glob("*.yaml")):
-        if path.name not in files and _ours(path):
-            problems.append(f"{path}: no longer generated")
+    problems.extend(
+        f"{path}: no longer generated" for path in sorted(out.glob("*.yaml")) if path.name not in files and _ours(path)
+    )
     return problems
 
 

@@ -91,11 +91,11 @@ def health(obj: dict[str, Any], tmp_path: pathlib.Path, script: pathlib.Path = S
 
 
 def _samples() -> list[tuple[str, str, dict[str, Any]]]:
-    out = []
-    for test_file in sorted(SAMPLES.glob("*/health_test.yaml")):
-        for case in yaml.safe_load(test_file.read_text(encoding="utf-8"))["tests"]:
-            out.append((test_file.parent.name, case["inputPath"], case["healthStatus"]))
-    return out
+    return [
+        (test_file.parent.name, case["inputPath"], case["healthStatus"])
+        for test_file in sorted(SAMPLES.glob("*/health_test.yaml"))
+        for case in yaml.safe_load(test_file.read_text(encoding="utf-8"))["tests"]
+    ]
 
 
 SAMPLE_CASES = _samples()

@@ -32,7 +32,10 @@ def test_validate_reports_every_problem_with_file_and_field(tmp_path, capsys):
 
 
 def test_duplicate_resources_are_rejected(tmp_path, capsys):
-    doc = "apiVersion: embedops.dev/v1alpha1\nkind: EmbeddingDataset\nmetadata: {name: d}\nspec: {source: {beir: {path: x}}}\n"
+    doc = (
+        "apiVersion: embedops.dev/v1alpha1\nkind: EmbeddingDataset\nmetadata: {name: d}\n"
+        "spec: {source: {beir: {path: x}}}\n"
+    )
     (tmp_path / "a.yaml").write_text(doc)
     (tmp_path / "b.yaml").write_text(doc)
     assert main(["validate", "-f", str(tmp_path)]) == 2

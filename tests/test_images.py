@@ -169,35 +169,46 @@ def pip_installs(instructions: list[Instruction]) -> list[PipInstall]:
     """Every `pip install` in every RUN."""
     found: list[PipInstall] = []
     for instruction in instructions:
-        if instruction.keyword != "RUN":
-            continue
-        lexer = shlex.shlex(instruction.args, posix=True, punctuation_chars=";&|")
-        lexer.whitespace_split = True
-        commands: list[list[str]] = [[]]
-        for token in lexer:  # quotes respected; &&, ||, ; and | end a command
-            if token and set(token) <= set(";&|"):
-                commands.append([])
-            else:
-                commands[-1].append(token)
-        for tokens in commands:
-            for at in range(len(tokens) - 1):
-                # `pip install`, `/opt/venv/bin/pip install` and `python -m pip install` alike
-                if tokens[at].split("/")[-1] in {"pip", "pip3"} and tokens[at + 1] == "install":
-                    options: list[str] = []
-                    operands: list[str] = []
-                    rest = iter(tokens[at + 2 :])
-                    for token in rest:
-                        if token in PIP_OPTIONS_WITH_VALUE:
-                            options += [token, next(rest, "")]
-                        elif token.startswith("-"):
-                            options.append(token)
-                        else:
-                            operands.append(token)
-                    paths = [t for t in operands if t.startswith((".", "/")) or t.endswith(".whl")]
-                    reqs = [Requirement(t) for t in operands if t not in paths]
-                    found.append(PipInstall(instruction.line, options, reqs, paths))
-                    break
+        if instruction.keyword == "RUN":
+            for tokens in _shell_commands(instruction.args):
+                install = _pip_install(instruction.line, tokens)
+                if install is not None:
+                    found.append(install)
     return found
+
+
+def _shell_commands(args: str) -> list[list[str]]:
+    """The commands of a RUN line, as words: quotes respected; &&, ||, ; and | end a command."""
+    lexer = shlex.shlex(args, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token and set(token) <= set(";&|"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return commands
+
+
+def _pip_install(line: int, tokens: list[str]) -> PipInstall | None:
+    """The command's `pip install`, if it runs one: `pip install`, `/opt/venv/bin/pip install` and
+    `python -m pip install` alike."""
+    for at in range(len(tokens) - 1):
+        if tokens[at].split("/")[-1] in {"pip", "pip3"} and tokens[at + 1] == "install":
+            options: list[str] = []
+            operands: list[str] = []
+            rest = iter(tokens[at + 2 :])
+            for token in rest:
+                if token in PIP_OPTIONS_WITH_VALUE:
+                    options += [token, next(rest, "")]
+                elif token.startswith("-"):
+                    options.append(token)
+                else:
+                    operands.append(token)
+            paths = [t for t in operands if t.startswith((".", "/")) or t.endswith(".whl")]
+            reqs = [Requirement(t) for t in operands if t not in paths]
+            return PipInstall(line, options, reqs, paths)
+    return None
 
 
 INSTRUCTIONS = {name: parse(path) for name, path in DOCKERFILES.items()}
@@ -269,7 +280,9 @@ def test_every_inline_ignore_says_why(image):
     for number, line in enumerate(lines):
         if re.match(r"\s*#\s*hadolint\s+(global\s+)?ignore=", line):
             before = [
-                l for l in lines[max(0, number - 6) : number] if l.strip().startswith("#") and "hadolint" not in l
+                above
+                for above in lines[max(0, number - 6) : number]
+                if above.strip().startswith("#") and "hadolint" not in above
             ]
             assert before, f"{image} line {number + 1}: a hadolint ignore needs a comment above it saying why"
 
@@ -447,7 +460,7 @@ def test_base_images_are_pinned_to_exact_tags(image):
             continue
         assert "$" not in ref, f"{image} line {instruction.line}: name the base image, not a variable"
         name, _, digest = ref.partition("@")
-        repo, sep, tag = name.rpartition(":")
+        _repo, sep, tag = name.rpartition(":")
         assert sep and "/" not in tag, f"{image} line {instruction.line}: {ref} has no tag"
         assert tag != "latest"
         assert re.match(r"^\d+\.\d+\.\d+(-|$)", tag), f"{image}: {ref} is not pinned to a patch version"
@@ -585,9 +598,13 @@ def test_oci_labels(image):
 def test_build_context_lets_in_what_copy_needs(image):
     ignore = DOCKERFILES[image].with_name("Dockerfile.dockerignore")
     assert ignore.is_file(), f"{ignore.relative_to(ROOT)} keeps .venv and the rest out of the build context"
-    lines = [l.strip() for l in ignore.read_text(encoding="utf-8").splitlines() if l.strip() and not l.startswith("#")]
+    lines = [
+        line.strip()
+        for line in ignore.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert lines[0] == "*", "an allow-list: exclude everything, then let in what the build copies"
-    allowed = [l[1:].rstrip("/") for l in lines if l.startswith("!")]
+    allowed = [line[1:].rstrip("/") for line in lines if line.startswith("!")]
     for instruction in INSTRUCTIONS[image]:
         if instruction.keyword != "COPY" or "--from=" in instruction.args:
             continue

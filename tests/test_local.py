@@ -246,9 +246,11 @@ def test_one_run_at_a_time_per_state_folder(tmp_path):
 
     from embedops.local import StateLocked
 
-    with LocalRunner(state_dir=tmp_path / "state"):
-        with pytest.raises(StateLocked, match=f"in use by another embedops run \\(pid {os.getpid()}\\)"):
-            LocalRunner(state_dir=tmp_path / "state").__enter__()
+    with (
+        LocalRunner(state_dir=tmp_path / "state"),
+        pytest.raises(StateLocked, match=f"in use by another embedops run \\(pid {os.getpid()}\\)"),
+    ):
+        LocalRunner(state_dir=tmp_path / "state").__enter__()
     with LocalRunner(state_dir=tmp_path / "state"):  # released
         pass
 

@@ -265,7 +265,7 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
         _value("embedops_reconcile_total", **error),
         _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"),
     )
-    assert [b - a for a, b in zip(before, after)] == [1, 1, 2]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 2]
 
 
 # -- the scrape -------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
@@ -43,7 +45,7 @@ def test_search_keeps_input_order_and_ranks_the_same_text_first(tiny):
     assert list(hits) == ["q3", "q0"]
     assert hits["q3"][0][0] == "d3" and hits["q3"][0][1] == pytest.approx(1.0, abs=1e-5)
     assert hits["q0"][0][0] == "d0"
-    assert all(a[1] >= b[1] for a, b in zip(hits["q3"], hits["q3"][1:]))
+    assert all(a[1] >= b[1] for a, b in itertools.pairwise(hits["q3"]))
 
 
 def test_encode_is_independent_of_the_length_sorting(tiny):

@@ -258,37 +258,61 @@ def _structural_problems(root: Schema) -> list[str]:
     problems = []
     for where, node, _ in _nodes(root):
         where = where or "<root>"
-        unknown = {k for k in node if k not in _KEYWORDS and not k.startswith("x-kubernetes-")}
-        if unknown:
-            problems.append(f"{where}: keywords {sorted(unknown)} are not allowed")
-        type_ = node.get("type")
-        if type_ not in _TYPES and not (
-            node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
-        ):
-            problems.append(f"{where}: no valid type ({type_!r})")
-        if "properties" in node and type_ != "object":
-            problems.append(f"{where}: properties on a {type_}")
-        if "additionalProperties" in node:
-            if not isinstance(node["additionalProperties"], dict):
-                problems.append(f"{where}: additionalProperties must be a schema, for maps only")
-            if "properties" in node or type_ != "object":
-                problems.append(f"{where}: additionalProperties and properties are mutually exclusive")
-        if (type_ == "array") != isinstance(node.get("items"), dict):
-            problems.append(f"{where}: arrays, and only arrays, have one items schema")
-        for bound, base in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-            if bound in node and (node[bound] is not True or base not in node):
-                problems.append(f"{where}: {bound} must be `true` next to {base} (OpenAPI v3.0)")
-        if not set(node.get("required", [])) <= node.get("properties", {}).keys():
-            problems.append(f"{where}: required names a missing property")
-        if "enum" in node and not all(isinstance(v, _ENUM_TYPES.get(type_, ())) for v in node["enum"]):
-            problems.append(f"{where}: enum values are not {type_}")
-        if node.get("x-kubernetes-preserve-unknown-fields", True) is not True:
-            problems.append(f"{where}: x-kubernetes-preserve-unknown-fields must be true or absent")
-        for name, sub in node.get("properties", {}).items():
-            if where != "<root>" or name != "metadata":
-                if not str(sub.get("description", "")).strip():
-                    problems.append(f"{where}.{name}: no description (kubectl explain shows nothing)")
+        problems += _keyword_problems(where, node)
+        problems += _type_problems(where, node)
+        problems += _map_problems(where, node)
+        problems += _undescribed(where, node)
     return problems
+
+
+def _keyword_problems(where: str, node: Schema) -> list[str]:
+    problems = []
+    unknown = {k for k in node if k not in _KEYWORDS and not k.startswith("x-kubernetes-")}
+    if unknown:
+        problems.append(f"{where}: keywords {sorted(unknown)} are not allowed")
+    for bound, base in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node and (node[bound] is not True or base not in node):
+            problems.append(f"{where}: {bound} must be `true` next to {base} (OpenAPI v3.0)")
+    if node.get("x-kubernetes-preserve-unknown-fields", True) is not True:
+        problems.append(f"{where}: x-kubernetes-preserve-unknown-fields must be true or absent")
+    return problems
+
+
+def _type_problems(where: str, node: Schema) -> list[str]:
+    problems = []
+    type_ = node.get("type")
+    if type_ not in _TYPES and not (
+        node.get("x-kubernetes-preserve-unknown-fields") or node.get("x-kubernetes-int-or-string")
+    ):
+        problems.append(f"{where}: no valid type ({type_!r})")
+    if "properties" in node and type_ != "object":
+        problems.append(f"{where}: properties on a {type_}")
+    if (type_ == "array") != isinstance(node.get("items"), dict):
+        problems.append(f"{where}: arrays, and only arrays, have one items schema")
+    if not set(node.get("required", [])) <= node.get("properties", {}).keys():
+        problems.append(f"{where}: required names a missing property")
+    if "enum" in node and not all(isinstance(v, _ENUM_TYPES.get(type_, ())) for v in node["enum"]):
+        problems.append(f"{where}: enum values are not {type_}")
+    return problems
+
+
+def _map_problems(where: str, node: Schema) -> list[str]:
+    if "additionalProperties" not in node:
+        return []
+    problems = []
+    if not isinstance(node["additionalProperties"], dict):
+        problems.append(f"{where}: additionalProperties must be a schema, for maps only")
+    if "properties" in node or node.get("type") != "object":
+        problems.append(f"{where}: additionalProperties and properties are mutually exclusive")
+    return problems
+
+
+def _undescribed(where: str, node: Schema) -> list[str]:
+    return [
+        f"{where}.{name}: no description (kubectl explain shows nothing)"
+        for name, sub in node.get("properties", {}).items()
+        if (where != "<root>" or name != "metadata") and not str(sub.get("description", "")).strip()
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS.values(), ids=lambda k: k.kind)
@@ -414,36 +438,45 @@ def test_cel_rules_are_on_their_nodes(crds, kind: str, path: str, rule: str):
 def _rule_problems(root: Schema) -> list[str]:
     problems = []
     for where, node, parents in _nodes(root):
-        rules = node.get("x-kubernetes-validations", [])
-        for rule in rules:
-            text, message = rule["rule"], rule.get("message", "")
-            if not message.strip() or "\n" in message:
-                problems.append(f"{where}: {text!r} needs a one-line message")
-            # Properties, not methods (`self.startsWith(...)`).
-            for name in re.findall(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\()", text):
-                if name not in node.get("properties", {}):
-                    problems.append(f"{where}: {text!r} names {name!r}, not a property here")
-                elif name in _CEL_RESERVED:
-                    problems.append(f"{where}: {text!r} must spell {name!r} as __{name}__")
-            if "oldSelf" in text and any(p.get("type") == "array" for p in parents):
-                problems.append(f"{where}: transition rule under a list cannot correlate old and new items")
-            # The API server refuses rules whose estimated cost is unbounded: every list or map the
-            # rule runs once per element of (its ancestors), or walks (what it reads beyond `has()`),
-            # needs a size bound.
-            walked = (
-                [node]
-                if re.search(r"\b(?:self|oldSelf)\b(?!\.)", text)
-                else [
-                    node["properties"][name]
-                    for name in re.findall(r"(?<!has\()\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", text)
-                    if name in node.get("properties", {})
-                ]
-            )
-            for sized in [*parents, *(n for w in walked for _, n, _ in _nodes(w))]:
-                if sized.get("type") == "array" and "maxItems" not in sized:
-                    problems.append(f"{where}: a list around or under a CEL rule needs maxItems")
-                if isinstance(sized.get("additionalProperties"), dict) and "maxProperties" not in sized:
-                    problems.append(f"{where}: a map around or under a CEL rule needs maxProperties")
+        for rule in node.get("x-kubernetes-validations", []):
+            problems += _one_rule_problems(where, node, parents, rule)
+    return problems
+
+
+def _one_rule_problems(where: str, node: Schema, parents: list[Schema], rule: dict[str, str]) -> list[str]:
+    problems = []
+    text, message = rule["rule"], rule.get("message", "")
+    if not message.strip() or "\n" in message:
+        problems.append(f"{where}: {text!r} needs a one-line message")
+    # Properties, not methods (`self.startsWith(...)`).
+    for name in re.findall(r"\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)\b(?!\()", text):
+        if name not in node.get("properties", {}):
+            problems.append(f"{where}: {text!r} names {name!r}, not a property here")
+        elif name in _CEL_RESERVED:
+            problems.append(f"{where}: {text!r} must spell {name!r} as __{name}__")
+    if "oldSelf" in text and any(p.get("type") == "array" for p in parents):
+        problems.append(f"{where}: transition rule under a list cannot correlate old and new items")
+    return problems + _unbounded_cost(where, node, parents, text)
+
+
+def _unbounded_cost(where: str, node: Schema, parents: list[Schema], text: str) -> list[str]:
+    """The API server refuses rules whose estimated cost is unbounded: every list or map the rule runs
+    once per element of (its ancestors), or walks (what it reads beyond `has()`), needs a size bound."""
+    walked = (
+        [node]
+        if re.search(r"\b(?:self|oldSelf)\b(?!\.)", text)
+        else [
+            node["properties"][name]
+            for name in re.findall(r"(?<!has\()\b(?:self|oldSelf)\.([A-Za-z_][A-Za-z0-9_]*)", text)
+            if name in node.get("properties", {})
+        ]
+    )
+    problems = []
+    for sized in [*parents, *(n for w in walked for _, n, _ in _nodes(w))]:
+        if sized.get("type") == "array" and "maxItems" not in sized:
+            problems.append(f"{where}: a list around or under a CEL rule needs maxItems")
+        if isinstance(sized.get("additionalProperties"), dict) and "maxProperties" not in sized:
+            problems.append(f"{where}: a map around or under a CEL rule needs maxProperties")
     return problems
 
 
@@ -477,12 +510,12 @@ def test_rule_check_catches_unbounded_lists_and_typos():
 
 
 def _examples() -> list[tuple[str, Schema]]:
-    docs = []
-    for path in sorted((ROOT / "examples").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if isinstance(doc, dict) and doc.get("apiVersion") == API_VERSION:
-                docs.append((f"{path.relative_to(ROOT)}:{doc['kind']}/{doc['metadata']['name']}", doc))
-    return docs
+    return [
+        (f"{path.relative_to(ROOT)}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for path in sorted((ROOT / "examples").rglob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text(encoding="utf-8"))
+        if isinstance(doc, dict) and doc.get("apiVersion") == API_VERSION
+    ]
 
 
 _EXAMPLES = _examples()

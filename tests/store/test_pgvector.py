@@ -243,17 +243,17 @@ def test_hostile_names_are_rejected_before_any_sql(dsn, name):
         Target.model_construct(schema_name="public", name=name),
         Target.model_construct(schema_name=name, name="docs"),
     ):
-        for call in (
-            lambda: pgvector.versions(closed, target),
-            lambda: pgvector.cutover(closed, target, 1),
-            lambda: pgvector.rollback(closed, target),
-            lambda: pgvector.apply_retention(closed, target, 2),
-            lambda: pgvector.drop_target(closed, target),
-            lambda: pgvector.begin_build(closed, target, make_build(4)),
-            lambda: pgvector.finalize(closed, target, 1, AnnSpec()),
+        for call, args in (
+            (pgvector.versions, ()),
+            (pgvector.cutover, (1,)),
+            (pgvector.rollback, ()),
+            (pgvector.apply_retention, (2,)),
+            (pgvector.drop_target, ()),
+            (pgvector.begin_build, (make_build(4),)),
+            (pgvector.finalize, (1, AnnSpec())),
         ):
             with pytest.raises(ValueError, match=r"target\.(name|schema)"):
-                call()
+                call(closed, target, *args)
     for field in ("schema_name", "table", "id_column", "text_column", "title_column"):
         src = TableSource.model_construct(
             **{
@@ -316,7 +316,7 @@ def test_the_numpy_copy_stream_stores_what_psycopgs_adapters_store(conn, id_type
                 copy.write(data)
             else:
                 copy.set_types([oid, vector_type])
-                for doc_id, v in zip(ids, vectors):
+                for doc_id, v in zip(ids, vectors, strict=True):
                     copy.write_row((doc_id, (HalfVector if vector_type == "halfvec" else Vector)(v)))
         stored[how] = conn.execute(f"SELECT id, embedding::text FROM t_{how} ORDER BY id").fetchall()
     assert stored["numpy"] == stored["adapters"] and len(stored["numpy"]) == len(ids)

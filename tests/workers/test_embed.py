@@ -13,7 +13,20 @@ from embedops.store import catalog, pgvector
 from embedops.workers import documents, embed
 
 ROWS = 300
-WORDS = ["river", "stone", "cloud", "market", "engine", "garden", "violin", "harbor", "pepper", "lantern", "quartz", "meadow"]
+WORDS = [
+    "river",
+    "stone",
+    "cloud",
+    "market",
+    "engine",
+    "garden",
+    "violin",
+    "harbor",
+    "pepper",
+    "lantern",
+    "quartz",
+    "meadow",
+]
 
 
 def text_of(i: int) -> str:

@@ -42,7 +42,9 @@ def test_gist_losses_are_guided_by_a_frozen_copy_of_the_base_model_at_the_rankin
     gist = loss.build_loss(model, LossSpec(type="GISTEmbedLoss", scale=25))
     assert gist.temperature == pytest.approx(0.04) and gist.guide is not model
     assert not any(p.requires_grad for p in gist.guide.parameters()) and not gist.guide.training
-    assert all(torch.equal(a, b) for a, b in zip(gist.guide.state_dict().values(), model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(gist.guide.state_dict().values(), model.state_dict().values(), strict=True)
+    )
     cached = loss.build_loss(
         model,
         LossSpec(type="CachedGISTEmbedLoss", miniBatchSize=4),
