@@ -22,6 +22,7 @@ import psycopg
 
 from embedops.api import times
 from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult, VersionState
+from embedops.store import fetch
 
 SCHEMA = "embedops"
 
@@ -169,10 +170,12 @@ def rfc3339(when: dt.datetime) -> str:
 
 def ensure(conn: psycopg.Connection) -> None:
     """Create the pgvector extension and the catalog once; a no-op (no privileges needed) when they exist."""
-    ready = conn.execute(
-        "SELECT to_regclass('embedops.index_progress') IS NOT NULL "
-        "AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
-    ).fetchone()[0]
+    ready = fetch.value(
+        conn.execute(
+            "SELECT to_regclass('embedops.index_progress') IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
+        )
+    )
     if ready:
         return
     try:
@@ -225,12 +228,14 @@ def record(conn: psycopg.Connection, schema: str, view: str, version: int) -> Ve
 
 def next_version(conn: psycopg.Connection, schema: str, view: str) -> int:
     """The next version number of a view; numbers are never reused, and stop at MAX_VERSION."""
-    version = conn.execute(
-        "INSERT INTO embedops.index_targets AS t (target_schema, target_name, last_version) VALUES (%s, %s, 1) "
-        "ON CONFLICT (target_schema, target_name) DO UPDATE SET last_version = t.last_version + 1 "
-        "RETURNING last_version",
-        (schema, view),
-    ).fetchone()[0]
+    version = fetch.value(
+        conn.execute(
+            "INSERT INTO embedops.index_targets AS t (target_schema, target_name, last_version) VALUES (%s, %s, 1) "
+            "ON CONFLICT (target_schema, target_name) DO UPDATE SET last_version = t.last_version + 1 "
+            "RETURNING last_version",
+            (schema, view),
+        )
+    )
     if version > MAX_VERSION:
         raise ValueError(
             f"target {schema}.{view}: all {MAX_VERSION} version numbers are used; "
@@ -340,11 +345,13 @@ def finish_shard(conn: psycopg.Connection, rec: VersionRecord, shard: int) -> No
 
 def shard_totals(conn: psycopg.Connection, rec: VersionRecord) -> tuple[bool, int]:
     """Whether every shard is done, and the rows they committed together."""
-    done, rows = conn.execute(
-        "SELECT bool_and(done), coalesce(sum(row_count), 0) FROM embedops.index_progress "
-        "WHERE target_schema = %s AND target_name = %s AND version = %s",
-        (rec.schema, rec.view, rec.version),
-    ).fetchone()
+    done, rows = fetch.row(
+        conn.execute(
+            "SELECT bool_and(done), coalesce(sum(row_count), 0) FROM embedops.index_progress "
+            "WHERE target_schema = %s AND target_name = %s AND version = %s",
+            (rec.schema, rec.view, rec.version),
+        )
+    )
     return bool(done), int(rows)
 
 

@@ -5,8 +5,9 @@ version tables `<name>_v<N>`. A new model is embedded into a new table while the
 serving the old one; the new table gets its ANN index and is probed, and only then does the
 view move. Readers never see a half-built index, and a rollback is one statement away.
 
-- Writes are binary COPY (the stream built with numpy, `copy_binary`), each chunk committed in the same transaction as its shard's
-  progress row, so a killed pod resumes after its last commit with no row lost or doubled.
+- Writes are binary COPY (the stream built with numpy, `copy_binary`), each chunk committed in the
+  same transaction as its shard's progress row, so a killed pod resumes after its last commit with
+  no row lost or doubled.
 - Cut-over and rollback are DROP VIEW + CREATE VIEW in one transaction (not CREATE OR
   REPLACE: a model with other dimensions changes the column's type). Readers wait for that
   instant and then see the new view, never a missing one. The view's grants are carried
@@ -44,7 +45,7 @@ from embedops.api.index import (
     Target,
     VersionState,
 )
-from embedops.store import catalog, names
+from embedops.store import catalog, fetch, names
 from embedops.store.catalog import Build, ShardProgress, VersionRecord
 
 log = logging.getLogger(__name__)
@@ -366,7 +367,7 @@ def _check_view_name_free(conn: psycopg.Connection, schema: str, view: str) -> N
 
 
 def _create_version_table(conn: psycopg.Connection, schema: str, table: str, build: Build) -> None:
-    if conn.execute("SELECT to_regnamespace(%s)", (sql.Identifier(schema).as_string(conn),)).fetchone()[0] is None:
+    if fetch.value(conn.execute("SELECT to_regnamespace(%s)", (sql.Identifier(schema).as_string(conn),))) is None:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     try:
         # id_type is format_type()'s output for the source column, written by Postgres itself.
@@ -399,16 +400,18 @@ class VersionWriter:
             sql.Identifier(rec.schema, rec.table)
         )
         self._id_type = self._id_oid()
-        self._types = [self._id_type, rec.vector_type]
+        self._types: list[int | str] = [self._id_type, rec.vector_type]  # an oid, then a type name
         self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
 
     def _id_oid(self) -> int:
-        return self._conn.execute(
-            "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
-            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
-            "AND a.attname = 'id'",
-            (sql.Identifier(self.record.schema, self.record.table).as_string(self._conn),),
-        ).fetchone()[0]
+        return fetch.value(
+            self._conn.execute(
+                "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
+                "AND a.attname = 'id'",
+                (sql.Identifier(self.record.schema, self.record.table).as_string(self._conn),),
+            )
+        )
 
     def write(self, ids: Sequence[Any], vectors: np.ndarray) -> ShardProgress:
         """Append rows (ids ascending, after the shard's last id) and commit them with the progress row."""
@@ -423,7 +426,7 @@ class VersionWriter:
                     copy.write(data)
                 else:  # an id type copy_binary does not encode: psycopg's adapters, row by row
                     copy.set_types(self._types)
-                    for doc_id, vector in zip(ids, vectors):
+                    for doc_id, vector in zip(ids, vectors, strict=True):
                         copy.write_row((doc_id, self._wrap(vector)))
             moved = catalog.advance(self._conn, self.record, self.shard, self.progress, ids[-1], len(ids))
             if moved is None:
@@ -482,7 +485,7 @@ def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_typ
         tails = np.empty((n, 4 + vec_len), np.uint8)
         fill_vectors(tails)
         parts = [_COPY_HEADER]
-        for doc_id, tail in zip(ids, tails):
+        for doc_id, tail in zip(ids, tails, strict=True):
             raw = str(doc_id).encode()
             parts += (b"\x00\x02", len(raw).to_bytes(4, "big"), raw, tail.data)
         parts.append(_COPY_TRAILER)
@@ -510,7 +513,7 @@ def finalize(
         if not done:
             return None
         table = sql.Identifier(schema, rec.table)
-        stored = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+        stored = fetch.value(conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table)))
         if stored != rows:
             raise RuntimeError(f"{schema}.{rec.table} holds {stored} rows but its shards committed {rows}")
         memory = maintenance_work_mem or _build_memory(conn, rec, ann, rows)
@@ -554,7 +557,7 @@ def _build_memory(conn: psycopg.Connection, rec: VersionRecord, ann: AnnSpec, ro
     per_row = element + (2 * ann.m * 8 + 64 if ann.method == "hnsw" else 16)
     low, high = _BUILD_MEMORY
     want = min(max(int(rows * per_row * 1.25), low), high)
-    current = conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()[0]
+    current = fetch.value(conn.execute("SELECT pg_size_bytes(current_setting('maintenance_work_mem'))"))
     return f"{want // _MIB}MB" if want > current else None
 
 

@@ -21,7 +21,7 @@ from psycopg.pq import Format
 
 from embedops.api.index import TableSource
 from embedops.prepared import Doc
-from embedops.store import names
+from embedops.store import fetch, names
 
 TEXT_ID = "text"  # the id type of dataset corpora
 
@@ -49,7 +49,7 @@ def inspect(conn: psycopg.Connection, src: TableSource) -> str:
     """Check the table, its columns and its id key, and return the id's SQL type (format_type's text)."""
     check_names(src)
     qualified = _qualified(conn, src)
-    if conn.execute("SELECT to_regclass(%s)", (qualified,)).fetchone()[0] is None:
+    if fetch.value(conn.execute("SELECT to_regclass(%s)", (qualified,))) is None:
         raise ValueError(f"source.table: table {src.schema_name}.{src.table} does not exist")
     columns = {
         name: (attnum, type_sql, base_oid, type_name)
@@ -68,11 +68,13 @@ def inspect(conn: psycopg.Connection, src: TableSource) -> str:
         if column not in columns:
             raise ValueError(f"source.table.{field}: column {column!r} not found in {src.schema_name}.{src.table}")
     attnum, type_sql, base_oid, type_name = columns[src.id_column]
-    unique = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) AND indisunique "
-        "AND indnkeyatts = 1 AND indkey[0] = %s AND indpred IS NULL)",
-        (qualified, attnum),
-    ).fetchone()[0]
+    unique = fetch.value(
+        conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = to_regclass(%s) AND indisunique "
+            "AND indnkeyatts = 1 AND indkey[0] = %s AND indpred IS NULL)",
+            (qualified, attnum),
+        )
+    )
     if not unique:
         raise ValueError(
             f"source.table.idColumn: {src.id_column!r} of {src.schema_name}.{src.table} has no primary key or unique "
@@ -114,7 +116,7 @@ def _doc(row: tuple) -> tuple[Any, str]:
 
 def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int) -> int:
     query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_documents(src), _shard_filter(shard, shards))
-    return conn.execute(query).fetchone()[0]
+    return fetch.value(conn.execute(query))
 
 
 def page(
