@@ -77,6 +77,13 @@ def load(
     return model
 
 
+def embedding_dimension(model: SentenceTransformer) -> int:
+    """The width of the model's embeddings; ValueError for a model none of whose modules declares it."""
+    if (size := model.get_embedding_dimension()) is None:
+        raise ValueError("the model declares no embedding dimension (none of its modules sets one)")
+    return size
+
+
 def fingerprint(folder: Path) -> str:
     """sha256 over a model folder's weight files (names and bytes), stable across copies."""
     h = hashlib.sha256()

@@ -103,6 +103,8 @@ def open_documents(
     """The reader of `source`'s documents (one shard of them)."""
     match source.kind:
         case "table":
+            # `kind` names the field that is set; the assert says so to the type checker.
+            assert source.table is not None
             return TableDocuments(conn, source.table, shard, shards)
         case "dataset":
             if dataset_dir is None:

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 
+from embedops import modelzoo
 from embedops.api.index import Precision
 from embedops.workers.tokenizer import PIECE, FastTokenizer, cpu_limit, fast_tokenizer
 
@@ -58,7 +59,10 @@ def use_bf16(model: SentenceTransformer, precision: Precision) -> bool:
 
 def bf16_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A copy of module with bfloat16 weights, made without a second float32 copy on the device."""
-    cast = {id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in module.parameters()}
+    # deepcopy takes these in place of the originals: Parameters and buffers alike are tensors.
+    cast: dict[int, torch.Tensor] = {
+        id(p): torch.nn.Parameter(p.detach().to(torch.bfloat16), requires_grad=False) for p in module.parameters()
+    }
     cast |= {id(b): b.to(torch.bfloat16) for b in module.buffers() if b.is_floating_point()}
     return copy.deepcopy(module, memo=cast)
 
@@ -93,7 +97,7 @@ class Encoder:
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 embeddings, one row per text, in input order."""
         if not texts:
-            return np.zeros((0, self.model.get_embedding_dimension()), np.float32)
+            return np.zeros((0, modelzoo.embedding_dimension(self.model)), np.float32)
         if (tokenizer := self._tokenizer) is None:
             return self.model.encode_document(
                 texts,
@@ -104,7 +108,7 @@ class Encoder:
             ).astype(np.float32)
         order = np.argsort([-len(t) for t in texts], kind="stable")
         by_length = torch.empty(
-            (len(texts), self.model.get_embedding_dimension()), dtype=torch.float32, pin_memory=self._cuda
+            (len(texts), modelzoo.embedding_dimension(self.model)), dtype=torch.float32, pin_memory=self._cuda
         )
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="embedops-tokenize")
         try:

@@ -199,7 +199,7 @@ def mine(
     for line in report.getvalue().splitlines():
         log.info("mining: %s", line)
     # labeled-list rows: (anchor, [positive, negatives...]); every row of a query has the same negatives.
-    negatives = {}
+    negatives: dict[str, tuple[str, ...]] = {}
     for anchor, texts in zip(mined["anchor"], mined["positive"], strict=True):
         negatives.setdefault(anchor, tuple(doc_of[t] for t in texts[1:]))
     picks = []

@@ -16,13 +16,16 @@ import math
 import os
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers import models as st_models
+from sentence_transformers.sentence_transformer import modules as st_models
 from tokenizers import Tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
 
 PIECE = 64  # texts per tokenizer call: a 512-text batch is tokenized by eight threads at once
 _UNLIMITED = 1 << 20  # a tokenizer's model_max_length beyond this is transformers' "no limit" (1e30)
@@ -68,7 +71,8 @@ class FastTokenizer:
     """A model's tokenizer reduced to what encoding needs: token ids, then padded batches of them."""
 
     def __init__(self, model: SentenceTransformer):
-        hf = model[0].tokenizer
+        # torch types a module's attributes as Tensor | Module; fast_tokenizer makes these for fast ones.
+        hf = cast("PreTrainedTokenizerFast", model[0].tokenizer)
         self._rust = Tokenizer.from_str(hf.backend_tokenizer.to_str())  # transformers re-configures its own per call
         if hf.model_max_length < _UNLIMITED:
             self._rust.enable_truncation(hf.model_max_length, strategy="longest_first", direction=hf.truncation_side)

@@ -34,7 +34,7 @@ from embedops.results import TrainResult as Result
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
 from embedops.workers.training.collator import pretokenized_collator
 from embedops.workers.training.data import build_train_dataset, steps_per_epoch
-from embedops.workers.training.loss import build_loss, embedding_dimension
+from embedops.workers.training.loss import build_loss
 from embedops.workers.training.trainer import (
     ProgressCallback,
     checkpoint_interval,
@@ -169,7 +169,7 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     artifact = ModelArtifact(
         location=str(model_dir),
         base_model=spec.base_model,
-        dimensions=embedding_dimension(model),
+        dimensions=modelzoo.embedding_dimension(model),
         fingerprint=modelzoo.fingerprint(model_dir),
     )
     return _finish(

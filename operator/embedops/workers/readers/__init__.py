@@ -18,11 +18,15 @@ from embedops.workers.readers.rows import Issues, Source
 def read(source: DatasetSource, *, base_dir: Path, rules: ValidationSpec, issues: Issues, dsn: str | None) -> Source:
     """Read and validate `source`; relative paths resolve against base_dir."""
     match source.kind:
+        # `kind` names the one field that is set; the asserts say so to the type checker.
         case "beir":
+            assert source.beir is not None
             return beir.read(source.beir, base_dir, rules, issues)
         case "pairs":
+            assert source.pairs is not None
             return pairs.read(source.pairs, base_dir, rules, issues)
         case "postgres":
+            assert source.postgres is not None
             return postgres.read(source.postgres, dsn, rules, issues)
         case unknown:
             assert_never(unknown)

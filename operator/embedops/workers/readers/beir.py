@@ -30,7 +30,7 @@ from embedops.workers.readers.rows import (
 )
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+T = TypeVar("T", Doc, str)  # a corpus document or a query
 
 
 def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues) -> Source:
@@ -115,7 +115,7 @@ def read_by_id(
 
 
 def difference(first: Doc | str, again: Doc | str) -> str:
-    return "title" if isinstance(first, Doc) and first.text == again.text else "text"
+    return "title" if isinstance(first, Doc) and isinstance(again, Doc) and first.text == again.text else "text"
 
 
 def read_qrels(

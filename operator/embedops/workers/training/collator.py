@@ -42,8 +42,8 @@ class PretokenizedTexts:
             tokenized = list(pool.map(tokenizer.ids, pieces))
         self._ids = {
             text: ids
-            for piece, (tokens, lengths) in zip(pieces, tokenized)
-            for text, ids in zip(piece, np.split(tokens, np.cumsum(lengths)[:-1]))
+            for piece, (tokens, lengths) in zip(pieces, tokenized, strict=True)
+            for text, ids in zip(piece, np.split(tokens, np.cumsum(lengths)[:-1]), strict=True)
         }
         self._tokenizer, self._preprocess = tokenizer, preprocess
 

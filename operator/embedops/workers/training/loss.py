@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import TYPE_CHECKING, assert_never
+from typing import TYPE_CHECKING, Literal, TypedDict, assert_never
 
+from embedops import modelzoo
 from embedops.api.finetune import GIST_LOSSES, LossSpec
 
 if TYPE_CHECKING:
@@ -21,17 +22,19 @@ if TYPE_CHECKING:
 RANKING_LOSSES = {"MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss", *GIST_LOSSES}
 
 
-def embedding_dimension(model: SentenceTransformer) -> int:
-    # sentence-transformers 6 renamed the method; the declared range still includes 5.x.
-    getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    return int(getter())
+class GistArgs(TypedDict):
+    """The GIST losses' arguments taken from the spec, typed per key as the arguments they are spread into."""
+
+    temperature: float
+    margin_strategy: Literal["absolute", "relative"]
+    margin: float
 
 
 def build_loss(
     model: SentenceTransformer, spec: LossSpec, guide: Callable[[], SentenceTransformer] | None = None
 ) -> nn.Module:
     """The loss; `guide` loads the GIST losses' guide model (by default a frozen copy of the base model)."""
-    from sentence_transformers.losses import (
+    from sentence_transformers.sentence_transformer.losses import (
         CachedGISTEmbedLoss,
         CachedMultipleNegativesRankingLoss,
         GISTEmbedLoss,
@@ -45,7 +48,7 @@ def build_loss(
 
     # The library's GIST default temperature, 0.01 (scale 100), made all-MiniLM-L6-v2 worse than its base on the
     # SciFact sample, where 1/scale (0.05) did not (docs/performance.md): one scale for every ranking loss.
-    gist = {"temperature": 1 / spec.scale, "margin_strategy": spec.guide_margin_strategy, "margin": spec.guide_margin}
+    gist = GistArgs(temperature=1 / spec.scale, margin_strategy=spec.guide_margin_strategy, margin=spec.guide_margin)
     loss: nn.Module
     match spec.type:
         case "MultipleNegativesRankingLoss":
@@ -65,9 +68,9 @@ def build_loss(
 
 def matryoshka(model: SentenceTransformer, loss: nn.Module, dims: list[int]) -> nn.Module:
     """The loss applied at each of `dims` leading dimensions too, none larger than the model's."""
-    from sentence_transformers.losses import MatryoshkaLoss
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
-    size = embedding_dimension(model)
+    size = modelzoo.embedding_dimension(model)
     if too_big := [d for d in dims if d > size]:
         raise ValueError(f"loss.matryoshkaDims {too_big} exceed the model's {size} dimensions")
     return MatryoshkaLoss(model, loss, matryoshka_dims=sorted(set(dims), reverse=True))

@@ -12,7 +12,7 @@ import logging
 import math
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from transformers import TrainerCallback
 
@@ -52,7 +52,14 @@ def checkpoint_interval(planned: int, training: TrainingSpec) -> int:
     return training.checkpoint_steps or max(1, math.ceil(planned / CHECKPOINTS_PER_RUN))
 
 
-def precision_flags(precision: str, device: str) -> dict[str, bool]:
+class PrecisionFlags(TypedDict):
+    """The trainer's arguments for its arithmetic; typed per key, as the arguments they are spread into."""
+
+    bf16: bool
+    fp16: bool
+
+
+def precision_flags(precision: str, device: str) -> PrecisionFlags:
     import torch
 
     cuda = device.startswith("cuda")

@@ -111,22 +111,22 @@ def score_validation(model: SentenceTransformer, validation: ValidationSet, batc
 
 def validation_evaluator(validation: ValidationSet, batch_size: int) -> Any:
     """A sentence-transformers evaluator the trainer runs at every checkpoint: nDCG@10 on the validation set."""
-    from sentence_transformers.evaluation import SentenceEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 
     class ValidationEvaluator(SentenceEvaluator):
         def __init__(self) -> None:
             super().__init__()
             self.primary_metric = PRIMARY_METRIC
 
-        def __call__(
+        # The base class takes any sentence-transformers model; the trainer of a SentenceTransformer passes its own.
+        def __call__(  # type: ignore[override]
             self, model: SentenceTransformer, output_path: str | None = None, epoch: float = -1, steps: int = -1
         ) -> dict[str, float]:
             m = score_validation(model, validation, batch_size)
-            return {
-                PRIMARY_METRIC: m.ndcg_at_10,
-                "validation_mrr@10": m.mrr_at_10,
-                "validation_recall@10": m.recall_at_10,
-            }
+            scores = {PRIMARY_METRIC: m.ndcg_at_10, "validation_mrr@10": m.mrr_at_10}
+            if m.recall_at_10 is not None:  # retrieval.evaluate measures it; the type allows its absence
+                scores["validation_recall@10"] = m.recall_at_10
+            return scores
 
     return ValidationEvaluator()
 
