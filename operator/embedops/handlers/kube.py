@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 _api: client.ApiClient | None = None
 FIELD_MANAGER = "embedops"  # how the operator's writes show in managedFields
+# The custom objects API returns the decoded JSON of an object, typed as `object`.
+_Json = dict[str, Any]
 
 
 class NoCredentials(Exception):
@@ -70,9 +72,8 @@ def plural(kind: str) -> str:
 
 def get_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     try:
-        return client.CustomObjectsApi(api()).get_namespaced_custom_object(
-            GROUP, VERSION, namespace, plural(kind), name
-        )
+        got = client.CustomObjectsApi(api()).get_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind), name)
+        return cast(_Json, got)
     except ApiException as err:
         if err.status == 404:
             return None
@@ -81,7 +82,7 @@ def get_object(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
 
 def list_objects(kind: str, namespace: str) -> list[dict[str, Any]]:
     out = client.CustomObjectsApi(api()).list_namespaced_custom_object(GROUP, VERSION, namespace, plural(kind))
-    return out.get("items", [])
+    return cast(_Json, out).get("items", [])
 
 
 def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -100,9 +101,10 @@ def merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 def replace_status(kind: str, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """Make the status `new`, removing what it no longer has; the object as the API server now holds it."""
-    return client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
+    patched = client.CustomObjectsApi(api()).patch_namespaced_custom_object_status(
         GROUP, VERSION, namespace, plural(kind), name, {"status": merge_patch(old, new)}, field_manager=FIELD_MANAGER
     )
+    return cast(_Json, patched)
 
 
 # Events this process posted, by (object uid, type, reason, message) -> (Event name, count): a
@@ -132,7 +134,7 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
             except ApiException as err:
                 if err.status != 404:  # gone (Events expire after an hour): post a new one
                     raise
-        event = {
+        event: Any = {  # Any: the client sends a dict body as the JSON it is, though typed as its model
             "metadata": {"generateName": f"{meta['name'][:200]}.", "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": body["apiVersion"],
@@ -152,7 +154,8 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
             "count": 1,
         }
         created = core.create_namespaced_event(meta["namespace"], event)
-        _remember(key, created.metadata.name, 1)
+        if (posted := created.metadata.name) is not None:  # always: the API server names what it creates
+            _remember(key, posted, 1)
     except ApiException as err:  # an event is never worth failing a reconcile
         log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], err.reason)
 
@@ -167,9 +170,10 @@ def _remember(key: tuple[str, str, str, str], name: str, count: int) -> None:
 
 def create_job(manifest: dict[str, Any]) -> bool:
     """Create a Job; False when it exists already (a restart, or a concurrent reconcile)."""
+    body: Any = manifest  # the client sends a dict body as the JSON it is, though typed as V1Job
     try:
         client.BatchV1Api(api()).create_namespaced_job(
-            manifest["metadata"]["namespace"], manifest, field_manager=FIELD_MANAGER
+            manifest["metadata"]["namespace"], body, field_manager=FIELD_MANAGER
         )
         return True
     except ApiException as err:

@@ -17,7 +17,7 @@ from embedops.api.conditions import Reason
 from embedops.builders import naming
 from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
 from embedops.progress import MARKER
-from embedops.reconcile import ObservedJob
+from embedops.reconcile import JobState, ObservedJob
 from embedops.results import describe_error
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
         name=name,
         state=state,
         results=results,
-        error=error,  # type: ignore[arg-type]
+        error=error,
         suspended=bool((job.get("spec") or {}).get("suspend")),
         step=labels.get(naming.LABEL_STEP),
         queue=labels.get(KUEUE_QUEUE_LABEL),
@@ -69,7 +69,7 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
     )
 
 
-def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
     """Pending, Running, Succeeded or Failed (see observe_job)."""
     if _condition(job, "Complete"):
         return "Succeeded"

@@ -114,7 +114,7 @@ def _add(key: memory.Key) -> None:
         _queue.add(key)
 
 
-def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def resource_event(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf passes it as `type`
     """A change of a resource (and each one listed at start): reconcile it, unless it is our own status write."""
     key = memory.key_of(body)
     if type == "DELETED":
@@ -140,7 +140,7 @@ for _kind in KINDS.values():
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf passes it as `type`
     owner = next(
         (
             r
