@@ -108,9 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     progress.use_bars(None if not args.no_progress else False)
     try:
         with LocalRunner(state_dir=args.state_dir, dsn=_dsn(args), device=args.device, fresh=args.fresh) as runner:
-            if any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded):
-                if problems := preflight.database(loaded, runner.database()):
-                    return _print_problems(problems)
+            indexes = any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded)
+            if indexes and (problems := preflight.database(loaded, runner.database())):
+                return _print_problems(problems)
             outcomes = runner.run(loaded)
     except StateLocked as err:
         print(f"error: {err}", file=sys.stderr)

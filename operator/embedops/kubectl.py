@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from embedops.api import times
@@ -178,9 +179,10 @@ def probe(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     return [f"{index['metadata']['name']}: its live version will be probed now (see `kubectl embedops status`)"]
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    return ["   ".join([*(c.ljust(w) for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+    # Every column but the last is padded: widths stop one short of a row, on purpose.
+    return ["   ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows]
 
 
 def build_parser() -> argparse.ArgumentParser:

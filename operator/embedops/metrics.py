@@ -217,19 +217,23 @@ def _finetune_series(m: Metrics, key: tuple[str, ...], st: FineTuneJobStatus) ->
     want: list[Series] = []
     for model, ir in (("base", st.base_metrics), ("tuned", st.tuned_metrics)):
         if ir is not None:
-            want += [
-                (m.ft_ndcg, key + (model, "10"), ir.ndcg_at_10),
-                (m.ft_mrr, key + (model, "10"), ir.mrr_at_10),
-                (m.ft_recall, key + (model, "10"), ir.recall_at_10),
-                (m.ft_recall, key + (model, "100"), ir.recall_at_100),
+            scores = [
+                (m.ft_ndcg, "10", ir.ndcg_at_10),
+                (m.ft_mrr, "10", ir.mrr_at_10),
+                (m.ft_recall, "10", ir.recall_at_10),
+                (m.ft_recall, "100", ir.recall_at_100),
             ]
+            # A recall that was not measured is no series (a gauge holds numbers only).
+            want += [(gauge, key + (model, at), value) for gauge, at, value in scores if value is not None]
     if st.duration_seconds is not None:
         want.append((m.ft_duration, key, st.duration_seconds))
     return want
 
 
 def _unix(stamp: str) -> float:
-    return times.parse_time(stamp).timestamp()
+    if (when := times.parse_time(stamp)) is None:
+        raise ValueError("a status time is empty")
+    return when.timestamp()
 
 
 def _package_version() -> str:

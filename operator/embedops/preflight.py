@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedops import modelzoo
-from embedops.api.dataset import BeirSource
+from embedops.api.dataset import BeirSource, EmbeddingDatasetSpec
+from embedops.api.finetune import FineTuneJobSpec
+from embedops.api.index import EmbeddingIndexSpec
 from embedops.manifests import LoadedResource
 from embedops.workers.readers import beir
 
@@ -51,36 +53,50 @@ def _beir(base_dir: Path, src: BeirSource) -> list[str]:
 def files_and_models(loaded: LoadedResource) -> list[str]:
     """What a resource names on this machine: files of the right kind, models that resolve."""
     spec, base = loaded.resource.spec, loaded.base_dir
-    problems: list[str] = []
     match loaded.resource.kind.kind:
         case "EmbeddingDataset":
-            if spec.source.beir is not None:
-                problems += _beir(base, spec.source.beir)
-            if spec.source.pairs is not None:
-                problems += _file(base, spec.source.pairs.path, "spec.source.pairs.path")
-                if spec.source.pairs.test_path:
-                    problems += _file(base, spec.source.pairs.test_path, "spec.source.pairs.testPath")
-            if spec.hard_negatives.enabled:
-                problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
+            return _dataset(base, spec)
         case "FineTuneJob":
-            problems += _model(base, spec.base_model, "spec.baseModel")
-            if spec.loss.guide_model is not None:
-                problems += _model(base, spec.loss.guide_model, "spec.loss.guideModel")
+            return _finetune(base, spec)
         case "EmbeddingIndex":
-            if spec.model.name is not None:
-                problems += _model(base, spec.model.name, "spec.model.name")
-            if spec.probe.path:
-                problems += _file(base, spec.probe.path, "spec.probe.path")
-            elif spec.probe.dataset_ref is None and spec.source.dataset_ref is None:
-                problems.append(
-                    "spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)"
-                )
+            return _index(base, spec)
+    return []
+
+
+def _dataset(base: Path, spec: EmbeddingDatasetSpec) -> list[str]:
+    problems: list[str] = []
+    if spec.source.beir is not None:
+        problems += _beir(base, spec.source.beir)
+    if spec.source.pairs is not None:
+        problems += _file(base, spec.source.pairs.path, "spec.source.pairs.path")
+        if spec.source.pairs.test_path:
+            problems += _file(base, spec.source.pairs.test_path, "spec.source.pairs.testPath")
+    if spec.hard_negatives.enabled:
+        problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
+    return problems
+
+
+def _finetune(base: Path, spec: FineTuneJobSpec) -> list[str]:
+    problems = _model(base, spec.base_model, "spec.baseModel")
+    if spec.loss.guide_model is not None:
+        problems += _model(base, spec.loss.guide_model, "spec.loss.guideModel")
+    return problems
+
+
+def _index(base: Path, spec: EmbeddingIndexSpec) -> list[str]:
+    problems: list[str] = []
+    if spec.model.name is not None:
+        problems += _model(base, spec.model.name, "spec.model.name")
+    if spec.probe.path:
+        problems += _file(base, spec.probe.path, "spec.probe.path")
+    elif spec.probe.dataset_ref is None and spec.source.dataset_ref is None:
+        problems.append("spec.probe: set probe.path or probe.datasetRef (a table source has no held-out queries)")
     return problems
 
 
 def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
     """The database answers, and every index may create its tables and read its source table."""
-    from embedops.store import pgvector, sources
+    from embedops.store import fetch, pgvector, sources
 
     try:
         conn = pgvector.connect(dsn, catalog_schema=False)
@@ -93,11 +109,14 @@ def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
             if r.kind.kind != "EmbeddingIndex":
                 continue
             schema = r.spec.target.schema_name
-            allowed = conn.execute(
-                "SELECT CASE WHEN to_regnamespace(%s) IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
-                " ELSE has_schema_privilege(%s, 'CREATE') END",
-                (schema, schema),
-            ).fetchone()[0]
+            allowed = fetch.value(
+                conn.execute(
+                    "SELECT CASE WHEN to_regnamespace(%s) IS NULL "
+                    "THEN has_database_privilege(current_database(), 'CREATE') "
+                    "ELSE has_schema_privilege(%s, 'CREATE') END",
+                    (schema, schema),
+                )
+            )
             if not allowed:
                 problems.append(f"{r.key}: spec.target.schema: the database user may not create tables in {schema!r}")
             if r.spec.source.table is not None:
