@@ -39,6 +39,17 @@ SqlName = Annotated[
     StringConstraints(max_length=63, pattern=SQL_NAME_PATTERN),
 ]
 
+# Integers as Kubernetes stores them: the API server refuses a number beyond int64, and a Job's
+# int32 fields (backoffLimit, ttlSecondsAfterFinished) beyond int32, so the models do too. A field
+# with a tighter bound of its own (pgvector's, a library's) says so instead.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+INT32_MAX = 2**31 - 1
+# A seed as every library it reaches accepts it: transformers' set_seed hands it to numpy's
+# np.random.seed, which takes 0 ... 2**32 - 1 (torch.manual_seed and random.seed take more).
+SEED_MAX = 2**32 - 1
+# A schedule's interval: at most a year, so that `now + interval` stays a datetime.
+MAX_INTERVAL_MINUTES = 365 * 24 * 60
+
 
 def _one_of_message(prefix: str, aliases: tuple[str, ...]) -> str:
     names = [f"{prefix}.{a}" for a in aliases]
@@ -245,7 +256,9 @@ class Toleration(ApiModel):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
         default=None, description="Taint effect to match; empty matches all."
     )
-    toleration_seconds: int | None = Field(default=None, description="How long a NoExecute taint is tolerated.")
+    toleration_seconds: int | None = Field(
+        default=None, ge=INT64_MIN, le=INT64_MAX, description="How long a NoExecute taint is tolerated."
+    )
 
 
 class Resources(ApiModel):
@@ -289,13 +302,16 @@ class Scheduling(ApiModel):
         default=None,
         description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the Job so Kueue admits it.",
     )
-    backoff_limit: int = Field(default=2, ge=0, description="Pod retries before the Job fails. Default: 2.")
+    backoff_limit: int = Field(
+        default=2, ge=0, le=INT32_MAX, description="Pod retries before the Job fails. Default: 2."
+    )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, description="Wall-clock limit of the Job, in seconds."
+        default=None, ge=1, le=INT64_MAX, description="Wall-clock limit of the Job, in seconds."
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
+        le=INT32_MAX,
         description="Delete the finished Job (never the custom resource) this many seconds after it ends.",
     )
     suspend: bool = Field(default=False, description="Create the Job suspended (Kueue or a person resumes it).")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, FiniteFloat, model_validator
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
+    INT64_MAX,
+    SEED_MAX,
     ApiModel,
     BaseStatus,
     Database,
@@ -110,11 +112,16 @@ class DatasetSource(ApiModel):
 class ValidationSpec(ApiModel):
     """Row checks applied while reading; bad rows are reported by file and line and skipped."""
 
-    min_chars: int = Field(default=1, ge=1, description="Shortest text accepted, after trimming. Default: 1.")
-    max_chars: int = Field(
-        default=100_000, ge=1, description="Longest text accepted; longer rows are reported, not cut. Default: 100000."
+    min_chars: int = Field(
+        default=1, ge=1, le=INT64_MAX, description="Shortest text accepted, after trimming. Default: 1."
     )
-    max_invalid_fraction: float = Field(
+    max_chars: int = Field(
+        default=100_000,
+        ge=1,
+        le=INT64_MAX,
+        description="Longest text accepted; longer rows are reported, not cut. Default: 100000.",
+    )
+    max_invalid_fraction: FiniteFloat = Field(
         default=0.1,
         ge=0.0,
         le=1.0,
@@ -128,12 +135,20 @@ class ValidationSpec(ApiModel):
 class SplitSpec(ApiModel):
     """Deterministic train/test split, used when the source gives no test split."""
 
-    test_fraction: float = Field(default=0.2, gt=0.0, lt=1.0, description="Share of queries held out. Default: 0.2.")
+    test_fraction: FiniteFloat = Field(
+        default=0.2, gt=0.0, lt=1.0, description="Share of queries held out. Default: 0.2."
+    )
     seed: int = Field(
-        default=42, description="Seed of the split; the same data and seed give the same split. Default: 42."
+        default=42,
+        ge=0,
+        le=SEED_MAX,
+        description="Seed of the split; the same data and seed give the same split (0 ... 2^32-1). Default: 42.",
     )
     max_test_queries: int | None = Field(
-        default=None, ge=1, description="Cap on held-out queries, to bound evaluation time. Default: no cap."
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description="Cap on held-out queries, to bound evaluation time. Default: no cap.",
     )
 
 
@@ -196,7 +211,7 @@ class HardNegativesSpec(ApiModel):
         le=2048,
         description=f"Only candidates ranked above this are considered. Default: {_RANGE_MAX}.",
     )
-    absolute_margin: float | None = Field(
+    absolute_margin: FiniteFloat | None = Field(
         default=None,
         ge=0.0,
         le=2.0,
@@ -205,7 +220,7 @@ class HardNegativesSpec(ApiModel):
             "several). Unset: the relative margin applies."
         ),
     )
-    relative_margin: float | None = Field(
+    relative_margin: FiniteFloat | None = Field(
         default=None,
         ge=0.0,
         lt=1.0,
@@ -230,7 +245,9 @@ class HardNegativesSpec(ApiModel):
             "without negatives stays one row. `n-tuple`: one row per pair with all its negatives. Default: triplet."
         ),
     )
-    batch_size: int = Field(default=64, ge=1, description="Encoding batch size while mining. Default: 64.")
+    batch_size: int = Field(
+        default=64, ge=1, le=INT64_MAX, description="Encoding batch size while mining. Default: 64."
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> HardNegativesSpec:
@@ -264,7 +281,10 @@ class AugmentSpec(ApiModel):
         ),
     )
     max_title_pairs: int | None = Field(
-        default=None, ge=1, description="Cap on title pairs (a seeded sample), for very large corpora. Default: no cap."
+        default=None,
+        ge=1,
+        le=INT64_MAX,
+        description="Cap on title pairs (a seeded sample), for very large corpora. Default: no cap.",
     )
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, FiniteFloat, model_validator
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
+    INT64_MAX,
+    SEED_MAX,
     ApiModel,
     BaseStatus,
     LocalObjectReference,
@@ -50,7 +52,7 @@ class LossSpec(ApiModel):
             "negatives). Default: MultipleNegativesRankingLoss."
         ),
     )
-    scale: float = Field(
+    scale: FiniteFloat = Field(
         default=20.0,
         gt=0,
         description=(
@@ -58,7 +60,9 @@ class LossSpec(ApiModel):
             "Default: 20."
         ),
     )
-    mini_batch_size: int = Field(default=32, ge=1, description="Mini-batch of the cached losses. Default: 32.")
+    mini_batch_size: int = Field(
+        default=32, ge=1, le=INT64_MAX, description="Mini-batch of the cached losses. Default: 32."
+    )
     guide_model: str | None = Field(
         default=None,
         min_length=1,
@@ -68,7 +72,7 @@ class LossSpec(ApiModel):
         default="absolute",
         description="How guideMargin applies: below the guide's positive score, or a share of it. Default: absolute.",
     )
-    guide_margin: float = Field(
+    guide_margin: FiniteFloat = Field(
         default=0.0,
         ge=0,
         description=(
@@ -76,8 +80,8 @@ class LossSpec(ApiModel):
             "(absolute) or minus |score| x margin (relative). Default: 0."
         ),
     )
-    triplet_margin: float = Field(default=5.0, gt=0, description="Margin of TripletLoss. Default: 5.")
-    matryoshka_dims: list[int] = Field(
+    triplet_margin: FiniteFloat = Field(default=5.0, gt=0, description="Margin of TripletLoss. Default: 5.")
+    matryoshka_dims: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] = Field(
         default_factory=list,
         description=(
             "Wrap the loss in MatryoshkaLoss over these output sizes (e.g. [384, 256, 128, 64]) so embeddings "
@@ -114,8 +118,10 @@ class StepBudget(ApiModel):
     epochs: int = Field(
         default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5."
     )
-    min_steps: int = Field(default=_BUDGET_MIN, ge=1, description=f"Fewest steps. Default: {_BUDGET_MIN}.")
-    max_steps: int = Field(default=_BUDGET_MAX, ge=1, description=f"Most steps. Default: {_BUDGET_MAX}.")
+    min_steps: int = Field(
+        default=_BUDGET_MIN, ge=1, le=INT64_MAX, description=f"Fewest steps. Default: {_BUDGET_MIN}."
+    )
+    max_steps: int = Field(default=_BUDGET_MAX, ge=1, le=INT64_MAX, description=f"Most steps. Default: {_BUDGET_MAX}.")
 
     @model_validator(mode="after")
     def _bounds(self) -> StepBudget:
@@ -141,37 +147,49 @@ class TrainingSpec(ApiModel):
     batch_size: int = Field(
         default=64,
         ge=2,
+        le=INT64_MAX,
         description="Rows per step; with ranking losses, also the number of in-batch negatives. Default: 64.",
     )
-    learning_rate: float = Field(default=3e-5, gt=0, description="Peak learning rate. Default: 3e-5.")
-    warmup_ratio: float = Field(default=0.1, ge=0, lt=1, description="Share of steps of linear warm-up. Default: 0.1.")
-    weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay. Default: 0.01.")
+    learning_rate: FiniteFloat = Field(default=3e-5, gt=0, description="Peak learning rate. Default: 3e-5.")
+    warmup_ratio: FiniteFloat = Field(
+        default=0.1, ge=0, lt=1, description="Share of steps of linear warm-up. Default: 0.1."
+    )
+    weight_decay: FiniteFloat = Field(default=0.01, ge=0, description="AdamW weight decay. Default: 0.01.")
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
-    seed: int = Field(default=42, description="Random seed (also of the validation split). Default: 42.")
+    seed: int = Field(
+        default=42,
+        ge=0,
+        le=SEED_MAX,
+        description="Random seed (also of the validation split), 0 ... 2^32-1 as numpy takes it. Default: 42.",
+    )
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto",
         description="Numeric precision; auto picks bf16 on a GPU that supports it, else fp32. Default: auto.",
     )
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many steps (overrides epochs and the budget)."
+        default=None, ge=1, le=INT64_MAX, description="Stop after this many steps (overrides epochs and the budget)."
     )
     checkpoint_steps: int | None = Field(
         default=None,
         ge=1,
+        le=INT64_MAX,
         description=(
             "Save a checkpoint, and score it on the validation queries, every this many steps (and at the last); "
             "a killed run resumes from the last complete one. Default: a fifth of the planned steps."
         ),
     )
     negatives_per_pair: int | None = Field(
-        default=None, ge=0, description="Use at most this many of the dataset's hard negatives per row. Default: all."
+        default=None,
+        ge=0,
+        le=INT64_MAX,
+        description="Use at most this many of the dataset's hard negatives per row. Default: all.",
     )
 
 
 class ValidationSplitSpec(ApiModel):
     """Training queries held out to pick the checkpoint to publish; the test split is never used for that."""
 
-    fraction: float = Field(
+    fraction: FiniteFloat = Field(
         default=0.1,
         ge=0,
         lt=1,
@@ -180,10 +198,11 @@ class ValidationSplitSpec(ApiModel):
             "0 turns validation off: the last step's model is published, as without it. Default: 0.1."
         ),
     )
-    max_queries: int = Field(default=500, ge=1, description="Cap on validation queries. Default: 500.")
+    max_queries: int = Field(default=500, ge=1, le=INT64_MAX, description="Cap on validation queries. Default: 500.")
     max_corpus: int = Field(
         default=20_000,
         ge=1,
+        le=INT64_MAX,
         description=(
             "Documents the validation queries are searched over. A larger corpus is sampled: every validation "
             "positive, the base model's top 50 for each validation query, then a seeded random fill. Default: 20000."
@@ -194,8 +213,10 @@ class ValidationSplitSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     """Checkpoint selection on validation queries, and held-out (test) scores of the base and tuned models."""
 
-    max_queries: int | None = Field(default=None, ge=1, description="Evaluate on at most this many test queries.")
-    batch_size: int = Field(default=64, ge=1, description="Encoding batch size. Default: 64.")
+    max_queries: int | None = Field(
+        default=None, ge=1, le=INT64_MAX, description="Evaluate on at most this many test queries."
+    )
+    batch_size: int = Field(default=64, ge=1, le=INT64_MAX, description="Encoding batch size. Default: 64.")
     validation: ValidationSplitSpec = Field(
         default_factory=ValidationSplitSpec,
         description="Validation queries carved from the training queries; each checkpoint is scored on them.",

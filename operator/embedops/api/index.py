@@ -6,10 +6,12 @@ from collections.abc import Iterable
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, JsonValue, StringConstraints, field_validator, model_validator
+from pydantic import Field, FiniteFloat, JsonValue, StringConstraints, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
+    INT64_MAX,
+    MAX_INTERVAL_MINUTES,
     ApiModel,
     BaseStatus,
     Database,
@@ -167,11 +169,12 @@ class AnnSpec(ApiModel):
 class EmbedSpec(ApiModel):
     """How the corpus is embedded."""
 
-    batch_size: int = Field(default=64, ge=1, description="Texts per encoder batch. Default: 64.")
+    batch_size: int = Field(default=64, ge=1, le=INT64_MAX, description="Texts per encoder batch. Default: 64.")
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
     commit_rows: int = Field(
         default=2048,
         ge=1,
+        le=INT64_MAX,
         description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048.",
     )
     shards: int = Field(
@@ -210,17 +213,22 @@ class ProbeSpec(ApiModel):
         description='JSONL probe set, one `{"query": str, "relevant": [id, ...]}` a line, instead of a dataset.',
     )
     k: int = Field(default=10, ge=1, le=1000, description="Depth of recall@k. Default: 10.")
-    min_recall: float = Field(
+    min_recall: FiniteFloat = Field(
         default=0.0, ge=0, le=1, description="Gate: a version with recall@k below this is never cut over. Default: 0."
     )
-    max_regression: float = Field(
+    max_regression: FiniteFloat = Field(
         default=0.02,
         ge=0,
         le=1,
         description="Gate: a new version's recall@k may be at most this much below the live one's. Default: 0.02.",
     )
-    max_queries: int | None = Field(default=None, ge=1, description="Probe at most this many queries.")
-    interval_minutes: int = Field(default=30, ge=1, description="Re-probe the live version this often. Default: 30.")
+    max_queries: int | None = Field(default=None, ge=1, le=INT64_MAX, description="Probe at most this many queries.")
+    interval_minutes: int = Field(
+        default=30,
+        ge=1,
+        le=MAX_INTERVAL_MINUTES,
+        description="Re-probe the live version this often (at most a year). Default: 30.",
+    )
 
     @model_validator(mode="after")
     def _one_set(self) -> ProbeSpec:
@@ -234,12 +242,14 @@ class DriftSpec(ApiModel):
 
     enabled: bool = Field(default=True, description="Measure drift on a schedule. Default: true.")
     sample_size: int = Field(default=1000, ge=10, le=100_000, description="Rows sampled on each side. Default: 1000.")
-    threshold: float = Field(
+    threshold: FiniteFloat = Field(
         default=0.015,
         ge=0,
         description="Drift score (MMD², see docs) above which the index is Degraded. Default: 0.015.",
     )
-    interval_minutes: int = Field(default=60, ge=1, description="Measure this often. Default: 60.")
+    interval_minutes: int = Field(
+        default=60, ge=1, le=MAX_INTERVAL_MINUTES, description="Measure this often (at most a year). Default: 60."
+    )
 
 
 class EmbeddingIndexSpec(ApiModel):
@@ -274,7 +284,10 @@ class EmbeddingIndexSpec(ApiModel):
         default=2, ge=1, le=20, description="Versions kept (the live one included) for rollback. Default: 2."
     )
     pinned_version: int | None = Field(
-        default=None, ge=1, description="Serve exactly this version; new models are built but not cut over."
+        default=None,
+        ge=1,
+        le=MAX_VERSION,
+        description="Serve exactly this version; new models are built but not cut over.",
     )
     deletion_policy: Literal["Retain", "Delete"] = Field(
         default="Retain",
