@@ -34,6 +34,7 @@ from embedops.results import TrainResult as Result
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
 from embedops.workers.training.collator import pretokenized_collator
 from embedops.workers.training.data import build_train_dataset, steps_per_epoch
+from embedops.workers.training.divergence import StopOnNonFiniteLoss, check_finite_weights
 from embedops.workers.training.loss import build_loss
 from embedops.workers.training.trainer import (
     ProgressCallback,
@@ -105,14 +106,15 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     args = training_args(spec, checkpoints, device, planned, validate=validation is not None)
     log.info("training %d rows for %d steps, a checkpoint every %d", train_rows, planned, args.save_steps)
 
-    # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed.
+    # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed;
+    # stops when the loss stops being a number.
     trainer = trainer_class()(
         model=model,
         args=args,
         train_dataset=train_dataset,
         loss=loss,
         evaluator=validation_evaluator(validation, batch) if validation else None,
-        callbacks=[ProgressCallback(), *callbacks],
+        callbacks=[ProgressCallback(), StopOnNonFiniteLoss(spec), *callbacks],
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
     trainer.data_collator = pretokenized_collator(trainer.data_collator, model, train_dataset)
@@ -159,7 +161,8 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
         )
         model = load(chosen)
 
-    # Evaluate: the model to publish on the test queries, as the base model was.
+    # Evaluate: the model to publish (finite weights only) on the test queries, as the base model was.
+    check_finite_weights(model, spec)
     tuned_metrics = evaluate(model)
     log.info("tuned model: nDCG@10 %.4f (base %.4f)", tuned_metrics.ndcg_at_10, base_metrics.ndcg_at_10)
 
