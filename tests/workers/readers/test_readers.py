@@ -349,3 +349,53 @@ def test_a_beir_folder_is_read_without_listing_it(tmp_path, watch_files):
         "qrels/train.tsv",
         "queries.jsonl",
     ]
+
+
+# -- issue 16: line endings, invisible texts, qrels that judge nothing relevant --------------------
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"], ids=["LF", "CRLF", "lone CR"])
+def test_every_line_ending_ends_a_row(tmp_path, ending):
+    def lines(*rows: dict) -> str:
+        return ending.join(json.dumps(r) for r in rows) + ending
+
+    beir(
+        tmp_path,
+        corpus=lines(*corpus_rows()),
+        queries=lines(*query_rows()),
+        train=ending.join([HEADER, *(f"q{i}\td{i}\t1" for i in range(4))]) + ending,
+    )
+    (tmp_path / "pairs.jsonl").write_text(
+        lines({"query": "query 0", "positive": "answer 0"}, {"query": "query 1", "positive": "answer 1"}), newline=""
+    )
+    found, reported = read(tmp_path, BEIR)
+    assert reported == [] and len(found.corpus) == len(found.queries) == 5 and len(found.train_qrels) == 4
+    pairs, reported = read(tmp_path, {"pairs": {"path": "pairs.jsonl"}})
+    assert reported == [] and sorted(pairs.queries.values()) == ["query 0", "query 1"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\u200b", " \u200b\t", "\u00a0\u200c\u200d", "\u2060\ufeff", "\u3000"],
+    ids=["zero-width space", "with whitespace", "nbsp and joiners", "word joiner and BOM", "ideographic space"],
+)
+def test_a_text_of_invisible_characters_is_empty(tmp_path, text):
+    beir(tmp_path, corpus=jsonl(*corpus_rows(), {"_id": "d9", "title": "Title 9", "text": text}))
+    found, reported = read(tmp_path, BEIR)
+    assert reported == ["corpus.jsonl:6: field 'text' is empty"] and "d9" not in found.corpus
+
+
+def test_invisible_characters_around_a_text_do_not_count_towards_its_length(tmp_path):
+    beir(tmp_path, queries=jsonl(*query_rows(), {"_id": "q9", "text": "\u200bab\u200b"}))
+    issues = Issues()
+    readers.read(
+        DatasetSource.model_validate(BEIR), base_dir=tmp_path, rules=ValidationSpec(minChars=3), issues=issues, dsn=None
+    )
+    assert [r["reason"] for r in issues.rows if r["line"] == 6] == ["field 'text' is shorter than 3 characters"]
+
+
+@pytest.mark.parametrize(("split", "what"), [("test", "test query"), ("train", "query")])
+def test_qrels_that_judge_nothing_relevant_say_so(tmp_path, split, what):
+    beir(tmp_path, **{split: f"{HEADER}\nq0\td0\t0\nq4\td4\t0\n"})
+    with pytest.raises(ValueError, match=rf"^qrels/{split}.tsv: no {what} has a relevant document \(every score is 0"):
+        read(tmp_path, BEIR)

@@ -25,8 +25,10 @@ from embedops.workers.readers.rows import (
     checked_text,
     display_name,
     jsonl_rows,
+    lines,
     require_rows,
     resolve,
+    valid_utf8,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +55,10 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
         issues,
     )
     train, dup_train = read_qrels(folder, src.train_split, queries, corpus, issues)
+    require_relevant(qrels_name(src.train_split), train, "query")
     test, dup_test = read_qrels(folder, src.test_split, queries, corpus, issues) if src.test_split else (None, 0)
+    if test is not None:
+        require_relevant(qrels_name(src.test_split), test, "test query")
     return Source(
         corpus=corpus,
         queries=queries,
@@ -124,35 +129,40 @@ def read_qrels(
     name = qrels_name(split)
     qrels: Qrels = {}
     rows = duplicates = 0
-    # utf-8-sig: a BOM is not part of the header. Undecodable bytes are kept (as surrogates) to be
-    # reported by line rather than replaced by U+FFFD, which would only show up as an unknown id.
-    with (folder / name).open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if lineno == 1 and line.split("\t", 1)[0].strip().lower() == "query-id":
-                continue
-            rows += 1
-            issues.seen[name] += 1
-            try:
-                qid, did, rel = parse_qrel(line, queries, corpus)
-            except BadRow as err:
-                issues.add(name, lineno, str(err))
-                continue
-            if did in qrels.setdefault(qid, {}):
-                duplicates += 1
-                continue
-            qrels[qid][did] = rel
+    # Undecodable bytes are reported by line (see rows.lines) rather than replaced by U+FFFD, which
+    # would only show up as an unknown id.
+    for lineno, line in lines(folder / name):
+        if not line.strip():
+            continue
+        if lineno == 1 and line.split("\t", 1)[0].strip().lower() == "query-id":
+            continue
+        rows += 1
+        issues.seen[name] += 1
+        try:
+            qid, did, rel = parse_qrel(line, queries, corpus)
+        except BadRow as err:
+            issues.add(name, lineno, str(err))
+            continue
+        if did in qrels.setdefault(qid, {}):
+            duplicates += 1
+            continue
+        qrels[qid][did] = rel
     require_rows(name, rows)
     return qrels, duplicates
 
 
+def require_relevant(name: str, qrels: Qrels, what: str) -> None:
+    """A qrels file whose valid rows all score 0 judges every document irrelevant: nothing to train or test on."""
+    if qrels and not any(rel > 0 for docs in qrels.values() for rel in docs.values()):
+        raise ValueError(
+            f"{name}: no {what} has a relevant document (every score is 0 or less; relevant is a score above 0)"
+        )
+
+
 def parse_qrel(line: str, queries: dict[str, str], corpus: dict[str, Doc]) -> tuple[str, str, int]:
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # bytes the decoder escaped
-        raise BadRow("not valid UTF-8") from None
-    cells = line.rstrip("\r\n").split("\t")
+    if not valid_utf8(line):  # bytes the decoder escaped
+        raise BadRow("not valid UTF-8")
+    cells = line.split("\t")
     if len(cells) < 3:
         raise BadRow(f"expected 3 tab-separated columns (query-id, corpus-id, score), got {len(cells)}")
     qid, did, raw = (c.strip() for c in cells[:3])

@@ -9,7 +9,6 @@ step after them never knows where the data came from.
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 from collections import Counter
@@ -22,6 +21,18 @@ from embedops.prepared import Doc
 
 INVALID_SAMPLES = 10
 Qrels = dict[str, dict[str, int]]
+
+# The characters a text of nothing else is empty of: every one str.isspace() calls whitespace (all in
+# the Basic Multilingual Plane), and the zero-width ones it does not (zero-width space, non-joiner and
+# joiner, word joiner, BOM, the Mongolian vowel separator) that show nothing either. One definition for
+# every source kind: the dataset readers trim with it, and table sources pass it to Postgres's btrim,
+# which trims exactly as str.strip(BLANK) does.
+BLANK = "".join(c for c in map(chr, range(0x10000)) if c.isspace()) + "\u180e\u200b\u200c\u200d\u2060\ufeff"
+
+
+def trimmed(text: str) -> str:
+    """`text` without the blank characters at its ends: what validation measures, and empty for a blank text."""
+    return text.strip(BLANK)
 
 
 class BadRow(ValueError):
@@ -74,7 +85,7 @@ def checked_text(row: dict, key: str, rules: ValidationSpec, *, required: bool =
     if not isinstance(value, str):
         raise BadRow(f"field {key!r} must be a string, got {type(value).__name__}")
     checked_characters(key, value)
-    n = len(value.strip())
+    n = len(trimmed(value))
     if n < rules.min_chars and (required or n):
         raise BadRow(
             f"field {key!r} is empty" if n == 0 else f"field {key!r} is shorter than {rules.min_chars} characters"
@@ -88,7 +99,7 @@ def checked_id(row: dict, key: str) -> str:
     value = row.get(key)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise BadRow(f"missing field {key!r}" if value is None else f"field {key!r} must be a string")
-    if not str(value).strip():
+    if not trimmed(str(value)):
         raise BadRow(f"field {key!r} is empty")
     return checked_characters(key, str(value))
 
@@ -110,6 +121,27 @@ def checked_characters(key: str, value: str) -> str:
     return value
 
 
+def lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line without its ending) of a text file, the one way every reader splits a file.
+
+    A line ends at \\n, \\r\\n or a lone \\r (old Mac exports), as text mode reads them; a BOM is not
+    part of the first line (some editors and exports write one). Undecodable bytes are kept, as
+    surrogates, so that `valid_utf8` reports them by line rather than U+FFFD hiding them.
+    """
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        for lineno, line in enumerate(f, 1):
+            yield lineno, line.rstrip("\r\n")
+
+
+def valid_utf8(line: str) -> bool:
+    """Whether a line from `lines` was valid UTF-8 (decoding never yields a surrogate; escaping does)."""
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dict]]:
     """(line number, object) of each non-blank line that is a JSON object; the others are reported.
 
@@ -117,26 +149,23 @@ def jsonl_rows(path: Path, name: str, issues: Issues) -> Iterator[tuple[int, dic
     later as rows of other files that refer to it.
     """
     rows = 0
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if lineno == 1:
-                raw = raw.removeprefix(codecs.BOM_UTF8)  # as utf-8-sig does: some editors and exports write one
-            if not raw.strip():
-                continue
-            rows += 1
-            issues.seen[name] += 1
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                issues.add(name, lineno, "not valid UTF-8")
-                continue
-            except json.JSONDecodeError as err:
-                issues.add(name, lineno, f"not valid JSON ({err.msg} at column {err.colno})")
-                continue
-            if not isinstance(row, dict):
-                issues.add(name, lineno, "not a JSON object")
-                continue
-            yield lineno, row
+    for lineno, line in lines(path):
+        if not line.strip():
+            continue
+        rows += 1
+        issues.seen[name] += 1
+        if not valid_utf8(line):
+            issues.add(name, lineno, "not valid UTF-8")
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            issues.add(name, lineno, f"not valid JSON ({err.msg} at column {err.colno})")
+            continue
+        if not isinstance(row, dict):
+            issues.add(name, lineno, "not a JSON object")
+            continue
+        yield lineno, row
     require_rows(name, rows)
 
 
