@@ -61,6 +61,12 @@ class EmbedResult(ApiModel):
     rows: int = Field(description="Rows of the version committed by all shards.")
     shard_rows: int = Field(description="Rows of this shard committed.")
     embedded: int = Field(description="Rows embedded by this run (the rest were committed before a restart).")
+    skipped_rows: int = Field(
+        default=0,
+        description="Rows of this shard never embedded: their text is NULL, empty, or only whitespace or zero-width "
+        "characters (once the shard is done, shardRows + skippedRows are all its rows).",
+    )
+    skipped_ids: list[str] = Field(default_factory=list, description="The ids of the first few skipped rows.")
     resumed: bool
     reused: bool = Field(default=False, description="An existing finished version was returned; nothing was embedded.")
     seconds: float = Field(description="Wall time of the step, model loading and ANN build included.")

@@ -200,3 +200,56 @@ def test_source_problems_name_the_field(source, tiny_model_dir):
         conn.execute("CREATE TABLE public.nokey (id int, text text)")
     with pytest.raises(ValueError, match="source.table.idColumn: 'id' of public.nokey has no primary key"):
         embed.run(config(tiny_model_dir, source={"table": {"table": "nokey"}}), dsn=source)
+
+
+# -- issue 16: rows with no text are skipped and reported, by the dataset readers' rule -----------
+
+# Texts with nothing to embed, as a table may hold them (NULL too): never embedded, whatever the title.
+BLANK_TEXTS = [None, "", "   ", "\t\n", "\u200b", " \u200b\u00a0\u2060 ", "\ufeff\u3000"]
+
+
+@pytest.fixture
+def source_with_blank_texts(dsn):
+    """public.docs: ten documents with text, then one row per blank text (ids 100, 101...), titled or not."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.docs (doc_id bigint PRIMARY KEY, title text, body text)")
+        with conn.cursor().copy("COPY public.docs (doc_id, title, body) FROM STDIN") as copy:
+            for i in range(10):
+                copy.write_row((i, None, text_of(i)))
+            for i, text in enumerate(BLANK_TEXTS):
+                copy.write_row((100 + i, "A title" if i % 2 else None, text))
+    return dsn
+
+
+def test_rows_without_text_are_skipped_and_reported_never_embedded(source_with_blank_texts, tiny_model_dir, caplog):
+    dsn = source_with_blank_texts
+    result = embed.run(config(tiny_model_dir), dsn=dsn)
+
+    assert (result.rows, result.embedded) == (10, 10)
+    assert sorted(stored(dsn, result.table)) == list(range(10))
+    with psycopg.connect(dsn) as conn:
+        docs = documents.open_documents(config(tiny_model_dir).source, conn=conn, dataset_dir=None)
+        assert docs.total() == 10 and len(docs.sample(100, "seed")) == 10
+        assert docs.texts([0, 100, 101]).keys() == {0}
+        with caplog.at_level("WARNING", logger="embedops.workers.documents"):
+            skipped = documents.skipped_rows(docs)
+    blank_ids = [str(100 + i) for i in range(len(BLANK_TEXTS))]
+    assert skipped == (len(BLANK_TEXTS), blank_ids)
+    assert f"{len(BLANK_TEXTS)} rows have no text to embed" in caplog.text and "ids 100, 101, 102" in caplog.text
+
+
+def test_a_table_skips_exactly_the_texts_the_dataset_readers_reject(dsn):
+    """Postgres's btrim(text, BLANK) and the readers' str.strip(BLANK) agree, character by character."""
+    from embedops.workers.readers.rows import BLANK, trimmed
+
+    blank = [*BLANK, BLANK]
+    not_blank = [*(c + "x" + c for c in BLANK), "x", " \u200bx\u200b ", "\u00ad", "\u200e"]  # soft hyphen, LRM
+    with psycopg.connect(dsn) as conn:
+        in_postgres = [fetch_one(conn, "SELECT btrim(%s, %s) = ''", (t, BLANK)) for t in blank + not_blank]
+    assert in_postgres == [not trimmed(t) for t in blank + not_blank] == [True] * len(blank) + [False] * len(not_blank)
+
+
+def fetch_one(conn, query: str, params: tuple):
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]

@@ -8,6 +8,12 @@ up front with an error naming the spec field, as are the table and its columns.
 A row belongs to shard `mod(abs(hashtext(id::text)::bigint), shards)`: stable across runs
 and pods, and independent of the id's type. (The bigint cast avoids abs() overflowing on
 hashtext's one int4 value without a positive counterpart.)
+
+A row whose text is NULL, or only `blank` characters, has nothing to embed: embedded, it would
+be one vector that every query finds. Such rows are left out of every read (counted, paged,
+looked up, sampled) and reported by `skipped`. Which characters are blank is the caller's one
+rule (the dataset readers' `rows.BLANK`); `btrim(text, blank)` trims exactly as Python's
+`str.strip(blank)` does, so both sides agree row for row.
 """
 
 from __future__ import annotations
@@ -98,14 +104,23 @@ def _shard_filter(shard: int, shards: int) -> sql.Composable:
     )
 
 
-def _documents(src: TableSource) -> sql.Composable:
-    """`SELECT id, text, title FROM table` with the spec's columns renamed, as a subquery."""
+def _documents(src: TableSource, blank: str, *, with_text: bool = True) -> sql.Composable:
+    """`SELECT id, text, title FROM table` with the spec's columns renamed, as a subquery: the rows with text to
+    embed, or (not `with_text`) the others, whose text is NULL or only `blank` characters."""
     title = sql.Identifier(src.title_column) if src.title_column else sql.SQL("NULL")
-    return sql.SQL("(SELECT {id} AS id, {text}::text AS text, {title}::text AS title FROM {table}) AS d").format(
+    text = sql.SQL("{}::text").format(sql.Identifier(src.text_column))
+    has_text = sql.SQL("({text} IS NOT NULL AND btrim({text}, {blank}) <> '')").format(
+        text=text, blank=sql.Literal(blank)
+    )
+    return sql.SQL(
+        "(SELECT {id} AS id, {text} AS text, {title}::text AS title FROM {table} WHERE {keep}{has_text}) AS d"
+    ).format(
         id=sql.Identifier(src.id_column),
-        text=sql.Identifier(src.text_column),
+        text=text,
         title=title,
         table=sql.Identifier(src.schema_name, src.table),
+        keep=sql.SQL("" if with_text else "NOT "),
+        has_text=has_text,
     )
 
 
@@ -114,31 +129,52 @@ def _doc(row: tuple) -> tuple[Any, str]:
     return doc_id, Doc(id=str(doc_id), text=text or "", title=title or "").full_text
 
 
-def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int) -> int:
-    query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_documents(src), _shard_filter(shard, shards))
+def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int, *, blank: str) -> int:
+    """Rows of a shard with text to embed."""
+    query = sql.SQL("SELECT count(*) FROM {} WHERE {}").format(_documents(src, blank), _shard_filter(shard, shards))
     return fetch.value(conn.execute(query))
 
 
+def skipped(
+    conn: psycopg.Connection, src: TableSource, shard: int, shards: int, *, blank: str, limit: int
+) -> tuple[int, list[Any]]:
+    """Rows of a shard with no text to embed (NULL, empty or only `blank` characters), and the first `limit` ids."""
+    rows = sql.SQL("FROM {} WHERE {}").format(_documents(src, blank, with_text=False), _shard_filter(shard, shards))
+    n = fetch.value(conn.execute(sql.SQL("SELECT count(*) {}").format(rows)))
+    ids = conn.execute(sql.SQL("SELECT id {} ORDER BY id LIMIT {}").format(rows, sql.Literal(limit))).fetchall()
+    return n, [i for (i,) in ids]
+
+
 def page(
-    conn: psycopg.Connection, src: TableSource, id_type: str, shard: int, shards: int, after: Any | None, limit: int
+    conn: psycopg.Connection,
+    src: TableSource,
+    id_type: str,
+    shard: int,
+    shards: int,
+    after: Any | None,
+    limit: int,
+    *,
+    blank: str,
 ) -> list[tuple[Any, str]]:
     """The next `limit` (id, text to embed) of a shard after id `after` (its value or text form), in id order."""
     after_filter = (
         sql.SQL("true") if after is None else sql.SQL("id > CAST({} AS {})").format(sql.Placeholder(), sql.SQL(id_type))
     )
     query = sql.SQL("SELECT id, text, title FROM {} WHERE {} AND {} ORDER BY id LIMIT {}").format(
-        _documents(src), _shard_filter(shard, shards), after_filter, sql.Literal(limit)
+        _documents(src, blank), _shard_filter(shard, shards), after_filter, sql.Literal(limit)
     )
     return [_doc(r) for r in conn.execute(query, () if after is None else (after,))]
 
 
-def texts(conn: psycopg.Connection, src: TableSource, ids: Sequence[Any]) -> dict[Any, str]:
-    """The current text to embed of each of `ids` still in the table."""
-    query = sql.SQL("SELECT id, text, title FROM {} WHERE id = ANY(%s)").format(_documents(src))
+def texts(conn: psycopg.Connection, src: TableSource, ids: Sequence[Any], *, blank: str) -> dict[Any, str]:
+    """The current text to embed of each of `ids` still in the table (and still with text)."""
+    query = sql.SQL("SELECT id, text, title FROM {} WHERE id = ANY(%s)").format(_documents(src, blank))
     return dict(_doc(r) for r in conn.execute(query, (list(ids),)))
 
 
-def sample(conn: psycopg.Connection, src: TableSource, n: int, seed: str) -> list[tuple[Any, str]]:
-    """`n` rows drawn by a seeded hash of their id: uniform, and the same sample for the same seed."""
-    query = sql.SQL("SELECT id, text, title FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(_documents(src))
+def sample(conn: psycopg.Connection, src: TableSource, n: int, seed: str, *, blank: str) -> list[tuple[Any, str]]:
+    """`n` rows with text drawn by a seeded hash of their id: uniform, and the same sample for the same seed."""
+    query = sql.SQL("SELECT id, text, title FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(
+        _documents(src, blank)
+    )
     return [_doc(r) for r in conn.execute(query, (seed, n))]

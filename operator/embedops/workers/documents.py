@@ -8,10 +8,16 @@ of stored ids or draws a seeded sample. A new kind of source is its API model in
 A row belongs to one of `shards` pods by a stable hash of its id (Postgres' hashtext for
 tables, CRC-32 for dataset corpora), so the shards of an Indexed Job split the corpus
 without talking to each other.
+
+A document with no text (NULL, empty, or only whitespace and zero-width characters) is never
+embedded: its vector would sit where every query finds it. The rule is the dataset readers'
+(`readers.rows.BLANK`), so a table source skips exactly the rows a dataset would reject; the
+skipped rows are counted and a few ids reported (`skipped_rows`), as the readers report theirs.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import zlib
 from collections.abc import Iterator, Sequence
@@ -21,9 +27,12 @@ from typing import TYPE_CHECKING, Any, Protocol, assert_never
 from embedops.api.index import IndexSource, TableSource
 from embedops.prepared import PreparedDataset
 from embedops.store import sources
+from embedops.workers.readers.rows import BLANK, INVALID_SAMPLES
 
 if TYPE_CHECKING:
     import psycopg
+
+log = logging.getLogger(__name__)
 
 
 class Documents(Protocol):
@@ -42,6 +51,9 @@ class Documents(Protocol):
     def sample(self, n: int, seed: str) -> list[str]:
         """The texts of `n` documents drawn at random, the same ones for the same seed."""
 
+    def skipped(self, limit: int) -> tuple[int, list[Any]]:
+        """Rows of this shard left out for having no text to embed, and the ids of the first `limit`."""
+
 
 class TableDocuments:
     """One shard of a source table, read in id order on its own connection."""
@@ -52,18 +64,22 @@ class TableDocuments:
         self.description = sources.describe(src)
 
     def total(self) -> int:
-        return sources.count(self._conn, self._src, self._shard, self._shards)
+        return sources.count(self._conn, self._src, self._shard, self._shards, blank=BLANK)
 
     def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
-        while rows := sources.page(self._conn, self._src, self.id_type, self._shard, self._shards, after, size):
+        shard = (self._shard, self._shards)
+        while rows := sources.page(self._conn, self._src, self.id_type, *shard, after, size, blank=BLANK):
             yield rows
             after = rows[-1][0]
 
     def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
-        return sources.texts(self._conn, self._src, ids)
+        return sources.texts(self._conn, self._src, ids, blank=BLANK)
 
     def sample(self, n: int, seed: str) -> list[str]:
-        return [text for _, text in sources.sample(self._conn, self._src, n, seed)]
+        return [text for _, text in sources.sample(self._conn, self._src, n, seed, blank=BLANK)]
+
+    def skipped(self, limit: int) -> tuple[int, list[Any]]:
+        return sources.skipped(self._conn, self._src, self._shard, self._shards, blank=BLANK, limit=limit)
 
 
 def in_shard(doc_id: str, shard: int, shards: int) -> bool:
@@ -95,6 +111,28 @@ class DatasetDocuments:
     def sample(self, n: int, seed: str) -> list[str]:
         picked = random.Random(seed).sample(sorted(self._texts), min(n, len(self._texts)))
         return [self._texts[i] for i in picked]
+
+    def skipped(self, limit: int) -> tuple[int, list[Any]]:
+        # The prepare worker rejected such rows already, by the same rule (readers.rows).
+        return 0, []
+
+
+def skipped_rows(docs: Documents) -> tuple[int, list[str]]:
+    """How many rows of `docs` have no text to embed, and the first few ids, logged as a warning when any:
+    what the embed worker's result reports as skippedRows and skippedIds."""
+    n, ids = docs.skipped(INVALID_SAMPLES)
+    shown = [str(i) for i in ids]
+    if n:
+        more = f" and {n - len(shown)} more" if n > len(shown) else ""
+        log.warning(
+            "%s: %d rows have no text to embed (NULL, empty, or only whitespace or zero-width characters) and are "
+            "skipped: ids %s%s",
+            docs.description,
+            n,
+            ", ".join(shown),
+            more,
+        )
+    return n, shown
 
 
 def open_documents(
