@@ -185,7 +185,7 @@ def _job_states(kind: str, state: str, spec: dict[str, Any] | None = None, **ext
     """A resource (with no dependencies) whose single Job is in `state`."""
     body = _body(kind, spec or SPECS[kind])
     first = plan(Observed(body, now=NOW), SETTINGS)
-    name = first.create[0]["metadata"]["name"]
+    name = first.create[0].name
     body["status"] = first.status.to_wire()
     job = ObservedJob(name, state, **extra)  # type: ignore[arg-type]
     body["status"] = plan(Observed(body, jobs={name: job}, now=NOW), SETTINGS).status.to_wire()

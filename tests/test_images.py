@@ -219,12 +219,13 @@ def base_dependencies() -> dict[str, Requirement]:
 
 
 def sample_worker_job(gpus: int = 1) -> dict:
+    from embedops import steps
     from embedops.builders.jobs import Owner, WorkerStep, worker_job
     from embedops.settings import OperatorSettings
 
     owner = Owner(kind="EmbeddingIndex", name="docs", namespace="search", uid="0000-1111")
-    step = WorkerStep(step="embed", worker="embed", key="abc123", config={"model": "all-MiniLM-L6-v2"}, gpus=gpus)
-    return worker_job(owner, step, OperatorSettings())
+    config = steps.EmbedStep(target={"name": "docs"}, source={"table": {"table": "docs"}}, model="all-MiniLM-L6-v2")
+    return worker_job(WorkerStep(owner=owner, key="abc123", config=config, gpus=gpus), OperatorSettings())
 
 
 def chart_deployment_text() -> str:

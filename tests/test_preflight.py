@@ -27,7 +27,7 @@ def index(**spec) -> dict:
     base = {
         "model": {"name": "all-MiniLM-L6-v2"},
         "source": {"table": {"table": "docs"}},
-        "target": {"name": "docs"},
+        "target": {"name": "docs_search"},
         "probe": {"path": "probe.jsonl"},
     }
     return {"kind": "EmbeddingIndex", "metadata": {"name": "ix"}, "spec": {**base, **spec}}
@@ -183,3 +183,51 @@ def test_read_only_commands_create_no_state(tmp_path, capsys):
     with pytest.raises(SystemExit, match="holds no embedded database: run `embedops run` first"):
         main(["versions", "-f", str(path), "--state-dir", str(tmp_path / "state")])
     assert not (tmp_path / "state").exists()
+
+
+def test_validate_refuses_a_target_that_is_not_the_index_s_to_use(tmp_path, dsn, capsys):
+    """Issue 16 cases 3, 4, 8: a user's view under the target name, another owner, an unreadable source."""
+    import psycopg
+
+    from embedops.api.index import Target
+    from embedops.store import catalog, pgvector
+
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn + "\n")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.docs (id int PRIMARY KEY, text text)")
+        conn.execute("CREATE VIEW public.docs_search AS SELECT id FROM public.docs")
+    path = write(tmp_path, index())
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 2
+    err = capsys.readouterr().err
+    assert "spec.target: public.docs_search is a view embedops did not create (it reads docs)" in err
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("DROP VIEW public.docs_search")
+    with pgvector.connect(dsn) as conn, conn.transaction():
+        catalog.claim(conn, "public", "docs_search", catalog.Owner("team-b", "other"))
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 2
+    assert "spec.target: target public.docs_search belongs to EmbeddingIndex team-b/other" in capsys.readouterr().err
+    assert (
+        pgvector.target_problems(pgvector.connect(dsn), Target(name="docs_search"), catalog.Owner("team-b", "other"))
+        == []
+    )
+    # A source table the database user may not SELECT from is found before a version exists.
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE ROLE lister LOGIN")
+        conn.execute("GRANT CREATE ON SCHEMA public TO lister")
+    other = write(tmp_path / "other", index(target={"name": "fresh"}, probe={"path": str(tmp_path / "probe.jsonl")}))
+    dsn_file.write_text(dsn.replace("postgres:@", "lister:@"))
+    assert main(["validate", "-f", str(other), "--dsn-file", str(dsn_file)]) == 2
+    assert "spec.source.table: the database user may not SELECT from public.docs" in capsys.readouterr().err
+
+
+def test_validate_refuses_two_indexes_with_one_target_in_one_folder(tmp_path, capsys):
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    second = {**index(), "metadata": {"name": "ix-copy"}}
+    path = write(tmp_path, index(), second)
+    assert main(["validate", "-f", str(path)]) == 2
+    assert (
+        "EmbeddingIndex/default/ix-copy: spec.target: public.docs_search is also the target of "
+        "EmbeddingIndex/default/ix in the same database; one index per target"
+    ) in capsys.readouterr().err

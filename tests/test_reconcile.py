@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+from embedops import steps
 from embedops.builders.jobs import worker_job
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.settings import OperatorSettings
@@ -626,3 +627,28 @@ def test_a_failed_probe_job_is_one_event_however_often_it_is_seen():
     assert [e[1] for e in p.events] == ["ProbeFailed"] and p.status.phase == "Degraded"
     ix["status"] = p.status.to_wire()
     assert plan(Observed(ix, jobs=failed, related=related, now=later), SETTINGS).events == []
+
+
+def test_a_worker_refusal_is_the_index_s_own_reason_not_job_failed():
+    """Issue 16/17: a second index on a target another owns says TargetConflict (and an empty source EmptySource)."""
+    ds, _ = _run_dataset_to_ready()
+    related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    ix = body("EmbeddingIndex", "ix", INDEX_SPEC)
+    (embed,) = plan(Observed(ix, related=related, now=NOW), SETTINGS).create
+    assert embed.config.owner == steps.TargetOwner(namespace="ns", name="ix", uid="uid-ix")
+    for worker_reason, detail in (
+        ("TargetConflict", "target public.docs belongs to EmbeddingIndex other/docs"),
+        ("EmptySource", "source: table public.docs has no row with text to embed"),
+    ):
+        failed = ObservedJob(embed.name, "Failed", error=f"{worker_reason}: {detail}", step="embed")
+        p = plan(Observed(ix, jobs={embed.name: failed}, related=related, now=NOW), SETTINGS)
+        assert ready(p) == ("False", worker_reason) and p.status.phase == "Failed"
+        assert p.status.condition("Degraded").status == "True"
+        assert p.status.condition("Ready").message == f"Job {embed.name}: {detail}"
+        assert ("Warning", worker_reason, f"Job {embed.name}: {detail}") in p.events
+    # Any other worker failure stays JobFailed, with the worker's words.
+    other = ObservedJob(embed.name, "Failed", error="InvalidInput: model not found", step="embed")
+    assert ready(plan(Observed(ix, jobs={embed.name: other}, related=related, now=NOW), SETTINGS)) == (
+        "False",
+        "JobFailed",
+    )

@@ -10,6 +10,7 @@ field. (In a cluster the workers meet the same problems as InvalidInput, exit co
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from embedops import modelzoo
 from embedops.api.dataset import BeirSource, EmbeddingDatasetSpec
@@ -17,6 +18,9 @@ from embedops.api.finetune import FineTuneJobSpec
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.manifests import LoadedResource
 from embedops.workers.readers import beir
+
+if TYPE_CHECKING:  # the store needs psycopg, which the operator image (it imports this module) lacks
+    from embedops.store import catalog
 
 
 def _path(base_dir: Path, written: str) -> Path:
@@ -96,7 +100,7 @@ def _index(base: Path, spec: EmbeddingIndexSpec) -> list[str]:
 
 def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
     """The database answers, and every index may create its tables and read its source table."""
-    from embedops.store import fetch, pgvector, sources
+    from embedops.store import fetch, pgvector
 
     try:
         conn = pgvector.connect(dsn, catalog_schema=False)
@@ -119,11 +123,65 @@ def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
             )
             if not allowed:
                 problems.append(f"{r.key}: spec.target.schema: the database user may not create tables in {schema!r}")
+            problems += [f"{r.key}: spec.target: {p}" for p in _target_problems(conn, r)]
             if r.spec.source.table is not None:
-                try:
-                    sources.inspect(conn, r.spec.source.table)
-                except ValueError as err:
-                    problems.append(f"{r.key}: spec.{err}")
+                problems += [f"{r.key}: spec.{p}" for p in _readable(conn, r.spec.source.table)]
+    return problems
+
+
+def _target_problems(conn: Any, resource: Any) -> list[str]:
+    """What stands in the way of the index's target (another owner, a user's view, dependents), as far as the
+    database user may see; a schema it may not look into is reported by the CREATE check above."""
+    import psycopg
+
+    from embedops.store import pgvector
+
+    try:
+        return pgvector.target_problems(conn, resource.spec.target, _owner(resource))
+    except psycopg.errors.InsufficientPrivilege as err:
+        return [f"cannot be checked: {str(err).strip().splitlines()[0]}"]
+
+
+def _owner(resource: Any) -> catalog.Owner:
+    from embedops.store import catalog
+
+    return catalog.Owner(namespace=resource.namespace, name=resource.name)
+
+
+def _readable(conn: Any, table: Any) -> list[str]:
+    """The source table exists, has the columns, and the database user may read it (before a version exists)."""
+    from psycopg import sql
+
+    from embedops.store import fetch, sources
+
+    try:
+        sources.inspect(conn, table)
+    except ValueError as err:
+        return [str(err)]
+    qualified = sql.Identifier(table.schema_name, table.table).as_string(conn)
+    if not fetch.value(conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (qualified,))):
+        return [f"source.table: the database user may not SELECT from {table.schema_name}.{table.table}"]
+    return []
+
+
+def shared_targets(loaded: list[LoadedResource]) -> list[str]:
+    """Two indexes of one folder naming the same target in the same database: one index per target."""
+    seen: dict[tuple[Any, ...], str] = {}
+    problems = []
+    for item in loaded:
+        r = item.resource
+        if r.kind.kind != "EmbeddingIndex":
+            continue
+        ref = r.spec.database.dsn_secret_ref
+        where = (r.namespace, ref.name, ref.key) if ref is not None else ("local",)
+        key = (*where, r.spec.target.schema_name, r.spec.target.name)
+        if key in seen:
+            problems.append(
+                f"{r.key}: spec.target: {r.spec.target.schema_name}.{r.spec.target.name} is also the target of "
+                f"{seen[key]} in the same database; one index per target (give one another target.name)"
+            )
+        else:
+            seen[key] = r.key
     return problems
 
 
@@ -133,7 +191,7 @@ def cluster(loaded: list[LoadedResource]) -> list[str]:
     (Paths and models are looked up on the workspace volume and in the worker image there, so
     they are not checked here.)
     """
-    problems = []
+    problems = shared_targets(loaded)
     for item in loaded:
         r = item.resource
         if r.kind.kind == "EmbeddingIndex" and r.spec.database.dsn_secret_ref is None:
@@ -153,6 +211,7 @@ def cluster(loaded: list[LoadedResource]) -> list[str]:
 def check(loaded: list[LoadedResource], *, dsn: str | None) -> list[str]:
     """Every problem found, `Kind/namespace/name: field: what is wrong`; the database only with a DSN."""
     problems = [f"{item.resource.key}: {p}" for item in loaded for p in files_and_models(item)]
+    problems += shared_targets(loaded)
     if dsn is not None and any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded):
         problems += database(loaded, dsn)
     return problems

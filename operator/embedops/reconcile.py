@@ -29,7 +29,7 @@ from embedops import modelzoo, steps
 from embedops import status as statuses
 from embedops.api import times
 from embedops.api.common import BaseStatus, JobStatus, Scheduling
-from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, Reason
+from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, WORKER_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import (
@@ -47,7 +47,7 @@ from embedops.api.index import (
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
 from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep
-from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
+from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult, split_error
 from embedops.settings import OperatorSettings
 
 RERUN_ANNOTATION = "embedops.dev/rerun"
@@ -170,6 +170,11 @@ def owner_of(body: dict[str, Any]) -> Owner:
     )
 
 
+def target_owner(owner: Owner) -> steps.TargetOwner:
+    """The owner an index's steps claim its target for (store.catalog records one per target)."""
+    return steps.TargetOwner(namespace=owner.namespace, name=owner.name, uid=owner.uid)
+
+
 def _parse_spec(ctx: _Context) -> Any:
     try:
         return validate_spec(ctx.body["kind"], ctx.body.get("spec"))
@@ -239,13 +244,20 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> Plan | Observ
     if job.state in ("Pending", "Running"):
         return _in_progress(ctx, job, step, running)
     if job.state == "Failed":
-        message = f"Job {name} failed: {job.error or 'no message'}"
-        status = statuses.step_failed(
-            ctx.current, Reason.JOB_FAILED, message, ctx.at, inputs_hash=step.key, job=job.report
-        )
+        reason, message = _job_failure(job)
+        status = statuses.step_failed(ctx.current, reason, message, ctx.at, inputs_hash=step.key, job=job.report)
         unchanged = statuses.same_condition(ctx.current, status, statuses.READY)
-        return Plan(status=status, events=[] if unchanged else [("Warning", Reason.JOB_FAILED, message)])
+        return Plan(status=status, events=[] if unchanged else [("Warning", reason, message)])
     return job
+
+
+def _job_failure(job: ObservedJob) -> tuple[Reason, str]:
+    """Why a Job failed, in the resource's words: the worker's own reason where it is one of the API's
+    (TargetConflict, EmptySource), else JobFailed with the worker's (or the Job's) message."""
+    worker, detail = split_error(job.error)
+    if worker in WORKER_FAILURES:
+        return Reason(worker), f"Job {job.name}: {detail}"
+    return Reason.JOB_FAILED, f"Job {job.name} failed: {job.error or 'no message'}"
 
 
 def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Reason) -> Plan:
@@ -436,15 +448,16 @@ def _index_step(
     ttl: int | None = None,
     deadline: int | None = None,
 ) -> WorkerStep:
-    """Every index step runs with the index's resources, scheduling and database."""
+    """Every index step runs for the index (the target's owner), with its resources, scheduling and database."""
     scheduling = _scheduling(ctx, spec.scheduling)
     if deadline is not None:
         limit = scheduling.active_deadline_seconds
         scheduling = scheduling.model_copy(update={"active_deadline_seconds": min(deadline, limit or deadline)})
+    owner = owner_of(ctx.body)
     return WorkerStep(
-        owner=owner_of(ctx.body),
+        owner=owner,
         key=key,
-        config=config,
+        config=config.model_copy(update={"owner": target_owner(owner)}),
         resources=spec.resources,
         scheduling=scheduling,
         gpus=spec.resources.gpus or 0,
@@ -455,17 +468,17 @@ def _index_step(
 
 def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
     # What the version's vectors and layout depend on; batch size, commit size and shard count
-    # only change how fast it is built, and search settings only what probes measure.
-    key = naming.step_key(
-        "embed",
+    # only change how fast it is built, and search settings only what probes measure. The store
+    # records the same identity with each version (embeddings_key), so it reuses a version only
+    # for what the planner also calls the same embeddings.
+    vectors = (
         inputs.model_id,
         naming.identity(spec.source),
         inputs.dataset_fingerprint,
         naming.identity(spec.ann, exclude={"ef_search", "probes"}),
         naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
-        naming.identity(spec.target),
-        ctx.rerun,
     )
+    key = naming.step_key("embed", *vectors, naming.identity(spec.target), ctx.rerun)
     config = steps.EmbedStep(
         target=spec.target,
         source=spec.source,
@@ -476,6 +489,7 @@ def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -
         # A version already built from the same model and source is reused, unless the user asked
         # for a fresh one with the rerun annotation (the table's rows changed, say).
         reuse=not ctx.rerun,
+        embeddings_key=naming.inputs_hash("embeddings", naming.STEP_VERSIONS["embed"], *vectors),
     )
     return _index_step(ctx, key, spec, config)
 

@@ -7,7 +7,7 @@ them; a worker module imports its own as `Result`.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -17,6 +17,27 @@ from embedops.api.dataset import DatasetCounts
 from embedops.api.finetune import ModelArtifact, ValidationScores
 from embedops.api.index import IndexVersion, ProbeResult, VersionState
 from embedops.api.scores import RetrievalScores
+
+
+class StepRefused(ValueError):
+    """A step that will not run, for a reason the resource shows as its own (api.conditions.WORKER_FAILURES)
+    rather than as "its Job failed"; like any invalid input it is not retried (exit 2)."""
+
+    reason: ClassVar[Reason]
+
+
+class TargetConflict(StepRefused):
+    """The target is not this index's to build, replace or drop: another index owns it, or a view or table
+    embedops did not create has its name, or depends on its view."""
+
+    reason = Reason.TARGET_CONFLICT
+
+
+class EmptySource(StepRefused):
+    """The source has no row with text: a version of it would serve nothing."""
+
+    reason = Reason.EMPTY_SOURCE
+
 
 # Kubernetes keeps at most this many bytes of a container's termination message.
 TERMINATION_MESSAGE_BYTES = 4096
@@ -122,8 +143,19 @@ def termination_message(result: ApiModel) -> str:
 
 
 def error_message(reason: str, message: str) -> str:
-    """A failed worker's termination message: what the planner shows in the resource's conditions."""
-    return json.dumps({"error": {"reason": reason, "message": message[:3000]}}, separators=(",", ":"))
+    """A failed worker's termination message: what the planner shows in the resource's conditions.
+
+    Cut to fit the bytes Kubernetes keeps (a cut JSON document would not parse), counting bytes
+    of the encoded document: a non-ASCII character takes up to 6 escaped.
+    """
+
+    def encoded(text: str) -> str:
+        return json.dumps({"error": {"reason": reason, "message": text}}, separators=(",", ":"))
+
+    message = message[:3000]
+    while len(encoded(message).encode()) > TERMINATION_MESSAGE_BYTES:
+        message = message[: len(message) * 3 // 4]
+    return encoded(message)
 
 
 def describe_error(text: str | None) -> str | None:
@@ -135,3 +167,11 @@ def describe_error(text: str | None) -> str | None:
         return f"{err['reason']}: {err['message']}"
     except (json.JSONDecodeError, KeyError, TypeError):
         return text.strip().splitlines()[-1][:500]
+
+
+def split_error(described: str | None) -> tuple[str | None, str]:
+    """The (reason, message) of an error as `describe_error` wrote it; (None, the text) for a log tail."""
+    if not described:
+        return None, ""
+    reason, sep, message = described.partition(": ")
+    return (reason, message) if sep and reason.isidentifier() else (None, described)

@@ -62,10 +62,22 @@ class TrainStep(Step):
     uses_database: ClassVar[bool] = False
 
 
+class TargetOwner(ApiModel):
+    """The EmbeddingIndex a step works for: the catalog records one owner per target, and a step for
+    another index never builds, replaces or drops that target's objects."""
+
+    namespace: str = Field(description="The index's namespace.")
+    name: str = Field(description="The index's name.")
+    uid: str = Field(default="", description="Its uid (a re-created index of the same name is the same owner).")
+
+
 class IndexStep(Step):
     """A step on one index's tables: every one of them reaches the database."""
 
     target: Target = Field(description="The index's view and schema.")
+    owner: TargetOwner | None = Field(
+        default=None, description="The index the step works for (unset: a worker run by hand, which claims nothing)."
+    )
 
     uses_database: ClassVar[bool] = True
 
@@ -110,6 +122,11 @@ class EmbedStep(ModelStep):
         default=True,
         description="Return a finished version already built with this model, source and vector settings instead of "
         "building it again (a model that comes back after a rollback is not re-embedded).",
+    )
+    embeddings_key: str | None = Field(
+        default=None,
+        description="What the vectors are (the planner's embed identity: model, source, vector type, metric, ANN "
+        "build, sequence length, precision), recorded with the version: only a version with the same key is reused.",
     )
 
     @model_validator(mode="after")

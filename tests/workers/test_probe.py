@@ -229,6 +229,7 @@ def test_the_gate_only_compares_probes_of_the_same_probe_set():
             None,
             probe_json,
             probe_set,
+            None,
         )  # type: ignore[arg-type]
 
     live_probe = {

@@ -146,9 +146,10 @@ def test_keep_versions_drops_the_oldest_beyond_the_live_one(notes, passing, fail
     for _ in range(3):
         result = run_publish(notes, model, build(notes, model), passing, keep_versions=2)
     assert (result.dropped, states(result)) == ([1], {3: "Live", 2: "Retired"})
-    # A candidate that failed its gate counts as a version kept; the live one is always kept.
+    # The live one is always kept, and so is the candidate: the version of the index's current model
+    # (gate failed here), which a later publish (a lowered threshold, an unpin) serves.
     result = run_publish(notes, model, build(notes, model), failing, keep_versions=1)
-    assert (result.dropped, states(result)) == ([4, 2], {3: "Live"})
+    assert (result.dropped, states(result)) == ([2], {4: "Ready", 3: "Live"})
     with psycopg.connect(notes) as conn:
         tables = {r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
-    assert tables == {"notes", "kb_v3"}
+    assert tables == {"notes", "kb_v3", "kb_v4"}

@@ -45,6 +45,8 @@ class Reason(StrEnum):
     BAD_WORKER_RESULT = "BadWorkerResult"
     NO_IMPROVEMENT = "NoImprovement"
     NO_LIVE_VERSION = "NoLiveVersion"
+    TARGET_CONFLICT = "TargetConflict"  # the target's name is another's: an index, a view or table of a user
+    EMPTY_SOURCE = "EmptySource"  # the source has no row to embed: a version would serve nothing
     VERSION_NOT_RETAINED = "VersionNotRetained"
     # An index that still serves, but not well (Degraded=True beside Ready=True).
     QUALITY_DEGRADED = "QualityDegraded"
@@ -65,7 +67,12 @@ TERMINAL = frozenset(
         Reason.BAD_WORKER_RESULT,
         Reason.NO_IMPROVEMENT,
         Reason.NO_LIVE_VERSION,
+        Reason.TARGET_CONFLICT,
+        Reason.EMPTY_SOURCE,
     }
 )
+# Reasons a worker fails with that are the resource's own reason, not just "its Job failed": the
+# planner shows them as they are (a worker's error document carries the reason).
+WORKER_FAILURES = frozenset({Reason.TARGET_CONFLICT, Reason.EMPTY_SOURCE})
 PUBLISH_NOTES = frozenset({Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED})
 SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED}

@@ -172,7 +172,7 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     step = WorkerStep(
         owner=owner,
         key=owner.uid,
-        config=steps.CleanupStep(target=spec.target),
+        config=steps.CleanupStep(target=spec.target, owner=reconcile.target_owner(owner)),
         resources=spec.resources,
         scheduling=spec.scheduling,
         dsn_secret=spec.database.dsn_secret_ref,

@@ -59,6 +59,16 @@ _DDL = (
     # At most one live version per target, whatever goes wrong in a caller.
     """CREATE UNIQUE INDEX IF NOT EXISTS index_versions_one_live
         ON embedops.index_versions (target_schema, target_name) WHERE state = 'Live'""",
+    # One owner per target (the EmbeddingIndex whose steps may build, replace and drop its
+    # objects), and per version the key of what its vectors are (the planner's embed identity).
+    # Added columns, so a catalog of an earlier release is upgraded in place.
+    "ALTER TABLE embedops.index_targets ADD COLUMN IF NOT EXISTS owner_namespace text",
+    "ALTER TABLE embedops.index_targets ADD COLUMN IF NOT EXISTS owner_name text",
+    "ALTER TABLE embedops.index_targets ADD COLUMN IF NOT EXISTS owner_uid text",
+    "ALTER TABLE embedops.index_versions ADD COLUMN IF NOT EXISTS embeddings_key text",
+    # The version spec.pinnedVersion made live, while a pin holds: unpinning then serves the current
+    # model's version again, where a version retired by a rollback stays retired.
+    "ALTER TABLE embedops.index_targets ADD COLUMN IF NOT EXISTS pinned_version integer",
     """CREATE TABLE IF NOT EXISTS embedops.index_progress (
         target_schema text NOT NULL,
         target_name text NOT NULL,
@@ -79,7 +89,7 @@ _SELECT = (
     "CASE WHEN v.state = 'Building' THEN (SELECT coalesce(sum(p.row_count), 0) FROM embedops.index_progress p "
     "WHERE (p.target_schema, p.target_name, p.version) = (v.target_schema, v.target_name, v.version)) "
     "ELSE v.row_count END, "
-    "v.state, v.created_at, v.completed_at, v.probe, v.probe_set FROM embedops.index_versions v "
+    "v.state, v.created_at, v.completed_at, v.probe, v.probe_set, v.embeddings_key FROM embedops.index_versions v "
     "WHERE v.target_schema = %s AND v.target_name = %s"
 )
 
@@ -106,6 +116,7 @@ class VersionRecord:
     completed_at: dt.datetime | None
     probe: dict[str, Any] | None
     probe_set: str | None
+    embeddings_key: str | None  # None: built by a release that did not record it
 
     def to_api(self) -> IndexVersion:
         return IndexVersion(
@@ -133,9 +144,20 @@ class Build:
     id_type: str  # SQL type of the ids, as format_type() writes it
     source: str  # description of the documents, see sources.describe
     shards: int
+    # What the vectors and their index are, as the planner identifies an embed step (its model,
+    # source, vector type, metric, ANN build parameters, sequence length, precision): one
+    # definition of "the same embeddings" for the planner and the store. None: a build run by
+    # hand, which is compared by the columns below only.
+    embeddings_key: str | None = None
 
     def same_embeddings(self, rec: VersionRecord) -> bool:
-        """Whether `rec` holds what this build would write (the shard count aside)."""
+        """Whether `rec` holds what this build would write (the shard count aside).
+
+        With a key, only a version recorded with the same key does: a version of an earlier
+        release (no key) is never taken for one whose ANN index or sequence length may differ.
+        """
+        if self.embeddings_key is not None and rec.embeddings_key != self.embeddings_key:
+            return False
         return (self.model_fingerprint, self.dimensions, self.vector_type, self.metric, self.id_type, self.source) == (
             rec.model_fingerprint,
             rec.dimensions,
@@ -146,15 +168,8 @@ class Build:
         )
 
     def matches(self, rec: VersionRecord) -> bool:
-        return (
-            self.model_fingerprint,
-            self.dimensions,
-            self.vector_type,
-            self.metric,
-            self.id_type,
-            self.source,
-            self.shards,
-        ) == (rec.model_fingerprint, rec.dimensions, rec.vector_type, rec.metric, rec.id_type, rec.source, rec.shards)
+        """Whether a Building `rec` is this build's (its shards find each other by it)."""
+        return self.same_embeddings(rec) and self.shards == rec.shards
 
 
 @dataclass(frozen=True)
@@ -250,8 +265,8 @@ def insert_building(
     """Insert a Building version and one empty progress row per shard."""
     conn.execute(
         "INSERT INTO embedops.index_versions (target_schema, target_name, version, table_name, model, "
-        "model_fingerprint, dimensions, vector_type, metric, id_type, source, shards, state) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'Building')",
+        "model_fingerprint, dimensions, vector_type, metric, id_type, source, shards, embeddings_key, state) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'Building')",
         (
             schema,
             view,
@@ -265,6 +280,7 @@ def insert_building(
             build.id_type,
             build.source,
             build.shards,
+            build.embeddings_key,
         ),
     )
     conn.execute(
@@ -296,6 +312,66 @@ def delete_version(conn: psycopg.Connection, rec: VersionRecord) -> None:
     conn.execute(
         "DELETE FROM embedops.index_versions WHERE target_schema = %s AND target_name = %s AND version = %s",
         (rec.schema, rec.view, rec.version),
+    )
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The EmbeddingIndex a target belongs to. Its namespace and name identify it: an index deleted
+    (with deletionPolicy Retain) and created again under the same name takes its target back."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+
+    def __str__(self) -> str:
+        return f"EmbeddingIndex {self.namespace}/{self.name}"
+
+
+def owner(conn: psycopg.Connection, schema: str, view: str) -> Owner | None:
+    """The target's recorded owner; None when none is recorded (no build yet, or an earlier release's)."""
+    row = conn.execute(
+        "SELECT owner_namespace, owner_name, coalesce(owner_uid, '') FROM embedops.index_targets "
+        "WHERE target_schema = %s AND target_name = %s AND owner_name IS NOT NULL",
+        (schema, view),
+    ).fetchone()
+    return Owner(*row) if row else None
+
+
+def claim(conn: psycopg.Connection, schema: str, view: str, claimant: Owner) -> Owner:
+    """Record `claimant` as the target's owner unless another owns it; returns the owner now recorded.
+
+    An unowned target (new, or built by an earlier release) is adopted by the first claimant.
+    """
+    row = fetch.row(
+        conn.execute(
+            "INSERT INTO embedops.index_targets AS t "
+            "(target_schema, target_name, last_version, owner_namespace, owner_name, owner_uid) "
+            "VALUES (%s, %s, 0, %s, %s, %s) ON CONFLICT (target_schema, target_name) DO UPDATE SET "
+            "owner_namespace = coalesce(t.owner_namespace, excluded.owner_namespace), "
+            "owner_name = coalesce(t.owner_name, excluded.owner_name), "
+            "owner_uid = CASE WHEN t.owner_name IS NULL OR (t.owner_namespace, t.owner_name) = "
+            "(excluded.owner_namespace, excluded.owner_name) THEN excluded.owner_uid ELSE t.owner_uid END "
+            "RETURNING owner_namespace, owner_name, coalesce(owner_uid, '')",
+            (schema, view, claimant.namespace, claimant.name, claimant.uid),
+        )
+    )
+    return Owner(*row)
+
+
+def pinned(conn: psycopg.Connection, schema: str, view: str) -> int | None:
+    """The version a pin holds live, if any."""
+    row = conn.execute(
+        "SELECT pinned_version FROM embedops.index_targets WHERE target_schema = %s AND target_name = %s",
+        (schema, view),
+    ).fetchone()
+    return row[0] if row else None
+
+
+def set_pinned(conn: psycopg.Connection, schema: str, view: str, version: int | None) -> None:
+    conn.execute(
+        "UPDATE embedops.index_targets SET pinned_version = %s WHERE target_schema = %s AND target_name = %s",
+        (version, schema, view),
     )
 
 

@@ -45,8 +45,9 @@ from embedops.api.index import (
     Target,
     VersionState,
 )
+from embedops.results import TargetConflict
 from embedops.store import catalog, fetch, names
-from embedops.store.catalog import Build, ShardProgress, VersionRecord
+from embedops.store.catalog import Build, Owner, ShardProgress, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,92 @@ def _target(conn: psycopg.Connection, target: Target) -> tuple[str, str]:
 # -- public API: what the local runner and the operator call -----------------------------------
 
 
+def target_problems(conn: psycopg.Connection, target: Target, owner: Owner) -> list[str]:
+    """Why the target is not `owner`'s to use, in words, without writing anything (what `validate` shows);
+    empty when it is. A catalog not made yet holds no owner and no version table."""
+    schema, view = _target(conn, target)
+    problems = []
+    has_catalog = fetch.value(conn.execute("SELECT to_regclass('embedops.index_versions') IS NOT NULL"))
+    if has_catalog:
+        recorded = catalog.owner(conn, schema, view)
+        if recorded is not None and (recorded.namespace, recorded.name) != (owner.namespace, owner.name):
+            problems.append(f"target {schema}.{view} belongs to {recorded}")
+    if (foreign := _foreign_object(conn, schema, view, catalog_made=bool(has_catalog))) is not None:
+        problems.append(foreign)
+    if dependents := _dependent_views(conn, schema, view):
+        problems.append(f"{', '.join(dependents)} depend on {schema}.{view}, which every cut-over drops and creates")
+    return problems
+
+
+def claim_target(conn: psycopg.Connection, target: Target, owner: Owner) -> None:
+    """Make sure the target is `owner`'s to build, cut over and drop, before anything is written.
+
+    The catalog records one owner per target: a second index naming the same target gets
+    TargetConflict, as does a view or table of that name that embedops did not create, or a
+    view of a user that depends on the embedops view (a cut-over drops and creates the view,
+    which Postgres refuses while another view depends on it): all found before any embedding.
+    """
+    schema, view = _target(conn, target)
+    with conn.transaction():
+        catalog.lock_target(conn, schema, view)
+        _check_view_is_ours(conn, schema, view)
+        recorded = catalog.claim(conn, schema, view, owner)
+    if (recorded.namespace, recorded.name) != (owner.namespace, owner.name):
+        raise TargetConflict(
+            f"target {schema}.{view} belongs to {recorded}; give this index another target.name "
+            "(one index per target: the two would take turns replacing each other's view)"
+        )
+    if dependents := _dependent_views(conn, schema, view):
+        raise TargetConflict(
+            f"target {schema}.{view}: {', '.join(dependents)} depend on the view, which every cut-over drops and "
+            "creates again; drop them, or point them at another object"
+        )
+
+
+def _check_view_is_ours(conn: psycopg.Connection, schema: str, view: str) -> None:
+    if (foreign := _foreign_object(conn, schema, view)) is not None:
+        raise TargetConflict(
+            f"target.name: {foreign}; embedops will not replace it: give the index another target.name, or drop it"
+        )
+
+
+def _foreign_object(conn: psycopg.Connection, schema: str, view: str, *, catalog_made: bool = True) -> str | None:
+    """What stands under the target's name that embedops did not create, in words; None when nothing does.
+
+    A relation there is embedops' only if it is a view that reads nothing but the target's
+    version tables in the catalog.
+    """
+    name = sql.Identifier(schema, view).as_string(conn)
+    kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (name,)).fetchone()
+    if kind is None:
+        return None
+    if kind[0] != "v":
+        return f"{schema}.{view} exists and is not a view"
+    read = {
+        table
+        for (table,) in conn.execute(
+            "SELECT DISTINCT t.relname FROM pg_rewrite r JOIN pg_depend d ON d.objid = r.oid "
+            "AND d.classid = 'pg_rewrite'::regclass JOIN pg_class t ON t.oid = d.refobjid "
+            "WHERE r.ev_class = to_regclass(%s) AND t.oid <> r.ev_class",
+            (name,),
+        ).fetchall()
+    }
+    ours = {r.table for r in catalog.records(conn, schema, view)} if catalog_made else set()
+    if read and read <= ours:
+        return None
+    return f"{schema}.{view} is a view embedops did not create (it reads {', '.join(sorted(read)) or 'no table'})"
+
+
+def _dependent_views(conn: psycopg.Connection, schema: str, view: str) -> list[str]:
+    """The other views (and materialized views) that read the target's view."""
+    rows = conn.execute(
+        "SELECT DISTINCT r.ev_class::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid "
+        "AND d.classid = 'pg_rewrite'::regclass WHERE d.refobjid = to_regclass(%s) AND r.ev_class <> d.refobjid",
+        (sql.Identifier(schema, view).as_string(conn),),
+    ).fetchall()
+    return sorted(name for (name,) in rows)
+
+
 def versions(conn: psycopg.Connection, target: Target) -> list[IndexVersion]:
     """The target's versions in the catalog, newest first."""
     schema, view = _target(conn, target)
@@ -188,10 +275,24 @@ def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = 
     return _switch(conn, target, choose).to_api()
 
 
-def apply_retention(conn: psycopg.Connection, target: Target, keep: int) -> list[int]:
+def pinned(conn: psycopg.Connection, target: Target) -> int | None:
+    """The version spec.pinnedVersion holds live, as the last publish recorded it (None: not pinned)."""
+    schema, view = _target(conn, target)
+    return catalog.pinned(conn, schema, view)
+
+
+def record_pin(conn: psycopg.Connection, target: Target, version: int | None) -> None:
+    """Record the pin a publish applied (None: the index follows its model)."""
+    schema, view = _target(conn, target)
+    with conn.transaction():
+        catalog.set_pinned(conn, schema, view, version)
+
+
+def apply_retention(conn: psycopg.Connection, target: Target, keep: int, *, protect: int | None = None) -> list[int]:
     """Drop the version tables beyond the `keep` newest (the live one always kept); returns the versions dropped.
 
-    Building versions are never touched (a pod may be writing them); Failed ones are always dropped.
+    Building versions are never touched (a pod may be writing them); Failed ones are always dropped;
+    `protect` (the version of the index's current model, while a pin serves another) is always kept.
     """
     schema, view = _target(conn, target)
     if keep < 1:
@@ -199,7 +300,7 @@ def apply_retention(conn: psycopg.Connection, target: Target, keep: int) -> list
     with conn.transaction():
         catalog.lock_target(conn, schema, view)
         records = catalog.records(conn, schema, view)
-        kept = _retained(records, keep)
+        kept = _retained(records, keep) | ({protect} if protect is not None else set())
         doomed = [r for r in records if r.state != VersionState.BUILDING and r.version not in kept]
         for rec in doomed:
             _drop_version_table(conn, rec)
@@ -209,12 +310,29 @@ def apply_retention(conn: psycopg.Connection, target: Target, keep: int) -> list
     return [r.version for r in doomed]
 
 
-def drop_target(conn: psycopg.Connection, target: Target) -> list[str]:
-    """Drop the view, every version table in the catalog and the catalog rows (deletionPolicy: Delete)."""
+def drop_target(conn: psycopg.Connection, target: Target, owner: Owner | None = None) -> list[str]:
+    """Drop the view, every version table in the catalog and the catalog rows (deletionPolicy: Delete).
+
+    For `owner` only: a target another index owns is left as it is (nothing is dropped; a second
+    index naming the same target must not take the first one's tables with it when deleted).
+    """
     schema, view = _target(conn, target)
     with conn.transaction():
         catalog.lock_target(conn, schema, view)
-        conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, view)))
+        recorded = catalog.owner(conn, schema, view)
+        if (
+            owner is not None
+            and recorded is not None
+            and (recorded.namespace, recorded.name)
+            != (
+                owner.namespace,
+                owner.name,
+            )
+        ):
+            log.warning("%s.%s belongs to %s; %s drops nothing", schema, view, recorded, owner)
+            return []
+        if _foreign_object(conn, schema, view) is None:  # a view (or table) of a user under the name stays
+            conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(sql.Identifier(schema, view)))
         records = catalog.records(conn, schema, view)
         for rec in records:
             _drop_version_table(conn, rec)
@@ -260,6 +378,7 @@ def _switch(
 
 def _point_view(conn: psycopg.Connection, rec: VersionRecord) -> None:
     view = sql.Identifier(rec.schema, rec.view)
+    _check_view_is_ours(conn, rec.schema, rec.view)  # only a view embedops made is ever dropped
     grants = _view_grants(conn, view)
     conn.execute(sql.SQL("DROP VIEW IF EXISTS {}").format(view))
     conn.execute(
@@ -316,7 +435,7 @@ def begin_build(conn: psycopg.Connection, target: Target, build: Build) -> tuple
     """
     schema, view = _target(conn, target)
     _check_build(build)
-    _check_view_name_free(conn, schema, view)
+    _check_view_is_ours(conn, schema, view)
     with conn.transaction():
         catalog.lock_target(conn, schema, view)
         records = catalog.records(conn, schema, view)
@@ -355,15 +474,6 @@ def _check_build(build: Build) -> None:
         )
     if build.shards < 1:
         raise ValueError("embedding.shards: must be at least 1")
-
-
-def _check_view_name_free(conn: psycopg.Connection, schema: str, view: str) -> None:
-    """Fail before hours of embedding, not at cut-over, when the view's name is taken by a table."""
-    kind = conn.execute(
-        "SELECT relkind FROM pg_class WHERE oid = to_regclass(%s)", (sql.Identifier(schema, view).as_string(conn),)
-    ).fetchone()
-    if kind is not None and kind[0] != "v":
-        raise ValueError(f"target.name: {schema}.{view} exists and is not a view; embedops will not replace it")
 
 
 def _create_version_table(conn: psycopg.Connection, schema: str, table: str, build: Build) -> None:

@@ -1,16 +1,18 @@
 """The cleanup worker: drop an index's view and version tables (`deletionPolicy: Delete` only).
 
 Only tables the catalog lists for the target are dropped, and each name is derived again
-from the view and version rather than trusted from the catalog (store.pgvector.drop_target).
+from the view and version rather than trusted from the catalog (store.pgvector.drop_target); a target
+another index owns is left alone, and a view embedops did not create is never dropped.
 """
 
 from __future__ import annotations
 
 from embedops import steps
 from embedops.results import CleanupResult as Result
-from embedops.store import pgvector
+from embedops.store import catalog, pgvector
 
 
 def run(config: steps.CleanupStep, *, dsn: str | None = None) -> Result:
     with pgvector.connect(dsn) as conn:
-        return Result(dropped=pgvector.drop_target(conn, config.target))
+        owner = catalog.Owner(**config.owner.model_dump()) if config.owner is not None else None
+        return Result(dropped=pgvector.drop_target(conn, config.target, owner))

@@ -20,9 +20,12 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+import psycopg
+
 from embedops import modelzoo, progress, steps
 from embedops.results import EmbedResult as Result
-from embedops.store import pgvector
+from embedops.results import EmptySource
+from embedops.store import catalog, pgvector
 from embedops.workers import documents
 
 if TYPE_CHECKING:
@@ -43,6 +46,8 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
+        if config.owner is not None:  # before anything is read or written: whose target this is
+            pgvector.claim_target(conn, target, catalog.Owner(**config.owner.model_dump()))
         docs = documents.open_documents(
             config.source,
             conn=reader,
@@ -61,6 +66,7 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
             id_type=docs.id_type,
             source=docs.description,
             shards=config.embedding.shards,
+            embeddings_key=config.embeddings_key,
         )
         if config.reuse and (done := pgvector.find_built(conn, target, build)) is not None:
             log.info("%s already holds these embeddings (%s); nothing to build", done.table, done.state)
@@ -76,6 +82,7 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
                 seconds=round(time.monotonic() - started, 3),
                 rows_per_second=0.0,
             )
+        _check_not_empty(config, reader)
         rec, resumed = pgvector.begin_build(conn, target, build)
         writer = pgvector.VersionWriter(conn, rec, config.shard)
         already = writer.progress.rows
@@ -99,6 +106,14 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
         seconds=round(time.monotonic() - started, 3),
         rows_per_second=round(embedded / embedding_seconds, 2) if embedding_seconds > 0 else 0.0,
     )
+
+
+def _check_not_empty(config: steps.EmbedStep, conn: psycopg.Connection) -> None:
+    """A version of an empty source would go live serving nothing (recall 0 can meet a gate of 0): refuse it
+    before a version is allocated. Counting the whole source also finds a table the role may not read."""
+    whole = documents.open_documents(config.source, conn=conn, dataset_dir=config.dataset_dir)
+    if whole.total() == 0:
+        raise EmptySource(f"source: {whole.description} has no row with text to embed; no version is built")
 
 
 def embed_shard(

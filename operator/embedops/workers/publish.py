@@ -22,7 +22,7 @@ from embedops import steps
 from embedops.api.conditions import Reason
 from embedops.api.index import VersionState, live_version
 from embedops.results import PublishResult as Result
-from embedops.store import pgvector
+from embedops.store import catalog, pgvector
 from embedops.workers import probe
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
     target = config.target
     with pgvector.connect(dsn) as conn:
+        if config.owner is not None:  # a cut-over replaces the view: only the target's owner may
+            pgvector.claim_target(conn, target, catalog.Owner(**config.owner.model_dump()))
         state = pgvector.version_record(conn, target, config.version).state
+        was_pinned = pgvector.pinned(conn, target)
     result = Result(candidate=config.version)
+    if state == VersionState.RETIRED and was_pinned is not None and config.pinned_version is None:
+        state = VersionState.READY  # retired by the pin just lifted, not by a rollback: it may serve again
     if state == VersionState.RETIRED:
         result.note_reason = Reason.ROLLED_BACK
         result.note = f"v{config.version} holds this model but was rolled back from; not cut over again"
@@ -62,7 +67,9 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
             if live is None or live.version != config.pinned_version:
                 pgvector.cutover(conn, target, config.pinned_version)
                 log.info("%s.%s pinned to v%d", target.schema_name, target.name, config.pinned_version)
-        result.dropped = pgvector.apply_retention(conn, target, config.keep_versions)
+        pgvector.record_pin(conn, target, config.pinned_version)
+        # The current model's version stays while a pin serves another: unpinning serves it again.
+        result.dropped = pgvector.apply_retention(conn, target, config.keep_versions, protect=config.version)
         result.versions = pgvector.versions(conn, target)
     live_v = live_version(result.versions)
     result.live_version = live_v.version if live_v else None

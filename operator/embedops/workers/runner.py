@@ -22,6 +22,7 @@ from embedops.api.common import ApiModel
 from embedops.api.kinds import format_validation_error
 from embedops.builders.jobs import EXIT_INVALID, EXIT_TRANSIENT
 from embedops.modelzoo import ModelNotFound
+from embedops.results import StepRefused
 
 
 class WorkerError(Exception):
@@ -50,6 +51,10 @@ def run(step: steps.AnyStep, *, dsn: str | None) -> ApiModel:
 
     try:
         return _dispatch(step, dsn)
+    except StepRefused as err:
+        raise WorkerError(err.reason, [str(err)], EXIT_INVALID) from err
+    except psycopg.errors.InsufficientPrivilege as err:  # the spec names what the database role may not touch
+        raise WorkerError("InvalidInput", [str(err).strip().splitlines()[0]], EXIT_INVALID) from err
     except (ValueError, ModelNotFound, *_PATH_ERRORS) as err:
         raise WorkerError("InvalidInput", [_message(err)], EXIT_INVALID) from err
     except (DatabaseUnavailable, psycopg.OperationalError) as err:  # unreachable, or lost mid-step

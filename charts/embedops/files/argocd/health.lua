@@ -19,7 +19,8 @@ local hs = {}
 -- embedops.dev/rerun annotation. Used only when the Degraded condition is missing.
 local terminal = {
   InvalidSpec = true, MissingDatabase = true, NoProbeSet = true, JobFailed = true,
-  BadWorkerResult = true, NoImprovement = true, NoLiveVersion = true,
+  BadWorkerResult = true, NoImprovement = true, NoLiveVersion = true, TargetConflict = true,
+  EmptySource = true,
 }
 
 -- Notes the operator leaves on Progressing=False next to Ready=True (the publish step's outcome).
