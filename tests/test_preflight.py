@@ -231,3 +231,12 @@ def test_validate_refuses_two_indexes_with_one_target_in_one_folder(tmp_path, ca
         "EmbeddingIndex/default/ix-copy: spec.target: public.docs_search is also the target of "
         "EmbeddingIndex/default/ix in the same database; one index per target"
     ) in capsys.readouterr().err
+
+
+def test_validate_names_a_reference_to_a_resource_the_folder_does_not_define(tmp_path, capsys):
+    """Issue 16, minor: `validate` passed a misspelt datasetRef that `run` then waited on for ever."""
+    job = {"kind": "FineTuneJob", "metadata": {"name": "ft"}, "spec": {"datasetRef": {"name": "dss"}}}
+    assert main(["validate", "-f", str(write(tmp_path, job))]) == 2
+    assert "FineTuneJob/default/ft: refers to EmbeddingDataset 'dss', which these manifests do not define" in (
+        capsys.readouterr().err
+    )

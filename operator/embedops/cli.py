@@ -80,7 +80,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
-    problems = preflight.cluster(loaded) if args.cluster else preflight.check(loaded, dsn=_dsn(args))
+    problems = preflight.cluster(loaded) if args.cluster else preflight.check(loaded, dsn=_dsn(args), references=True)
     if problems:
         return _print_problems(problems)
     where = "for a cluster" if args.cluster else "for `embedops run`"

@@ -164,6 +164,22 @@ def _readable(conn: Any, table: Any) -> list[str]:
     return []
 
 
+def missing_references(loaded: list[LoadedResource]) -> list[str]:
+    """References to resources the folder does not define: `embedops run` would wait on them for ever
+    (DependencyNotFound); a cluster may hold them already, so `validate --cluster` does not ask."""
+    from embedops import reconcile
+
+    defined = {(i.resource.kind.kind, i.resource.namespace, i.resource.name) for i in loaded}
+    problems = []
+    for item in loaded:
+        r = item.resource
+        body = {"kind": r.kind.kind, "spec": r.spec.to_wire()}
+        for kind, name in reconcile.references(body):
+            if (kind, r.namespace, name) not in defined:
+                problems.append(f"{r.key}: refers to {kind} {name!r}, which these manifests do not define")
+    return problems
+
+
 def shared_targets(loaded: list[LoadedResource]) -> list[str]:
     """Two indexes of one folder naming the same target in the same database: one index per target."""
     seen: dict[tuple[Any, ...], str] = {}
@@ -208,10 +224,14 @@ def cluster(loaded: list[LoadedResource]) -> list[str]:
     return problems
 
 
-def check(loaded: list[LoadedResource], *, dsn: str | None) -> list[str]:
-    """Every problem found, `Kind/namespace/name: field: what is wrong`; the database only with a DSN."""
+def check(loaded: list[LoadedResource], *, dsn: str | None, references: bool = False) -> list[str]:
+    """Every problem found, `Kind/namespace/name: field: what is wrong`; the database only with a DSN, and
+    references to resources the manifests do not define only when asked (`validate`: a `run` may find them in
+    its state folder, from an earlier run)."""
     problems = [f"{item.resource.key}: {p}" for item in loaded for p in files_and_models(item)]
     problems += shared_targets(loaded)
+    if references:
+        problems += missing_references(loaded)
     if dsn is not None and any(item.resource.kind.kind == "EmbeddingIndex" for item in loaded):
         problems += database(loaded, dsn)
     return problems
