@@ -183,7 +183,18 @@ class BaseStatus(ApiModel):
     """Fields every embedops status has."""
 
     observed_generation: int | None = Field(default=None, description="The .metadata.generation the status reflects.")
-    phase: str | None = Field(default=None, description="A one-word summary for display; conditions are authoritative.")
+    phase: str | None = Field(
+        default=None,
+        description=(
+            "A one-word summary for display; the conditions are authoritative. Pending: waiting for another "
+            "resource, or its Job's pod cannot start yet (the Progressing reason says why); Queued: its Job "
+            "waits for Kueue to admit it; Suspended: its Job is suspended (scheduling.suspend); Running: its "
+            "Job runs; Ready: an EmbeddingDataset prepared or an EmbeddingIndex serving; Succeeded: a "
+            "FineTuneJob's model trained; Degraded: an EmbeddingIndex still serving with a problem (the "
+            "Degraded condition says which); Failed: a failure that stays until the spec changes or a "
+            "rerun is asked for."
+        ),
+    )
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=16,
@@ -314,5 +325,12 @@ class Scheduling(ApiModel):
         le=INT32_MAX,
         description="Delete the finished Job (never the custom resource) this many seconds after it ends.",
     )
-    suspend: bool = Field(default=False, description="Create the Job suspended (Kueue or a person resumes it).")
+    suspend: bool = Field(
+        default=False,
+        description=(
+            "Suspend the step's Job (true) or resume it (false): the same Job is suspended and resumed, "
+            "its pods stopped and started again, never replaced; phase Suspended while it is. A Job in a "
+            "Kueue queue (queueName) is suspended and resumed by Kueue instead."
+        ),
+    )
     service_account_name: str | None = Field(default=None, description="ServiceAccount of the worker pods.")
