@@ -6,6 +6,8 @@ import datetime as dt
 import json
 
 from embedops import steps
+from embedops.api.common import JobStatus
+from embedops.api.conditions import Reason
 from embedops.builders.jobs import worker_job
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.settings import OperatorSettings
@@ -652,3 +654,68 @@ def test_a_worker_refusal_is_the_index_s_own_reason_not_job_failed():
         "False",
         "JobFailed",
     )
+
+
+def test_waiting_work_is_pending_and_a_failed_dependency_is_named():
+    """Issue 17, items 4 and 5: phase Pending while waiting; a failed dataset said on the FineTuneJob."""
+    ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}})
+    waiting = plan(Observed(ft, related={("EmbeddingDataset", "ds"): {}}, now=NOW), SETTINGS)
+    assert ready(waiting) == ("False", "DependencyNotReady") and waiting.status.phase == "Pending"
+    failed = {
+        "phase": "Failed",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "JobFailed",
+                "message": "Job ds-prepare-1 failed: InvalidInput: data/scifact: no such folder",
+                "lastTransitionTime": "2026-11-25T11:00:00Z",
+            }
+        ],
+    }
+    p = plan(Observed(ft, related={("EmbeddingDataset", "ds"): failed}, now=NOW), SETTINGS)
+    assert ready(p) == ("False", "DependencyFailed") and p.status.phase == "Pending"
+    assert "EmbeddingDataset ds failed (JobFailed: Job ds-prepare-1 failed: InvalidInput" in (
+        p.status.condition("Ready").message
+    )
+
+
+def test_a_pod_that_cannot_start_posts_one_warning_event_when_the_wait_begins():
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    first = plan(Observed(b, now=NOW), SETTINGS)
+    name = first.create[0].name
+    b["status"] = first.status.to_wire()
+    stuck = ObservedJob(name, "Pending", waiting=(Reason.UNSCHEDULABLE, "0/2 nodes are available"), step="prepare")
+    p = plan(Observed(b, jobs={name: stuck}, now=NOW), SETTINGS)
+    assert ready(p) == ("False", "Unschedulable") and p.status.phase == "Pending"
+    assert [e for e in p.events if e[1] == "Unschedulable"] == [
+        ("Warning", "Unschedulable", f"Job {name} cannot start its pod: 0/2 nodes are available")
+    ]
+    b["status"] = p.status.to_wire()
+    assert plan(Observed(b, jobs={name: stuck}, now=NOW), SETTINGS).events == [], "the same wait is no news"
+
+
+def test_a_probe_that_hits_its_deadline_degrades_the_index_and_each_failure_is_an_event():
+    """Issue 17, items 2 and 7: a failed probe of an earlier slot is not replaced unseen by the next one."""
+    ix, related = _serving_index(INDEX_SPEC)
+    later = NOW + dt.timedelta(minutes=61)
+    (probe,) = [j for j in plan(Observed(ix, related=related, now=later), SETTINGS).create if j.step == "probe"]
+    deadline = "DeadlineExceeded: Job was active longer than specified deadline"
+    report = JobStatus(name=probe.name, step="probe", start_time="2026-11-25T13:01:00Z")
+    failed = {probe.name: ObservedJob(probe.name, "Failed", error=deadline, step="probe", report=report)}
+    # Half an hour on, the next slot's probe is due: the failure is still the index's latest word.
+    next_slot = later + dt.timedelta(minutes=30)
+    p = plan(Observed(ix, jobs=failed, related=related, now=next_slot), SETTINGS)
+    assert p.status.condition("Degraded").reason == "ProbeFailed" and p.status.phase == "Degraded"
+    assert deadline in p.status.condition("Degraded").message
+    assert [e[1] for e in p.events if e[0] == "Warning"] == ["ProbeFailed"]
+    assert any(j.step == "probe" for j in p.create), "the next probe still starts"
+    # A second failed probe is a second event, not the first one's count.
+    ix["status"] = p.status.to_wire()
+    (second,) = [j for j in p.create if j.step == "probe"]
+    report2 = JobStatus(name=second.name, step="probe", start_time="2026-11-25T13:31:00Z")
+    both = {**failed, second.name: ObservedJob(second.name, "Failed", error=deadline, step="probe", report=report2)}
+    again = plan(Observed(ix, jobs=both, related=related, now=next_slot + dt.timedelta(minutes=1)), SETTINGS)
+    assert [e for e in again.events if e[1] == "ProbeFailed"] == [
+        ("Warning", "ProbeFailed", f"Job {second.name} failed: {deadline}")
+    ]

@@ -29,7 +29,7 @@ from embedops import modelzoo, steps
 from embedops import status as statuses
 from embedops.api import times
 from embedops.api.common import BaseStatus, JobStatus, Scheduling
-from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, WORKER_FAILURES, Reason
+from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, WAITING, WORKER_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import (
@@ -191,7 +191,8 @@ def _failed(ctx: _Context, reason: Reason, message: str) -> Plan:
 
 
 def _waiting(ctx: _Context, reason: Reason, message: str) -> Plan:
-    return Plan(status=statuses.progressing(ctx.current, reason, message, ctx.at))
+    """Nothing runs: the resource waits for another (phase Pending, not Running)."""
+    return Plan(status=statuses.progressing(ctx.current, reason, message, ctx.at, phase="Pending"))
 
 
 def _related(ctx: _Context, kind: str, name: str) -> Any:
@@ -200,9 +201,14 @@ def _related(ctx: _Context, kind: str, name: str) -> Any:
     if raw is None:
         raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_FOUND, f"{kind} {name} does not exist"))
     status = statuses.parse(KINDS[kind].status_model, raw)
-    if not statuses.is_ready(status):
-        raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_READY, f"waiting for {kind} {name} to be Ready"))
-    return status
+    if statuses.is_ready(status):
+        return status
+    if status.phase == "Failed":
+        # Said where people look (the FineTuneJob of a failed dataset), not only on the failed one.
+        cause = status.condition(statuses.READY)
+        why = f"{cause.reason}: {cause.message}" if cause is not None else "no reason given"
+        raise _Stop(_waiting(ctx, Reason.DEPENDENCY_FAILED, f"{kind} {name} failed ({why}); fix it to go on"))
+    raise _Stop(_waiting(ctx, Reason.DEPENDENCY_NOT_READY, f"waiting for {kind} {name} to be Ready"))
 
 
 def _require_secret(ctx: _Context, ref: Any, field_path: str) -> None:
@@ -295,6 +301,8 @@ def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Rea
     plan.status = statuses.running(
         ctx.current, reason, message, ctx.at, job.report or JobStatus(name=job.name, step=step.step), phase=phase
     )
+    if reason in WAITING and not statuses.same_condition(ctx.current, plan.status, statuses.PROGRESSING):
+        plan.events.append(("Warning", reason, message))  # once, when the wait begins or its cause changes
     return plan
 
 
@@ -708,22 +716,50 @@ class _Scheduled:
     problems: list[tuple[Reason, str]] = field(default_factory=list)
 
 
-def _run_scheduled(ctx: _Context, planned: list[WorkerStep], current: EmbeddingIndexStatus) -> _Scheduled:
+def _run_scheduled(
+    ctx: _Context, planned: list[WorkerStep], current: EmbeddingIndexStatus, live: IndexVersion
+) -> _Scheduled:
     out = _Scheduled(Plan(), current.probe, current.drift)
     for step in planned:
-        job = ctx.obs.jobs.get(step.name)
+        if step.name not in ctx.obs.jobs and not any(
+            j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()
+        ):
+            out.plan.create.append(step)  # one probe (one drift) at a time
+            out.plan.events.append(("Normal", "JobCreated", f"created Job {step.name}"))
+    slots = {step.step: step.name for step in planned}
+    for kind, reason in SCHEDULED_FAILURES.items():
+        job = _last_finished(ctx, kind, slots.get(kind), since=live.created_at)
         if job is None:
-            if not any(j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()):
-                out.plan.create.append(step)  # one probe (one drift) at a time
-                out.plan.events.append(("Normal", "JobCreated", f"created Job {step.name}"))
-        elif job.state == "Succeeded" and 0 in job.results:
-            if step.step == "probe":
-                out.probe = ProbeResult.model_validate(job.results[0])
-            else:
-                out.drift = DriftResult.model_validate(job.results[0])
-        elif job.state == "Failed":
-            out.problems.append((SCHEDULED_FAILURES[step.step], f"Job {step.name} failed: {job.error or 'no message'}"))
+            continue
+        if job.state == "Failed":
+            out.problems.append((reason, f"Job {job.name} failed: {job.error or 'no message'}"))
+        elif 0 in job.results and kind == "probe":
+            out.probe = ProbeResult.model_validate(job.results[0])
+        elif 0 in job.results:
+            out.drift = DriftResult.model_validate(job.results[0])
     return out
+
+
+def _last_finished(ctx: _Context, step: str, slot: str | None, *, since: str | None) -> ObservedJob | None:
+    """The newest finished probe (or drift) Job of the live version: this slot's, else the last one that ended.
+
+    A run that failed (its deadline passed, its pod crashed) stays the index's latest word until a
+    later run of the same step ends, although a new slot's Job has another name: otherwise a probe
+    that hits its deadline would be replaced by the next one unseen.
+    """
+    jobs = ctx.obs.jobs
+    if slot is not None and slot in jobs and jobs[slot].state in ("Succeeded", "Failed"):
+        return jobs[slot]
+    done = [
+        j
+        for j in jobs.values()
+        if j.step == step
+        and j.state in ("Succeeded", "Failed")
+        and j.report is not None
+        and j.report.start_time is not None
+        and (since is None or j.report.start_time >= since)
+    ]
+    return max(done, key=lambda j: j.report.start_time or "" if j.report else "", default=None)
 
 
 def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, inputs: _IndexInputs) -> Plan:
@@ -731,7 +767,7 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     live = live_version(current.versions)
     if live is None:
         return Plan()
-    ran = _run_scheduled(ctx, _scheduled_steps(ctx, spec, current, inputs, live), current)
+    ran = _run_scheduled(ctx, _scheduled_steps(ctx, spec, current, inputs, live), current, live)
     unchanged = ran.probe == current.probe and ran.drift == current.drift and not ran.problems
     if unchanged and current.observed_generation == ctx.generation:
         return ran.plan
@@ -776,7 +812,12 @@ def _degraded_transition(
     before, after = old.condition(statuses.DEGRADED), new.condition(statuses.DEGRADED)
     was = before if before is not None and before.status == "True" else None
     now = after if after is not None and after.status == "True" else None
-    if now is not None and (was is None or was.reason != now.reason) and all(e[1] != now.reason for e in planned):
+    # A new failed probe (or drift) Job is news although the reason stays: its own event, not one old one.
+    recurring = was is not None and now is not None and now.reason in SCHEDULED_FAILURES.values()
+    changed = was is None or (
+        now is not None and (was.reason != now.reason or (recurring and was.message != now.message))
+    )
+    if now is not None and changed and all(e[1:] != (now.reason, now.message) for e in planned):
         return [("Warning", now.reason, now.message)]
     if was is not None and now is None:
         return [("Normal", "Recovered", f"no longer degraded ({was.reason}: {was.message})")]

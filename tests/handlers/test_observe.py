@@ -134,3 +134,25 @@ def test_a_pods_progress_lines_become_status_job_progress(caplog):
     assert (got.task, got.done, got.total, got.loss) == ("Training steps", 120, 300, 0.4321)
     assert got.rate > 0 and got.eta_seconds is not None
     assert parse_progress("no progress here\n") is None
+
+
+def test_a_missing_secret_an_unbound_claim_and_pending_pods_are_named():
+    """Issue 17, items 3, 12 and 5: what holds a pod back is said in words, and pending pods are not active."""
+    secret = observe_job(
+        _job({"active": 1}),
+        [_pod("Pending", waiting={"reason": "CreateContainerConfigError", "message": 'secret "pg" not found'})],
+    )
+    assert secret.waiting[0] == Reason.MISSING_SECRET and 'secret "pg" not found' in secret.waiting[1]
+    unbound = [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": "0/2 nodes are available: pod has unbound immediate PersistentVolumeClaims.",
+        }
+    ]
+    claim = observe_job(_job({"active": 1}), [_pod("Pending", conditions=unbound)]).waiting
+    assert claim[0] == Reason.MISSING_WORKSPACE and "the workspace claim is not bound" in claim[1]
+    # The Job counts its pending pod as active; status.job counts the pods that run.
+    assert observe_job(_job({"active": 1}), [_pod("Pending")]).report.active == 0
+    assert observe_job(_job({"active": 2}), [_pod("Running"), _pod("Pending", index=1)]).report.active == 1

@@ -28,9 +28,11 @@ class Reason(StrEnum):
     QUEUED = "Queued"
     UNSCHEDULABLE = "Unschedulable"
     MISSING_WORKSPACE = "MissingWorkspace"
+    MISSING_SECRET = "MissingSecret"  # a Secret (or its key) the pod reads is not there
     IMAGE_PULL_FAILED = "ImagePullFailed"
     DEPENDENCY_NOT_FOUND = "DependencyNotFound"
     DEPENDENCY_NOT_READY = "DependencyNotReady"
+    DEPENDENCY_FAILED = "DependencyFailed"  # a referenced resource failed: this one waits for it to be fixed
     WAITING_FOR_MODEL = "WaitingForModel"
     # Done (Ready=True).
     PREPARED = "Prepared"
@@ -71,6 +73,8 @@ TERMINAL = frozenset(
         Reason.EMPTY_SOURCE,
     }
 )
+# Why a step's pods cannot start: each is a Warning event when it begins (what `kubectl describe` shows).
+WAITING = frozenset({Reason.UNSCHEDULABLE, Reason.MISSING_WORKSPACE, Reason.MISSING_SECRET, Reason.IMAGE_PULL_FAILED})
 # Reasons a worker fails with that are the resource's own reason, not just "its Job failed": the
 # planner shows them as they are (a worker's error document carries the reason).
 WORKER_FAILURES = frozenset({Reason.TARGET_CONFLICT, Reason.EMPTY_SOURCE})

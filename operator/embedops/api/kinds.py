@@ -38,6 +38,8 @@ class Kind:
 
 _READY = ("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready condition", 0)
 _PHASE = ("Phase", "string", ".status.phase", "Summary of the state", 0)
+# Why it is (not) Ready, in one word: Unschedulable, DependencyFailed, TargetConflict, ...
+_REASON = ("Reason", "string", '.status.conditions[?(@.type=="Ready")].reason', "Reason of the Ready condition", 0)
 _AGE = ("Age", "date", ".metadata.creationTimestamp", "Age", 0)
 
 DATASET = Kind(
@@ -52,6 +54,7 @@ DATASET = Kind(
     printer_columns=(
         _READY,
         _PHASE,
+        _REASON,
         ("Pairs", "integer", ".status.counts.trainPairs", "Training pairs", 0),
         ("Test", "integer", ".status.counts.testQueries", "Held-out queries", 0),
         ("Invalid", "integer", ".status.counts.invalidRows", "Rows rejected by validation", 1),
@@ -71,6 +74,7 @@ FINETUNE = Kind(
     printer_columns=(
         _READY,
         _PHASE,
+        _REASON,
         ("Base-nDCG", "number", ".status.baseMetrics.ndcgAt10", "Base model nDCG@10", 0),
         ("Tuned-nDCG", "number", ".status.tunedMetrics.ndcgAt10", "Tuned model nDCG@10", 0),
         ("Duration", "number", ".status.durationSeconds", "Seconds of training and evaluation", 1),
@@ -89,6 +93,7 @@ INDEX = Kind(
     printer_columns=(
         _READY,
         _PHASE,
+        _REASON,
         ("Live", "integer", ".status.liveVersion", "Version the view serves", 0),
         ("Rows", "integer", ".status.rows", "Rows in the live version", 0),
         ("Recall", "number", ".status.probe.recallAtK", "Probe recall@k of the live version", 0),

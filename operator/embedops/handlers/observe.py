@@ -49,7 +49,8 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
         step=labels.get(naming.LABEL_STEP, ""),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime"),
-        active=status.get("active") or 0,
+        # A Job counts its pending pods as active; status.job counts the pods that run.
+        active=sum((p.get("status") or {}).get("phase") == "Running" for p in pods),
         succeeded=status.get("succeeded") or 0,
         failed=status.get("failed") or 0,
     )
@@ -121,14 +122,31 @@ def waiting_reason(pod: dict[str, Any]) -> tuple[Reason, str] | None:
             and cond.get("status") == "False"
             and cond.get("reason") == "Unschedulable"
         ):
-            message = cond.get("message") or "no node fits"
-            missing_claim = "persistentvolumeclaim" in message and "not found" in message
-            return (Reason.MISSING_WORKSPACE if missing_claim else Reason.UNSCHEDULABLE), message
+            return _unschedulable(cond.get("message") or "no node fits")
     for cs in status.get("containerStatuses") or []:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         if waiting.get("reason") in _IMAGE_PULL:
             return Reason.IMAGE_PULL_FAILED, f"{waiting['reason']}: {waiting.get('message') or cs.get('image', '')}"
+        if waiting.get("reason") == "CreateContainerConfigError":
+            # The kubelet's words name the Secret (or its key): `secret "pg" not found`,
+            # `couldn't find key dsn in Secret team-a/pg`.
+            detail = waiting.get("message") or "a Secret or ConfigMap the pod reads is missing"
+            return Reason.MISSING_SECRET, f"{detail} (the index's spec.database.dsnSecretRef names it)"
     return None
+
+
+def _unschedulable(message: str) -> tuple[Reason, str]:
+    """A pod the scheduler cannot place, and whether the workspace claim is the cause (missing, or unbound:
+    no StorageClass provisions it, which only the claim's own events say)."""
+    lowered = message.lower()
+    if "persistentvolumeclaim" in lowered and "not found" in lowered:
+        return Reason.MISSING_WORKSPACE, message
+    if "unbound" in lowered and "persistentvolumeclaim" in lowered:
+        return Reason.MISSING_WORKSPACE, (
+            f"the workspace claim is not bound (no PersistentVolume or default StorageClass provides it: "
+            f"`kubectl describe pvc` says why): {message}"
+        )
+    return Reason.UNSCHEDULABLE, message
 
 
 def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
