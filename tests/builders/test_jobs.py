@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from pydantic import ValidationError
+
 from embedops import steps
 from embedops.api.common import Resources, Scheduling, SecretKeySelector
 from embedops.builders import naming
@@ -171,3 +174,91 @@ def test_worker_pods_get_the_operators_default_cpu_and_memory():
     none = worker_job(_train_step(gpus=0), SETTINGS.model_copy(update={"worker_cpu": ""}))
     assert "resources" not in none["spec"]["template"]["spec"]["containers"][0]
     assert OperatorSettings.from_env({"EMBEDOPS_WORKER_CPU": "12"}).worker_cpu == "12"
+
+
+def test_worker_resources_take_requests_and_limits_and_a_resource_still_sets_its_own():
+    settings = OperatorSettings.from_env(
+        {"EMBEDOPS_WORKER_RESOURCES": '{"requests": {"cpu": 2, "memory": "8Gi"}, "limits": {"memory": "12Gi"}}'}
+    )
+    job = worker_job(_train_step(gpus=0), settings)
+    resources = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources == {"requests": {"cpu": "2", "memory": "8Gi"}, "limits": {"memory": "12Gi"}}  # no worker_cpu 4
+    own = worker_job(_train_step(gpus=1, resources=Resources(cpu="6")), settings)
+    resources = own["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "6", "memory": "8Gi", "nvidia.com/gpu": "1"}
+    assert resources["limits"] == {"cpu": "6", "memory": "12Gi", "nvidia.com/gpu": "1"}
+
+
+def test_worker_resources_refuse_keys_other_than_requests_and_limits():
+    with pytest.raises(ValidationError, match="only requests and limits"):
+        OperatorSettings.from_env({"EMBEDOPS_WORKER_RESOURCES": '{"cpu": "2"}'})
+    with pytest.raises(ValidationError, match="metadata and spec"):
+        OperatorSettings.from_env({"EMBEDOPS_WORKER_POD_TEMPLATE": '{"volumes": []}'})
+
+
+def test_worker_pods_pull_with_the_operators_image_pull_secrets():
+    settings = OperatorSettings.from_env({"EMBEDOPS_WORKER_IMAGE_PULL_SECRETS": "regcred, mirror"})
+    pod = worker_job(_train_step(), settings)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert "imagePullSecrets" not in worker_job(_train_step(), SETTINGS)["spec"]["template"]["spec"]
+
+
+POD_TEMPLATE = {
+    "metadata": {"labels": {"team": "search"}, "annotations": {"sidecar.istio.io/inject": "false"}},
+    "spec": {
+        "containers": [
+            {
+                "name": "worker",
+                "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "HOME", "value": "/nope"}],
+                "envFrom": [{"secretRef": {"name": "hf-token"}}],
+                "volumeMounts": [{"name": "certs", "mountPath": "/etc/ssl/custom", "readOnly": True}],
+                "resources": {"limits": {"ephemeral-storage": "20Gi"}},
+            },
+        ],
+        "initContainers": [{"name": "log-shipper", "image": "fluent-bit:3", "restartPolicy": "Always"}],
+        "volumes": [{"name": "certs", "configMap": {"name": "ca-bundle"}}, {"name": "tmp", "hostPath": {"path": "/x"}}],
+        "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+        "nodeSelector": {"pool": "batch", "cloud.google.com/gke-accelerator": "nvidia-l4"},
+        "imagePullSecrets": [{"name": "mirror"}],
+        "dnsPolicy": "ClusterFirst",
+    },
+}
+
+
+def test_the_worker_pod_template_merges_under_what_the_operator_renders():
+    settings = OperatorSettings.from_env(
+        {"EMBEDOPS_WORKER_POD_TEMPLATE": json.dumps(POD_TEMPLATE), "EMBEDOPS_WORKER_IMAGE_PULL_SECRETS": "regcred"}
+    )
+    scheduling = Scheduling.model_validate({"nodeSelector": {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}})
+    job = worker_job(_train_step(gpus=1, scheduling=scheduling), settings)
+    template = job["spec"]["template"]
+    assert template["metadata"]["labels"]["team"] == "search"
+    assert template["metadata"]["labels"][naming.LABEL_STEP] == "train"  # the operator's labels kept
+    assert template["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    pod = template["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["worker"]  # merged by name, the worker first
+    (worker,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert env["HTTPS_PROXY"] == "http://proxy:3128" and env["HOME"] == "/tmp"  # the operator's value wins
+    assert worker["env"][0]["name"] == "HF_HUB_OFFLINE"  # the operator's first: a template variable may use them
+    assert worker["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert {"name": "certs", "mountPath": "/etc/ssl/custom", "readOnly": True} in worker["volumeMounts"]
+    assert worker["resources"]["limits"]["ephemeral-storage"] == "20Gi"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert worker["image"] == settings.worker_image and worker["command"][:2] == ["embedops", "worker"]
+    assert pod["initContainers"] == POD_TEMPLATE["spec"]["initContainers"]  # a native sidecar: the Job still ends
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["certs"] == {"name": "certs", "configMap": {"name": "ca-bundle"}}
+    assert volumes["tmp"] == {"name": "tmp", "emptyDir": {}}  # a volume the operator renders is replaced whole
+    assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"pool": "batch", "cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+    assert pod["dnsPolicy"] == "ClusterFirst"  # a field the operator does not set is taken as it is
+    assert pod["restartPolicy"] == "Never"
+    assert settings.worker_pod_template == POD_TEMPLATE  # merged into a copy
+
+
+def test_no_pod_template_leaves_the_pod_as_rendered():
+    job = worker_job(_train_step(), SETTINGS.model_copy(update={"worker_pod_template": {}}))
+    assert job == worker_job(_train_step(), SETTINGS)

@@ -9,11 +9,14 @@ into status. A worker's exit code says whether trying again can help (docs/opera
 2 (invalid config or input) fails the Job at once through a pod failure policy; 3 (transient:
 the database unreachable) and 1 (anything else) retry up to `backoffLimit`; a pod evicted or
 preempted (the DisruptionTarget condition: a spot node reclaimed, Kueue preemption) is retried
-without counting against it.
+without counting against it. What a cluster adds to every worker pod (pull secrets, a CA bundle,
+a proxy, a log sidecar) comes from the operator's settings: worker_pod_template is merged under
+the rendered pod, the way Kubeflow Trainer's runtime patches are.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,13 +100,21 @@ def worker_command(step: WorkerStep) -> list[str]:
 
 
 def _resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
-    """Requests = limits: the CPU limit is what a worker sizes its tokenizer pool by (its cgroup quota)."""
-    requests: dict[str, Any] = {}
-    limits: dict[str, Any] = {}
-    if cpu := res.cpu or settings.worker_cpu:
-        requests["cpu"] = limits["cpu"] = cpu
-    if memory := res.memory or settings.worker_memory:
-        requests["memory"] = limits["memory"] = memory
+    """The operator's defaults (worker_resources, else worker_cpu / worker_memory as request = limit),
+    then the resource's own cpu and memory as request = limit: the CPU limit is what a worker sizes
+    its tokenizer pool by (its cgroup quota)."""
+    defaults = settings.worker_resources or {}
+    requests: dict[str, Any] = dict(defaults.get("requests") or {})
+    limits: dict[str, Any] = dict(defaults.get("limits") or {})
+    if settings.worker_resources is None:
+        if settings.worker_cpu:
+            requests["cpu"] = limits["cpu"] = settings.worker_cpu
+        if settings.worker_memory:
+            requests["memory"] = limits["memory"] = settings.worker_memory
+    if res.cpu:
+        requests["cpu"] = limits["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
     if gpus:
         requests[GPU] = limits[GPU] = str(gpus)
     out: dict[str, Any] = {}
@@ -195,12 +206,62 @@ def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "affinity": sched.affinity,
         "priorityClassName": sched.priority_class_name,
         "serviceAccountName": sched.service_account_name,
+        "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
     }
     pod_spec.update({key: value for key, value in passed_through.items() if value})
     return pod_spec
 
 
-def _job_spec(step: WorkerStep, labels: dict[str, str], pod_spec: dict[str, Any]) -> dict[str, Any]:
+# How worker_pod_template merges under a rendered pod, as a strategic merge patch would: lists of
+# these fields merged by the key (an item of the same key merged, the rendered one's fields
+# winning), these appended, and a volume of a name the operator renders replaced whole (one
+# volume has one source).
+_MERGE_KEYS = {
+    "containers": "name",
+    "initContainers": "name",
+    "volumes": "name",
+    "env": "name",
+    "imagePullSecrets": "name",
+    "ports": "containerPort",
+    "volumeMounts": "mountPath",
+}
+_APPENDED = {"tolerations", "envFrom"}
+
+
+def _merged(template: Any, rendered: Any, field_name: str = "") -> Any:
+    """`rendered` over `template`: maps merged key by key, lists as _MERGE_KEYS and _APPENDED say,
+    anything else the rendered value's."""
+    if isinstance(template, dict) and isinstance(rendered, dict):
+        out = dict(template)
+        for key, value in rendered.items():
+            out[key] = _merged(template[key], value, key) if key in template else value
+        return out
+    if isinstance(template, list) and isinstance(rendered, list):
+        if field_name in _APPENDED:
+            return rendered + [item for item in template if item not in rendered]
+        if merge_key := _MERGE_KEYS.get(field_name):
+            theirs = {item.get(merge_key): item for item in template if isinstance(item, dict)}
+            ours = {item.get(merge_key) for item in rendered}
+            merged = [
+                _merged(theirs[item[merge_key]], item)
+                if item[merge_key] in theirs and field_name != "volumes"
+                else item
+                for item in rendered
+            ]
+            return merged + [item for item in template if not isinstance(item, dict) or item.get(merge_key) not in ours]
+    return rendered
+
+
+def _pod_template(step: WorkerStep, labels: dict[str, str], settings: OperatorSettings) -> dict[str, Any]:
+    """The Job's pod template, merged over the operator's worker_pod_template where one is set."""
+    rendered = {"metadata": {"labels": labels}, "spec": _pod_spec(step, settings)}
+    if settings.worker_pod_template is None:
+        return rendered
+    merged: dict[str, Any] = _merged(copy.deepcopy(settings.worker_pod_template), rendered)
+    return merged
+
+
+def _job_spec(step: WorkerStep, pod_template: dict[str, Any]) -> dict[str, Any]:
     sched = step.scheduling
     job_spec: dict[str, Any] = {
         "backoffLimit": sched.backoff_limit,
@@ -214,7 +275,7 @@ def _job_spec(step: WorkerStep, labels: dict[str, str], pod_spec: dict[str, Any]
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        "template": pod_template,
     }
     if step.shards is not None:
         job_spec.update(completionMode="Indexed", completions=step.shards, parallelism=step.shards)
@@ -245,5 +306,5 @@ def worker_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
             "labels": job_labels,
             "ownerReferences": [owner.reference()],
         },
-        "spec": _job_spec(step, labels, _pod_spec(step, settings)),
+        "spec": _job_spec(step, _pod_template(step, labels, settings)),
     }
