@@ -6,7 +6,7 @@ the resources, never the database and never a Job: the operator does the work, s
 needs no credentials beyond the user's own RBAC (the chart's `embedops-edit` role, or `edit`).
 
     kubectl embedops status [NAME]              every resource (or one), Ready, phase and why
-    kubectl embedops versions INDEX             an index's retained versions and their probes
+    kubectl embedops versions [INDEX]           an index's (or every index's) versions and last probes
     kubectl embedops pin INDEX VERSION          serve exactly that version (spec.pinnedVersion)
     kubectl embedops unpin INDEX                follow new models again
     kubectl embedops rollback INDEX [--to N]    pin the version before the live one (or N)
@@ -14,38 +14,137 @@ needs no credentials beyond the user's own RBAC (the chart's `embedops-edit` rol
     kubectl embedops probe INDEX                probe the live version now (embedops.dev/probe)
 
 NAME is `name`, or `kind/name` where two kinds share a name (kinds by name, plural or short name:
-eds, ftj, eix).
+eds, ftj, eix). kubectl's global flags go before or after the command, as kubectl takes them:
+-n/--namespace, --context, --kubeconfig; status and versions take -A/--all-namespaces and
+-o/--output json|yaml|wide. Errors are one line on stderr, as kubectl writes them, with exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
+
+import yaml
 
 from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.index import RETAINED_STATES
 from embedops.api.kinds import KINDS, ORDER
-from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION
+from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, references
+
+READERS = ("status", "versions")  # the commands that take -A and -o
+WATCH_HINT = (
+    "hint: {what} in namespace {ns} {has} no status at all: the operator may not watch that namespace "
+    "(`embedops operator -n`, the chart's watchNamespaces), or it is not running"
+)
 
 
 class PluginError(Exception):
-    pass
+    """A one-line error, printed as kubectl prints its own (`error: ...`)."""
 
 
-def _api(namespace: str | None) -> tuple[Any, str]:
+class ServerError(PluginError):
+    """The API server refused: printed as kubectl does, `Error from server (Reason): message`."""
+
+
+def _from_server(err: Any, verb: str, plural: str, namespace: str | None, name: str | None = None) -> PluginError:
+    """An ApiException as one line, with the server's own message where it sent one."""
+    try:
+        body = json.loads(err.body or "")
+    except (TypeError, ValueError):
+        body = {}
+    reason = body.get("reason") or err.reason or str(err.status)
+    if err.status == 401:
+        return PluginError("You must be logged in to the server (Unauthorized)")
+    message = body.get("message")
+    if not message:
+        where = f" in the namespace {namespace!r}" if namespace else " at the cluster scope"
+        thing = f"{plural}.{GROUP}" + (f" {name!r}" if name else "")
+        message = f"cannot {verb} {thing}{where}: {err.status} {err.reason}"
+    if err.status == 404 and not name:
+        message += f" (are the {GROUP} CRDs installed?)"
+    return ServerError(f"({reason}): {message}")
+
+
+class Api:
+    """The custom-objects calls the commands make, each failure one PluginError naming what was asked."""
+
+    def __init__(self, custom: Any, server: str = "") -> None:
+        self.custom = custom
+        self.server = server
+
+    def _call(self, verb: str, plural: str, namespace: str | None, name: str | None, fn: Any, *args: Any) -> Any:
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        try:
+            return fn(GROUP, VERSION, *args)
+        except ApiException as err:
+            if err.status == 404 and name:
+                return None
+            raise _from_server(err, verb, plural, namespace, name) from None
+        except HTTPError as err:
+            raise _unreachable(self.server, err) from None
+
+    def get(self, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
+        return self._call(
+            "get", plural, namespace, name, self.custom.get_namespaced_custom_object, namespace, plural, name
+        )
+
+    def list(self, namespace: str | None, plural: str) -> list[dict[str, Any]]:
+        if namespace is None:
+            found = self._call("list", plural, None, None, self.custom.list_cluster_custom_object, plural)
+        else:
+            found = self._call(
+                "list", plural, namespace, None, self.custom.list_namespaced_custom_object, namespace, plural
+            )
+        return list(found["items"])
+
+    def patch(self, obj: dict[str, Any], patch: dict[str, Any]) -> None:
+        meta, plural = obj["metadata"], KINDS[obj["kind"]].plural
+        ns, name = meta["namespace"], meta["name"]
+        fn = self.custom.patch_namespaced_custom_object
+        if self._call("patch", plural, ns, name, fn, ns, plural, name, patch) is None:
+            raise PluginError(f"{obj['kind']}/{name} is gone from namespace {ns}")
+
+
+def _unreachable(server: str, err: Exception) -> PluginError:
+    reason = getattr(err, "reason", None) or err
+    if "refused" in str(reason).lower():
+        return PluginError(
+            f"The connection to the server {server} was refused - did you specify the right host or port?"
+        )
+    return PluginError(f"Unable to connect to the server {server}: {reason}")
+
+
+def connect(kubeconfig: str | None, context: str | None) -> tuple[Api, str]:
+    """The API of the kubeconfig's context (or the pod's service account), and its namespace."""
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     try:
-        config.load_kube_config()
-        _, context = config.list_kube_config_contexts()
-        default = (context.get("context") or {}).get("namespace") or "default"
-    except config.ConfigException:
-        config.load_incluster_config()
-        default = "default"
-    return client.CustomObjectsApi(), namespace or default
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        chosen = next((c for c in contexts if c["name"] == context), None) if context else active
+        if chosen is None:
+            raise PluginError(f"context {context!r} does not exist")
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
+        namespace = (chosen.get("context") or {}).get("namespace") or "default"
+    except config.ConfigException as err:
+        if kubeconfig or context:
+            raise PluginError(f"kubeconfig {kubeconfig or '(default)'}: {err}") from None
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            raise PluginError(
+                "no kubeconfig and not in a pod: set KUBECONFIG or --kubeconfig (as kubectl reads it), "
+                f"or run in a pod with a service account ({err})"
+            ) from None
+        namespace = "default"
+    configuration.retries = 0  # an unreachable server is one line at once, not three retries and a traceback
+    return Api(client.CustomObjectsApi(client.ApiClient(configuration)), configuration.host), namespace
 
 
 def _kind(word: str) -> str:
@@ -55,33 +154,22 @@ def _kind(word: str) -> str:
     raise PluginError(f"{word!r} is not an embedops kind ({', '.join(ORDER)})")
 
 
-def _find(api: Any, namespace: str, ref: str, kinds: tuple[str, ...] = ORDER) -> dict[str, Any]:
-    from kubernetes.client.exceptions import ApiException
-
+def _find(api: Api, namespace: str, ref: str, kinds: tuple[str, ...] = ORDER) -> dict[str, Any]:
     if "/" in ref:
         word, name = ref.split("/", 1)
         kinds = (_kind(word),)
     else:
         name = ref
-    found = []
-    for kind in kinds:
-        try:
-            found.append(api.get_namespaced_custom_object(GROUP, VERSION, namespace, KINDS[kind].plural, name))
-        except ApiException as err:
-            if err.status != 404:
-                raise
+    found = [o for kind in kinds if (o := api.get(namespace, KINDS[kind].plural, name)) is not None]
     if not found:
-        raise PluginError(f"no {' or '.join(kinds)} named {name!r} in namespace {namespace}")
+        raise ServerError(f"(NotFound): no {' or '.join(kinds)} named {name!r} in namespace {namespace}")
     if len(found) > 1:
         raise PluginError(f"{name!r} names a {' and a '.join(o['kind'] for o in found)}: say which, as kind/name")
     return found[0]
 
 
-def _patch(api: Any, obj: dict[str, Any], patch: dict[str, Any]) -> None:
-    meta = obj["metadata"]
-    api.patch_namespaced_custom_object(
-        GROUP, VERSION, meta["namespace"], KINDS[obj["kind"]].plural, meta["name"], patch
-    )
+def _list(api: Api, namespace: str | None, kinds: Sequence[str] = ORDER) -> list[dict[str, Any]]:
+    return [o for kind in kinds for o in api.list(namespace, KINDS[kind].plural)]
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -92,48 +180,133 @@ def _retained(index: dict[str, Any]) -> list[dict[str, Any]]:
     return [v for v in (index.get("status") or {}).get("versions") or [] if v.get("state") in RETAINED_STATES]
 
 
+def _ns(obj: dict[str, Any]) -> str:
+    return str(obj["metadata"].get("namespace", ""))
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 
-def status(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
-    if args.name:
-        objects = [_find(api, namespace, args.name)]
-    else:
-        objects = [
-            o
-            for kind in ORDER
-            for o in api.list_namespaced_custom_object(GROUP, VERSION, namespace, KINDS[kind].plural)["items"]
-        ]
-    rows = [("KIND", "NAME", "READY", "PHASE", "REASON", "MESSAGE")]
+def _hint(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _objects(api: Api, namespace: str, args: argparse.Namespace, ref: str | None, kinds: tuple[str, ...]) -> list[Any]:
+    if ref:
+        if args.all_namespaces:
+            raise PluginError("a resource cannot be retrieved by name across all namespaces")
+        return [_find(api, namespace, ref, kinds)]
+    objects = _list(api, None if args.all_namespaces else namespace, kinds)
+    if not objects and args.output in ("", "wide"):
+        _hint("No resources found" + ("." if args.all_namespaces else f" in {namespace} namespace."))
+    _hint_unwatched(objects)
+    return objects
+
+
+def _hint_unwatched(objects: Sequence[dict[str, Any]]) -> None:
+    """Resources none of which has any status: the operator never saw them (kubectl would just show dashes)."""
+    by_ns: dict[str, list[dict[str, Any]]] = {}
+    for obj in objects:
+        by_ns.setdefault(_ns(obj), []).append(obj)
+    for ns, found in sorted(by_ns.items()):
+        if not any(o.get("status") for o in found):
+            what = (
+                f"{found[0]['kind']}/{found[0]['metadata']['name']}"
+                if len(found) == 1
+                else f"the {len(found)} resources"
+            )
+            _hint(WATCH_HINT.format(what=what, ns=ns, has="has" if len(found) == 1 else "have"))
+
+
+def _print_objects(objects: list[dict[str, Any]], output: str, single: bool) -> list[str] | None:
+    """-o json|yaml: the objects as `kubectl get -o` prints them (one object, or a List)."""
+    if output not in ("json", "yaml"):
+        return None
+    doc = (
+        objects[0]
+        if single
+        else {"apiVersion": "v1", "kind": "List", "items": objects, "metadata": {"resourceVersion": ""}}
+    )
+    if output == "json":
+        return json.dumps(doc, indent=4).splitlines()
+    return yaml.safe_dump(doc, sort_keys=False).splitlines()
+
+
+def status(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
+    objects = _objects(api, namespace, args, args.name, ORDER)
+    if (printed := _print_objects(objects, args.output, bool(args.name))) is not None:
+        return printed
+    wide = args.output == "wide"
+    header = ("KIND", "NAME", "READY", "PHASE", "REASON", *(("SINCE", "GENERATION") if wide else ()), "MESSAGE")
+    rows = [(("NAMESPACE",) if args.all_namespaces else ()) + header]
     for obj in objects:
         ready = _condition(obj, "Ready")
         # What a person needs first: a degradation, else the work under way, else readiness itself.
         why = next((c for t in ("Degraded", "Progressing") if (c := _condition(obj, t)).get("status") == "True"), ready)
+        meta, state = obj["metadata"], obj.get("status") or {}
+        seen = f"{state.get('observedGeneration', '-')}/{meta.get('generation', '-')}"
         rows.append(
             (
+                *((_ns(obj),) if args.all_namespaces else ()),
                 obj["kind"],
-                obj["metadata"]["name"],
+                meta["name"],
                 ready.get("status", "-"),
-                (obj.get("status") or {}).get("phase") or "-",
+                state.get("phase") or "-",
                 why.get("reason", "-"),
+                *((why.get("lastTransitionTime", "-"), seen) if wide else ()),
                 why.get("message", ""),
             )
         )
     return _table(rows)
 
 
-def versions(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
-    index = _find(api, namespace, args.index, ("EmbeddingIndex",))
-    rows = [("VERSION", "STATE", "ROWS", "RECALL", "GATE", "MODEL")]
-    for v in (index.get("status") or {}).get("versions") or []:
-        probe = v.get("probe") or {}
-        recall = f"{probe['recallAtK']:.4f}@{probe['k']}" if probe else "-"
-        gate = "-" if probe.get("passed") is None else ("pass" if probe["passed"] else "fail")
-        rows.append((f"v{v['version']}", v["state"], str(v.get("rows", 0)), recall, gate, v.get("model", "")))
+def last_probe(index: dict[str, Any], version: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A version's latest probe, and whose it is: `live` (status.probe, the live version's
+    periodic probe) when that is the newer, else `gate` (the version's own, from its cut-over gate)."""
+    own = version.get("probe") or {}
+    live = (index.get("status") or {}).get("probe") or {}
+    if live.get("version") == version["version"] and live.get("checkedAt", "") >= own.get("checkedAt", ""):
+        return live, "live"
+    return own, "gate" if own else "-"
+
+
+def versions(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
+    indexes = _objects(api, namespace, args, args.index, ("EmbeddingIndex",))
+    if (printed := _print_objects(indexes, args.output, bool(args.index))) is not None:
+        return printed
+    wide = args.output == "wide"
+    where = (("NAMESPACE",) if args.all_namespaces else ()) + (() if args.index else ("INDEX",))
+    extra = ("MRR@10", "NDCG@10", "TABLE") if wide else ()
+    rows = [(*where, "VERSION", "STATE", "ROWS", "RECALL", "GATE", "PROBED", "PROBE", *extra, "MODEL")]
+    for index in indexes:
+        at = ((_ns(index),) if args.all_namespaces else ()) + (() if args.index else (index["metadata"]["name"],))
+        for v in (index.get("status") or {}).get("versions") or []:
+            probe, whose = last_probe(index, v)
+            recall = f"{probe['recallAtK']:.4f}@{probe['k']}" if probe else "-"
+            gate = "-" if probe.get("passed") is None else ("pass" if probe["passed"] else "fail")
+            scores = (_score(probe, "mrrAt10"), _score(probe, "ndcgAt10"), v.get("table", "-")) if wide else ()
+            rows.append(
+                (
+                    *at,
+                    f"v{v['version']}",
+                    v["state"],
+                    str(v.get("rows", 0)),
+                    recall,
+                    gate,
+                    probe.get("checkedAt", "-"),
+                    whose,
+                    *scores,
+                    v.get("model", ""),
+                )
+            )
     return _table(rows)
 
 
-def pin(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
+def _score(probe: dict[str, Any], key: str) -> str:
+    return f"{probe[key]:.4f}" if probe.get(key) is not None else "-"
+
+
+def pin(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
     kept = [v["version"] for v in _retained(index)]
     if args.version not in kept:
@@ -141,17 +314,17 @@ def pin(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
             f"{index['metadata']['name']} keeps {', '.join(f'v{v}' for v in kept) or 'no version'}: "
             f"v{args.version} cannot be served"
         )
-    _patch(api, index, {"spec": {"pinnedVersion": args.version}})
+    api.patch(index, {"spec": {"pinnedVersion": args.version}})
     return [f"{index['metadata']['name']} pinned to v{args.version}: the operator cuts over to it"]
 
 
-def unpin(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
+def unpin(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
-    _patch(api, index, {"spec": {"pinnedVersion": None}})
+    api.patch(index, {"spec": {"pinnedVersion": None}})
     return [f"{index['metadata']['name']} unpinned: new models are cut over again when they pass the gate"]
 
 
-def rollback(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
+def rollback(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
     live = (index.get("status") or {}).get("liveVersion")
     older = sorted((v["version"] for v in _retained(index) if live is None or v["version"] < live), reverse=True)
@@ -162,20 +335,43 @@ def rollback(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
     return pin(api, namespace, args)
 
 
-def rerun(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
+AGAIN = {
+    "EmbeddingDataset": "prepared",
+    "FineTuneJob": "trained",
+    "EmbeddingIndex": "re-embedded into a new version, probed and cut over if it passes",
+}
+
+
+def dependents(obj: dict[str, Any], others: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The resources that read `obj`'s result, directly or through one another (an index following a
+    FineTuneJob trained on a dataset): each runs again when `obj` does."""
+    reached = {(obj["kind"], obj["metadata"]["name"])}
+    grown = True
+    while grown:
+        grown = False
+        for other in others:
+            key = (other["kind"], other["metadata"]["name"])
+            if key not in reached and reached.intersection(references(other)):
+                reached.add(key)
+                grown = True
+                yield other
+
+
+def rerun(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     obj = _find(api, namespace, args.name)
-    _patch(api, obj, {"metadata": {"annotations": {RERUN_ANNOTATION: times.now()}}})
-    what = {
-        "EmbeddingDataset": "prepared",
-        "FineTuneJob": "trained",
-        "EmbeddingIndex": "re-embedded into a new version, probed and cut over if it passes",
-    }[obj["kind"]]
-    return [f"{obj['kind']}/{obj['metadata']['name']} will be {what} again"]
+    # Listed before the write, so that a user who may not list them learns it before anything runs.
+    users = [] if obj["kind"] == "EmbeddingIndex" else list(dependents(obj, _list(api, namespace, ORDER[1:])))
+    api.patch(obj, {"metadata": {"annotations": {RERUN_ANNOTATION: times.now()}}})
+    lines = [f"{obj['kind']}/{obj['metadata']['name']} will be {AGAIN[obj['kind']]} again"]
+    if users:
+        lines[0] += f", and with it these {len(users)}, which use it:"
+        lines += [f"  {o['kind']}/{o['metadata']['name']} will be {AGAIN[o['kind']]} again" for o in users]
+    return lines
 
 
-def probe(api: Any, namespace: str, args: argparse.Namespace) -> list[str]:
+def probe(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
-    _patch(api, index, {"metadata": {"annotations": {PROBE_ANNOTATION: times.now()}}})
+    api.patch(index, {"metadata": {"annotations": {PROBE_ANNOTATION: times.now()}}})
     return [f"{index['metadata']['name']}: its live version will be probed now (see `kubectl embedops status`)"]
 
 
@@ -185,22 +381,64 @@ def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     return ["   ".join([*(c.ljust(w) for c, w in zip(r, widths, strict=False)), r[-1]]).rstrip() for r in rows]
 
 
+# -- arguments ------------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors as kubectl writes them: `error: ...`, where to look, exit code 1."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f"error: {message}\nSee '{self.prog} --help' for usage.\n")
+
+
+def _globals(reader: bool) -> Parser:
+    """kubectl's global flags, accepted before and after the command: defaults are SUPPRESS so that
+    the command's parser does not overwrite what was given before it."""
+    flags = Parser(add_help=False, argument_default=argparse.SUPPRESS)
+    flags.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
+    flags.add_argument("--context", help="the kubeconfig context to use")
+    flags.add_argument("--kubeconfig", help="path to the kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+    if reader:
+        flags.add_argument("-A", "--all-namespaces", action="store_true", help="in every namespace")
+        flags.add_argument("-o", "--output", choices=("json", "yaml", "wide"), help="json, yaml or wide")
+    return flags
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kubectl embedops", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status", help="Ready, phase and why, of every resource or one").add_argument("name", nargs="?")
-    sub.add_parser("versions", help="an index's retained versions").add_argument("index")
-    p = sub.add_parser("pin", help="serve exactly this retained version")
+    flags, reader = _globals(False), _globals(True)
+    parser = Parser(prog="kubectl embedops", description=__doc__.split("\n\n")[0], parents=[reader])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def command(name: str, summary: str, *, reads: bool = False) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, parents=[reader if reads else flags])
+
+    command("status", "Ready, phase and why, of every resource or one", reads=True).add_argument("name", nargs="?")
+    command("versions", "an index's (or every index's) versions and last probes", reads=True).add_argument(
+        "index", nargs="?"
+    )
+    p = command("pin", "serve exactly this retained version")
     p.add_argument("index")
     p.add_argument("version", type=int)
-    sub.add_parser("unpin", help="follow new models again").add_argument("index")
-    p = sub.add_parser("rollback", help="pin the version before the live one")
+    command("unpin", "follow new models again").add_argument("index")
+    p = command("rollback", "pin the version before the live one")
     p.add_argument("index")
     p.add_argument("--to", type=int, help="this retained version instead")
-    sub.add_parser("rerun", help="run a resource's work again").add_argument("name")
-    sub.add_parser("probe", help="probe an index's live version now").add_argument("index")
+    command("rerun", "run a resource's work again (and all that uses it)").add_argument("name")
+    command("probe", "probe an index's live version now").add_argument("index")
     return parser
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = vars(args)
+    if args.command not in READERS and ("all_namespaces" in given or "output" in given):
+        parser.error(f"-A and -o apply to {' and '.join(READERS)} only, not {args.command}")
+    for key, default in (("namespace", None), ("context", None), ("kubeconfig", None)):
+        given.setdefault(key, default)
+    given.setdefault("all_namespaces", False)
+    given.setdefault("output", "")
+    return args
 
 
 COMMANDS = {
@@ -215,11 +453,14 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
-        api, namespace = _api(args.namespace)
-        for line in COMMANDS[args.command](api, namespace, args):
+        api, namespace = connect(args.kubeconfig, args.context)
+        for line in COMMANDS[args.command](api, args.namespace or namespace, args):
             print(line)
+    except ServerError as err:
+        print(f"Error from server {err}", file=sys.stderr)
+        return 1
     except PluginError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
