@@ -56,7 +56,7 @@ def test_validate_finds_missing_files_unknown_models_and_a_folder_for_a_file(tmp
     )
     assert main(["validate", "-f", str(path)]) == 2
     err = capsys.readouterr().err
-    assert "EmbeddingDataset/default/ds: spec.source.beir.path: 'nowhere' is not a folder" in err
+    assert "EmbeddingDataset/default/ds: spec.source.beir.path: 'nowhere' does not exist" in err
     assert "EmbeddingDataset/default/ds: spec.hardNegatives.model: model 'no-such-model' is neither" in err
     assert "EmbeddingDataset/default/pairs: spec.source.pairs.path: 'p.jsonl' is not found" in err
     assert "FineTuneJob/default/ft: spec.baseModel: model 'models/missing' is neither" in err

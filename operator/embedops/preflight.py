@@ -45,6 +45,8 @@ def _model(base_dir: Path, name: str, field: str) -> list[str]:
 
 def _beir(base_dir: Path, src: BeirSource) -> list[str]:
     folder = _path(base_dir, src.path)
+    if not folder.exists():
+        return [f"spec.source.beir.path: {src.path!r} does not exist"]
     if not folder.is_dir():
         return [f"spec.source.beir.path: {src.path!r} is not a folder"]
     return [

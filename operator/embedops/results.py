@@ -39,6 +39,11 @@ class EmptySource(StepRefused):
     reason = Reason.EMPTY_SOURCE
 
 
+class SourceNotThere(FileNotFoundError):
+    """A dataset's source path does not exist (yet): on a shared workspace another Job may still be
+    writing it, so a pod retries (exit 3) instead of failing for good at once."""
+
+
 # Kubernetes keeps at most this many bytes of a container's termination message.
 TERMINATION_MESSAGE_BYTES = 4096
 

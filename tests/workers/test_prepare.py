@@ -116,7 +116,7 @@ def test_text_length_bounds_come_from_the_spec(tmp_path):
 
 
 def test_missing_files_and_empty_results_fail_clearly(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'nowhere' is not a folder"):
+    with pytest.raises(FileNotFoundError, match="'nowhere' does not exist"):
         prepare_run(tmp_path, {"source": {"beir": {"path": "nowhere"}}})
     folder = beir_folder(tmp_path, 10)
     (folder / "qrels" / "test.tsv").unlink()

@@ -22,7 +22,7 @@ from embedops.api.common import ApiModel
 from embedops.api.kinds import format_validation_error
 from embedops.builders.jobs import EXIT_INVALID, EXIT_TRANSIENT
 from embedops.modelzoo import ModelNotFound
-from embedops.results import StepRefused
+from embedops.results import SourceNotThere, StepRefused
 
 
 class WorkerError(Exception):
@@ -53,6 +53,8 @@ def run(step: steps.AnyStep, *, dsn: str | None) -> ApiModel:
         return _dispatch(step, dsn)
     except StepRefused as err:
         raise WorkerError(err.reason, [str(err)], EXIT_INVALID) from err
+    except SourceNotThere as err:  # may still be on its way to the workspace: the Job retries, then fails
+        raise WorkerError("SourceNotFound", [str(err)], EXIT_TRANSIENT) from err
     except psycopg.errors.InsufficientPrivilege as err:  # the spec names what the database role may not touch
         raise WorkerError("InvalidInput", [str(err).strip().splitlines()[0]], EXIT_INVALID) from err
     except (ValueError, ModelNotFound, *_PATH_ERRORS) as err:

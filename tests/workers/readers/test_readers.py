@@ -399,3 +399,24 @@ def test_qrels_that_judge_nothing_relevant_say_so(tmp_path, split, what):
     beir(tmp_path, **{split: f"{HEADER}\nq0\td0\t0\nq4\td4\t0\n"})
     with pytest.raises(ValueError, match=rf"^qrels/{split}.tsv: no {what} has a relevant document \(every score is 0"):
         read(tmp_path, BEIR)
+
+
+def test_a_source_path_that_does_not_exist_is_retried_not_failed_for_good(tmp_path):
+    """Issue 17, item 4: on a shared workspace a Job may still be copying the data; exit 3, not 2."""
+    from embedops import steps
+    from embedops.workers import runner
+
+    step = steps.PrepareStep(
+        spec={"source": {"beir": {"path": "not-yet"}}}, base_dir=tmp_path, output_dir=tmp_path / "out"
+    )
+    with pytest.raises(runner.WorkerError) as err:
+        runner.run(step, dsn=None)
+    assert (err.value.reason, err.value.exit_code) == ("SourceNotFound", 3)
+    assert "source.beir.path 'not-yet' does not exist" in str(err.value)
+    (tmp_path / "a-file").write_text("x")
+    step = steps.PrepareStep(
+        spec={"source": {"beir": {"path": "a-file"}}}, base_dir=tmp_path, output_dir=tmp_path / "o"
+    )
+    with pytest.raises(runner.WorkerError) as err:
+        runner.run(step, dsn=None)
+    assert (err.value.reason, err.value.exit_code) == ("InvalidInput", 2) and "is not a folder" in str(err.value)

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from embedops.api.dataset import BeirSource, ValidationSpec
 from embedops.prepared import Doc
+from embedops.results import SourceNotThere
 from embedops.workers.readers.rows import (
     BadRow,
     Issues,
@@ -37,6 +38,8 @@ T = TypeVar("T", Doc, str)  # a corpus document or a query
 
 def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues) -> Source:
     folder = resolve(src.path, base_dir)
+    if not folder.exists():
+        raise SourceNotThere(f"source.beir.path {display_name(src.path)!r} does not exist")
     if not folder.is_dir():
         raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r} is not a folder")
     # The expected files only, all checked before any is read: the folder is never listed.

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from embedops.api.dataset import PairsSource, ValidationSpec
 from embedops.prepared import Doc
+from embedops.results import SourceNotThere
 from embedops.workers.readers.rows import (
     BadRow,
     Issues,
@@ -43,8 +44,10 @@ def read(src: PairsSource, base_dir: Path, rules: ValidationSpec, issues: Issues
 
 def read_file(path_as_written: str, base_dir: Path, rules: ValidationSpec, issues: Issues, *, test: bool) -> list[Pair]:
     path, name = resolve(path_as_written, base_dir), display_name(path_as_written)
+    if not path.exists():
+        raise SourceNotThere(f"pairs file {name!r} does not exist")
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file {name!r} not found")
+        raise FileNotFoundError(f"pairs file {name!r} is not a file")
     pairs = []
     for lineno, row in jsonl_rows(path, name, issues):
         try:
