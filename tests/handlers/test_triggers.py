@@ -24,3 +24,23 @@ def test_operator_without_credentials_stops_with_one_clear_error(monkeypatch, tm
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     with pytest.raises(kopf.PermanentError, match=r"no Kubernetes credentials: .*\$KUBECONFIG \(.*missing\)"):
         triggers.configure(settings=kopf.OperatorSettings())
+
+
+def test_the_storage_warm_up_after_new_crds_is_one_info_line_not_errors():
+    """Issue 17, item 11: kopf's ERROR with the whole 503 body, once per kind and namespace, becomes one line."""
+    import logging
+
+    from embedops.handlers.triggers import QuietStorageWarmup
+
+    quiet = QuietStorageWarmup()
+    body = '{"kind":"Status","message":"storage is (re)initializing","reason":"ServiceUnavailable","code":503}'
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf._cogs.clients.watching", logging.ERROR, __file__, 1, message, (), None)
+
+    first, second = record(f"Request failed: {body}"), record(f"Request failed: {body}")
+    assert quiet.filter(first) and first.levelno == logging.INFO and "storage" in first.getMessage()
+    assert body not in first.getMessage()
+    assert not quiet.filter(second), "said once"
+    other = record("something else broke")
+    assert quiet.filter(other) and other.levelno == logging.ERROR

@@ -39,6 +39,34 @@ from embedops.handlers import executor, kube, memory, workqueue
 log = logging.getLogger(__name__)
 
 
+class QuietStorageWarmup(logging.Filter):
+    """Right after the CRDs are created the API server answers watches with 503 "storage is
+    (re)initializing" for a few seconds; kopf retries, but logs an ERROR with the whole response
+    body for each kind and namespace. Say it once, in one line, at INFO."""
+
+    _MARK = "storage is (re)initializing"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self._MARK not in record.getMessage():
+            return True
+        if self._said:
+            return False
+        self._said = True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg, record.args, record.exc_info, record.exc_text = (
+            "the API server is still initializing the storage of the embedops kinds (new CRDs); watching "
+            "starts when it is ready",
+            (),
+            None,
+            None,
+        )
+        return True
+
+
 @kopf.on.startup()
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.finalizer = naming.FINALIZER
@@ -52,6 +80,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # No cluster-wide watching of CRDs and namespaces (it would need cluster-wide RBAC): the
     # served kinds are resolved once, here, so the CRDs must be installed first (the chart does).
     settings.scanning.disabled = True
+    quiet = QuietStorageWarmup()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(quiet)
     try:
         missing = kube.missing_kinds()
     except kube.NoCredentials as err:
