@@ -34,9 +34,10 @@ def _obj(kind: str, name: str, ns: str = "search", spec: dict[str, Any] | None =
     }
 
 
-def _error(status: int, reason: str, body: dict[str, Any] | None = None) -> ApiException:
+def _error(status: int, reason: str, body: dict[str, Any] | None = None, **headers: str) -> ApiException:
     err = ApiException(status=status, reason=reason)
     err.body = json.dumps(body) if body else None
+    err.headers = {k.replace("_", "-"): v for k, v in headers.items()}
     return err
 
 
@@ -181,6 +182,8 @@ def test_no_resources_and_no_status_at_all_say_so_on_stderr(cluster, capsys):
         "the operator may not watch that namespace" in captured.err and "namespace lost have no status" in captured.err
     )
     assert captured.out.splitlines()[1].split()[2:5] == ["-", "-", "-"]
+    assert kubectl.main(["status", "eix/ix", "-n", "lost"]) == 0
+    assert "hint: EmbeddingIndex/ix in namespace lost has no status at all" in capsys.readouterr().err
 
 
 def test_versions_show_each_versions_last_probe_and_mark_the_live_ones():
@@ -319,3 +322,23 @@ def test_an_unknown_context_is_named(tmp_path, capsys):
     assert capsys.readouterr().err == "error: context 'prod' does not exist\n"
     assert kubectl.main(["status", "--kubeconfig", str(config)]) == 1
     assert "The connection to the server https://127.0.0.1:1 was refused" in capsys.readouterr().err
+
+
+def test_too_many_requests_is_asked_again_after_retry_after(cluster, capsys, monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(kubectl.time, "sleep", slept.append)
+    fake = cluster([_obj("EmbeddingIndex", "ix", **READY)])
+    answers = iter([_error(429, "Too Many Requests", Retry_After="2"), _error(429, "Too Many Requests")])
+    listed = fake.list_namespaced_custom_object
+
+    def flaky(*args):
+        if (err := next(answers, None)) is not None:
+            raise err
+        return listed(*args)
+
+    fake.list_namespaced_custom_object = flaky
+    assert kubectl.main(["status"]) == 0 and slept == [2.0, 1.0]
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["EmbeddingIndex", "ix"]
+    cluster([], fail={"list": _error(429, "Too Many Requests", {"reason": "TooManyRequests", "message": "slow"})})
+    assert kubectl.main(["status"]) == 1 and len(slept) == 2 + kubectl.RETRIES
+    assert capsys.readouterr().err == "Error from server (TooManyRequests): slow\n"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -35,6 +36,7 @@ from embedops.api.index import RETAINED_STATES
 from embedops.api.kinds import KINDS, ORDER
 from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, references
 
+RETRIES = 10  # client-go's for answers that say Retry-After
 READERS = ("status", "versions")  # the commands that take -A and -o
 WATCH_HINT = (
     "hint: {what} in namespace {ns} {has} no status at all: the operator may not watch that namespace "
@@ -80,21 +82,26 @@ class Api:
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
-        try:
-            return fn(GROUP, VERSION, *args)
-        except ApiException as err:
-            if err.status == 404 and name:
-                return None
-            raise _from_server(err, verb, plural, namespace, name) from None
-        except HTTPError as err:
-            raise _unreachable(self.server, err) from None
+        for attempt in range(RETRIES + 1):
+            try:
+                return fn(GROUP, VERSION, *args)
+            except ApiException as err:
+                if err.status == 404 and name:
+                    return None
+                if attempt < RETRIES and (wait := _retry_after(err)) is not None:
+                    time.sleep(wait)
+                    continue
+                raise _from_server(err, verb, plural, namespace, name) from None
+            except HTTPError as err:
+                raise _unreachable(self.server, err) from None
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def get(self, namespace: str, plural: str, name: str) -> dict[str, Any] | None:
         return self._call(
             "get", plural, namespace, name, self.custom.get_namespaced_custom_object, namespace, plural, name
         )
 
-    def list(self, namespace: str | None, plural: str) -> list[dict[str, Any]]:
+    def objects(self, namespace: str | None, plural: str) -> list[dict[str, Any]]:
         if namespace is None:
             found = self._call("list", plural, None, None, self.custom.list_cluster_custom_object, plural)
         else:
@@ -109,6 +116,18 @@ class Api:
         fn = self.custom.patch_namespaced_custom_object
         if self._call("patch", plural, ns, name, fn, ns, plural, name, patch) is None:
             raise PluginError(f"{obj['kind']}/{name} is gone from namespace {ns}")
+
+
+def _retry_after(err: Any) -> float | None:
+    """Seconds to wait before asking again, as client-go does: a 429 (the server's storage still
+    initializing, priority and fairness), or a 5xx that says Retry-After."""
+    header = (err.headers or {}).get("Retry-After")
+    if err.status != 429 and not (header and 500 <= err.status < 600):
+        return None
+    try:
+        return min(float(header), 10.0) if header else 1.0
+    except ValueError:
+        return 1.0
 
 
 def _unreachable(server: str, err: Exception) -> PluginError:
@@ -169,7 +188,7 @@ def _find(api: Api, namespace: str, ref: str, kinds: tuple[str, ...] = ORDER) ->
 
 
 def _list(api: Api, namespace: str | None, kinds: Sequence[str] = ORDER) -> list[dict[str, Any]]:
-    return [o for kind in kinds for o in api.list(namespace, KINDS[kind].plural)]
+    return [o for kind in kinds for o in api.objects(namespace, KINDS[kind].plural)]
 
 
 def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -195,7 +214,9 @@ def _objects(api: Api, namespace: str, args: argparse.Namespace, ref: str | None
     if ref:
         if args.all_namespaces:
             raise PluginError("a resource cannot be retrieved by name across all namespaces")
-        return [_find(api, namespace, ref, kinds)]
+        objects = [_find(api, namespace, ref, kinds)]
+        _hint_unwatched(objects)
+        return objects
     objects = _list(api, None if args.all_namespaces else namespace, kinds)
     if not objects and args.output in ("", "wide"):
         _hint("No resources found" + ("." if args.all_namespaces else f" in {namespace} namespace."))
