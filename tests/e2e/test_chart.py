@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import urllib.request
 import uuid
 from pathlib import Path
@@ -21,6 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from embedops import steps
+from embedops.builders.jobs import Owner, WorkerStep, worker_job
+from embedops.settings import OperatorSettings
 from tests.e2e.conftest import ROOT, _free_port, wait_for
 from tests.e2e.test_operator import run_lifecycle
 
@@ -284,7 +288,8 @@ def test_names_images_security_contexts_and_env_from_values(tools):
         )
     )
     names = {d["metadata"]["name"] for d in docs if d["kind"] != "CustomResourceDefinition"}
-    assert names == {"vectors", "vectors-view", "vectors-edit", "vectors-dashboard"}
+    # The users' roles keep their names whatever the release: bindings to them outlive a reinstall.
+    assert names == {"vectors", "embedops-view", "embedops-edit", "vectors-dashboard"}
     container = container_of(docs)
     assert container["image"] == f"ghcr.io/embedops/operator@{digest}"
     env = container["env"]
@@ -309,12 +314,14 @@ def test_names_images_security_contexts_and_env_from_values(tools):
 
     renamed = docs_of(render(tools, "ops", "--set", "nameOverride=vectors"))
     assert {d["metadata"]["name"] for d in renamed if d["kind"] == "Deployment"} == {"embedops-vectors"}
-    assert (
-        next(d for d in renamed if d["kind"] == "Deployment")["spec"]["selector"]["matchLabels"][
-            "app.kubernetes.io/name"
-        ]
-        == "vectors-operator"
-    )
+    deploy = next(d for d in renamed if d["kind"] == "Deployment")
+    # Helm's conventions: the name label is the chart's name, the component says what it is.
+    assert deploy["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "vectors",
+        "app.kubernetes.io/instance": "embedops",
+    }
+    assert deploy["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    assert {d["metadata"]["name"] for d in renamed if d["kind"] == "ClusterRole"} >= {"embedops-view", "embedops-edit"}
 
     # Unset, the worker defaults are the operator's; an empty value means none.
     assert not [e for e in container_of(docs_of(render(tools, "ops")))["env"] if "WORKER_CPU" in e["name"]]
@@ -330,6 +337,10 @@ def test_names_images_security_contexts_and_env_from_values(tools):
         (["--set", "worker.resources.cpu=four"], "/worker/resources/cpu"),
         (["--set", "worker.resources.gpus=1"], "gpus"),
         (["--set", "fullnameOverride=Vectors"], "/fullnameOverride"),
+        (["--set", "worker.resources.cpu=2,worker.resources.requests.cpu=2"], "not both"),
+        (["--set", "worker.resources.requests.cpu=four"], "/worker/resources/requests/cpu"),
+        (["--set", "worker.podTemplate.volumes[0].name=x"], "volumes"),
+        (["--set", "worker.imagePullSecrets[0]=regcred"], "/worker/imagePullSecrets/0"),
     ],
 )
 def test_values_that_the_chart_refuses(tools, args, message):
@@ -349,6 +360,75 @@ def test_monitoring_objects_are_rendered_only_with_their_api(tools):
     assert "ServiceMonitor" in kinds and "PrometheusRule" not in kinds
     kinds = [d["kind"] for d in docs_of(render(tools, "ops", *ALL_ON, *MONITORING_APIS))]
     assert "ServiceMonitor" in kinds and "PrometheusRule" in kinds
+
+
+def test_helm_template_says_what_it_left_out_and_can_be_forced(tools):
+    """A GitOps repo rendered by `helm template` in CI has no cluster to ask: what is left out is
+    named in the output, and metrics.forceMonitoringObjects renders it anyway."""
+    text = render(tools, "ops", *ALL_ON)
+    assert "# PrometheusRule left out: metrics.prometheusRule.enabled is true" in text
+    assert "# ServiceMonitor left out" in text and "metrics.forceMonitoringObjects=true" in text
+    forced = render(tools, "ops", *ALL_ON, "--set", "metrics.forceMonitoringObjects=true")
+    kinds = [d["kind"] for d in docs_of(forced)]
+    assert "ServiceMonitor" in kinds and "PrometheusRule" in kinds and "left out" not in forced
+    assert "left out" not in render(tools, "ops")  # nothing enabled, nothing to say
+
+
+def test_worker_pod_values_reach_the_jobs_the_operator_builds(tools):
+    """worker.resources (requests/limits), worker.imagePullSecrets and worker.podTemplate become
+    the operator's settings, and the worker Jobs it builds from them carry them."""
+    template = {
+        "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
+        "spec": {
+            "containers": [{"name": "worker", "envFrom": [{"secretRef": {"name": "hf-token"}}]}],
+            "volumes": [{"name": "certs", "configMap": {"name": "ca-bundle"}}],
+            "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+    values = {
+        "worker": {
+            "resources": {"requests": {"cpu": 2, "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
+            "imagePullSecrets": [{"name": "regcred"}],
+            "podTemplate": template,
+        },
+        "extraEnvFrom": [{"secretRef": {"name": "proxy-settings"}}],
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(values, f)
+        f.flush()
+        container = container_of(docs_of(render(tools, "ops", "-f", f.name)))
+    assert container["envFrom"] == [{"secretRef": {"name": "proxy-settings"}}]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert "EMBEDOPS_WORKER_CPU" not in env
+    settings = OperatorSettings.from_env(env)
+    assert settings.worker_image_pull_secrets == ("regcred",) and settings.worker_pod_template == template
+    owner = Owner(kind="EmbeddingDataset", name="ds", namespace="team", uid="u")
+    config = steps.TrainStep(spec={"datasetRef": {"name": "ds"}}, dataset_dir="/workspace/d", output_dir="/workspace/m")
+    pod = worker_job(WorkerStep(owner=owner, key="k", config=config), settings)["spec"]["template"]
+    assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    spec = pod["spec"]
+    assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    assert spec["containers"][0]["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"memory": "8Gi"},
+    }
+    assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
+    assert {"name": "certs", "configMap": {"name": "ca-bundle"}} in spec["volumes"]
+    assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+
+
+def test_the_deprecated_worker_cpu_and_memory_still_work_and_the_notes_say_so(tools):
+    done = helm(
+        tools,
+        "install",
+        "x",
+        str(CHART),
+        "--dry-run=client",
+        "--set",
+        "worker.resources.cpu=8,worker.resources.memory=16Gi",
+    )
+    assert "DEPRECATED: worker.resources.cpu and worker.resources.memory" in done.stdout
+    assert "DEPRECATED" not in helm(tools, "install", "x", str(CHART), "--dry-run=client").stdout
 
 
 def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
@@ -383,6 +463,12 @@ def test_chart_applies_and_stays_in_sync(tools, monitoring_crds, nodes):
             "extraEnv[0].name=HTTPS_PROXY,extraEnv[0].value=http://p",
             "--set",
             "podSecurityContext.fsGroup=2000",
+            "--set",
+            "extraEnvFrom[0].secretRef.name=proxy-settings",
+            "--set",
+            "worker.resources.requests.cpu=2",
+            "--set",
+            "worker.imagePullSecrets[0].name=regcred",
         ),
     )
     kubectl(tools, *apply, stdin=manifests)
@@ -663,6 +749,10 @@ def test_a_release_of_another_name_takes_over_the_kept_crds(tools, crds):
         assert refused.returncode != 0 and f'current value is "{first}"' in refused.stderr, refused.stderr
         helm(tools, "install", second, str(CHART), "-n", second, "--create-namespace", "--take-ownership")
         survived((second, second))
+        # The users' roles the docs tell people to bind have the same names under the new release.
+        for role in ("embedops-view", "embedops-edit"):
+            got = json.loads(kubectl(tools, "get", "clusterrole", role, "-o", "json").stdout)
+            assert got["metadata"]["labels"]["app.kubernetes.io/instance"] == second
         # Now the CRDs are the second release's: a plain upgrade keeps managing them.
         helm(tools, "upgrade", second, str(CHART), "-n", second)
         manifest = docs_of(helm(tools, "get", "manifest", second, "-n", second).stdout)

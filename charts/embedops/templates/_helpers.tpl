@@ -18,13 +18,16 @@ when it contains the name already (release `embedops`: objects `embedops`). */}}
 {{- end -}}
 {{- end -}}
 
+{{/* Helm's conventions (`helm create`): the name label is the chart's name (nameOverride), the
+instance the release; what the object is for goes in the component label. */}}
 {{- define "embedops.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "embedops.name" . }}-operator
+app.kubernetes.io/name: {{ include "embedops.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "embedops.labels" -}}
 {{ include "embedops.selectorLabels" . }}
+app.kubernetes.io/component: operator
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/part-of: embedops
 app.kubernetes.io/managed-by: {{ .Release.Service }}
@@ -49,10 +52,21 @@ defaulting to the chart's appVersion). */}}
 {{- end -}}
 {{- end -}}
 
-{{/* The monitoring.coreos.com kinds the cluster serves (or `helm template --api-versions` names). */}}
+{{/* The monitoring.coreos.com kinds the cluster serves (or `helm template --api-versions` names),
+or metrics.forceMonitoringObjects: render them whatever the API versions say (GitOps repos
+rendered by `helm template` in CI, where no cluster answers). */}}
 {{- define "embedops.hasServiceMonitor" -}}
-{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor" }}true{{ end -}}
+{{- if or .Values.metrics.forceMonitoringObjects (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/ServiceMonitor") }}true{{ end -}}
 {{- end -}}
 {{- define "embedops.hasPrometheusRule" -}}
-{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule" }}true{{ end -}}
+{{- if or .Values.metrics.forceMonitoringObjects (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1/PrometheusRule") }}true{{ end -}}
+{{- end -}}
+
+{{/* What a ServiceMonitor or PrometheusRule left out says in `helm template`'s output, which
+shows no NOTES: a comment where the object would be. */}}
+{{- define "embedops.leftOut" -}}
+# {{ .kind }} left out: metrics.{{ .value }}.enabled is true, but Helm was not told that the cluster
+# serves monitoring.coreos.com/v1 {{ .kind }}. helm install and upgrade ask the cluster; with helm
+# template, pass --api-versions monitoring.coreos.com/v1/{{ .kind }} or set
+# metrics.forceMonitoringObjects=true.
 {{- end -}}
