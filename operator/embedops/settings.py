@@ -63,7 +63,7 @@ class OperatorSettings(BaseModel):
     worker_pod_template: dict[str, Any] | None = Field(
         default=None,
         description="JSON `{metadata: {labels, annotations}, spec: {...}}` merged under every worker pod "
-        "(docs/install.md#worker-pod-template): lists merged by name (containers, initContainers, volumes, "
+        "(docs/install.md#worker-pods): lists merged by name (containers, initContainers, volumes, "
         "env, volumeMounts by mountPath), tolerations and envFrom appended, maps merged; what the operator "
         "renders wins where both set a field.",
     )
