@@ -4,6 +4,7 @@ follow the status, counters the executor drives, and a scrape promtool finds cle
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -14,8 +15,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from embedops import reconcile
 from embedops.api.conditions import ConditionType, Reason
-from embedops.api.finetune import FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexStatus
+from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus
 from embedops.api.kinds import KINDS
 from embedops.metrics import RESOURCE, Metrics
 
@@ -54,6 +55,15 @@ def test_every_resource_metric_has_the_resource_labels():
 # -- series from statuses ---------------------------------------------------------------------
 
 
+PROBE = {"k": 20, "recallAtK": 0.9, "mrrAt10": 0.7, "ndcgAt10": 0.8, "queries": 50, "checkedAt": "2026-11-25T10:00:00Z"}
+SPEC = {
+    "source": {"datasetRef": {"name": "ds"}},
+    "target": {"name": "docs"},
+    "model": {"name": "m"},
+    "probe": {"intervalMinutes": 45},
+}
+
+
 def _status(live: int, versions: list[int]) -> EmbeddingIndexStatus:
     return EmbeddingIndexStatus.model_validate(
         {
@@ -65,18 +75,12 @@ def _status(live: int, versions: list[int]) -> EmbeddingIndexStatus:
                     "model": "m",
                     "rows": 100 * v,
                     "state": "Live" if v == live else "Ready",
+                    "probe": {**PROBE, "version": v, "recallAtK": 0.95},
                 }
                 for v in versions
             ],
-            "probe": {
-                "version": live,
-                "k": 20,
-                "recallAtK": 0.9,
-                "mrrAt10": 0.7,
-                "ndcgAt10": 0.8,
-                "queries": 50,
-                "checkedAt": "2026-11-25T10:00:00Z",
-            },
+            "rows": 100 * live,
+            "probe": {**PROBE, "version": live},
         }
     )
 
@@ -89,40 +93,173 @@ def _of(series: dict, **match: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {k: v for k, v in series.items() if all((label, value) in k for label, value in match.items())}
 
 
-def test_index_series_follow_versions_and_vanish_on_delete():
+def _one(registry: CollectorRegistry, metric: str, /, **match: str) -> float:
+    (value,) = _of(_series(registry, metric), **match).values()
+    return value
+
+
+def test_index_series_follow_versions_in_values_not_labels_and_vanish_on_delete():
     registry = CollectorRegistry()
     metrics = Metrics(registry)
-    metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(1, [1]))
+    metrics.observe("EmbeddingIndex", "ns", "docs", EmbeddingIndexSpec.model_validate(SPEC), _status(1, [1]))
     metrics.observe("EmbeddingIndex", "ns", "other", None, _status(1, [1]))
-    metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(2, [2, 1]))
-    rows = _of(_series(registry, "embedops_index_rows"), name="docs", kind="EmbeddingIndex", namespace="ns")
-    assert {dict(k)["version"]: v for k, v in rows.items()} == {"1": 100, "2": 200}
-    recall = _series(registry, "embedops_index_probe_recall")
-    # The probe series moved to the new live version; the other index is untouched.
-    assert sorted((dict(k)["name"], dict(k)["version"], dict(k)["k"]) for k in recall) == [
-        ("docs", "2", "20"),
-        ("other", "1", "20"),
-    ]
-    assert {dict(k)["k"] for k in _series(registry, "embedops_index_probe_ndcg")} == {"10"}
-    live = (("kind", "EmbeddingIndex"), ("name", "docs"), ("namespace", "ns"))
-    assert _series(registry, "embedops_index_live_version")[live] == 2
-
-    metrics.observe("EmbeddingIndex", "ns", "docs", None, _status(2, [2]))
-    assert sorted(dict(k)["version"] for k in _of(_series(registry, "embedops_index_rows"), name="docs")) == ["2"]
+    before = {s.name for m in registry.collect() for s in m.samples}
+    recall_series = set(_of(_series(registry, "embedops_index_probe_recall_ratio"), name="docs"))
+    metrics.observe("EmbeddingIndex", "ns", "docs", EmbeddingIndexSpec.model_validate(SPEC), _status(2, [2, 1]))
+    # A cut-over changes values: the same series, no new ones.
+    assert set(_of(_series(registry, "embedops_index_probe_recall_ratio"), name="docs")) == recall_series
+    assert {s.name for m in registry.collect() for s in m.samples} == before
+    assert _one(registry, "embedops_index_live_version", name="docs") == 2
+    assert _one(registry, "embedops_index_probe_version", name="docs") == 2
+    assert _one(registry, "embedops_index_rows", name="docs") == 200
+    assert _one(registry, "embedops_index_retained_versions", name="docs") == 2
+    assert _one(registry, "embedops_index_cutover_recall_ratio", name="docs", k="20") == 0.95
+    assert _one(registry, "embedops_index_probe_recall_ratio", name="docs", k="20") == 0.9
+    assert _one(registry, "embedops_index_probe_interval_seconds", name="docs") == 45 * 60
+    assert _one(registry, "embedops_index_max_regression_ratio", name="docs") == 0.02
+    assert {dict(k)["k"] for k in _series(registry, "embedops_index_probe_ndcg_ratio")} == {"10"}
+    assert not _of(_series(registry, "embedops_index_probe_interval_seconds"), name="other")  # no spec, no series
+    for m in registry.collect():
+        for sample in m.samples:
+            assert "version" not in sample.labels or sample.name == "embedops_build_info", sample
 
     metrics.forget("EmbeddingIndex", "ns", "docs")
     for name in (
         "embedops_index_rows",
-        "embedops_index_probe_recall",
-        "embedops_resource_ready",
+        "embedops_index_probe_recall_ratio",
         "embedops_resource_condition",
         "embedops_index_gate_failures_total",
+        "embedops_index_scheduled_run_failures_total",
     ):
         assert not _of(_series(registry, name), name="docs"), name
     assert _series(registry, "embedops_index_rows")  # "other" keeps its series
     assert _of(_series(registry, "embedops_index_gate_failures_total"), name="other") == {
         (("kind", "EmbeddingIndex"), ("name", "other"), ("namespace", "ns")): 0
     }
+
+
+def _failed_run(status: EmbeddingIndexStatus, reason: Reason, job: str, minute: int) -> EmbeddingIndexStatus:
+    status = status.model_copy(deep=True)
+    now = NOW + dt.timedelta(minutes=minute)
+    status.set_condition(ConditionType.DEGRADED, "True", reason, f"Job {job} failed: deadline", generation=1, now=now)
+    return status
+
+
+def test_a_failed_probe_or_drift_run_counts_once_per_job():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+
+    def failures(step: str) -> float:
+        return _one(registry, "embedops_index_scheduled_run_failures_total", name="docs", step=step)
+
+    healthy = _status(1, [1])
+    healthy.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "", generation=1, now=NOW)
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, healthy)
+    assert failures("probe") == failures("drift") == 0  # present before any failure
+    probe1 = _failed_run(healthy, Reason.PROBE_FAILED, "docs-probe-1", 1)
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, probe1)
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, probe1)  # the same failed Job, seen again
+    assert failures("probe") == 1
+    # The next run fails too: Degraded stays True (same lastTransitionTime), the message names the new Job.
+    probe2 = _failed_run(probe1, Reason.PROBE_FAILED, "docs-probe-2", 31)
+    assert (
+        probe2.condition(ConditionType.DEGRADED).last_transition_time
+        == probe1.condition(ConditionType.DEGRADED).last_transition_time
+    )
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, probe2)
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(probe2, Reason.DRIFT_FAILED, "docs-drift-1", 40))
+    assert (failures("probe"), failures("drift")) == (2, 1)
+    # QualityDegraded is not a failed run.
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(healthy, Reason.QUALITY_DEGRADED, "none", 50))
+    assert (failures("probe"), failures("drift")) == (2, 1)
+
+    # A restarted operator (a new Metrics) sees the failure the previous one counted: not counted again.
+    restarted = Metrics(CollectorRegistry())
+    restarted.observe("EmbeddingIndex", "ns", "docs", None, probe2)
+    assert restarted._failures and not any(s.value for m in restarted.scheduled_failures.collect() for s in m.samples)
+
+
+def test_a_wait_exports_when_it_began():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    status = FineTuneJobStatus.model_validate(
+        {
+            "phase": "Queued",
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "Queued",
+                    "lastTransitionTime": "2026-11-25T10:00:00Z",
+                }
+            ],
+            "job": {"name": "ft-train", "step": "train"},
+        }
+    )
+    metrics.observe("FineTuneJob", "ml", "ft", None, status)
+    waits = _series(registry, "embedops_resource_waiting_since_timestamp_seconds")
+    assert {(dict(k)["phase"], dict(k)["reason"]): v for k, v in waits.items()} == {
+        ("Queued", "Queued"): dt.datetime(2026, 11, 25, 10, tzinfo=dt.UTC).timestamp()
+    }
+    # Kueue admits the Job (startTime), no node fits: a new wait, with the same Progressing transition time.
+    status.phase = "Pending"
+    status.conditions[0].reason = "Unschedulable"
+    status.job.start_time = "2026-11-25T11:00:00Z"
+    metrics.observe("FineTuneJob", "ml", "ft", None, status)
+    waits = _series(registry, "embedops_resource_waiting_since_timestamp_seconds")
+    assert {(dict(k)["phase"], dict(k)["reason"]): v for k, v in waits.items()} == {
+        ("Pending", "Unschedulable"): dt.datetime(2026, 11, 25, 11, tzinfo=dt.UTC).timestamp()
+    }
+    status.phase = "Running"
+    metrics.observe("FineTuneJob", "ml", "ft", None, status)
+    assert not _series(registry, "embedops_resource_waiting_since_timestamp_seconds")
+
+
+def test_training_progress_and_gpus():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    progress = {"task": "Training steps", "done": 120, "total": 400, "rate": 2.0, "etaSeconds": 140, "loss": 0.31}
+    status = FineTuneJobStatus.model_validate(
+        {
+            "phase": "Running",
+            "activeJob": "ft-train",
+            "job": {"name": "ft-train", "step": "train", "progress": progress},
+        }
+    )
+    spec = FineTuneJobSpec.model_validate({"datasetRef": {"name": "ds"}})
+    metrics.observe("FineTuneJob", "ml", "ft", spec, status)
+    got = {
+        name: _one(registry, f"embedops_finetune_{name}", name="ft")
+        for name in ("training_step", "training_last_step", "training_loss", "training_eta_seconds", "gpus")
+    }
+    assert got == {
+        "training_step": 120,
+        "training_last_step": 400,
+        "training_loss": 0.31,
+        "training_eta_seconds": 140,
+        "gpus": 1,
+    }
+    status.active_job = None  # finished: no progress series
+    metrics.observe("FineTuneJob", "ml", "ft", spec, status)
+    assert not _series(registry, "embedops_finetune_training_step")
+
+
+def test_build_info_and_watched_namespaces(monkeypatch):
+    monkeypatch.setenv("EMBEDOPS_REVISION", "abc1234")
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    ((labels, value),) = _series(registry, "embedops_build_info").items()
+    info = dict(labels)
+    assert value == 1 and info["revision"] == "abc1234"
+    assert info["kopf_version"] == importlib.metadata.version("kopf")
+    monkeypatch.delenv("EMBEDOPS_REVISION")
+    bare = CollectorRegistry()
+    Metrics(bare)
+    assert dict(next(iter(_series(bare, "embedops_build_info"))))["revision"] == "unknown"
+    metrics.watching([])
+    assert _series(registry, "embedops_watched_namespace") == {(("namespace", "*"),): 1}
+    metrics.watching(["search", "ml"])
+    assert set(_series(registry, "embedops_watched_namespace")) == {(("namespace", "ml"),), (("namespace", "search"),)}
 
 
 def test_conditions_one_series_per_status_and_the_current_reason():
@@ -150,7 +287,6 @@ def test_conditions_one_series_per_status_and_the_current_reason():
     }
     reasons = {(dict(k)["type"], dict(k)["reason"]) for k in _series(registry, "embedops_resource_condition_reason")}
     assert reasons == {("Ready", "Serving"), ("Degraded", "QualityDegraded")}
-    assert set(_series(registry, "embedops_resource_ready").values()) == {1}
 
     # Recovered: the same series change value; the old reason's series goes.
     status.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "", generation=1, now=NOW)
@@ -173,12 +309,14 @@ def test_finetune_series_carry_k_and_follow_the_status():
     scores = {"ndcgAt10": 0.8, "mrrAt10": 0.7, "recallAt10": 0.9, "recallAt100": 0.97, "queries": 100}
     status = FineTuneJobStatus.model_validate({"baseMetrics": scores, "tunedMetrics": scores, "durationSeconds": 60})
     metrics.observe("FineTuneJob", "ml", "ft", None, status)
-    recall = {(dict(k)["model"], dict(k)["k"]): v for k, v in _series(registry, "embedops_finetune_recall").items()}
+    recall = {
+        (dict(k)["model"], dict(k)["k"]): v for k, v in _series(registry, "embedops_finetune_recall_ratio").items()
+    }
     assert recall == {("base", "10"): 0.9, ("base", "100"): 0.97, ("tuned", "10"): 0.9, ("tuned", "100"): 0.97}
-    assert all(dict(k)["kind"] == "FineTuneJob" for k in _series(registry, "embedops_finetune_ndcg"))
+    assert all(dict(k)["kind"] == "FineTuneJob" for k in _series(registry, "embedops_finetune_ndcg_ratio"))
     # A rerun clears the tuned scores: their series go with them.
     metrics.observe("FineTuneJob", "ml", "ft", None, FineTuneJobStatus.model_validate({"baseMetrics": scores}))
-    assert {dict(k)["model"] for k in _series(registry, "embedops_finetune_mrr")} == {"base"}
+    assert {dict(k)["model"] for k in _series(registry, "embedops_finetune_mrr_ratio")} == {"base"}
     assert not _series(registry, "embedops_finetune_duration_seconds")
     assert not _series(registry, "embedops_index_gate_failures_total")  # indexes only
 
@@ -188,7 +326,9 @@ def test_reconcile_series_exist_at_zero_for_every_kind():
     Metrics(registry)
     totals = _series(registry, "embedops_reconcile_total")
     assert totals == {(("kind", kind), ("result", result)): 0 for kind in KINDS for result in ("success", "error")}
-    assert set(_series(registry, "embedops_reconcile_duration_seconds_count")) == {(("kind", k),) for k in KINDS}
+    assert set(_series(registry, "embedops_reconcile_duration_seconds_count")) == {
+        (("kind", kind), ("result", result)) for kind in KINDS for result in ("success", "error")
+    }
     assert set(_series(registry, "embedops_build_info").values()) == {1}
 
 
@@ -249,7 +389,8 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
     before = (
         _value("embedops_reconcile_total", **success),
         _value("embedops_reconcile_total", **error),
-        _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"),
+        _value("embedops_reconcile_duration_seconds_count", **success),
+        _value("embedops_reconcile_duration_seconds_count", **error),
     )
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan())
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
@@ -263,9 +404,10 @@ def test_reconciles_are_counted_by_result_and_timed(executor, monkeypatch):
     after = (
         _value("embedops_reconcile_total", **success),
         _value("embedops_reconcile_total", **error),
-        _value("embedops_reconcile_duration_seconds_count", kind="EmbeddingIndex"),
+        _value("embedops_reconcile_duration_seconds_count", **success),
+        _value("embedops_reconcile_duration_seconds_count", **error),
     )
-    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 2]
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1, 1]
 
 
 # -- the scrape -------------------------------------------------------------------------------

@@ -3,16 +3,19 @@
 Every gauge is set from a resource's status each time the resource is reconciled, so a
 restarted operator exports the same series again within one reconcile interval, and the
 series of a deleted resource are removed. Every series of a resource carries the same three
-labels, `namespace`, `name` and `kind`, so any two join `on (namespace, kind, name)`. Every
-metric and label is documented in docs/metrics.md; a test keeps that page and this module in step.
+labels, `namespace`, `name` and `kind`, so any two join `on (namespace, kind, name)`; no label
+carries a value that changes in a resource's normal life (a version number is a gauge's value,
+not a label), so a cut-over does not start new series. Every metric and label is documented in
+docs/metrics.md; a test keeps that page and this module in step.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -29,9 +32,9 @@ from prometheus_client import (
 
 from embedops.api import times
 from embedops.api.common import BaseStatus
-from embedops.api.conditions import ConditionType, Reason
-from embedops.api.finetune import FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus
+from embedops.api.conditions import SCHEDULED_FAILURES, ConditionType, Reason
+from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, live_version
 from embedops.api.kinds import KINDS
 
 # A counter's `_created` series doubles every counter and histogram for a timestamp no alert
@@ -43,6 +46,11 @@ RESOURCE = ("namespace", "name", "kind")
 CONDITION_STATUSES = ("True", "False", "Unknown")
 RESULTS = ("success", "error")
 RECONCILE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The phases in which a resource waits for its pods or for another resource (statuses.progressing).
+WAITING_PHASES = frozenset({"Pending", "Queued", "Suspended"})
+REVISION_ENV = "EMBEDOPS_REVISION"  # the source revision, set when the image is built
+# A scheduled run's failure, as the planner reports it on the Degraded condition: reason -> step.
+FAILED_STEPS = {reason.value: step for step, reason in SCHEDULED_FAILURES.items()}
 
 Series = tuple[Gauge, tuple[str, ...], float]  # (gauge, label values, value)
 
@@ -55,28 +63,55 @@ class Metrics:
             return made
 
         self._resource_gauges: list[Gauge] = []
-        v, k = ("version",), ("k",)
-        self.probe_recall = gauge("embedops_index_probe_recall", "Recall@k of the latest probe.", v + k)
-        self.probe_mrr = gauge("embedops_index_probe_mrr", "MRR@k of the latest probe.", v + k)
-        self.probe_ndcg = gauge("embedops_index_probe_ndcg", "nDCG@k of the latest probe.", v + k)
+        # The last scheduled-run failure seen per resource: (reason, message); see _count_failure.
+        self._failures: dict[tuple[str, ...], tuple[str, str] | None] = {}
+        k, mk = ("k",), ("model", "k")
+        # -- index: probes
+        self.probe_recall = gauge(
+            "embedops_index_probe_recall_ratio", "Recall@k of the latest probe (k: spec.probe.k).", k
+        )
+        self.probe_mrr = gauge(
+            "embedops_index_probe_mrr_ratio", "MRR@10 (mean reciprocal rank, top 10) of the latest probe.", k
+        )
+        self.probe_ndcg = gauge("embedops_index_probe_ndcg_ratio", "nDCG@10 of the latest probe.", k)
+        self.probe_version = gauge("embedops_index_probe_version", "Version the latest probe measured.")
         self.probe_time = gauge("embedops_index_probe_timestamp_seconds", "Unix time of the latest probe.")
-        self.min_recall = gauge("embedops_index_min_recall", "The index's spec.probe.minRecall.")
-        self.drift_score = gauge("embedops_index_drift_score", "Drift score (MMD²) of the latest measurement.", v)
+        self.probe_interval = gauge(
+            "embedops_index_probe_interval_seconds", "The index's spec.probe.intervalMinutes, in seconds."
+        )
+        self.cutover_recall = gauge(
+            "embedops_index_cutover_recall_ratio", "Recall@k the live version measured when it was cut over.", k
+        )
+        self.min_recall = gauge("embedops_index_min_recall_ratio", "The index's spec.probe.minRecall.")
+        self.max_regression = gauge("embedops_index_max_regression_ratio", "The index's spec.probe.maxRegression.")
+        # -- index: drift
+        self.drift_score = gauge("embedops_index_drift_score", "Drift score (squared MMD) of the latest measurement.")
+        self.drift_version = gauge("embedops_index_drift_version", "Version the latest drift measurement measured.")
         self.drift_threshold = gauge("embedops_index_drift_threshold", "The index's spec.drift.threshold.")
         self.drift_time = gauge("embedops_index_drift_timestamp_seconds", "Unix time of the latest drift measurement.")
+        # -- index: versions and re-index
         self.live_version = gauge("embedops_index_live_version", "Version the index's view serves.")
-        self.rows = gauge("embedops_index_rows", "Rows of each retained version.", v)
-        self.reindex_rows = gauge("embedops_index_reindex_rows", "Rows committed by a running re-index so far.", v)
-        self.reindex_rate = gauge("embedops_index_reindex_rows_per_second", "Throughput of a running re-index.", v)
+        self.rows = gauge("embedops_index_rows", "Rows of the live version.")
+        self.retained = gauge("embedops_index_retained_versions", "Versions the index keeps (live, ready, retired).")
+        self.reindex_version = gauge("embedops_index_reindex_version", "Version a running re-index builds.")
+        self.reindex_rows = gauge("embedops_index_reindex_rows", "Rows committed by a running re-index so far.")
+        self.reindex_rate = gauge("embedops_index_reindex_rows_per_second", "Throughput of a running re-index.")
         self.reindex_active = gauge("embedops_index_reindex_active", "1 while a re-index runs.")
-        self.ft_ndcg = gauge("embedops_finetune_ndcg", "Held-out nDCG@k of the base and tuned model.", ("model",) + k)
-        self.ft_mrr = gauge("embedops_finetune_mrr", "Held-out MRR@k of the base and tuned model.", ("model",) + k)
+        # -- fine-tune
+        self.ft_ndcg = gauge("embedops_finetune_ndcg_ratio", "Held-out nDCG@10 of the base and tuned model.", mk)
+        self.ft_mrr = gauge("embedops_finetune_mrr_ratio", "Held-out MRR@10 of the base and tuned model.", mk)
         self.ft_recall = gauge(
-            "embedops_finetune_recall", "Held-out Recall@k of the base and tuned model.", ("model",) + k
+            "embedops_finetune_recall_ratio", "Held-out Recall@10 and Recall@100 of the base and tuned model.", mk
         )
         self.ft_duration = gauge("embedops_finetune_duration_seconds", "Training plus evaluation time.")
-        self.ready = gauge("embedops_resource_ready", "1 when the resource's Ready condition is True, else 0.")
-        self.failed = gauge("embedops_resource_failed", "1 when the resource's phase is Failed, else 0.")
+        self.ft_gpus = gauge(
+            "embedops_finetune_gpus", "GPUs the training pod requests (spec.resources.gpus, 1 by default)."
+        )
+        self.train_step = gauge("embedops_finetune_training_step", "Training steps done by the running training.")
+        self.train_last_step = gauge("embedops_finetune_training_last_step", "Training steps in all, when known.")
+        self.train_loss = gauge("embedops_finetune_training_loss", "The last logged training loss.")
+        self.train_eta = gauge("embedops_finetune_training_eta_seconds", "Seconds the running training still needs.")
+        # -- every kind
         self.condition = gauge(
             "embedops_resource_condition",
             "1 for the current status of each condition type, 0 for the other statuses.",
@@ -85,10 +120,21 @@ class Metrics:
         self.condition_reason = gauge(
             "embedops_resource_condition_reason", "1 for the current reason of each condition type.", ("type", "reason")
         )
+        self.waiting_since = gauge(
+            "embedops_resource_waiting_since_timestamp_seconds",
+            "Unix time the resource's current wait (phase Pending, Queued or Suspended) began.",
+            ("phase", "reason"),
+        )
         self.gate_failures = Counter(
             "embedops_index_gate_failures_total",
             "New versions that failed the probe gate (GateFailed events posted).",
             RESOURCE,
+            registry=registry,
+        )
+        self.scheduled_failures = Counter(
+            "embedops_index_scheduled_run_failures_total",
+            "Scheduled probe and drift Jobs of the live version that failed (Degraded ProbeFailed or DriftFailed).",
+            RESOURCE + ("step",),
             registry=registry,
         )
         self.reconciles = Counter(
@@ -96,26 +142,43 @@ class Metrics:
         )
         self.reconcile_duration = Histogram(
             "embedops_reconcile_duration_seconds",
-            "Time one reconcile took.",
-            ("kind",),
+            "Time one reconcile took, by result.",
+            ("kind", "result"),
             buckets=RECONCILE_BUCKETS,
+            registry=registry,
+        )
+        self.watched = Gauge(
+            "embedops_watched_namespace",
+            '1 for each namespace the operator watches; namespace="*" when it watches every namespace.',
+            ("namespace",),
             registry=registry,
         )
         self.build_info = Gauge(
             "embedops_build_info",
-            "The operator's version and Python version; always 1.",
-            ("version", "python_version"),
+            "The operator's version, source revision, Python and kopf versions; always 1.",
+            ("version", "revision", "python_version", "kopf_version"),
             registry=registry,
         )
-        self.build_info.labels(_package_version(), platform.python_version()).set(1)
+        self.build_info.labels(
+            _package_version("embedops", "0.0.0"),
+            os.environ.get(REVISION_ENV) or "unknown",
+            platform.python_version(),
+            _package_version("kopf", "unknown"),
+        ).set(1)
         # Every kind's series exist from the start, at 0: `rate()` and `increase()` then see the
         # first error too, and a dashboard shows 0 rather than "no data".
         for kind in KINDS:
             for result in RESULTS:
                 self.reconciles.labels(kind, result)
-            self.reconcile_duration.labels(kind)
+                self.reconcile_duration.labels(kind, result)
 
-    # -- the executor's calls -----------------------------------------------------------------
+    # -- the operator's calls -----------------------------------------------------------------
+
+    def watching(self, namespaces: Iterable[str]) -> None:
+        """The namespaces the operator watches (kopf's `namespaces`); none: every namespace."""
+        self.watched.clear()
+        for namespace in sorted(set(namespaces)) or ["*"]:
+            self.watched.labels(namespace).set(1)
 
     @contextlib.contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:
@@ -124,12 +187,13 @@ class Metrics:
         try:
             yield
         except Exception:  # what kopf retries; an interrupt is not a failed reconcile
-            self.reconciles.labels(kind, "error").inc()
+            self._reconciled(kind, "error", start)
             raise
-        else:
-            self.reconciles.labels(kind, "success").inc()
-        finally:
-            self.reconcile_duration.labels(kind).observe(time.perf_counter() - start)
+        self._reconciled(kind, "success", start)
+
+    def _reconciled(self, kind: str, result: str, start: float) -> None:
+        self.reconciles.labels(kind, result).inc()
+        self.reconcile_duration.labels(kind, result).observe(time.perf_counter() - start)
 
     def event_posted(self, kind: str, namespace: str, name: str, reason: str) -> None:
         """Count the events that metrics follow: a GateFailed event is one candidate version rejected."""
@@ -143,21 +207,45 @@ class Metrics:
         key = (namespace, name, kind)
         want = _resource_series(self, key, status)
         if isinstance(status, EmbeddingIndexStatus):
-            want += _index_series(self, key, spec, status)
+            want += _index_series(self, key, spec if isinstance(spec, EmbeddingIndexSpec) else None, status)
             self.gate_failures.labels(*key)  # at 0 until the first failure, so increase() sees it
+            self._count_failure(key, status)
         elif isinstance(status, FineTuneJobStatus):
-            want += _finetune_series(self, key, status)
+            want += _finetune_series(self, key, spec if isinstance(spec, FineTuneJobSpec) else None, status)
         for gauge, labels, value in want:
             gauge.labels(*labels).set(value)
         # After setting the new series, so a scrape never sees the resource without its series.
         self._remove(key, keep={(id(gauge), labels) for gauge, labels, _ in want})
 
+    def _count_failure(self, key: tuple[str, ...], status: EmbeddingIndexStatus) -> None:
+        """Count a scheduled probe or drift run that failed: the planner reports it as Degraded with reason
+        ProbeFailed or DriftFailed and a message naming the Job, which is new for every run (a second failure
+        after the first keeps Degraded=True and its lastTransitionTime, but names another Job).
+
+        The first look at an index after the operator starts only remembers its failure: the previous
+        operator counted it, and a counter that starts at 1 would hide it from increase() anyway.
+        """
+        for step in FAILED_STEPS.values():
+            self.scheduled_failures.labels(*key, step)  # at 0 from the start, so increase() sees the first
+        cond = status.condition(ConditionType.DEGRADED)
+        seen = (cond.reason, cond.message) if cond is not None and cond.status == "True" else None
+        if seen is not None and seen[0] not in FAILED_STEPS:
+            seen = None
+        first_look = key not in self._failures
+        if seen is not None and not first_look and seen != self._failures[key]:
+            self.scheduled_failures.labels(*key, FAILED_STEPS[seen[0]]).inc()
+        self._failures[key] = seen
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Remove every series of a deleted resource."""
         key = (namespace, name, kind)
         self._remove(key)
+        self._failures.pop(key, None)
         with contextlib.suppress(KeyError):  # older prometheus_client versions raise for a missing series
             self.gate_failures.remove(*key)
+        for step in FAILED_STEPS.values():
+            with contextlib.suppress(KeyError):
+                self.scheduled_failures.remove(*key, step)
 
     def _remove(self, key: tuple[str, ...], keep: AbstractSet[tuple[int, tuple[str, ...]]] = frozenset()) -> None:
         """Remove the resource's gauge series (label values starting with `key`) except those in `keep`."""
@@ -168,17 +256,20 @@ class Metrics:
 
 
 def _resource_series(m: Metrics, key: tuple[str, ...], st: BaseStatus) -> list[Series]:
-    """Ready, Failed and the conditions: the series every kind has."""
-    ready = st.condition(ConditionType.READY)
-    want: list[Series] = [
-        (m.ready, key, 1 if ready is not None and ready.status == "True" else 0),
-        (m.failed, key, 1 if st.phase == "Failed" else 0),
-    ]
+    """The conditions and the current wait: the series every kind has."""
+    want: list[Series] = []
     for type_ in ConditionType:
         cond = st.condition(type_)
         if cond is not None:
             want += [(m.condition, key + (type_.value, s), 1 if cond.status == s else 0) for s in CONDITION_STATUSES]
             want.append((m.condition_reason, key + (type_.value, cond.reason), 1))
+    progressing = st.condition(ConditionType.PROGRESSING)
+    if st.phase in WAITING_PHASES and progressing is not None and progressing.status == "True":
+        # Progressing keeps its lastTransitionTime while only its reason changes (Queued -> Unschedulable);
+        # a Job's startTime is set when Kueue admits it, so the later of the two is when this wait began.
+        stamps = [progressing.last_transition_time] + ([st.job.start_time] if st.job and st.job.start_time else [])
+        since = max(_unix(s) for s in stamps)
+        want.append((m.waiting_since, key + (st.phase, progressing.reason), since))
     return want
 
 
@@ -187,34 +278,48 @@ def _index_series(
 ) -> list[Series]:
     want: list[Series] = []
     if spec is not None:
-        want += [(m.min_recall, key, spec.probe.min_recall), (m.drift_threshold, key, spec.drift.threshold)]
+        want += [
+            (m.min_recall, key, spec.probe.min_recall),
+            (m.max_regression, key, spec.probe.max_regression),
+            (m.probe_interval, key, spec.probe.interval_minutes * 60),
+            (m.drift_threshold, key, spec.drift.threshold),
+        ]
     if st.live_version is not None:
         want.append((m.live_version, key, st.live_version))
-    want += [(m.rows, key + (str(v.version),), v.rows) for v in st.versions]
+    if st.rows is not None:
+        want.append((m.rows, key, st.rows))
+    want.append((m.retained, key, len(st.versions)))
+    live = live_version(st.versions)
+    if live is not None and live.probe is not None:  # the publish step's probe: the version's own baseline
+        want.append((m.cutover_recall, key + (str(live.probe.k),), live.probe.recall_at_k))
     if st.probe is not None:
-        v = str(st.probe.version)
         want += [
-            (m.probe_recall, key + (v, str(st.probe.k)), st.probe.recall_at_k),
-            (m.probe_mrr, key + (v, "10"), st.probe.mrr_at_10),
-            (m.probe_ndcg, key + (v, "10"), st.probe.ndcg_at_10),
+            (m.probe_recall, key + (str(st.probe.k),), st.probe.recall_at_k),
+            (m.probe_mrr, key + ("10",), st.probe.mrr_at_10),
+            (m.probe_ndcg, key + ("10",), st.probe.ndcg_at_10),
+            (m.probe_version, key, st.probe.version),
             (m.probe_time, key, _unix(st.probe.checked_at)),
         ]
     if st.drift is not None:
         want += [
-            (m.drift_score, key + (str(st.drift.version),), st.drift.score),
+            (m.drift_score, key, st.drift.score),
+            (m.drift_version, key, st.drift.version),
             (m.drift_time, key, _unix(st.drift.checked_at)),
         ]
     want.append((m.reindex_active, key, 1 if st.active_job else 0))
     if st.reindex is not None:
-        v = str(st.reindex.version)
-        want.append((m.reindex_rows, key + (v,), st.reindex.rows_done))
+        want += [(m.reindex_version, key, st.reindex.version), (m.reindex_rows, key, st.reindex.rows_done)]
         if st.reindex.rows_per_second is not None:
-            want.append((m.reindex_rate, key + (v,), st.reindex.rows_per_second))
+            want.append((m.reindex_rate, key, st.reindex.rows_per_second))
     return want
 
 
-def _finetune_series(m: Metrics, key: tuple[str, ...], st: FineTuneJobStatus) -> list[Series]:
+def _finetune_series(
+    m: Metrics, key: tuple[str, ...], spec: FineTuneJobSpec | None, st: FineTuneJobStatus
+) -> list[Series]:
     want: list[Series] = []
+    if spec is not None:
+        want.append((m.ft_gpus, key, 1 if spec.resources.gpus is None else spec.resources.gpus))
     for model, ir in (("base", st.base_metrics), ("tuned", st.tuned_metrics)):
         if ir is not None:
             scores = [
@@ -227,6 +332,16 @@ def _finetune_series(m: Metrics, key: tuple[str, ...], st: FineTuneJobStatus) ->
             want += [(gauge, key + (model, at), value) for gauge, at, value in scores if value is not None]
     if st.duration_seconds is not None:
         want.append((m.ft_duration, key, st.duration_seconds))
+    job = st.job
+    if job is not None and job.step == "train" and st.active_job == job.name and job.progress is not None:
+        progress = job.progress
+        want.append((m.train_step, key, progress.done))
+        optional = (
+            (m.train_last_step, progress.total),
+            (m.train_loss, progress.loss),
+            (m.train_eta, progress.eta_seconds),
+        )
+        want += [(gauge, key, value) for gauge, value in optional if value is not None]
     return want
 
 
@@ -236,11 +351,11 @@ def _unix(stamp: str) -> float:
     return when.timestamp()
 
 
-def _package_version() -> str:
+def _package_version(package: str, default: str) -> str:
     try:
-        return version("embedops")
+        return version(package)
     except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
-        return "0.0.0"
+        return default
 
 
 METRICS = Metrics()

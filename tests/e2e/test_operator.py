@@ -196,16 +196,17 @@ def test_full_lifecycle_on_the_control_plane(kube, operator):
     ix = f'kind="EmbeddingIndex",name="ix",namespace="{kube.ns}"'
     tuned = f'kind="FineTuneJob",model="tuned",name="ft",namespace="{kube.ns}"'
     assert f"embedops_index_live_version{{{ix}}} 1.0" in text
-    assert f'embedops_index_probe_recall{{k="10",{ix},version="1"}} 0.91' in text
-    assert f'embedops_finetune_ndcg{{k="10",{tuned}}} 0.8167' in text
-    assert f'embedops_finetune_recall{{k="100",{tuned}}} 0.98' in text
-    assert f"embedops_resource_ready{{{ix}}} 1.0" in text
+    assert f'embedops_index_probe_recall_ratio{{k="10",{ix}}} 0.91' in text
+    assert f"embedops_index_probe_version{{{ix}}} 1.0" in text
+    assert f'embedops_finetune_ndcg_ratio{{k="10",{tuned}}} 0.8167' in text
+    assert f'embedops_finetune_recall_ratio{{k="100",{tuned}}} 0.98' in text
     assert f'embedops_resource_condition{{{ix},status="True",type="Ready"}} 1.0' in text
     assert f'embedops_resource_condition{{{ix},status="False",type="Degraded"}} 1.0' in text
     assert f"embedops_index_gate_failures_total{{{ix}}} 0.0" in text
+    assert f'embedops_index_scheduled_run_failures_total{{{ix},step="probe"}} 0.0' in text
     for kind in ("EmbeddingDataset", "FineTuneJob", "EmbeddingIndex"):
         assert f'embedops_reconcile_total{{kind="{kind}",result="error"}}' in text
-        assert f'embedops_reconcile_duration_seconds_count{{kind="{kind}"}}' in text
+        assert f'embedops_reconcile_duration_seconds_count{{kind="{kind}",result="success"}}' in text
     assert "embedops_build_info{" in text and "_created" not in text
     if shutil.which("promtool"):  # what Prometheus scrapes, linted
         lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
