@@ -422,7 +422,33 @@ def test_the_operators_scrape_has_no_created_series_and_promtool_finds_it_clean(
     gate = ("Warning", Reason.GATE_FAILED.value, "v2 not cut over")
     monkeypatch.setattr(reconcile, "plan", lambda *args, **kwargs: reconcile.Plan(status=status, events=[gate]))
     executor.reconcile_resource("EmbeddingIndex", "metrics-test", "docs")
-    text = generate_latest(REGISTRY).decode()
+    # Every other family with samples too: a training that waited, then runs, and the watched namespaces.
+    from embedops.metrics import METRICS
+
+    progress = {"task": "Training steps", "done": 1, "total": 9, "rate": 1.0, "etaSeconds": 8, "loss": 0.5}
+    training = FineTuneJobStatus.model_validate(
+        {
+            "phase": "Pending",
+            "activeJob": "ft-train",
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "True",
+                    "reason": "Unschedulable",
+                    "lastTransitionTime": "2026-11-25T10:00:00Z",
+                }
+            ],
+            "job": {"name": "ft-train", "step": "train", "progress": progress},
+        }
+    )
+    spec = FineTuneJobSpec.model_validate({"datasetRef": {"name": "ds"}})
+    METRICS.observe("FineTuneJob", "metrics-test", "ft", spec, training)
+    METRICS.watching(["metrics-test"])
+    try:
+        text = generate_latest(REGISTRY).decode()
+    finally:
+        METRICS.forget("FineTuneJob", "metrics-test", "ft")
+    assert "embedops_finetune_training_loss{" in text and "embedops_resource_waiting_since_timestamp_seconds{" in text
     assert "_created" not in text
     assert (
         'embedops_resource_condition{kind="EmbeddingIndex",name="docs",namespace="metrics-test",'
