@@ -278,3 +278,113 @@ def test_a_server_left_by_a_killed_run_is_reused_and_then_stopped(tmp_path):
     server.stop()  # ...and, its only living user gone, stopped
     with pytest.raises(psycopg.OperationalError):
         psycopg.connect(dsn, connect_timeout=3)
+    embedded.remove(data)  # as root its data is outside tmp_path
+
+
+def _index(folder: Path, **spec) -> Path:
+    """An index that settles at once (its dataset does not exist): stored, with no database or model needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"model": {"name": "m"}, "source": {"datasetRef": {"name": "nowhere"}}, "target": {"name": "docs"}}
+    doc = {"apiVersion": "embedops.dev/v1alpha1", "kind": "EmbeddingIndex", "metadata": {"name": "idx"}}
+    path = folder / "idx.yaml"
+    path.write_text(yaml.safe_dump({**doc, "spec": {**body, **spec}}))
+    return path
+
+
+def _run_in(state: Path, path: Path, *, fresh: bool = False):
+    with LocalRunner(state_dir=state, fresh=fresh) as runner:
+        return runner.run(manifests.load([path]))
+
+
+def test_fresh_removes_only_what_embedops_made_in_a_folder_it_marked(tmp_path):
+    from embedops.statedir import MARKER, StateError
+
+    project = tmp_path / "project"
+    path = _index(project)
+    (project / "notes.txt").write_text("mine")
+    # A folder with files of its own is never taken, --fresh or not: nothing in it is touched.
+    with pytest.raises(StateError, match=f"is not an embedops state folder .*has no {MARKER}"):
+        _run_in(project, path, fresh=True)
+    assert sorted(p.name for p in project.iterdir()) == ["idx.yaml", "notes.txt"]
+    # An empty folder is adopted and marked; --fresh then removes what embedops wrote there, and only that.
+    state = tmp_path / "empty"
+    state.mkdir()
+    _run_in(state, path)
+    assert (state / MARKER).is_file() and (state / "default" / "embeddingindexes" / "idx.json").is_file()
+    (state / "mine.txt").write_text("mine")
+    (state / "default" / "mine.txt").write_text("mine")
+    _run_in(state, path, fresh=True)
+    assert (state / "mine.txt").read_text() == "mine" and (state / "default" / "mine.txt").read_text() == "mine"
+    assert (state / "default" / "embeddingindexes" / "idx.json").is_file()  # written again by this run
+    with pytest.raises(StateError, match="is a file, not a folder"):
+        _run_in(project / "notes.txt", path)
+
+
+def test_state_files_are_written_whole_and_private(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from embedops import statedir
+
+    state = tmp_path / "state"
+    _run_in(state, _index(tmp_path / "m"))
+    stored = state / "default" / "embeddingindexes" / "idx.json"
+    modes = {p: stat.S_IMODE(p.stat().st_mode) for p in (state, stored.parent, stored.parent.parent, stored)}
+    assert modes == {state: 0o700, stored.parent: 0o700, stored.parent.parent: 0o700, stored: 0o600}
+    # A write that dies before its rename leaves the old file, and no temporary file.
+    before = stored.read_bytes()
+
+    def dies(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", dies)
+    with pytest.raises(OSError, match="No space left"):
+        statedir.write_json(stored, {"half": "written"})
+    assert stored.read_bytes() == before and sorted(stored.parent.iterdir()) == [stored]
+
+
+def test_a_corrupt_state_file_is_named_with_how_to_recover(tmp_path):
+    from embedops.statedir import StateError
+
+    state, path = tmp_path / "state", _index(tmp_path / "m")
+    _run_in(state, path)
+    stored = state / "default" / "embeddingindexes" / "idx.json"
+    stored.write_bytes(stored.read_bytes()[:40])  # what a kill during a plain write_text left
+    with pytest.raises(StateError, match=f"^{stored}: a corrupt state file .*delete that file.*--fresh"):
+        _run_in(state, path)
+    assert _run_in(state, path, fresh=True)["EmbeddingIndex/default/idx"].status.condition("Ready")
+
+
+def test_an_immutable_field_changed_against_the_stored_resource_is_refused(tmp_path):
+    from embedops.local import UpdateRefused
+
+    state = tmp_path / "state"
+    _run_in(state, _index(tmp_path / "m1"))
+    with pytest.raises(UpdateRefused) as refused:
+        _run_in(state, _index(tmp_path / "m2", target={"name": "docs2"}))
+    [problem] = refused.value.problems
+    assert problem.startswith(
+        'EmbeddingIndex/default/idx: spec.target: is immutable; create a new EmbeddingIndex instead (stored: {"name": '
+        '"docs"}, now: {"name": "docs2"}); or, to forget the stored one, delete '
+        f"{state.resolve()}/default/embeddingindexes/idx.json"
+    )
+    # As on a cluster: a field unset when created may be set (the rule needs it on both sides)...
+    secret = {"dsnSecretRef": {"name": "pg", "key": "dsn"}}
+    _run_in(state, _index(tmp_path / "m3", database=secret))
+    # ...and, once set, neither changed nor removed.
+    with pytest.raises(UpdateRefused, match="spec.database: is immutable"):
+        _run_in(state, _index(tmp_path / "m4", database={"dsnSecretRef": {"name": "other", "key": "dsn"}}))
+    with pytest.raises(UpdateRefused, match="spec.database: database cannot be removed once set"):
+        _run_in(state, _index(tmp_path / "m5"))
+
+
+def test_every_transition_rule_of_the_crds_is_enforced_locally():
+    from embedops import transitions
+    from embedops.api.kinds import KINDS
+
+    found = {(kind, rule.field, rule.kept) for kind in KINDS for rule in transitions.rules(kind)}
+    assert found == {
+        ("EmbeddingIndex", "spec.target", False),
+        ("EmbeddingIndex", "spec.database", False),
+        ("EmbeddingIndex", "spec.database", True),
+    }

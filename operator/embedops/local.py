@@ -15,14 +15,19 @@ What a cluster provides, and what stands in for it here:
 - the database Secrets: one database serves every step, `--dsn` or an embedded server whose
   data is in the state folder.
 
+What the API server checks on an update, the immutable fields, is checked against the stored
+resource before anything runs (embedops.transitions).
+
 Two behaviours are local mode's own (docs/design.md says why):
 - a source file edited since a dataset was first run here is prepared again, as though the
   `embedops.dev/rerun` annotation had been set (an operator cannot see the workspace's files);
 - a run retries a step whose Job failed in an earlier run (a cluster keeps the failed Job, and
   its failure, until the rerun annotation changes).
 
-State folder layout (default `.embedops/`):
-    postgres/                                    embedded server data
+The state folder (default `.embedops/`) is embedops' own: embedops.statedir says how it is
+claimed, written and emptied (`--fresh`). Its layout:
+    .embedops-state                              the marker: this folder is embedops' state
+    postgres/                                    embedded server data (as root, a link: store/embedded.py)
     <namespace>/<plural>/<name>.json             the resource as the API server would hold it
     <namespace>/<plural>/<name>/<inputs hash>/   a step's output (prepared data, model, checkpoints)
 """
@@ -34,7 +39,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import signal
 import threading
 import uuid
@@ -43,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from embedops import reconcile, steps
+from embedops import reconcile, statedir, steps, transitions
 from embedops import status as statuses
 from embedops.api import times
 from embedops.api.common import API_VERSION, BaseStatus, JobStatus
@@ -61,6 +65,9 @@ log = logging.getLogger(__name__)
 
 SETTINGS = OperatorSettings()  # what the planner reads of the operator's settings (no manifest is rendered here)
 SOURCE_STAMP_ANNOTATION = "embedops.dev/local-source-stamp"
+# The spec as its manifest wrote it, defaults left out: what the API server would hold and run
+# transition rules on (the stored `spec` has the defaults filled in, for the planner).
+APPLIED_ANNOTATION = "embedops.dev/local-applied-spec"
 MAX_ROUNDS = 50  # far above any lifecycle's length: reaching it is a planner bug, not a slow resource
 
 
@@ -72,8 +79,16 @@ class Outcome:
     reused: bool = False  # nothing ran: the state folder already held this result
 
 
-class StateLocked(RuntimeError):
+class StateLocked(statedir.StateError):
     """Another `embedops run` is using the state folder."""
+
+
+class UpdateRefused(ValueError):
+    """Manifests change what the API server would not let change; `problems` are the lines to show."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
 
 
 @dataclass
@@ -96,8 +111,8 @@ class LocalRunner:
         self.state_dir = self.state_dir.resolve()
 
     def __enter__(self) -> LocalRunner:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = (self.state_dir / ".lock").open("a+")
+        statedir.claim(self.state_dir)
+        self._lock = os.fdopen(os.open(self.state_dir / statedir.LOCK, os.O_RDWR | os.O_CREAT, 0o600), "a+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -112,9 +127,7 @@ class LocalRunner:
         self._lock.write(str(os.getpid()))
         self._lock.flush()
         if self.fresh:
-            for entry in self.state_dir.iterdir():
-                if entry.name != ".lock":
-                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            statedir.forget(self.state_dir, (kind.plural for kind in KINDS.values()))
         # SIGTERM (a `kill`, a closed terminal's session) ends the run through the normal exit path,
         # so the embedded server is stopped rather than left running.
         if threading.current_thread() is threading.main_thread():
@@ -131,7 +144,7 @@ class LocalRunner:
 
     def has_database(self) -> bool:
         """Whether an embedded server's data is in the state folder (or a DSN was given)."""
-        return bool(self.dsn) or (self.state_dir / "postgres" / "PG_VERSION").is_file()
+        return bool(self.dsn) or (self.state_dir / statedir.DATABASE / "PG_VERSION").is_file()
 
     def database(self) -> str:
         if self.dsn:
@@ -139,7 +152,7 @@ class LocalRunner:
         if self._server is None:
             from embedops.store import embedded
 
-            self._server = embedded.start(self.state_dir / "postgres", keep=True)
+            self._server = embedded.start(self.state_dir / statedir.DATABASE, keep=True)
         return self._server.dsn
 
     def close(self) -> None:
@@ -153,14 +166,27 @@ class LocalRunner:
         return self.state_dir / namespace / KINDS[kind].plural / f"{name}.json"
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        path = self._path(kind, namespace, name)
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+        return statedir.read_json(self._path(kind, namespace, name))
 
     def _write(self, body: dict[str, Any]) -> None:
         meta = body["metadata"]
-        path = self._path(body["kind"], meta["namespace"], meta["name"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        statedir.write_json(self._path(body["kind"], meta["namespace"], meta["name"]), body)
+
+    def refused_updates(self, resources: list[LoadedResource]) -> list[str]:
+        """What the API server would refuse in applying these manifests over the stored resources."""
+        problems = []
+        for loaded in resources:
+            r = loaded.resource
+            stored = self._read(r.kind.kind, r.namespace, r.name)
+            if stored is None:
+                continue
+            for rule, before, after in transitions.refused(r.kind.kind, _applied_spec(stored), _as_written(r.spec)):
+                problems.append(
+                    f"{r.key}: {rule.field}: {rule.message} (stored: {_show(before)}, now: {_show(after)}); "
+                    f"or, to forget the stored one, delete {self._path(r.kind.kind, r.namespace, r.name)} "
+                    "(what it built in the database stays)"
+                )
+        return problems
 
     def _apply(self, loaded: LoadedResource) -> dict[str, Any]:
         """The resource as `kubectl apply` leaves it: a new generation when its spec changed."""
@@ -170,6 +196,7 @@ class LocalRunner:
         meta = stored.get("metadata") or {}
         generation = meta.get("generation", 0) + (stored.get("spec") != spec)
         annotations = dict(r.metadata.get("annotations") or {})
+        annotations[APPLIED_ANNOTATION] = json.dumps(_as_written(r.spec), sort_keys=True)
         if r.kind.kind == "EmbeddingDataset":
             _rerun_when_files_change(annotations, meta.get("annotations") or {}, r.spec, loaded.base_dir)
         status = stored.get("status") or {}
@@ -199,7 +226,20 @@ class LocalRunner:
     # -- the lifecycle ----------------------------------------------------------------------
 
     def run(self, resources: list[LoadedResource]) -> dict[str, Outcome]:
-        """Reconcile each resource (dependencies first) until its plan creates nothing."""
+        """Reconcile each resource (dependencies first) until its plan creates nothing.
+
+        UpdateRefused, before anything runs, when a manifest changes an immutable field.
+        """
+        if problems := self.refused_updates(resources):
+            raise UpdateRefused(problems)
+        # Prepared data, models and checkpoints are written by the steps run here: 0600 files and 0700 folders.
+        umask = os.umask(0o077)
+        try:
+            return self._run(resources)
+        finally:
+            os.umask(umask)
+
+    def _run(self, resources: list[LoadedResource]) -> dict[str, Outcome]:
         for loaded in resources:
             log.info("%s: reconciling", loaded.resource.key)
             outcome = self._reconcile(loaded)
@@ -269,6 +309,22 @@ class LocalRunner:
             return reconcile.ObservedJob(job.name, "Failed", results, error=error, step=job.step, report=report)
         report.completion_time = times.now()
         return reconcile.ObservedJob(job.name, "Succeeded", results, step=job.step, report=report)
+
+
+def _as_written(spec: Any) -> dict[str, Any]:
+    written: dict[str, Any] = spec.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    return written
+
+
+def _applied_spec(stored: dict[str, Any]) -> dict[str, Any]:
+    """The stored resource's spec as written; from before the annotation, its spec with the defaults."""
+    applied = ((stored.get("metadata") or {}).get("annotations") or {}).get(APPLIED_ANNOTATION)
+    spec: dict[str, Any] = json.loads(applied) if applied else stored.get("spec") or {}
+    return spec
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value, sort_keys=True)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
