@@ -381,6 +381,7 @@ def test_worker_pod_values_reach_the_jobs_the_operator_builds(tools):
         "metadata": {"annotations": {"sidecar.istio.io/inject": "false"}},
         "spec": {
             "containers": [{"name": "worker", "envFrom": [{"secretRef": {"name": "hf-token"}}]}],
+            "initContainers": [{"name": "log-shipper", "image": "fluent/fluent-bit:3.2", "restartPolicy": "Always"}],
             "volumes": [{"name": "certs", "configMap": {"name": "ca-bundle"}}],
             "tolerations": [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}],
         },
@@ -402,9 +403,10 @@ def test_worker_pod_values_reach_the_jobs_the_operator_builds(tools):
     assert "EMBEDOPS_WORKER_CPU" not in env
     settings = OperatorSettings.from_env(env)
     assert settings.worker_image_pull_secrets == ("regcred",) and settings.worker_pod_template == template
-    owner = Owner(kind="EmbeddingDataset", name="ds", namespace="team", uid="u")
+    owner = Owner(kind="FineTuneJob", name="ft", namespace="default", uid="0f9d1c9e-1111-2222-3333-444455556666")
     config = steps.TrainStep(spec={"datasetRef": {"name": "ds"}}, dataset_dir="/workspace/d", output_dir="/workspace/m")
-    pod = worker_job(WorkerStep(owner=owner, key="k", config=config), settings)["spec"]["template"]
+    job = worker_job(WorkerStep(owner=owner, key="k", config=config), settings)
+    pod = job["spec"]["template"]
     assert pod["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
     spec = pod["spec"]
     assert spec["imagePullSecrets"] == [{"name": "regcred"}]
@@ -415,6 +417,8 @@ def test_worker_pod_values_reach_the_jobs_the_operator_builds(tools):
     assert spec["containers"][0]["envFrom"] == [{"secretRef": {"name": "hf-token"}}]
     assert {"name": "certs", "configMap": {"name": "ca-bundle"}} in spec["volumes"]
     assert {"key": "spot", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    # What the merge gives is a Job the API server takes (a native sidecar included).
+    kubectl(tools, "apply", "--server-side", "--dry-run=server", "-f", "-", stdin=json.dumps(job))
 
 
 def test_the_deprecated_worker_cpu_and_memory_still_work_and_the_notes_say_so(tools):
