@@ -70,3 +70,80 @@ def test_other_kinds_beside_the_manifests_are_left_to_kubectl():
 
     kinds = sorted(r.resource.kind.kind for r in manifests.load([CLUSTER]))
     assert kinds == ["EmbeddingDataset", "EmbeddingIndex", "FineTuneJob"]
+
+
+def test_worker_spec_errors_exit_2_in_one_line(tmp_path, capsys):
+    """Exit 2 fails a Job at once (docs/operator.md): a spec that cannot be read never gets better."""
+    latin1, not_yaml = tmp_path / "latin1.yaml", tmp_path / "bad.yaml"
+    latin1.write_bytes(b"target: {name: caf\xe9}\n")
+    not_yaml.write_text("target: [unclosed\n")
+    result = tmp_path / "termination-log"
+    cases = {
+        ("--spec", str(tmp_path / "missing.yaml")): "No such file or directory",
+        ("--spec", str(tmp_path)): "Is a directory",
+        ("--spec", str(latin1)): "not UTF-8 (byte 0xe9 at offset 18)",
+        ("--spec", str(not_yaml)): "not valid YAML or JSON",
+        ("--spec-json", "{bad"): "--spec-json is not JSON",
+    }
+    for given, message in cases.items():
+        assert main(["worker", "cleanup", *given, "--result", str(result)]) == 2, given
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: invalid worker config: ") and message in line, line
+        assert '"reason":"InvalidConfig"' in result.read_text()
+
+
+def test_a_result_that_cannot_be_written_after_success_still_exits_0(tmp_path, capsys, monkeypatch):
+    from embedops.results import CleanupResult
+    from embedops.workers import runner
+
+    monkeypatch.setattr(runner, "run", lambda step, dsn: CleanupResult(dropped=["public.docs_v1"]))
+    spec = '{"target": {"name": "docs"}}'
+    assert main(["worker", "cleanup", "--spec-json", spec, "--result", str(tmp_path / "no" / "such" / "log")]) == 0
+    out, err = capsys.readouterr()
+    assert '"dropped": ["public.docs_v1"]' in out
+    assert err.startswith("warning: --result ") and "No such file or directory; the result is on stdout only" in err
+
+
+def test_a_pydantic_error_inside_a_worker_is_one_line_a_problem(capsys, monkeypatch):
+    from pydantic import BaseModel
+
+    from embedops.workers import runner
+
+    class Inputs(BaseModel):
+        corpus: str
+        queries: str
+
+    def fails(step, dsn):
+        try:
+            Inputs.model_validate({})
+        except ValueError as err:
+            raise runner.WorkerError("InvalidInput", [str(err)], 2) from err
+
+    monkeypatch.setattr(runner, "run", fails)
+    assert main(["worker", "cleanup", "--spec-json", '{"target": {"name": "docs"}}']) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: InvalidInput:",
+        "  Inputs.corpus: Field required",
+        "  Inputs.queries: Field required",
+    ]
+
+
+def test_a_device_torch_does_not_know_is_refused_before_anything_runs(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "-f", str(QUICKSTART), "--device", "bogus", "--state-dir", str(tmp_path / "s")])
+    assert exited.value.code == 2
+    assert "argument --device: 'bogus' is not a torch device: give cpu, cuda, cuda:N or mps" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_state_dir_that_is_a_file_or_not_embedops_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    for state, message in ((tmp_path / "file", "is a file, not a folder"), (tmp_path / "mine", "has no .embedops")):
+        assert main(["run", "-f", str(QUICKSTART), "--state-dir", str(state), "--fresh"]) == 1
+        [line] = capsys.readouterr().err.splitlines()
+        assert line.startswith(f"error: --state-dir {state} ") and message in line
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "x"

@@ -6,8 +6,10 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from embedops.builders.jobs import EXIT_FAILED, WORKERS
 
@@ -97,8 +99,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from embedops import preflight, progress
-    from embedops.local import LocalRunner, StateLocked
+    from embedops.local import LocalRunner, UpdateRefused
     from embedops.report import print_report
+    from embedops.statedir import StateError
+    from embedops.store.embedded import EmbeddedServerError
 
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -112,7 +116,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             if indexes and (problems := preflight.database(loaded, runner.database())):
                 return _print_problems(problems)
             outcomes = runner.run(loaded)
-    except StateLocked as err:
+    except UpdateRefused as err:
+        print("error: the API server would refuse these changes to the stored resources:", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except (StateError, EmbeddedServerError) as err:  # the state folder, or the server in it, as they are
         print(f"error: {err}", file=sys.stderr)
         return 1
     print_report(outcomes)
@@ -165,15 +174,20 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Point the view back at a retained version; a later run that builds a new model cuts over again."""
+    from embedops.statedir import StateError
     from embedops.store import pgvector
 
     index, runner, conn = _index_connection(args)
     target = index.spec.target
     try:
         with conn:
+            current = next((v for v in pgvector.versions(conn, target) if v.state == "Live"), None)
+            if current is not None and current.version == args.to:
+                print(f"{target.schema_name}.{target.name} already serves v{args.to}: nothing to do")
+                return 0
             live = pgvector.rollback(conn, target, args.to)
         runner.republish(index)
-    except ValueError as err:
+    except (ValueError, StateError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
@@ -182,48 +196,101 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_result(result: Path | None, text: str) -> None:
+    """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it."""
+    if result is None:
+        return
+    try:
+        result.write_text(text, encoding="utf-8")
+    except OSError as err:
+        print(f"warning: --result {result}: {err.strerror or err}; the result is on stdout only", file=sys.stderr)
+
+
 def _worker_failed(result: Path | None, reason: str, message: str, code: int) -> int:
     """A failed worker's exit: its reason and message in the termination message, for the resource's status."""
     from embedops.results import error_message
 
-    if result is not None:
-        result.write_text(error_message(reason, message), encoding="utf-8")
+    _write_result(result, error_message(reason, message))
     return code
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    """Run one worker from a typed config; the result JSON goes to stdout and --result."""
+class _BadSpec(ValueError):
+    """A worker's --spec or --spec-json that cannot be read or parsed: invalid config (exit 2)."""
+
+
+def _read_spec(args: argparse.Namespace) -> tuple[Any, str]:
+    """The raw worker config and where it came from; _BadSpec in one line when it cannot be had."""
     import yaml
 
+    if args.spec_json is not None:
+        try:
+            return json.loads(args.spec_json), "--spec-json"
+        except ValueError as err:
+            raise _BadSpec(f"--spec-json is not JSON: {err}") from None
+    where = "stdin" if str(args.spec) == "-" else str(args.spec)
+    try:
+        data = sys.stdin.buffer.read() if where == "stdin" else args.spec.read_bytes()
+        return yaml.safe_load(data.decode("utf-8")), where
+    except OSError as err:
+        raise _BadSpec(f"--spec {where}: {err.strerror or err}") from None
+    except UnicodeDecodeError as err:
+        raise _BadSpec(
+            f"--spec {where}: not UTF-8 (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise _BadSpec(f"--spec {where}: not valid YAML or JSON: {first}") from None
+
+
+def _problems(err: Any) -> list[str]:
+    """A worker error's lines: a pydantic error behind it as `field: message` lines, not its multi-line dump."""
+    from pydantic import ValidationError
+
+    from embedops.api.kinds import format_validation_error
+
+    if isinstance(err.__cause__, ValidationError):
+        return format_validation_error(err.__cause__, prefix=err.__cause__.title)
+    problems: list[str] = err.problems
+    return problems
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run one worker from a typed config; the result JSON goes to stdout and --result.
+
+    Exit codes (builders/jobs.py, docs/operator.md): 2 an invalid config or input, 3 transient
+    (the database unreachable), 1 anything else; a result that cannot be written to --result
+    after the step succeeded is a warning, not a failure (the step would be run again).
+    """
+    from embedops.builders.jobs import EXIT_INVALID
     from embedops.results import termination_message
     from embedops.workers import runner
 
-    if args.spec_json is not None:
-        raw, where = json.loads(args.spec_json), "--spec-json"
-    elif str(args.spec) == "-":
-        raw, where = yaml.safe_load(sys.stdin), "stdin"
-    else:
-        raw, where = yaml.safe_load(args.spec.read_text(encoding="utf-8")), str(args.spec)
+    try:
+        raw, where = _read_spec(args)
+    except _BadSpec as err:
+        print(f"error: invalid worker config: {err}", file=sys.stderr)
+        return _worker_failed(args.result, "InvalidConfig", str(err), EXIT_INVALID)
     # In an Indexed Job each pod is one shard: Kubernetes sets JOB_COMPLETION_INDEX.
     index = os.environ.get("JOB_COMPLETION_INDEX", "")
     try:
         step = runner.parse_config(args.name, raw, shard=int(index) if index.isdigit() else None)
         result = runner.run(step, dsn=os.environ.get(DSN_ENV))
     except runner.WorkerError as err:
-        if err.reason == "InvalidConfig":
-            print(f"error: invalid worker config ({where}):", file=sys.stderr)
-            for line in err.problems:
+        lines = _problems(err)
+        if err.reason == "InvalidConfig" or len(lines) > 1:
+            title = f"invalid worker config ({where})" if err.reason == "InvalidConfig" else err.reason
+            print(f"error: {title}:", file=sys.stderr)
+            for line in lines:
                 print(f"  {line}", file=sys.stderr)
         else:
-            print(f"error: {err.reason}: {err}", file=sys.stderr)
-        return _worker_failed(args.result, err.reason, str(err), err.exit_code)
+            print(f"error: {err.reason}: {lines[0] if lines else err}", file=sys.stderr)
+        return _worker_failed(args.result, err.reason, "; ".join(lines) or str(err), err.exit_code)
     except Exception as err:
         logging.getLogger("embedops").debug("worker %s failed", args.name, exc_info=True)
         print(f"error: {type(err).__name__}: {err} (-v shows the traceback)", file=sys.stderr)
         return _worker_failed(args.result, type(err).__name__, str(err), EXIT_FAILED)
     print(json.dumps(result.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=True))
-    if args.result:
-        args.result.write_text(termination_message(result), encoding="utf-8")
+    _write_result(args.result, termination_message(result))
     return 0
 
 
@@ -259,6 +326,13 @@ def _dsn_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _device(value: str) -> str:
+    """--device, checked before anything runs (a bad one would fail only when training starts)."""
+    if re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
+        return value
+    raise argparse.ArgumentTypeError(f"{value!r} is not a torch device: give cpu, cuda, cuda:N or mps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedops", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -270,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _dsn_arguments(run)
     run.add_argument("--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)")
-    run.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    run.add_argument(
+        "--device", type=_device, help="torch device: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
+    )
     run.add_argument("--fresh", action="store_true", help="forget earlier state first")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
     run.set_defaults(func=cmd_run)
