@@ -159,6 +159,8 @@ def test_cli_versions_and_rollback(tmp_path, dsn, tiny_model_dir, capsys):
     assert lines[0].startswith("v2\tRetired\t600 rows") and lines[1].startswith("v1\tLive\t600 rows")
     assert main(["rollback", *common]) == 1
     assert "no earlier retained version" in capsys.readouterr().err
+    assert main(["rollback", *common, "--to", "1"]) == 0  # the live one: nothing to do, and said so
+    assert "public.docs already serves v1: nothing to do" in capsys.readouterr().out
 
     # Running the same manifests again respects the rollback: nothing rebuilt, v1 keeps serving.
     idx = run(state, dsn, path)["EmbeddingIndex/default/idx"].status

@@ -135,7 +135,7 @@ def _index_connection(args: argparse.Namespace):
     only reads never creates state.
     """
     from embedops.local import LocalRunner
-    from embedops.store import pgvector
+    from embedops.store import embedded, pgvector
 
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -153,7 +153,7 @@ def _index_connection(args: argparse.Namespace):
         )
     try:
         return indexes[0], runner, pgvector.connect(runner.database())
-    except (ValueError, pgvector.DatabaseUnavailable) as err:
+    except (ValueError, pgvector.DatabaseUnavailable, embedded.EmbeddedServerError) as err:
         runner.close()
         raise SystemExit(f"error: {err}") from None
 
