@@ -41,8 +41,10 @@ SqlName = Annotated[
 
 # Integers as Kubernetes stores them: the API server refuses a number beyond int64, and a Job's
 # int32 fields (backoffLimit, ttlSecondsAfterFinished) beyond int32, so the models do too. A field
-# with a tighter bound of its own (pgvector's, a library's) says so instead.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# with a tighter bound of its own (pgvector's, a library's) says so instead. The API server reads
+# a CRD's `maximum` as a float64, in which 2**63 - 1 is 2**63 (no int64: it then refuses every
+# object that sets the field), so the bounds are the int64 values a float64 holds exactly.
+INT64_MIN, INT64_MAX = -(2**63) + 1024, 2**63 - 1024
 INT32_MAX = 2**31 - 1
 # A seed as every library it reaches accepts it: transformers' set_seed hands it to numpy's
 # np.random.seed, which takes 0 ... 2**32 - 1 (torch.manual_seed and random.seed take more).
