@@ -299,12 +299,14 @@ def cmd_operator(args: argparse.Namespace) -> int:
     import kopf
 
     import embedops.handlers  # noqa: F401 - registers the handlers
+    from embedops import metrics
 
     # Logging is set up in main(): kopf.configure would add a second handler (every line twice).
     # kopf logs each handler run at INFO ("Handler 'reconcile' succeeded", every event and
     # sweep); that is debug detail here. Failures still log at WARNING and above.
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    metrics.METRICS.watching(args.namespace or ())  # embedops_watched_namespace: which namespaces are served
     kopf.run(
         standalone=True,  # one replica (the chart's Deployment uses the Recreate strategy); no peering CRDs
         clusterwide=not args.namespace,
