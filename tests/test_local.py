@@ -390,3 +390,22 @@ def test_every_transition_rule_of_the_crds_is_enforced_locally():
         ("EmbeddingIndex", "spec.database", False),
         ("EmbeddingIndex", "spec.database", True),
     }
+
+
+def test_a_state_folder_of_an_earlier_embedops_is_adopted(tmp_path):
+    """Before the marker file, a state folder held a lock file, the server's data and <ns>/<plural>/ folders."""
+    from embedops import statedir
+
+    old = tmp_path / "old"
+    (old / "default" / "embeddingindexes").mkdir(parents=True)
+    (old / "postgres").mkdir()
+    (old / ".lock").write_text("123")
+    statedir.claim(old)
+    assert (old / statedir.MARKER).is_file()
+    # A project folder with a lock file and anything else in it is still refused.
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".lock").write_text("1")
+    (project / "index.yaml").write_text("kind: EmbeddingIndex\n")
+    with pytest.raises(statedir.StateError, match="is not an embedops state folder"):
+        statedir.claim(project)

@@ -42,7 +42,9 @@ def claim(folder: Path) -> None:
     if not folder.exists():
         make_dirs(folder)
     elif not (folder / MARKER).is_file():
-        if any(folder.iterdir()):
+        if _earlier_state(folder):
+            log.info("%s: a state folder of an earlier embedops, adopted", folder)
+        elif any(folder.iterdir()):
             raise StateError(
                 f"--state-dir {folder} is not an embedops state folder (it is not empty and has no {MARKER}): "
                 f"give a new or empty folder (a state folder of an earlier embedops: create an empty {MARKER} in it)"
@@ -51,6 +53,22 @@ def claim(folder: Path) -> None:
     folder.chmod(0o700)
     if not (folder / MARKER).is_file():
         write_text(folder / MARKER, _MARKER_TEXT)
+
+
+def _earlier_state(folder: Path) -> bool:
+    """A state folder an earlier embedops made (before the marker): its lock file, and nothing but the
+    embedded server's data and `<namespace>/<plural>/` folders beside it."""
+    from embedops.api.kinds import KINDS
+
+    plurals = {k.plural for k in KINDS.values()}
+    entries = [e for e in folder.iterdir() if e.name != LOCK]
+    if not (folder / LOCK).is_file() or not entries:
+        return False
+    return all(
+        (e.name == DATABASE and e.is_dir())
+        or (e.is_dir() and not e.is_symlink() and all(c.name in plurals and c.is_dir() for c in e.iterdir()))
+        for e in entries
+    )
 
 
 def forget(folder: Path, plurals: Iterable[str]) -> None:
