@@ -414,9 +414,10 @@ def test_deletion_keeps_tables_unless_the_spec_says_delete(kube, operator):
     )
     kube.custom.delete_namespaced_custom_object("embedops.dev", "v1alpha1", kube.ns, "embeddingindexes", "dropped")
     job = kube.wait_job("cleanup")
-    assert json.loads(job.spec.template.spec.containers[0].command[4]) == {
-        "target": {"name": "docs", "schema": "public"}
-    }
+    cleanup = json.loads(job.spec.template.spec.containers[0].command[4])
+    # It drops the target for this index only (the catalog's owner), never another's.
+    assert cleanup["target"] == {"name": "docs", "schema": "public"}
+    assert (cleanup["owner"]["namespace"], cleanup["owner"]["name"]) == (kube.ns, "dropped")
     (pod,) = kube.wait_running_pods(job.metadata.name)
     assert kube.get("EmbeddingIndex", "dropped")["metadata"].get("deletionTimestamp")  # held until dropped
     kube.finish(pod.metadata.name, json.dumps({"dropped": ["docs_v1"]}))

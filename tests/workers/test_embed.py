@@ -226,6 +226,7 @@ def test_rows_without_text_are_skipped_and_reported_never_embedded(source_with_b
     result = embed.run(config(tiny_model_dir), dsn=dsn)
 
     assert (result.rows, result.embedded) == (10, 10)
+    assert result.skipped_rows == len(BLANK_TEXTS) and result.skipped_ids[:3] == ["100", "101", "102"]
     assert sorted(stored(dsn, result.table)) == list(range(10))
     with psycopg.connect(dsn) as conn:
         docs = documents.open_documents(config(tiny_model_dir).source, conn=conn, dataset_dir=None)

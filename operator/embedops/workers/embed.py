@@ -94,8 +94,11 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
         if config.finalize:
             pgvector.finalize(conn, target, rec.version, config.ann, config.maintenance_work_mem)
         now = pgvector.version_record(conn, target, rec.version)
+        skipped, skipped_ids = documents.skipped_rows(docs)
     embedded = writer.progress.rows - already
     return Result(
+        skipped_rows=skipped,
+        skipped_ids=skipped_ids,
         version=rec.version,
         table=rec.table,
         state=now.state,
