@@ -128,12 +128,12 @@ def test_unpinning_serves_the_current_models_version_again_and_retention_keeps_i
 def test_a_source_the_role_may_not_read_is_invalid_input_and_leaves_no_version(notes, tiny_model_dir):
     pgvector.connect(notes).close()  # the catalog, made by a role that may
     with psycopg.connect(notes, autocommit=True) as conn:
-        conn.execute("CREATE ROLE reader LOGIN PASSWORD 'r'")
-        conn.execute("GRANT ALL ON SCHEMA public TO reader")
-        conn.execute("GRANT CREATE ON DATABASE " + conn.info.dbname + " TO reader")
-        conn.execute("GRANT USAGE, CREATE ON SCHEMA embedops TO reader")
-        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA embedops TO reader")
-    limited = psycopg.conninfo.make_conninfo(notes, user="reader", password="r")
+        conn.execute("CREATE ROLE kb_no_select LOGIN PASSWORD 'r'")
+        conn.execute("GRANT ALL ON SCHEMA public TO kb_no_select")
+        conn.execute("GRANT CREATE ON DATABASE " + conn.info.dbname + " TO kb_no_select")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA embedops TO kb_no_select")
+        conn.execute("GRANT ALL ON ALL TABLES IN SCHEMA embedops TO kb_no_select")
+    limited = psycopg.conninfo.make_conninfo(notes, user="kb_no_select", password="r")
     with pytest.raises(runner.WorkerError) as refused:
         runner.run(embed_step(str(tiny_model_dir)), dsn=limited)
     assert refused.value.reason == "InvalidInput" and "permission denied" in str(refused.value)

@@ -41,10 +41,12 @@ SqlName = Annotated[
 
 # Integers as Kubernetes stores them: the API server refuses a number beyond int64, and a Job's
 # int32 fields (backoffLimit, ttlSecondsAfterFinished) beyond int32, so the models do too. A field
-# with a tighter bound of its own (pgvector's, a library's) says so instead. The API server reads
-# a CRD's `maximum` as a float64, in which 2**63 - 1 is 2**63 (no int64: it then refuses every
-# object that sets the field), so the bounds are the int64 values a float64 holds exactly.
-INT64_MIN, INT64_MAX = -(2**63) + 1024, 2**63 - 1024
+# with a tighter bound of its own (pgvector's, a library's) says so instead. The API server holds a
+# CRD's `maximum` as a float64 and writes it back in its shortest form: 2**63 - 1 is no int64 there
+# (it then refused every object setting the field), and 2**63 - 1024 comes back as
+# 9223372036854775000 (so a server-side apply of the same CRD conflicts). 2**53 - 1, the largest
+# integer a float64 and JSON hold exactly, survives both, and bounds nothing anyone sets.
+MIN_INT, MAX_INT = -(2**53 - 1), 2**53 - 1
 INT32_MAX = 2**31 - 1
 # A seed as every library it reaches accepts it: transformers' set_seed hands it to numpy's
 # np.random.seed, which takes 0 ... 2**32 - 1 (torch.manual_seed and random.seed take more).
@@ -270,7 +272,7 @@ class Toleration(ApiModel):
         default=None, description="Taint effect to match; empty matches all."
     )
     toleration_seconds: int | None = Field(
-        default=None, ge=INT64_MIN, le=INT64_MAX, description="How long a NoExecute taint is tolerated."
+        default=None, ge=MIN_INT, le=MAX_INT, description="How long a NoExecute taint is tolerated."
     )
 
 
@@ -319,7 +321,7 @@ class Scheduling(ApiModel):
         default=2, ge=0, le=INT32_MAX, description="Pod retries before the Job fails. Default: 2."
     )
     active_deadline_seconds: int | None = Field(
-        default=None, ge=1, le=INT64_MAX, description="Wall-clock limit of the Job, in seconds."
+        default=None, ge=1, le=MAX_INT, description="Wall-clock limit of the Job, in seconds."
     )
     ttl_seconds_after_finished: int | None = Field(
         default=None,

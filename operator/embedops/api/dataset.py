@@ -8,7 +8,7 @@ from pydantic import Field, FiniteFloat, model_validator
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
-    INT64_MAX,
+    MAX_INT,
     SEED_MAX,
     ApiModel,
     BaseStatus,
@@ -113,12 +113,12 @@ class ValidationSpec(ApiModel):
     """Row checks applied while reading; bad rows are reported by file and line and skipped."""
 
     min_chars: int = Field(
-        default=1, ge=1, le=INT64_MAX, description="Shortest text accepted, after trimming. Default: 1."
+        default=1, ge=1, le=MAX_INT, description="Shortest text accepted, after trimming. Default: 1."
     )
     max_chars: int = Field(
         default=100_000,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Longest text accepted; longer rows are reported, not cut. Default: 100000.",
     )
     max_invalid_fraction: FiniteFloat = Field(
@@ -147,7 +147,7 @@ class SplitSpec(ApiModel):
     max_test_queries: int | None = Field(
         default=None,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Cap on held-out queries, to bound evaluation time. Default: no cap.",
     )
 
@@ -245,9 +245,7 @@ class HardNegativesSpec(ApiModel):
             "without negatives stays one row. `n-tuple`: one row per pair with all its negatives. Default: triplet."
         ),
     )
-    batch_size: int = Field(
-        default=64, ge=1, le=INT64_MAX, description="Encoding batch size while mining. Default: 64."
-    )
+    batch_size: int = Field(default=64, ge=1, le=MAX_INT, description="Encoding batch size while mining. Default: 64.")
 
     @model_validator(mode="after")
     def _rules(self) -> HardNegativesSpec:
@@ -283,7 +281,7 @@ class AugmentSpec(ApiModel):
     max_title_pairs: int | None = Field(
         default=None,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Cap on title pairs (a seeded sample), for very large corpora. Default: no cap.",
     )
 

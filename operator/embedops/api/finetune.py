@@ -8,7 +8,7 @@ from pydantic import Field, FiniteFloat, model_validator
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
-    INT64_MAX,
+    MAX_INT,
     SEED_MAX,
     ApiModel,
     BaseStatus,
@@ -61,7 +61,7 @@ class LossSpec(ApiModel):
         ),
     )
     mini_batch_size: int = Field(
-        default=32, ge=1, le=INT64_MAX, description="Mini-batch of the cached losses. Default: 32."
+        default=32, ge=1, le=MAX_INT, description="Mini-batch of the cached losses. Default: 32."
     )
     guide_model: str | None = Field(
         default=None,
@@ -81,7 +81,7 @@ class LossSpec(ApiModel):
         ),
     )
     triplet_margin: FiniteFloat = Field(default=5.0, gt=0, description="Margin of TripletLoss. Default: 5.")
-    matryoshka_dims: list[Annotated[int, Field(ge=1, le=INT64_MAX)]] = Field(
+    matryoshka_dims: list[Annotated[int, Field(ge=1, le=MAX_INT)]] = Field(
         default_factory=list,
         description=(
             "Wrap the loss in MatryoshkaLoss over these output sizes (e.g. [384, 256, 128, 64]) so embeddings "
@@ -118,10 +118,8 @@ class StepBudget(ApiModel):
     epochs: int = Field(
         default=5, ge=1, le=100, description="Passes over the training rows, within the bounds. Default: 5."
     )
-    min_steps: int = Field(
-        default=_BUDGET_MIN, ge=1, le=INT64_MAX, description=f"Fewest steps. Default: {_BUDGET_MIN}."
-    )
-    max_steps: int = Field(default=_BUDGET_MAX, ge=1, le=INT64_MAX, description=f"Most steps. Default: {_BUDGET_MAX}.")
+    min_steps: int = Field(default=_BUDGET_MIN, ge=1, le=MAX_INT, description=f"Fewest steps. Default: {_BUDGET_MIN}.")
+    max_steps: int = Field(default=_BUDGET_MAX, ge=1, le=MAX_INT, description=f"Most steps. Default: {_BUDGET_MAX}.")
 
     @model_validator(mode="after")
     def _bounds(self) -> StepBudget:
@@ -147,7 +145,7 @@ class TrainingSpec(ApiModel):
     batch_size: int = Field(
         default=64,
         ge=2,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Rows per step; with ranking losses, also the number of in-batch negatives. Default: 64.",
     )
     learning_rate: FiniteFloat = Field(default=3e-5, gt=0, description="Peak learning rate. Default: 3e-5.")
@@ -167,12 +165,12 @@ class TrainingSpec(ApiModel):
         description="Numeric precision; auto picks bf16 on a GPU that supports it, else fp32. Default: auto.",
     )
     max_steps: int | None = Field(
-        default=None, ge=1, le=INT64_MAX, description="Stop after this many steps (overrides epochs and the budget)."
+        default=None, ge=1, le=MAX_INT, description="Stop after this many steps (overrides epochs and the budget)."
     )
     checkpoint_steps: int | None = Field(
         default=None,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description=(
             "Save a checkpoint, and score it on the validation queries, every this many steps (and at the last); "
             "a killed run resumes from the last complete one. Default: a fifth of the planned steps."
@@ -181,7 +179,7 @@ class TrainingSpec(ApiModel):
     negatives_per_pair: int | None = Field(
         default=None,
         ge=0,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Use at most this many of the dataset's hard negatives per row. Default: all.",
     )
 
@@ -198,11 +196,11 @@ class ValidationSplitSpec(ApiModel):
             "0 turns validation off: the last step's model is published, as without it. Default: 0.1."
         ),
     )
-    max_queries: int = Field(default=500, ge=1, le=INT64_MAX, description="Cap on validation queries. Default: 500.")
+    max_queries: int = Field(default=500, ge=1, le=MAX_INT, description="Cap on validation queries. Default: 500.")
     max_corpus: int = Field(
         default=20_000,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description=(
             "Documents the validation queries are searched over. A larger corpus is sampled: every validation "
             "positive, the base model's top 50 for each validation query, then a seeded random fill. Default: 20000."
@@ -214,9 +212,9 @@ class EvaluationSpec(ApiModel):
     """Checkpoint selection on validation queries, and held-out (test) scores of the base and tuned models."""
 
     max_queries: int | None = Field(
-        default=None, ge=1, le=INT64_MAX, description="Evaluate on at most this many test queries."
+        default=None, ge=1, le=MAX_INT, description="Evaluate on at most this many test queries."
     )
-    batch_size: int = Field(default=64, ge=1, le=INT64_MAX, description="Encoding batch size. Default: 64.")
+    batch_size: int = Field(default=64, ge=1, le=MAX_INT, description="Encoding batch size. Default: 64.")
     validation: ValidationSplitSpec = Field(
         default_factory=ValidationSplitSpec,
         description="Validation queries carved from the training queries; each checkpoint is scored on them.",

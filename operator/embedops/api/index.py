@@ -10,7 +10,7 @@ from pydantic import Field, FiniteFloat, JsonValue, StringConstraints, field_val
 from pydantic.json_schema import JsonDict
 
 from embedops.api.common import (
-    INT64_MAX,
+    MAX_INT,
     MAX_INTERVAL_MINUTES,
     ApiModel,
     BaseStatus,
@@ -169,12 +169,12 @@ class AnnSpec(ApiModel):
 class EmbedSpec(ApiModel):
     """How the corpus is embedded."""
 
-    batch_size: int = Field(default=64, ge=1, le=INT64_MAX, description="Texts per encoder batch. Default: 64.")
+    batch_size: int = Field(default=64, ge=1, le=MAX_INT, description="Texts per encoder batch. Default: 64.")
     max_seq_length: int = Field(default=256, ge=8, le=8192, description="Tokens kept per text. Default: 256.")
     commit_rows: int = Field(
         default=2048,
         ge=1,
-        le=INT64_MAX,
+        le=MAX_INT,
         description="Rows written and committed together; a killed run resumes after the last commit. Default: 2048.",
     )
     shards: int = Field(
@@ -222,7 +222,7 @@ class ProbeSpec(ApiModel):
         le=1,
         description="Gate: a new version's recall@k may be at most this much below the live one's. Default: 0.02.",
     )
-    max_queries: int | None = Field(default=None, ge=1, le=INT64_MAX, description="Probe at most this many queries.")
+    max_queries: int | None = Field(default=None, ge=1, le=MAX_INT, description="Probe at most this many queries.")
     interval_minutes: int = Field(
         default=30,
         ge=1,
