@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from embedops.builders.jobs import WorkerStep, worker_job
 from embedops.reconcile import Observed, ObservedJob, plan
 from embedops.workers import runner
@@ -98,3 +100,18 @@ def test_every_planned_job_config_parses_with_its_workers_config():
         assert runner.parse_config(worker, raw, shard=0) == job.config
         if worker in ("probe", "publish") and job.config.probe.path is not None:
             assert job.config.probe.path == "/workspace/probes/docs.jsonl"
+
+
+def test_a_pods_completion_index_and_device_fill_in_the_step():
+    from pydantic import ValidationError
+
+    from embedops import steps
+
+    raw = {"target": {"name": "docs"}, "source": {"table": {"table": "docs"}}, "model": "m"}
+    raw["embedding"] = {"shards": 2}
+    step = steps.parse("embed", {**raw, "shard": 0, "device": "cpu"}, shard=1, device="cuda")
+    assert (step.shard, step.device) == (1, "cpu"), "the index overrides, a device already named stays"
+    assert steps.parse("embed", raw, device="cuda").device == "cuda"
+    assert steps.for_pod(step, shard=0) == step.model_copy(update={"shard": 0})
+    with pytest.raises(ValidationError, match="shard 2 is not below the 2 shards"):
+        steps.parse("embed", raw, shard=2)

@@ -204,24 +204,18 @@ STEPS: dict[str, type[AnyStep]] = {
 
 
 def parse(name: str, raw: Any, *, shard: int | None = None, device: str | None = None) -> AnyStep:
-    """The step of worker `name` from its wire form, as the pod of completion index `shard` (an Indexed Job's
-    pod: it overrides the step's) on `device` (where the step names none) runs it. KeyError for an unknown
-    worker, pydantic's ValidationError for a bad step."""
-    cls = STEPS[name]
-    if isinstance(raw, dict):
-        raw = dict(raw)
-        if shard is not None and "shard" in cls.model_fields:
-            raw["shard"] = shard
-        if device is not None and "device" in cls.model_fields and raw.get("device") is None:
-            raw["device"] = device
-    return cls.model_validate(raw)
+    """The step of worker `name` from its wire form, as the pod of completion index `shard` on `device` runs it
+    (`for_pod`). KeyError for an unknown worker, pydantic's ValidationError for a bad step."""
+    return for_pod(STEPS[name].model_validate(raw), shard=shard, device=device)
 
 
 def for_pod(step: AnyStep, *, shard: int | None = None, device: str | None = None) -> AnyStep:
-    """`step` as the pod of completion index `shard` on `device` runs it (what `parse` does to its wire form)."""
+    """`step` as the pod of completion index `shard` (an Indexed Job's pod: it overrides the step's) on
+    `device` (where the step names none) runs it; validated again, so a shard beyond the step's is refused."""
+    fields = type(step).model_fields
     update: dict[str, Any] = {}
-    if shard is not None and "shard" in type(step).model_fields:
+    if shard is not None and "shard" in fields:
         update["shard"] = shard
-    if device is not None and "device" in type(step).model_fields and getattr(step, "device", None) is None:
+    if device is not None and "device" in fields and getattr(step, "device", None) is None:
         update["device"] = device
-    return step.model_copy(update=update) if update else step
+    return type(step).model_validate({**step.model_dump(), **update}) if update else step
