@@ -190,6 +190,7 @@ def test_validate_refuses_a_target_that_is_not_the_index_s_to_use(tmp_path, dsn,
     import psycopg
 
     from embedops.api.index import Target
+    from embedops.steps import TargetOwner
     from embedops.store import catalog, pgvector
 
     (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
@@ -205,11 +206,13 @@ def test_validate_refuses_a_target_that_is_not_the_index_s_to_use(tmp_path, dsn,
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP VIEW public.docs_search")
     with pgvector.connect(dsn) as conn, conn.transaction():
-        catalog.claim(conn, "public", "docs_search", catalog.Owner("team-b", "other"))
+        catalog.claim(conn, "public", "docs_search", TargetOwner(namespace="team-b", name="other"))
     assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 2
     assert "spec.target: target public.docs_search belongs to EmbeddingIndex team-b/other" in capsys.readouterr().err
     assert (
-        pgvector.target_problems(pgvector.connect(dsn), Target(name="docs_search"), catalog.Owner("team-b", "other"))
+        pgvector.target_problems(
+            pgvector.connect(dsn), Target(name="docs_search"), TargetOwner(namespace="team-b", name="other")
+        )
         == []
     )
     # A source table the database user may not SELECT from is found before a version exists.

@@ -10,17 +10,15 @@ field. (In a cluster the workers meet the same problems as InvalidInput, exit co
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from embedops import modelzoo
 from embedops.api.dataset import BeirSource, EmbeddingDatasetSpec
 from embedops.api.finetune import FineTuneJobSpec
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.manifests import LoadedResource
+from embedops.steps import TargetOwner
 from embedops.workers.readers import beir
-
-if TYPE_CHECKING:  # the store needs psycopg, which the operator image (it imports this module) lacks
-    from embedops.store import catalog
 
 
 def _path(base_dir: Path, written: str) -> Path:
@@ -144,10 +142,8 @@ def _target_problems(conn: Any, resource: Any) -> list[str]:
         return [f"cannot be checked: {str(err).strip().splitlines()[0]}"]
 
 
-def _owner(resource: Any) -> catalog.Owner:
-    from embedops.store import catalog
-
-    return catalog.Owner(namespace=resource.namespace, name=resource.name)
+def _owner(resource: Any) -> TargetOwner:
+    return TargetOwner(namespace=resource.namespace, name=resource.name)
 
 
 def _readable(conn: Any, table: Any) -> list[str]:

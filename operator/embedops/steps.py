@@ -70,6 +70,14 @@ class TargetOwner(ApiModel):
     name: str = Field(description="The index's name.")
     uid: str = Field(default="", description="Its uid (a re-created index of the same name is the same owner).")
 
+    def same_index(self, other: TargetOwner) -> bool:
+        """Namespace and name identify an index: one deleted (deletionPolicy Retain) and created again under
+        the same name takes its target back."""
+        return (self.namespace, self.name) == (other.namespace, other.name)
+
+    def __str__(self) -> str:
+        return f"EmbeddingIndex {self.namespace}/{self.name}"
+
 
 class IndexStep(Step):
     """A step on one index's tables: every one of them reaches the database."""

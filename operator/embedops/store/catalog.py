@@ -22,6 +22,7 @@ import psycopg
 
 from embedops.api import times
 from embedops.api.index import MAX_VERSION, IndexVersion, ProbeResult, VersionState
+from embedops.steps import TargetOwner
 from embedops.store import fetch
 
 SCHEMA = "embedops"
@@ -315,30 +316,17 @@ def delete_version(conn: psycopg.Connection, rec: VersionRecord) -> None:
     )
 
 
-@dataclass(frozen=True)
-class Owner:
-    """The EmbeddingIndex a target belongs to. Its namespace and name identify it: an index deleted
-    (with deletionPolicy Retain) and created again under the same name takes its target back."""
-
-    namespace: str
-    name: str
-    uid: str = ""
-
-    def __str__(self) -> str:
-        return f"EmbeddingIndex {self.namespace}/{self.name}"
-
-
-def owner(conn: psycopg.Connection, schema: str, view: str) -> Owner | None:
+def owner(conn: psycopg.Connection, schema: str, view: str) -> TargetOwner | None:
     """The target's recorded owner; None when none is recorded (no build yet, or an earlier release's)."""
     row = conn.execute(
         "SELECT owner_namespace, owner_name, coalesce(owner_uid, '') FROM embedops.index_targets "
         "WHERE target_schema = %s AND target_name = %s AND owner_name IS NOT NULL",
         (schema, view),
     ).fetchone()
-    return Owner(*row) if row else None
+    return TargetOwner(namespace=row[0], name=row[1], uid=row[2]) if row else None
 
 
-def claim(conn: psycopg.Connection, schema: str, view: str, claimant: Owner) -> Owner:
+def claim(conn: psycopg.Connection, schema: str, view: str, claimant: TargetOwner) -> TargetOwner:
     """Record `claimant` as the target's owner unless another owns it; returns the owner now recorded.
 
     An unowned target (new, or built by an earlier release) is adopted by the first claimant.
@@ -356,7 +344,7 @@ def claim(conn: psycopg.Connection, schema: str, view: str, claimant: Owner) -> 
             (schema, view, claimant.namespace, claimant.name, claimant.uid),
         )
     )
-    return Owner(*row)
+    return TargetOwner(namespace=row[0], name=row[1], uid=row[2])
 
 
 def pinned(conn: psycopg.Connection, schema: str, view: str) -> int | None:

@@ -46,8 +46,9 @@ from embedops.api.index import (
     VersionState,
 )
 from embedops.results import TargetConflict
+from embedops.steps import TargetOwner
 from embedops.store import catalog, fetch, names
-from embedops.store.catalog import Build, Owner, ShardProgress, VersionRecord
+from embedops.store.catalog import Build, ShardProgress, VersionRecord
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def _target(conn: psycopg.Connection, target: Target) -> tuple[str, str]:
 # -- public API: what the local runner and the operator call -----------------------------------
 
 
-def target_problems(conn: psycopg.Connection, target: Target, owner: Owner) -> list[str]:
+def target_problems(conn: psycopg.Connection, target: Target, owner: TargetOwner) -> list[str]:
     """Why the target is not `owner`'s to use, in words, without writing anything (what `validate` shows);
     empty when it is. A catalog not made yet holds no owner and no version table."""
     schema, view = _target(conn, target)
@@ -132,7 +133,7 @@ def target_problems(conn: psycopg.Connection, target: Target, owner: Owner) -> l
     has_catalog = fetch.value(conn.execute("SELECT to_regclass('embedops.index_versions') IS NOT NULL"))
     if has_catalog:
         recorded = catalog.owner(conn, schema, view)
-        if recorded is not None and (recorded.namespace, recorded.name) != (owner.namespace, owner.name):
+        if recorded is not None and not recorded.same_index(owner):
             problems.append(f"target {schema}.{view} belongs to {recorded}")
     if (foreign := _foreign_object(conn, schema, view, catalog_made=bool(has_catalog))) is not None:
         problems.append(foreign)
@@ -141,7 +142,7 @@ def target_problems(conn: psycopg.Connection, target: Target, owner: Owner) -> l
     return problems
 
 
-def claim_target(conn: psycopg.Connection, target: Target, owner: Owner) -> None:
+def claim_target(conn: psycopg.Connection, target: Target, owner: TargetOwner) -> None:
     """Make sure the target is `owner`'s to build, cut over and drop, before anything is written.
 
     The catalog records one owner per target: a second index naming the same target gets
@@ -154,7 +155,7 @@ def claim_target(conn: psycopg.Connection, target: Target, owner: Owner) -> None
         catalog.lock_target(conn, schema, view)
         _check_view_is_ours(conn, schema, view)
         recorded = catalog.claim(conn, schema, view, owner)
-    if (recorded.namespace, recorded.name) != (owner.namespace, owner.name):
+    if not recorded.same_index(owner):
         raise TargetConflict(
             f"target {schema}.{view} belongs to {recorded}; give this index another target.name "
             "(one index per target: the two would take turns replacing each other's view)"
@@ -310,7 +311,7 @@ def apply_retention(conn: psycopg.Connection, target: Target, keep: int, *, prot
     return [r.version for r in doomed]
 
 
-def drop_target(conn: psycopg.Connection, target: Target, owner: Owner | None = None) -> list[str]:
+def drop_target(conn: psycopg.Connection, target: Target, owner: TargetOwner | None = None) -> list[str]:
     """Drop the view, every version table in the catalog and the catalog rows (deletionPolicy: Delete).
 
     For `owner` only: a target another index owns is left as it is (nothing is dropped; a second
@@ -320,15 +321,7 @@ def drop_target(conn: psycopg.Connection, target: Target, owner: Owner | None = 
     with conn.transaction():
         catalog.lock_target(conn, schema, view)
         recorded = catalog.owner(conn, schema, view)
-        if (
-            owner is not None
-            and recorded is not None
-            and (recorded.namespace, recorded.name)
-            != (
-                owner.namespace,
-                owner.name,
-            )
-        ):
+        if owner is not None and recorded is not None and not recorded.same_index(owner):
             log.warning("%s.%s belongs to %s; %s drops nothing", schema, view, recorded, owner)
             return []
         if _foreign_object(conn, schema, view) is None:  # a view (or table) of a user under the name stays

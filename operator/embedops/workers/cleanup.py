@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from embedops import steps
 from embedops.results import CleanupResult as Result
-from embedops.store import catalog, pgvector
+from embedops.store import pgvector
 
 
 def run(config: steps.CleanupStep, *, dsn: str | None = None) -> Result:
     with pgvector.connect(dsn) as conn:
-        owner = catalog.Owner(**config.owner.model_dump()) if config.owner is not None else None
-        return Result(dropped=pgvector.drop_target(conn, config.target, owner))
+        return Result(dropped=pgvector.drop_target(conn, config.target, config.owner))

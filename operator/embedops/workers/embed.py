@@ -25,7 +25,7 @@ import psycopg
 from embedops import modelzoo, progress, steps
 from embedops.results import EmbedResult as Result
 from embedops.results import EmptySource
-from embedops.store import catalog, pgvector
+from embedops.store import pgvector
 from embedops.workers import documents
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     target = config.target
     with pgvector.connect(dsn) as conn, pgvector.connect(dsn) as reader:
         if config.owner is not None:  # before anything is read or written: whose target this is
-            pgvector.claim_target(conn, target, catalog.Owner(**config.owner.model_dump()))
+            pgvector.claim_target(conn, target, config.owner)
         docs = documents.open_documents(
             config.source,
             conn=reader,

@@ -22,7 +22,7 @@ from embedops import steps
 from embedops.api.conditions import Reason
 from embedops.api.index import VersionState, live_version
 from embedops.results import PublishResult as Result
-from embedops.store import catalog, pgvector
+from embedops.store import pgvector
 from embedops.workers import probe
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
     target = config.target
     with pgvector.connect(dsn) as conn:
         if config.owner is not None:  # a cut-over replaces the view: only the target's owner may
-            pgvector.claim_target(conn, target, catalog.Owner(**config.owner.model_dump()))
+            pgvector.claim_target(conn, target, config.owner)
         state = pgvector.version_record(conn, target, config.version).state
         was_pinned = pgvector.pinned(conn, target)
     result = Result(candidate=config.version)
