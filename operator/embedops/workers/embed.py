@@ -82,7 +82,7 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
                 seconds=round(time.monotonic() - started, 3),
                 rows_per_second=0.0,
             )
-        _check_not_empty(config, reader)
+        _check_not_empty(config, docs, reader)
         rec, resumed = pgvector.begin_build(conn, target, build)
         writer = pgvector.VersionWriter(conn, rec, config.shard)
         already = writer.progress.rows
@@ -111,9 +111,12 @@ def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     )
 
 
-def _check_not_empty(config: steps.EmbedStep, conn: psycopg.Connection) -> None:
+def _check_not_empty(config: steps.EmbedStep, docs: documents.Documents, conn: psycopg.Connection) -> None:
     """A version of an empty source would go live serving nothing (recall 0 can meet a gate of 0): refuse it
-    before a version is allocated. Counting the whole source also finds a table the role may not read."""
+    before a version is allocated. Counting also finds a table the role may not read. The whole source is
+    read again only when this shard has no row (another shard may)."""
+    if docs.total() > 0:
+        return
     whole = documents.open_documents(config.source, conn=conn, dataset_dir=config.dataset_dir)
     if whole.total() == 0:
         raise EmptySource(f"source: {whole.description} has no row with text to embed; no version is built")
