@@ -123,43 +123,17 @@ def test_a_database_that_cannot_be_reached_is_one_line_and_no_password(tmp_path,
 def test_a_worker_without_its_database_exits_transient_with_one_line(tmp_path):
     result = tmp_path / "result"
     config = {"target": {"name": "docs"}, "version": 1, "model": "all-MiniLM-L6-v2", "probe": {"path": "p.jsonl"}}
-    env = {**os.environ, "EMBEDOPS_DSN": "postgresql://u:S3cr3t@127.0.0.1:1/x"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "embedops.cli",
-            "worker",
-            "publish",
-            "--spec-json",
-            json.dumps(config),
-            "--result",
-            str(result),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+
+    def publish(dsn: str) -> subprocess.CompletedProcess:
+        command = ["embedops.cli", "worker", "publish", "--spec-json", json.dumps(config), "--result", str(result)]
+        env = {**os.environ, "EMBEDOPS_DSN": dsn}
+        return subprocess.run([sys.executable, "-m", *command], env=env, capture_output=True, text=True)
+
+    proc = publish("postgresql://u:S3cr3t@127.0.0.1:1/x")
     assert proc.returncode == 3, proc.stderr
     assert "Traceback" not in proc.stderr and "S3cr3t" not in proc.stderr + result.read_text()
     assert json.loads(result.read_text())["error"]["reason"] == "DatabaseUnavailable"
-    env["EMBEDOPS_DSN"] = "password=S3cr3t extra-Part"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "embedops.cli",
-            "worker",
-            "publish",
-            "--spec-json",
-            json.dumps(config),
-            "--result",
-            str(result),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    proc = publish("password=S3cr3t extra-Part")
     assert proc.returncode == 2 and "malformed" in proc.stderr and "extra-Part" not in proc.stderr
 
 

@@ -8,39 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.workers.test_train import TOPICS  # the same synthetic corpus
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-TOPICS = [
-    "protein",
-    "galaxy",
-    "river",
-    "taxes",
-    "jazz",
-    "soil",
-    "volcano",
-    "neuron",
-    "coral",
-    "bonds",
-    "glacier",
-    "virus",
-    "enzyme",
-    "comet",
-    "delta",
-    "tariff",
-    "blues",
-    "fungi",
-    "magma",
-    "synapse",
-    "kelp",
-    "equity",
-    "tundra",
-    "plasmid",
-    "quasar",
-    "canyon",
-    "budget",
-    "opera",
-    "lichen",
-    "geyser",
-]
 
 
 @pytest.fixture

@@ -490,8 +490,15 @@ def test_a_pending_pod_is_reported_with_the_schedulers_words_and_the_jobs_counts
 def _serving_index(spec: dict) -> tuple[dict, dict]:
     ds, _ = _run_dataset_to_ready()
     related = {("EmbeddingDataset", "ds"): ds["status"], ("FineTuneJob", "ft"): _trained_status()}
+    ix, _ = drive_to_serving(spec, related)
+    return ix, related
+
+
+def drive_to_serving(spec: dict, related: dict) -> tuple[dict, list]:
+    """An index planned through its embed and publish Jobs (both succeeding) to Serving v1; with the steps planned."""
     ix = body("EmbeddingIndex", "ix", spec)
     jobs: dict = {}
+    created = []
     for results in (
         {
             0: {
@@ -509,10 +516,12 @@ def _serving_index(spec: dict) -> tuple[dict, dict]:
         {0: _publish_result(1)},
     ):
         p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
+        (job,) = p.create
+        created.append(job)
         ix["status"] = p.status.to_wire()
-        jobs[p.create[0].name] = ObservedJob(p.create[0].name, "Succeeded", results)
+        jobs[job.name] = ObservedJob(job.name, "Succeeded", results)
     ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
-    return ix, related
+    return ix, created
 
 
 def test_one_probe_at_a_time_with_the_interval_as_its_deadline():

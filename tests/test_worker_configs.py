@@ -8,16 +8,16 @@ import json
 import pytest
 
 from embedops.builders.jobs import WorkerStep, worker_job
-from embedops.reconcile import Observed, ObservedJob, plan
+from embedops.reconcile import Observed, plan
 from embedops.workers import runner
 from tests.test_reconcile import (
     INDEX_SPEC,
     NOW,
     SETTINGS,
-    _publish_result,
     _run_dataset_to_ready,
     _trained_status,
     body,
+    drive_to_serving,
 )
 
 
@@ -27,35 +27,10 @@ def _command(job: WorkerStep) -> tuple[str, dict]:
     return command[2], json.loads(command[command.index("--spec-json") + 1])
 
 
-def _index_jobs(spec: dict, related: dict) -> list[dict]:
+def _index_jobs(spec: dict, related: dict) -> list[WorkerStep]:
     """The embed, publish, probe and drift Jobs of one index, driven through its lifecycle."""
-    ix = body("EmbeddingIndex", "ix", spec)
-    jobs: dict[str, ObservedJob] = {}
-    created = []
-    for results in (
-        {
-            0: {
-                "version": 1,
-                "table": "docs_v1",
-                "state": "Ready",
-                "rows": 10,
-                "shardRows": 10,
-                "embedded": 10,
-                "resumed": False,
-                "seconds": 1.0,
-                "rowsPerSecond": 10.0,
-            }
-        },
-        {0: _publish_result(1)},
-    ):
-        p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)
-        (job,) = p.create
-        created.append(job)
-        ix["status"] = p.status.to_wire()
-        jobs[job.name] = ObservedJob(job.name, "Succeeded", results)
-    ix["status"] = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS).status.to_wire()
-    created += plan(Observed(ix, related=related, now=NOW + dt.timedelta(hours=2)), SETTINGS).create
-    return created
+    ix, created = drive_to_serving(spec, related)
+    return created + plan(Observed(ix, related=related, now=NOW + dt.timedelta(hours=2)), SETTINGS).create
 
 
 def test_every_planned_job_config_parses_with_its_workers_config():
