@@ -13,13 +13,13 @@ executor of the same plan.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from embedops import metrics, reconcile
 from embedops import status as statuses
+from embedops.api import times
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import KINDS
 from embedops.builders.jobs import worker_job
@@ -138,7 +138,7 @@ def _look_again(body: dict[str, Any], jobs_look: float | None) -> float:
     The periodic look (EMBEDOPS_RECONCILE_SECONDS) reads memory only: it costs no request unless
     it finds something to do.
     """
-    now = dt.datetime.now(dt.UTC)
+    now = times.utcnow()
     looks = [SETTINGS.reconcile_seconds] + ([jobs_look] if jobs_look is not None else [])
     if (due := reconcile.next_due(body, now)) is not None:
         looks.append((due - now).total_seconds())

@@ -7,7 +7,6 @@ API cost can be read off this one module: the reconcile path reads from the watc
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import threading
@@ -17,6 +16,7 @@ from typing import Any, cast
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS
 from embedops.builders import naming
@@ -119,7 +119,7 @@ def post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> N
     """An Event about a resource, as `kubectl describe` shows it (posted from any thread)."""
     meta = body["metadata"]
     message = message[:1024]
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = times.now()
     key = (meta.get("uid") or meta["name"], type_, reason, message)
     core = client.CoreV1Api(api())
     try:
