@@ -651,14 +651,18 @@ def test_a_worker_refusal_is_the_index_s_own_reason_not_job_failed():
         ("TargetConflict", "target public.docs belongs to EmbeddingIndex other/docs"),
         ("EmptySource", "source: table public.docs has no row with text to embed"),
     ):
-        failed = ObservedJob(embed.name, "Failed", error=f"{worker_reason}: {detail}", step="embed")
+        failed = ObservedJob(
+            embed.name, "Failed", error=f"{worker_reason}: {detail}", reason=worker_reason, step="embed"
+        )
         p = plan(Observed(ix, jobs={embed.name: failed}, related=related, now=NOW), SETTINGS)
         assert ready(p) == ("False", worker_reason) and p.status.phase == "Failed"
         assert p.status.condition("Degraded").status == "True"
         assert p.status.condition("Ready").message == f"Job {embed.name}: {detail}"
         assert ("Warning", worker_reason, f"Job {embed.name}: {detail}") in p.events
     # Any other worker failure stays JobFailed, with the worker's words.
-    other = ObservedJob(embed.name, "Failed", error="InvalidInput: model not found", step="embed")
+    other = ObservedJob(
+        embed.name, "Failed", error="InvalidInput: model not found", reason="InvalidInput", step="embed"
+    )
     assert ready(plan(Observed(ix, jobs={embed.name: other}, related=related, now=NOW), SETTINGS)) == (
         "False",
         "JobFailed",

@@ -297,16 +297,18 @@ class LocalRunner:
             try:
                 result = runner.run(step, dsn=dsn)
             except runner.WorkerError as err:
-                error = describe_error(error_message(err.reason, str(err)))
+                error, reason = describe_error(error_message(err.reason, str(err))), err.reason
             except Exception as err:
                 log.debug("%s failed", job.name, exc_info=True)
-                error = f"{type(err).__name__}: {err}"
+                error, reason = f"{type(err).__name__}: {err}", None
             else:
                 results[index] = json.loads(termination_message(result))
                 report.succeeded += 1
                 continue
             report.failed = 1
-            return reconcile.ObservedJob(job.name, "Failed", results, error=error, step=job.step, report=report)
+            return reconcile.ObservedJob(
+                job.name, "Failed", results, error=error, reason=reason, step=job.step, report=report
+            )
         report.completion_time = times.now()
         return reconcile.ObservedJob(job.name, "Succeeded", results, step=job.step, report=report)
 

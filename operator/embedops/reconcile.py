@@ -47,7 +47,7 @@ from embedops.api.index import (
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
 from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep
-from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult, split_error
+from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
 from embedops.settings import OperatorSettings
 
 RERUN_ANNOTATION = "embedops.dev/rerun"
@@ -64,6 +64,7 @@ class ObservedJob:
     state: JobState  # Pending: no pod has started (suspended, queued, unschedulable, pulling its image)
     results: dict[int, dict[str, Any]] = field(default_factory=dict)  # completion index -> result JSON
     error: str | None = None  # why it failed, from a pod's termination message or the Job's condition
+    reason: str | None = None  # the failed worker's own reason (its error document), where it wrote one
     suspended: bool = False  # its spec.suspend
     step: str | None = None  # its embedops.dev/step label
     queue: str | None = None  # its Kueue queue: Kueue, not the operator, then decides when it runs
@@ -260,9 +261,9 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> Plan | Observ
 def _job_failure(job: ObservedJob) -> tuple[Reason, str]:
     """Why a Job failed, in the resource's words: the worker's own reason where it is one of the API's
     (TargetConflict, EmptySource), else JobFailed with the worker's (or the Job's) message."""
-    worker, detail = split_error(job.error)
-    if worker in WORKER_FAILURES:
-        return Reason(worker), f"Job {job.name}: {detail}"
+    if job.reason in WORKER_FAILURES:
+        detail = (job.error or "").removeprefix(f"{job.reason}: ")
+        return Reason(job.reason), f"Job {job.name}: {detail}"
     return Reason.JOB_FAILED, f"Job {job.name} failed: {job.error or 'no message'}"
 
 

@@ -167,16 +167,20 @@ def describe_error(text: str | None) -> str | None:
     """`reason: message` of a worker's error document, or the log tail Kubernetes kept instead."""
     if not text or not text.strip():
         return None
+    if (parsed := _error_document(text)) is not None:
+        return f"{parsed[0]}: {parsed[1]}"
+    return text.strip().splitlines()[-1][:500]
+
+
+def error_reason(text: str | None) -> str | None:
+    """The reason of a worker's error document; None for anything else (a log tail, nothing)."""
+    parsed = _error_document(text) if text else None
+    return parsed[0] if parsed is not None else None
+
+
+def _error_document(text: str) -> tuple[str, str] | None:
     try:
         err = json.loads(text)["error"]
-        return f"{err['reason']}: {err['message']}"
+        return str(err["reason"]), str(err["message"])
     except (json.JSONDecodeError, KeyError, TypeError):
-        return text.strip().splitlines()[-1][:500]
-
-
-def split_error(described: str | None) -> tuple[str | None, str]:
-    """The (reason, message) of an error as `describe_error` wrote it; (None, the text) for a log tail."""
-    if not described:
-        return None, ""
-    reason, sep, message = described.partition(": ")
-    return (reason, message) if sep and reason.isidentifier() else (None, described)
+        return None

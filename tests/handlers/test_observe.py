@@ -156,3 +156,13 @@ def test_a_missing_secret_an_unbound_claim_and_pending_pods_are_named():
     # The Job counts its pending pod as active; status.job counts the pods that run.
     assert observe_job(_job({"active": 1}), [_pod("Pending")]).report.active == 0
     assert observe_job(_job({"active": 2}), [_pod("Running"), _pod("Pending", index=1)]).report.active == 1
+
+
+def test_a_failed_workers_own_reason_is_kept_beside_its_words():
+    doc = '{"error":{"reason":"TargetConflict","message":"target public.docs belongs to EmbeddingIndex a/b"}}'
+    got = observe_job(_job(_done("Failed", reason="BackoffLimitExceeded")), [_pod("Failed", message=doc)])
+    assert got.reason == "TargetConflict"
+    assert got.error == "TargetConflict: target public.docs belongs to EmbeddingIndex a/b"
+    # A log tail (a crash) or the Job's own condition carries no worker reason.
+    crash = observe_job(_job(_done("Failed", reason="BackoffLimitExceeded")), [_pod("Failed", message="boom\n")])
+    assert (crash.reason, crash.error) == (None, "boom")

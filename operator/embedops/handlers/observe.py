@@ -18,7 +18,7 @@ from embedops.builders import naming
 from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
 from embedops.progress import MARKER
 from embedops.reconcile import JobState, ObservedJob
-from embedops.results import describe_error
+from embedops.results import describe_error, error_reason
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,12 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
     name = meta["name"]
     state = job_state(job, pods)
     results, failures = _results(pods, meta.get("namespace", ""))
-    error = None
+    error = reason = None
     if state == "Failed":
         failed = _condition(job, "Failed") or {}
         newest = max(failures)[1] if failures else None
         error = describe_error(newest) or failed.get("message") or failed.get("reason")
+        reason = error_reason(newest)
     labels = meta.get("labels") or {}
     report = JobStatus(
         name=name,
@@ -62,6 +63,7 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
         state=state,
         results=results,
         error=error,
+        reason=reason,
         suspended=bool((job.get("spec") or {}).get("suspend")),
         step=labels.get(naming.LABEL_STEP),
         queue=labels.get(KUEUE_QUEUE_LABEL),
