@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from embedops import modelzoo, steps
 from embedops.prepared import Doc, write_prepared
-from embedops.store import catalog, pgvector
+from embedops.store import catalog, pgvector, sources
 from embedops.workers import documents, embed
 
 ROWS = 300
@@ -105,9 +105,9 @@ def test_a_killed_run_resumes_after_its_last_committed_chunk(source, tiny_model_
     written: list[int] = []
     real_write = pgvector.VersionWriter.write
 
-    def recording_write(self, ids, vectors):
+    def recording_write(self, ids, vectors, hashes):
         written.extend(ids)
-        return real_write(self, ids, vectors)
+        return real_write(self, ids, vectors, hashes)
 
     monkeypatch.setattr(pgvector.VersionWriter, "write", recording_write)
     result = embed.run(config(tiny_model_dir), dsn=source)
@@ -118,6 +118,25 @@ def test_a_killed_run_resumes_after_its_last_committed_chunk(source, tiny_model_
     with psycopg.connect(source) as conn:
         count, distinct = conn.execute("SELECT count(*), count(DISTINCT id) FROM public.docs_index_v1").fetchone()
     assert count == distinct == ROWS
+
+
+def test_every_row_keeps_the_hash_of_the_text_it_was_embedded_from(source, tiny_model_dir):
+    """The hash Python computes of the text the model read equals the one SQL computes of the row (what a
+    sync diffs): for titled, untitled and whitespace-edged rows alike."""
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO public.docs VALUES (1, '  Ünïcode  ', E' \\u00a0tabbed\\t text\\n'), (2, '', ' bare '), "
+            "(4, NULL, E'caf\\u00e9 \\u2028 line')"
+        )
+    result = embed.run(config(tiny_model_dir), dsn=source)
+    with psycopg.connect(source) as conn:
+        stored_hashes = dict(conn.execute(f"SELECT id, content_hash FROM public.{result.table}").fetchall())
+        titles = dict(conn.execute("SELECT doc_id, title FROM public.docs").fetchall())
+        bodies = dict(conn.execute("SELECT doc_id, body FROM public.docs").fetchall())
+    assert len(stored_hashes) == ROWS + 3
+    for doc_id, digest in stored_hashes.items():
+        text = Doc(id="", text=bodies[doc_id], title=titles[doc_id] or "").full_text
+        assert digest == sources.content_hash(text), doc_id
 
 
 def test_two_shards_split_the_corpus_exactly(source, tiny_model_dir):

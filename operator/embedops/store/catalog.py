@@ -70,6 +70,11 @@ _DDL = (
     # The version spec.pinnedVersion made live, while a pin holds: unpinning then serves the current
     # model's version again, where a version retired by a rollback stays retired.
     "ALTER TABLE embedops.index_targets ADD COLUMN IF NOT EXISTS pinned_version integer",
+    # Syncs (store.sync): when a version was last brought in step with its source (the start of the
+    # diff it applied), and the rows changed in it since it was built (what an IVFFlat index's lists
+    # were not trained on).
+    "ALTER TABLE embedops.index_versions ADD COLUMN IF NOT EXISTS synced_at timestamptz",
+    "ALTER TABLE embedops.index_versions ADD COLUMN IF NOT EXISTS changed_rows bigint NOT NULL DEFAULT 0",
     """CREATE TABLE IF NOT EXISTS embedops.index_progress (
         target_schema text NOT NULL,
         target_name text NOT NULL,
@@ -90,7 +95,8 @@ _SELECT = (
     "CASE WHEN v.state = 'Building' THEN (SELECT coalesce(sum(p.row_count), 0) FROM embedops.index_progress p "
     "WHERE (p.target_schema, p.target_name, p.version) = (v.target_schema, v.target_name, v.version)) "
     "ELSE v.row_count END, "
-    "v.state, v.created_at, v.completed_at, v.probe, v.probe_set, v.embeddings_key FROM embedops.index_versions v "
+    "v.state, v.created_at, v.completed_at, v.probe, v.probe_set, v.embeddings_key, v.synced_at, v.changed_rows "
+    "FROM embedops.index_versions v "
     "WHERE v.target_schema = %s AND v.target_name = %s"
 )
 
@@ -118,6 +124,8 @@ class VersionRecord:
     probe: dict[str, Any] | None
     probe_set: str | None
     embeddings_key: str | None  # None: built by a release that did not record it
+    synced_at: dt.datetime | None = None  # start of the last diff applied by a sync; None: never synced
+    changed_rows: int = 0  # rows inserted, updated or deleted by syncs since the version was built
 
     def to_api(self) -> IndexVersion:
         return IndexVersion(
@@ -189,7 +197,9 @@ def ensure(conn: psycopg.Connection) -> None:
     ready = fetch.value(
         conn.execute(
             "SELECT to_regclass('embedops.index_progress') IS NOT NULL "
-            "AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')"
+            "AND EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector') "
+            "AND EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('embedops.index_versions') "
+            "AND attname = 'changed_rows')"
         )
     )
     if ready:
@@ -417,6 +427,29 @@ def shard_totals(conn: psycopg.Connection, rec: VersionRecord) -> tuple[bool, in
         )
     )
     return bool(done), int(rows)
+
+
+def count_sync(conn: psycopg.Connection, rec: VersionRecord, *, rows_delta: int, changed: int) -> None:
+    """Add a sync's rows to a version's row count (inserted minus deleted) and changed rows."""
+    conn.execute(
+        "UPDATE embedops.index_versions SET row_count = row_count + %s, changed_rows = changed_rows + %s "
+        "WHERE target_schema = %s AND target_name = %s AND version = %s",
+        (rows_delta, changed, rec.schema, rec.view, rec.version),
+    )
+
+
+def set_synced(conn: psycopg.Connection, rec: VersionRecord, when: dt.datetime) -> None:
+    conn.execute(
+        "UPDATE embedops.index_versions SET synced_at = %s "
+        "WHERE target_schema = %s AND target_name = %s AND version = %s",
+        (when, rec.schema, rec.view, rec.version),
+    )
+
+
+def lock_target_shared(conn: psycopg.Connection, schema: str, view: str) -> None:
+    """lock_target's shared form, until the transaction ends: a sync's writes into a version, which must not
+    interleave with retention dropping it, but may with each other."""
+    conn.execute("SELECT pg_advisory_xact_lock_shared(hashtextextended(%s, 0))", (f"embedops:{schema}.{view}",))
 
 
 def save_probe(conn: psycopg.Connection, rec: VersionRecord, probe: ProbeResult, probe_set: str) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -475,7 +476,8 @@ def _create_version_table(conn: psycopg.Connection, schema: str, table: str, bui
     try:
         # id_type is format_type()'s output for the source column, written by Postgres itself.
         conn.execute(
-            sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, embedding {}({}) NOT NULL)").format(
+            # content_hash: the md5 of the text each row was embedded from (sources.content_hash), what a sync diffs.
+            sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, embedding {}({}) NOT NULL, content_hash uuid)").format(
                 sql.Identifier(schema, table),
                 sql.SQL(build.id_type),
                 sql.SQL(build.vector_type),
@@ -499,38 +501,20 @@ class VersionWriter:
         self.record = rec
         self.shard = shard
         self.progress: ShardProgress = catalog.progress(conn, rec, shard)
-        self._copy = sql.SQL("COPY {} (id, embedding) FROM STDIN (FORMAT BINARY)").format(
-            sql.Identifier(rec.schema, rec.table)
-        )
-        self._id_type = self._id_oid()
-        self._types: list[int | str] = [self._id_type, rec.vector_type]  # an oid, then a type name
-        self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
+        self._rows = RowCopier(conn, rec, sql.Identifier(rec.schema, rec.table))
 
-    def _id_oid(self) -> int:
-        return fetch.value(
-            self._conn.execute(
-                "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
-                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
-                "AND a.attname = 'id'",
-                (sql.Identifier(self.record.schema, self.record.table).as_string(self._conn),),
-            )
-        )
-
-    def write(self, ids: Sequence[Any], vectors: np.ndarray) -> ShardProgress:
-        """Append rows (ids ascending, after the shard's last id) and commit them with the progress row."""
-        if len(ids) != len(vectors):
-            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+    def write(
+        self, ids: Sequence[Any], vectors: np.ndarray, hashes: Sequence[uuid.UUID] | None = None
+    ) -> ShardProgress:
+        """Append rows (ids ascending, after the shard's last id) with the content hashes of their texts, and
+        commit them with the progress row. Without `hashes` (a build by hand) the rows have none: the
+        first sync embeds them again."""
+        if len(ids) != len(vectors) or (hashes is not None and len(hashes) != len(ids)):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors and {len(hashes or ())} hashes")
         if not ids:
             return self.progress
-        data = copy_binary(ids, self._id_type, np.asarray(vectors), self.record.vector_type)
-        with self._conn.transaction(), self._conn.cursor() as cur:
-            with cur.copy(self._copy) as copy:
-                if data is not None:
-                    copy.write(data)
-                else:  # an id type copy_binary does not encode: psycopg's adapters, row by row
-                    copy.set_types(self._types)
-                    for doc_id, vector in zip(ids, vectors, strict=True):
-                        copy.write_row((doc_id, self._wrap(vector)))
+        with self._conn.transaction():
+            self._rows.copy(ids, vectors, hashes)
             moved = catalog.advance(self._conn, self.record, self.shard, self.progress, ids[-1], len(ids))
             if moved is None:
                 raise BuildConflict(
@@ -546,6 +530,41 @@ class VersionWriter:
         self.progress = catalog.progress(self._conn, self.record, self.shard)
 
 
+class RowCopier:
+    """COPY (id, embedding[, content_hash]) rows of a version into `table` (the version table, or a staging
+    table like it), in the caller's transaction."""
+
+    def __init__(self, conn: psycopg.Connection, rec: VersionRecord, table: sql.Composable):
+        self._conn, self._table, self._vector_type = conn, table, rec.vector_type
+        self._id_type = _id_oid(conn, rec)
+        self._wrap = HalfVector if rec.vector_type == "halfvec" else Vector
+
+    def copy(self, ids: Sequence[Any], vectors: np.ndarray, hashes: Sequence[uuid.UUID] | None) -> None:
+        columns = sql.SQL("id, embedding, content_hash" if hashes is not None else "id, embedding")
+        statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(self._table, columns)
+        data = copy_binary(ids, self._id_type, np.asarray(vectors), self._vector_type, hashes=hashes)
+        with self._conn.cursor() as cur, cur.copy(statement) as copy:
+            if data is not None:
+                copy.write(data)
+                return
+            # An id type copy_binary does not encode: psycopg's adapters, row by row.
+            copy.set_types([self._id_type, self._vector_type, *(["uuid"] if hashes is not None else [])])
+            for i, (doc_id, vector) in enumerate(zip(ids, vectors, strict=True)):
+                copy.write_row((doc_id, self._wrap(vector), *([hashes[i]] if hashes is not None else [])))
+
+
+def _id_oid(conn: psycopg.Connection, rec: VersionRecord) -> int:
+    """The oid of the version table's id type (a domain's base type)."""
+    return fetch.value(
+        conn.execute(
+            "SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+            "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass(%s) "
+            "AND a.attname = 'id'",
+            (sql.Identifier(rec.schema, rec.table).as_string(conn),),
+        )
+    )
+
+
 # COPY ... (FORMAT BINARY): signature, flags, header extension length; a tuple count of -1 ends it.
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
@@ -553,44 +572,59 @@ _INT_IDS = {21: ">i2", 23: ">i4", 20: ">i8"}  # int2, int4, int8
 _TEXT_IDS = {25, 1043}  # text, varchar
 
 
-def copy_binary(ids: Sequence[Any], id_oid: int, vectors: np.ndarray, vector_type: str) -> bytes | memoryview | None:
-    """The whole binary COPY stream of (id, embedding) rows, built with numpy rather than row by row.
+def copy_binary(
+    ids: Sequence[Any],
+    id_oid: int,
+    vectors: np.ndarray,
+    vector_type: str,
+    *,
+    hashes: Sequence[uuid.UUID] | None = None,
+) -> bytes | memoryview | None:
+    """The whole binary COPY stream of (id, embedding[, content_hash]) rows, built with numpy rather than row
+    by row.
 
-    Each row is: 2 fields; the id (int2/int4/int8 big-endian, or text as UTF-8); the vector in
-    pgvector's binary form (int16 dimensions, int16 unused, big-endian float32, or float16 for
-    halfvec). None for an id type this does not encode (the caller falls back to psycopg's
-    adapters). Several times faster than `write_row`, which adapts every value in Python.
+    Each row is: 2 fields (3 with `hashes`); the id (int2/int4/int8 big-endian, or text as UTF-8);
+    the vector in pgvector's binary form (int16 dimensions, int16 unused, big-endian float32, or
+    float16 for halfvec); the hash as a uuid's 16 bytes. None for an id type this does not encode
+    (the caller falls back to psycopg's adapters). Several times faster than `write_row`, which
+    adapts every value in Python.
     """
     n, dim = vectors.shape
     item = np.dtype(">f2" if vector_type == "halfvec" else ">f4")
     vec_len = 4 + dim * item.itemsize
+    fields = (3 if hashes is not None else 2).to_bytes(2, "big")
+    tail_len = 4 + vec_len + (4 + 16 if hashes is not None else 0)
 
-    def fill_vectors(rows: np.ndarray) -> None:  # rows: (n, 8 + dim * itemsize) bytes
+    def fill_tails(rows: np.ndarray) -> None:  # rows: (n, tail_len) bytes: the vector field, then the hash field
         rows[:, 0:4] = np.frombuffer(vec_len.to_bytes(4, "big"), np.uint8)
         rows[:, 4:6] = np.frombuffer(dim.to_bytes(2, "big"), np.uint8)
         rows[:, 6:8] = 0
-        rows[:, 8:].view(item)[...] = vectors  # converted straight into place: one pass over the data
+        end = 8 + dim * item.itemsize
+        rows[:, 8:end].view(item)[...] = vectors  # converted straight into place: one pass over the data
+        if hashes is not None:
+            rows[:, end : end + 4] = np.frombuffer((16).to_bytes(4, "big"), np.uint8)
+            rows[:, end + 4 :] = np.frombuffer(b"".join(h.bytes for h in hashes), np.uint8).reshape(n, 16)
 
     if id_oid in _INT_IDS:
         kind = np.dtype(_INT_IDS[id_oid])
         prefix = 2 + 4 + kind.itemsize
-        width = prefix + 4 + vec_len
+        width = prefix + tail_len
         out = np.empty(len(_COPY_HEADER) + n * width + len(_COPY_TRAILER), np.uint8)
         out[: len(_COPY_HEADER)] = np.frombuffer(_COPY_HEADER, np.uint8)
         out[len(out) - len(_COPY_TRAILER) :] = np.frombuffer(_COPY_TRAILER, np.uint8)
         rows = out[len(_COPY_HEADER) : len(out) - len(_COPY_TRAILER)].reshape(n, width)
-        rows[:, 0:2] = np.frombuffer(b"\x00\x02", np.uint8)
+        rows[:, 0:2] = np.frombuffer(fields, np.uint8)
         rows[:, 2:6] = np.frombuffer(kind.itemsize.to_bytes(4, "big"), np.uint8)
         rows[:, 6:prefix].view(kind)[:, 0] = np.asarray(ids, dtype=np.int64)
-        fill_vectors(rows[:, prefix:])
+        fill_tails(rows[:, prefix:])
         return out.data
     if id_oid in _TEXT_IDS:
-        tails = np.empty((n, 4 + vec_len), np.uint8)
-        fill_vectors(tails)
+        tails = np.empty((n, tail_len), np.uint8)
+        fill_tails(tails)
         parts = [_COPY_HEADER]
         for doc_id, tail in zip(ids, tails, strict=True):
             raw = str(doc_id).encode()
-            parts += (b"\x00\x02", len(raw).to_bytes(4, "big"), raw, tail.data)
+            parts += (fields, len(raw).to_bytes(4, "big"), raw, tail.data)
         parts.append(_COPY_TRAILER)
         return b"".join(parts)
     return None

@@ -14,22 +14,45 @@ be one vector that every query finds. Such rows are left out of every read (coun
 looked up, sampled) and reported by `skipped`. Which characters are blank is the caller's one
 rule (the dataset readers' `rows.BLANK`); `btrim(text, blank)` trims exactly as Python's
 `str.strip(blank)` does, so both sides agree row for row.
+
+The text a row is embedded as (title and text, joined as `prepared.Doc.full_text` joins them) is
+composed here in SQL, and read back as it is embedded, with its content hash: `md5(text)::uuid`,
+the 16 bytes Python's `content_hash` computes from the same UTF-8 text. Every version table
+keeps the hash of each row it embedded, so which rows changed since is one query inside
+Postgres (store.sync) that never reads the texts out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import sql
 from psycopg.pq import Format
 
 from embedops.api.index import TableSource
-from embedops.prepared import Doc
 from embedops.store import fetch, names
 
 TEXT_ID = "text"  # the id type of dataset corpora
+# What Python's str.strip() strips (str.isspace), which `Doc.full_text` applies to a titled document.
+_WHITESPACE = "".join(c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace())
+
+
+class Row(NamedTuple):
+    """One document as it is embedded: its id, the text the model encodes, and that text's content hash."""
+
+    id: Any
+    text: str
+    hash: uuid.UUID
+
+
+def content_hash(text: str) -> uuid.UUID:
+    """The content hash of a text to embed: what `md5(text)::uuid` gives in Postgres (a UTF-8 database)."""
+    return uuid.UUID(bytes=hashlib.md5(text.encode()).digest())
 
 
 def check_names(src: TableSource) -> None:
@@ -105,28 +128,33 @@ def _shard_filter(shard: int, shards: int) -> sql.Composable:
 
 
 def _documents(src: TableSource, blank: str, *, with_text: bool = True) -> sql.Composable:
-    """`SELECT id, text, title FROM table` with the spec's columns renamed, as a subquery: the rows with text to
-    embed, or (not `with_text`) the others, whose text is NULL or only `blank` characters."""
-    title = sql.Identifier(src.title_column) if src.title_column else sql.SQL("NULL")
-    text = sql.SQL("{}::text").format(sql.Identifier(src.text_column))
+    """The rows with text to embed as a subquery `d(id, text, hash)` (`text` composed as the model reads it),
+    or (not `with_text`) the others, whose text is NULL or only `blank` characters."""
+    column = sql.SQL("{}::text").format(sql.Identifier("s", src.text_column))
+    composed: sql.Composable = column
+    if src.title_column:  # Doc.full_text: f"{title} {text}".strip() when the title is not empty
+        title = sql.SQL("{}::text").format(sql.Identifier("s", src.title_column))
+        composed = sql.SQL(
+            "CASE WHEN coalesce({title}, '') = '' THEN {text} ELSE btrim({title} || ' ' || {text}, {ws}) END"
+        ).format(title=title, text=column, ws=sql.Literal(_WHITESPACE))
     has_text = sql.SQL("({text} IS NOT NULL AND btrim({text}, {blank}) <> '')").format(
-        text=text, blank=sql.Literal(blank)
+        text=column, blank=sql.Literal(blank)
     )
     return sql.SQL(
-        "(SELECT {id} AS id, {text} AS text, {title}::text AS title FROM {table} WHERE {keep}{has_text}) AS d"
+        "(SELECT {id} AS id, t.text, md5(t.text)::uuid AS hash FROM {table} AS s "
+        "CROSS JOIN LATERAL (SELECT {composed} AS text) AS t WHERE {keep}{has_text}) AS d"
     ).format(
-        id=sql.Identifier(src.id_column),
-        text=text,
-        title=title,
+        id=sql.Identifier("s", src.id_column),
+        composed=composed,
         table=sql.Identifier(src.schema_name, src.table),
         keep=sql.SQL("" if with_text else "NOT "),
         has_text=has_text,
     )
 
 
-def _doc(row: tuple) -> tuple[Any, str]:
-    doc_id, text, title = row
-    return doc_id, Doc(id=str(doc_id), text=text or "", title=title or "").full_text
+def documents(src: TableSource, blank: str) -> sql.Composable:
+    """The rows with text to embed, `d(id, text, hash)`: what a version of the table holds, and what a sync diffs."""
+    return _documents(src, blank)
 
 
 def count(conn: psycopg.Connection, src: TableSource, shard: int, shards: int, *, blank: str) -> int:
@@ -155,26 +183,29 @@ def page(
     limit: int,
     *,
     blank: str,
-) -> list[tuple[Any, str]]:
-    """The next `limit` (id, text to embed) of a shard after id `after` (its value or text form), in id order."""
+) -> list[Row]:
+    """The next `limit` rows of a shard after id `after` (its value or text form), in id order."""
     after_filter = (
         sql.SQL("true") if after is None else sql.SQL("id > CAST({} AS {})").format(sql.Placeholder(), sql.SQL(id_type))
     )
-    query = sql.SQL("SELECT id, text, title FROM {} WHERE {} AND {} ORDER BY id LIMIT {}").format(
+    query = sql.SQL("SELECT id, text, hash FROM {} WHERE {} AND {} ORDER BY id LIMIT {}").format(
         _documents(src, blank), _shard_filter(shard, shards), after_filter, sql.Literal(limit)
     )
-    return [_doc(r) for r in conn.execute(query, () if after is None else (after,))]
+    return [Row(*r) for r in conn.execute(query, () if after is None else (after,))]
+
+
+def rows(conn: psycopg.Connection, src: TableSource, ids: Sequence[Any], *, blank: str) -> list[Row]:
+    """The current rows of `ids` still in the table with text to embed, in id order."""
+    query = sql.SQL("SELECT id, text, hash FROM {} WHERE id = ANY(%s) ORDER BY id").format(_documents(src, blank))
+    return [Row(*r) for r in conn.execute(query, (list(ids),))]
 
 
 def texts(conn: psycopg.Connection, src: TableSource, ids: Sequence[Any], *, blank: str) -> dict[Any, str]:
     """The current text to embed of each of `ids` still in the table (and still with text)."""
-    query = sql.SQL("SELECT id, text, title FROM {} WHERE id = ANY(%s)").format(_documents(src, blank))
-    return dict(_doc(r) for r in conn.execute(query, (list(ids),)))
+    return {row.id: row.text for row in rows(conn, src, ids, blank=blank)}
 
 
 def sample(conn: psycopg.Connection, src: TableSource, n: int, seed: str, *, blank: str) -> list[tuple[Any, str]]:
     """`n` rows with text drawn by a seeded hash of their id: uniform, and the same sample for the same seed."""
-    query = sql.SQL("SELECT id, text, title FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(
-        _documents(src, blank)
-    )
-    return [_doc(r) for r in conn.execute(query, (seed, n))]
+    query = sql.SQL("SELECT id, text FROM {} ORDER BY md5(id::text || %s) LIMIT %s").format(_documents(src, blank))
+    return [(doc_id, text) for doc_id, text in conn.execute(query, (seed, n))]

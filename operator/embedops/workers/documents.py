@@ -42,8 +42,9 @@ class Documents(Protocol):
     def total(self) -> int:
         """Documents in this shard."""
 
-    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
-        """(id, text to embed) of this shard after id `after`, in id order, `size` at a time."""
+    def chunks(self, after: Any | None, size: int) -> Iterator[list[sources.Row]]:
+        """The rows (id, text to embed, its content hash) of this shard after id `after`, in id order, `size` at
+        a time."""
 
     def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
         """The current text to embed of each of `ids` still in the source."""
@@ -66,11 +67,11 @@ class TableDocuments:
     def total(self) -> int:
         return sources.count(self._conn, self._src, self._shard, self._shards, blank=BLANK)
 
-    def chunks(self, after: Any | None, size: int) -> Iterator[list[tuple[Any, str]]]:
+    def chunks(self, after: Any | None, size: int) -> Iterator[list[sources.Row]]:
         shard = (self._shard, self._shards)
         while rows := sources.page(self._conn, self._src, self.id_type, *shard, after, size, blank=BLANK):
             yield rows
-            after = rows[-1][0]
+            after = rows[-1].id
 
     def texts(self, ids: Sequence[Any]) -> dict[Any, str]:
         return sources.texts(self._conn, self._src, ids, blank=BLANK)
@@ -100,8 +101,12 @@ class DatasetDocuments:
     def total(self) -> int:
         return len(self._texts)
 
-    def chunks(self, after: str | None, size: int) -> Iterator[list[tuple[Any, str]]]:
-        remaining = [(i, text) for i, text in self._texts.items() if after is None or i > after]
+    def chunks(self, after: str | None, size: int) -> Iterator[list[sources.Row]]:
+        remaining = [
+            sources.Row(i, text, sources.content_hash(text))
+            for i, text in self._texts.items()
+            if after is None or i > after
+        ]
         for start in range(0, len(remaining), size):
             yield remaining[start : start + size]
 

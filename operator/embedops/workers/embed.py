@@ -149,11 +149,12 @@ def embed_shard(
     ):
         pending: tuple[Future, int] | None = None
         for chunk in docs.chunks(writer.progress.last_id, config.embedding.commit_rows):
-            vectors = encoder.encode([text for _, text in chunk])
+            vectors = encoder.encode([row.text for row in chunk])
             if pending is not None:
                 pending[0].result()
                 task.advance(pending[1])
-            pending = (copier.submit(writer.write, [doc_id for doc_id, _ in chunk], vectors), len(chunk))
+            write = copier.submit(writer.write, [row.id for row in chunk], vectors, [row.hash for row in chunk])
+            pending = (write, len(chunk))
         if pending is not None:
             pending[0].result()
             task.advance(pending[1])
