@@ -114,6 +114,37 @@ class PublishResult(ApiModel):
     )
 
 
+class SyncResult(ApiModel):
+    """What one sync of a version with its source table did."""
+
+    version: int = Field(description="The version synced.")
+    state: str = Field(description="Its state after the sync (a sync stops when its version is dropped).")
+    synced_at: str | None = Field(
+        default=None, description="RFC 3339 start of the diff applied; None when the sync stopped early."
+    )
+    found: int = Field(description="Rows the diff found new, changed or gone.")
+    inserted: int = Field(description="Rows new in the version.")
+    updated: int = Field(description="Rows embedded again (their text changed).")
+    deleted: int = Field(description="Rows removed (gone from the table, or left with no text).")
+    pending: int = Field(default=0, description="Rows found and not applied.")
+    rows: int = Field(description="Rows of the version after the sync.")
+    changed_fraction: float = Field(description="Share of the version's rows changed since it was built.")
+    ann_stale: bool = Field(
+        default=False, description="An IVFFlat version changed past the share its lists hold up to."
+    )
+    rehashed: bool = Field(
+        default=False, description="The version had no content hashes (an earlier release's): every row was embedded."
+    )
+    skipped_rows: int = Field(default=0, description="Rows of the table with no text to embed (NULL or blank).")
+    skipped_ids: list[str] = Field(default_factory=list, description="The ids of the first few skipped rows.")
+    diff_seconds: float = Field(description="Seconds of the diff query.")
+    seconds: float = Field(description="Wall time of the sync, model loading included.")
+
+    @property
+    def embedded(self) -> int:
+        return self.inserted + self.updated
+
+
 class CleanupResult(ApiModel):
     dropped: list[str] = Field(default_factory=list, description="Tables dropped.")
 

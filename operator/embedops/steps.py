@@ -26,6 +26,8 @@ from embedops.api.index import (
     EmbedSpec,
     IndexSource,
     ProbeSpec,
+    SyncSpec,
+    TableSource,
     Target,
 )
 
@@ -145,8 +147,22 @@ class EmbedStep(ModelStep):
         return self
 
 
+class CatchUp(ApiModel):
+    """What a cut-over brings its version in step with first, in the same lock: the index's source table,
+    embedded as the version was built (store.sync)."""
+
+    table: TableSource = Field(description="The index's source table.")
+    embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="The index's embedding settings.")
+
+
 class _Probing(VersionStep):
     """What probing a version takes: the probe set and the search settings."""
+
+    catch_up: CatchUp | None = Field(
+        default=None,
+        description="Sync the version with the source table right before a cut-over to it (None: a dataset "
+        "source, whose corpus is fixed, or sync turned off).",
+    )
 
     probe: ProbeSpec = Field(
         default_factory=ProbeSpec, description="The index's probe: k, query cap, gate thresholds, and a JSONL `path`."
@@ -201,13 +217,28 @@ class DriftStep(VersionStep):
         return self
 
 
+class SyncStep(VersionStep):
+    NAME: ClassVar[str] = "sync"
+
+    version: int = Field(ge=1, description="The version synced (the live one).")
+    table: TableSource = Field(description="The index's source table.")
+    embedding: EmbedSpec = Field(
+        default_factory=EmbedSpec,
+        description="The index's embedding settings: changed rows are encoded as the version was built, "
+        "commitRows at a time.",
+    )
+    sync: SyncSpec = Field(default_factory=SyncSpec, description="The index's sync settings (mode).")
+    ann: AnnSpec = Field(default_factory=AnnSpec, description="The index's ANN settings (whose lists go stale).")
+
+
 class CleanupStep(IndexStep):
     NAME: ClassVar[str] = "cleanup"
 
 
-AnyStep = PrepareStep | TrainStep | EmbedStep | PublishStep | ProbeStep | DriftStep | CleanupStep
+AnyStep = PrepareStep | TrainStep | EmbedStep | PublishStep | ProbeStep | DriftStep | SyncStep | CleanupStep
 STEPS: dict[str, type[AnyStep]] = {
-    cls.NAME: cls for cls in (PrepareStep, TrainStep, EmbedStep, PublishStep, ProbeStep, DriftStep, CleanupStep)
+    cls.NAME: cls
+    for cls in (PrepareStep, TrainStep, EmbedStep, PublishStep, ProbeStep, DriftStep, SyncStep, CleanupStep)
 }
 
 

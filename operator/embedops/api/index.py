@@ -252,6 +252,42 @@ class DriftSpec(ApiModel):
     )
 
 
+# Past this share of rows inserted, updated or deleted since a version was built, an IVFFlat
+# index's lists (k-means centroids of the rows it was built on) no longer describe the data:
+# recall at the same `probes` falls. HNSW takes inserts and deletes as they come.
+IVFFLAT_STALE_FRACTION = 0.2
+
+
+class SyncSpec(ApiModel):
+    """Keeping the live version in step with a `source.table` as its rows change (a dataset source is fixed)."""
+
+    interval_minutes: int = Field(
+        default=5,
+        ge=0,
+        le=MAX_INTERVAL_MINUTES,
+        description="Sync this often: new, changed and deleted rows are embedded or removed. 0 turns the schedule "
+        "off (a sync still runs on demand, and before every cut-over). Default: 5.",
+    )
+    mode: Literal["diff", "trigger"] = Field(
+        default="diff",
+        description="`diff`: each sync compares the table's (id, content hash) with the version's, in one query, "
+        "with no DDL on the table. `trigger`: row triggers on the table (firing only when an embedded column "
+        "changes) fill a queue table that each sync drains. Default: diff.",
+    )
+    rebuild_after_changed_fraction: FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="With an IVFFlat index: build a new version once this share of the live version's rows changed "
+        "since it was built (its lists were trained on the old rows). Unset: the index only says so, past "
+        f"{IVFFLAT_STALE_FRACTION:.0%}.",
+    )
+
+    @property
+    def scheduled(self) -> bool:
+        return self.interval_minutes > 0
+
+
 class EmbeddingIndexSpec(ApiModel):
     """Desired state of an EmbeddingIndex."""
 
@@ -280,6 +316,7 @@ class EmbeddingIndexSpec(ApiModel):
     embedding: EmbedSpec = Field(default_factory=EmbedSpec, description="Embedding settings.")
     probe: ProbeSpec = Field(default_factory=ProbeSpec, description="Retrieval probe and cut-over gate.")
     drift: DriftSpec = Field(default_factory=DriftSpec, description="Drift measurement.")
+    sync: SyncSpec = Field(default_factory=SyncSpec, description="Incremental sync with a source table.")
     keep_versions: int = Field(
         default=2, ge=1, le=20, description="Versions kept (the live one included) for rollback. Default: 2."
     )
@@ -363,6 +400,28 @@ class ReindexProgress(ApiModel):
     rows_per_second: float | None = Field(default=None, description="Recent throughput.")
 
 
+class SyncStatus(ApiModel):
+    """The last sync of the live version with its source table."""
+
+    version: int = Field(description="Version synced.")
+    last_sync_time: str = Field(
+        description="RFC 3339 time the last sync's diff started: every change made before it is in the version."
+    )
+    rows_embedded: int = Field(description="Rows embedded by the last sync (new or changed text).")
+    rows_deleted: int = Field(description="Rows removed by the last sync (gone from the table, or left without text).")
+    pending_rows: int = Field(
+        default=0, description="Rows the last sync found changed and did not apply (it stopped early)."
+    )
+    skipped_rows: int = Field(default=0, description="Rows of the table with no text to embed (NULL or blank).")
+    lag_seconds: float = Field(
+        description="Seconds from the start of the last sync's diff to its last commit: a change is searchable "
+        "at most intervalMinutes plus this after it was made."
+    )
+    changed_fraction: float = Field(
+        default=0.0, description="Share of the version's rows inserted, updated or deleted since it was built."
+    )
+
+
 class EmbeddingIndexStatus(BaseStatus):
     """Observed state of an EmbeddingIndex."""
 
@@ -373,3 +432,4 @@ class EmbeddingIndexStatus(BaseStatus):
     probe: ProbeResult | None = Field(default=None, description="Latest probe of the live version.")
     drift: DriftResult | None = Field(default=None, description="Latest drift measurement of the live version.")
     reindex: ReindexProgress | None = Field(default=None, description="Progress of a version being built.")
+    sync: SyncStatus | None = Field(default=None, description="Last sync of the live version with its source table.")

@@ -98,6 +98,7 @@ INDEX = Kind(
         ("Rows", "integer", ".status.rows", "Rows in the live version", 0),
         ("Recall", "number", ".status.probe.recallAtK", "Probe recall@k of the live version", 0),
         ("Drift", "number", ".status.drift.score", "Drift score of the live version", 1),
+        ("Synced", "date", ".status.sync.lastSyncTime", "Start of the last sync with the source table", 0),
         _AGE,
     ),
 )

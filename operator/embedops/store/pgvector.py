@@ -242,8 +242,18 @@ def version_record(conn: psycopg.Connection, target: Target, version: int | None
     return found
 
 
-def cutover(conn: psycopg.Connection, target: Target, version: int) -> IndexVersion:
-    """Point the view at `version` (Ready, Retired or already Live); the live one becomes Retired."""
+def cutover(
+    conn: psycopg.Connection,
+    target: Target,
+    version: int,
+    *,
+    before: Callable[[psycopg.Connection, VersionRecord], None] | None = None,
+) -> IndexVersion:
+    """Point the view at `version` (Ready, Retired or already Live); the live one becomes Retired.
+
+    `before` runs in the cut-over's transaction, under the target lock, right before the view moves
+    (the catch-up sync of the version with its source table: workers.sync.catch_up).
+    """
 
     def choose(records: list[VersionRecord]) -> VersionRecord:
         rec = next((r for r in records if r.version == version), None)
@@ -253,7 +263,7 @@ def cutover(conn: psycopg.Connection, target: Target, version: int) -> IndexVers
             raise ValueError(f"version {version} is {rec.state}; only a Ready or Retired version can be cut over to")
         return rec
 
-    return _switch(conn, target, choose).to_api()
+    return _switch(conn, target, choose, before).to_api()
 
 
 def rollback(conn: psycopg.Connection, target: Target, to_version: int | None = None) -> IndexVersion:
@@ -349,7 +359,10 @@ def _drop_version_table(conn: psycopg.Connection, rec: VersionRecord) -> None:
 
 
 def _switch(
-    conn: psycopg.Connection, target: Target, choose: Callable[[list[VersionRecord]], VersionRecord]
+    conn: psycopg.Connection,
+    target: Target,
+    choose: Callable[[list[VersionRecord]], VersionRecord],
+    before: Callable[[psycopg.Connection, VersionRecord], None] | None = None,
 ) -> VersionRecord:
     """Repoint the view at the version `choose` picks, in one transaction, retrying when locks are busy."""
     schema, view = _target(conn, target)
@@ -359,6 +372,8 @@ def _switch(
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (_LOCK_TIMEOUT,))
                 catalog.lock_target(conn, schema, view)
                 rec = choose(catalog.records(conn, schema, view))
+                if before is not None:
+                    before(conn, rec)
                 _point_view(conn, rec)
             log.info("%s.%s now serves v%d (%s)", schema, view, rec.version, rec.model)
             return catalog.record(conn, schema, view, rec.version)  # type: ignore[return-value]

@@ -32,6 +32,7 @@ from embedops.api.index import ProbeResult, ProbeSpec, VersionState
 from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
+from embedops.workers import sync
 from embedops.workers.embed import normalizes
 
 log = logging.getLogger(__name__)
@@ -187,7 +188,12 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
         live = pgvector.live_record(conn, config.target)
         passed, reason = gate(recall, k, config.probe, rec, live, probe_set)
         if passed and config.promote and rec.state != VersionState.LIVE:
-            pgvector.cutover(conn, config.target, rec.version)
+            hook = None
+            if config.catch_up is not None:
+                model.max_seq_length = config.catch_up.embedding.max_seq_length  # as the version was built
+                hook = sync.catch_up(model, config.catch_up.table, config.catch_up.embedding)
+                hook(conn, rec)  # the rows changed since the build, outside the lock; the rest inside it
+            pgvector.cutover(conn, config.target, rec.version, before=hook)
             reason += f"; cut over to v{rec.version}"
         result = ProbeResult(
             version=rec.version,

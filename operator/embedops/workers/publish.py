@@ -51,6 +51,7 @@ def run(config: steps.PublishStep, *, dsn: str | None = None) -> Result:
                 ann=config.ann,
                 dataset_dir=config.dataset_dir,
                 promote=state == VersionState.READY and config.pinned_version is None,
+                catch_up=config.catch_up,
                 device=config.device,
             ),
             dsn=dsn,

@@ -89,6 +89,10 @@ def _dispatch(step: steps.AnyStep, dsn: str | None) -> ApiModel:
             from embedops.workers import drift
 
             return drift.run(step, dsn=dsn)
+        case steps.SyncStep():
+            from embedops.workers import sync
+
+            return sync.run(step, dsn=dsn)
         case steps.CleanupStep():
             from embedops.workers import cleanup
 
