@@ -67,7 +67,7 @@ def test_every_planned_job_config_parses_with_its_workers_config():
             related,
         ),
     ]
-    assert sorted({j.step for j in jobs}) == ["drift", "embed", "prepare", "probe", "publish", "train"]
+    assert sorted({j.step for j in jobs}) == ["drift", "embed", "prepare", "probe", "publish", "sync", "train"]
     for job in jobs:
         worker, raw = _command(job)
         assert worker == job.step

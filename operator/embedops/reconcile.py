@@ -41,17 +41,19 @@ from embedops.api.index import (
     ProbeResult,
     ProbeSpec,
     ReindexProgress,
+    SyncStatus,
     VersionState,
     live_version,
 )
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
 from embedops.builders import naming
 from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep
-from embedops.results import EmbedResult, PrepareResult, PublishResult, TrainResult
+from embedops.results import EmbedResult, PrepareResult, PublishResult, SyncResult, TrainResult
 from embedops.settings import OperatorSettings
 
 RERUN_ANNOTATION = "embedops.dev/rerun"
 PROBE_ANNOTATION = "embedops.dev/probe"  # an RFC 3339 time: probe the live version now if not probed since
+SYNC_ANNOTATION = "embedops.dev/sync"  # an RFC 3339 time: sync the live version with its table now if not since
 
 JobState = Literal["Pending", "Running", "Succeeded", "Failed"]
 
@@ -562,7 +564,7 @@ def plan_index(ctx: _Context) -> Plan:
         embed_job = ctx.obs.jobs.get(embed.name)
         if embed_job is not None and embed_job.state != "Failed" and isinstance(job.status, EmbeddingIndexStatus):
             statuses.reindexing(job.status, _reindex_progress(embed_job))
-        return job
+        return _syncing(ctx, spec, current, job)
     built = _candidate(job)
     if built is None:
         return _failed(
@@ -578,20 +580,22 @@ def plan_index(ctx: _Context) -> Plan:
         ann=spec.ann,
         keep_versions=spec.keep_versions,
         pinned_version=spec.pinned_version,
+        catch_up=steps.CatchUp(table=spec.source.table, embedding=spec.embedding) if spec.source.table else None,
     )
     publish = _index_step(ctx, publish_key, spec, config)
     job = _run_step(ctx, publish, Reason.PUBLISHING)
     if isinstance(job, Plan):
         if isinstance(job.status, EmbeddingIndexStatus):
             statuses.reindexing(job.status, None)
-        return job
+        return _syncing(ctx, spec, current, job)
     result = _single_result(ctx, job, PublishResult)
     notes = (
         [("Warning" if result.note_reason == Reason.GATE_FAILED else "Normal", result.note_reason, result.note or "")]
         if result.note_reason
         else []
     )
-    return _done(statuses.index_published(spec, result, ctx.at, drift=current.drift), publish_key, job, notes)
+    published = statuses.index_published(spec, result, ctx.at, drift=current.drift, sync=current.sync)
+    return _done(published, publish_key, job, notes)
 
 
 def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
@@ -655,7 +659,72 @@ def _scheduled_steps(
             embedding=spec.embedding,
         )
         planned.append(_index_step(ctx, _slot(now, minutes), spec, drift, ttl=ttl, deadline=minutes * 60))
+    if (sync := _sync_step(ctx, spec, current, live)) is not None:
+        planned.append(sync)
     return planned
+
+
+def _sync_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
+    """The time of a sync asked for with the SYNC_ANNOTATION (`embedops sync`, `kubectl embedops sync`) and not
+    yet run."""
+    requested = ctx.metadata("annotations", SYNC_ANNOTATION)
+    try:
+        when = times.parse_time(requested)
+        last = times.parse_time(current.sync.last_sync_time) if current.sync else None
+    except ValueError:
+        return None
+    return requested if when is not None and (last is None or last < when) else None
+
+
+def _sync_step(
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, live: IndexVersion
+) -> WorkerStep | None:
+    """The sync of the live version with its source table, when it is due (or asked for); a dataset source is
+    fixed by its fingerprint (a new one builds a new version), so only a table is synced."""
+    if spec.source.table is None:
+        return None
+    requested = _sync_requested(ctx, current)
+    minutes = spec.sync.interval_minutes
+    if not requested and not (spec.sync.scheduled and _due(_last_sync(current, live), minutes, ctx.obs.now)):
+        return None
+    sync = steps.SyncStep(
+        target=spec.target,
+        version=live.version,
+        model=live.model,
+        table=spec.source.table,
+        embedding=spec.embedding,
+        sync=spec.sync,
+        ann=spec.ann,
+    )
+    key = "r" + naming.inputs_hash(requested) if requested else _slot(ctx.obs.now, minutes)
+    # A sync longer than its interval is not failed (a large change takes its time): one runs at a time.
+    return _index_step(ctx, key, spec, sync, ttl=ctx.settings.periodic_job_ttl_seconds)
+
+
+def _last_sync(current: EmbeddingIndexStatus, live: IndexVersion) -> str | None:
+    """Since when the live version holds its table: its last sync (the cut-over's catch-up included), else
+    its build."""
+    own = current.sync.last_sync_time if current.sync is not None and current.sync.version == live.version else None
+    return max((t for t in (own, live.synced_at, live.created_at) if t), key=_instant, default=None)
+
+
+def _instant(stamp: str) -> dt.datetime:
+    return times.parse_time(stamp) or dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def _syncing(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, plan: Plan) -> Plan:
+    """While a new version is built and published, the live one keeps following its table."""
+    live = live_version(current.versions)
+    if live is None or plan.status is None or not isinstance(plan.status, EmbeddingIndexStatus):
+        return plan
+    sync = _sync_step(ctx, spec, current, live)
+    ran = _run_scheduled(ctx, [sync] if sync is not None else [], current, live, kinds=("sync",))
+    plan.create += ran.plan.create
+    plan.events += ran.plan.events
+    plan.status.sync = ran.sync
+    if ran.sync_rows is not None:
+        plan.status.rows = ran.sync_rows
+    return plan
 
 
 def _last_runs(current: EmbeddingIndexStatus, live: IndexVersion) -> tuple[str | None, str | None]:
@@ -686,6 +755,8 @@ def next_due(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
     dues = [_next_run(last_probe, spec.probe.interval_minutes, now)]
     if spec.drift.enabled:
         dues.append(_next_run(last_drift, spec.drift.interval_minutes, now))
+    if spec.source.table is not None and spec.sync.scheduled:
+        dues.append(_next_run(_last_sync(current, live), spec.sync.interval_minutes, now))
     return min(dues)
 
 
@@ -714,13 +785,19 @@ class _Scheduled:
     plan: Plan
     probe: ProbeResult | None
     drift: DriftResult | None
+    sync: SyncStatus | None
+    sync_rows: int | None = None  # the live version's rows after its last sync
     problems: list[tuple[Reason, str]] = field(default_factory=list)
 
 
 def _run_scheduled(
-    ctx: _Context, planned: list[WorkerStep], current: EmbeddingIndexStatus, live: IndexVersion
+    ctx: _Context,
+    planned: list[WorkerStep],
+    current: EmbeddingIndexStatus,
+    live: IndexVersion,
+    kinds: tuple[str, ...] = tuple(SCHEDULED_FAILURES),
 ) -> _Scheduled:
-    out = _Scheduled(Plan(), current.probe, current.drift)
+    out = _Scheduled(Plan(), current.probe, current.drift, current.sync)
     for step in planned:
         if step.name not in ctx.obs.jobs and not any(
             j.step == step.step and j.state in ("Pending", "Running") for j in ctx.obs.jobs.values()
@@ -728,16 +805,21 @@ def _run_scheduled(
             out.plan.create.append(step)  # one probe (one drift) at a time
             out.plan.events.append(("Normal", "JobCreated", f"created Job {step.name}"))
     slots = {step.step: step.name for step in planned}
-    for kind, reason in SCHEDULED_FAILURES.items():
+    for kind in kinds:
         job = _last_finished(ctx, kind, slots.get(kind), since=live.created_at)
         if job is None:
             continue
         if job.state == "Failed":
-            out.problems.append((reason, f"Job {job.name} failed: {job.error or 'no message'}"))
+            out.problems.append((SCHEDULED_FAILURES[kind], f"Job {job.name} failed: {job.error or 'no message'}"))
         elif 0 in job.results and kind == "probe":
             out.probe = ProbeResult.model_validate(job.results[0])
-        elif 0 in job.results:
+        elif 0 in job.results and kind == "drift":
             out.drift = DriftResult.model_validate(job.results[0])
+        elif 0 in job.results:
+            result = SyncResult.model_validate(job.results[0])
+            if result.version == live.version:
+                out.sync = statuses.synced(result, current.sync)
+                out.sync_rows = result.rows
     return out
 
 
@@ -769,11 +851,16 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     if live is None:
         return Plan()
     ran = _run_scheduled(ctx, _scheduled_steps(ctx, spec, current, inputs, live), current, live)
-    unchanged = ran.probe == current.probe and ran.drift == current.drift and not ran.problems
+    unchanged = (
+        ran.probe == current.probe and ran.drift == current.drift and ran.sync == current.sync and not ran.problems
+    )
     if unchanged and current.observed_generation == ctx.generation:
         return ran.plan
+    versions = current.versions
+    if ran.sync_rows is not None:  # a sync changed the live version's rows
+        versions = [v.model_copy(update={"rows": ran.sync_rows}) if v is live else v for v in versions]
     refreshed = statuses.index_observed(
-        spec, current.versions, ctx.at, probe=ran.probe, drift=ran.drift, inputs_hash=current.inputs_hash
+        spec, versions, ctx.at, probe=ran.probe, drift=ran.drift, inputs_hash=current.inputs_hash, sync=ran.sync
     )
     note = current.condition(statuses.PROGRESSING)
     if note is not None and note.reason in PUBLISH_NOTES:

@@ -18,16 +18,18 @@ from embedops.api.conditions import ConditionType, Reason
 from embedops.api.dataset import EmbeddingDatasetStatus
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
 from embedops.api.index import (
+    IVFFLAT_STALE_FRACTION,
     DriftResult,
     EmbeddingIndexSpec,
     EmbeddingIndexStatus,
     IndexVersion,
     ProbeResult,
     ReindexProgress,
+    SyncStatus,
     VersionState,
     live_version,
 )
-from embedops.results import PublishResult
+from embedops.results import PublishResult, SyncResult
 
 S = TypeVar("S", bound=BaseStatus)
 
@@ -189,8 +191,10 @@ def index_observed(
     probe: ProbeResult | None = None,
     drift: DriftResult | None = None,
     inputs_hash: str | None = None,
+    sync: SyncStatus | None = None,
 ) -> EmbeddingIndexStatus:
-    """The index's status from its catalog and latest measurements; Degraded when drift or recall says so."""
+    """The index's status from its catalog and latest measurements; Degraded when drift or recall says so, or
+    when the live IVFFlat version's rows changed past what its lists hold up to."""
     live = live_version(versions)
     status = EmbeddingIndexStatus(
         versions=sorted(versions, key=lambda v: v.version, reverse=True),
@@ -200,6 +204,7 @@ def index_observed(
         probe=probe,
         drift=drift,
         inputs_hash=inputs_hash,
+        sync=sync,
     )
     if live is None:
         gated = probe.reason if probe and probe.passed is False else None
@@ -219,16 +224,56 @@ def index_observed(
         status.set_condition(
             DEGRADED, "True", Reason.QUALITY_DEGRADED, "; ".join(problems), generation=at.generation, now=at.now
         )
+    elif (stale := _stale_lists(spec, live, sync)) is not None:
+        degraded(status, Reason.ANN_INDEX_STALE, stale, at)
     return status
 
 
+def _stale_lists(spec: EmbeddingIndexSpec, live: IndexVersion, sync: SyncStatus | None) -> str | None:
+    """Why the live IVFFlat version's lists no longer describe its rows, if they do not."""
+    if spec.ann.method != "ivfflat" or sync is None or sync.version != live.version:
+        return None
+    limit = spec.sync.rebuild_after_changed_fraction or IVFFLAT_STALE_FRACTION
+    if sync.changed_fraction <= limit:
+        return None
+    then = (
+        "a new version is built"
+        if spec.sync.rebuild_after_changed_fraction
+        else "set sync.rebuildAfterChangedFraction, or the rerun annotation, to build a new version"
+    )
+    return (
+        f"{sync.changed_fraction:.0%} of v{live.version}'s rows changed since its IVFFlat lists were built "
+        f"(past {limit:.0%}): recall at the same probes falls; {then}"
+    )
+
+
+def synced(result: SyncResult, previous: SyncStatus | None) -> SyncStatus:
+    """status.sync after a sync Job: its counts, and the time of its diff (the previous one's when it stopped
+    early and applied only part of it)."""
+    last = result.synced_at or (previous.last_sync_time if previous and previous.version == result.version else None)
+    return SyncStatus(
+        version=result.version,
+        last_sync_time=last,
+        rows_embedded=result.embedded,
+        rows_deleted=result.deleted,
+        pending_rows=result.pending,
+        skipped_rows=result.skipped_rows,
+        lag_seconds=result.seconds,
+        changed_fraction=result.changed_fraction,
+    )
+
+
 def index_published(
-    spec: EmbeddingIndexSpec, published: PublishResult, at: At, drift: DriftResult | None = None
+    spec: EmbeddingIndexSpec,
+    published: PublishResult,
+    at: At,
+    drift: DriftResult | None = None,
+    sync: SyncStatus | None = None,
 ) -> EmbeddingIndexStatus:
     """The index's status after a publish step."""
     versions = published.versions
     live = live_version(versions)
-    status = index_observed(spec, versions, at, probe=live.probe if live else published.probe, drift=drift)
+    status = index_observed(spec, versions, at, probe=live.probe if live else published.probe, drift=drift, sync=sync)
     if published.note_reason and live is not None:
         note(status, published.note_reason, published.note or "", at)
     return status

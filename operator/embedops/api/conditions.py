@@ -54,6 +54,8 @@ class Reason(StrEnum):
     QUALITY_DEGRADED = "QualityDegraded"
     PROBE_FAILED = "ProbeFailed"
     DRIFT_FAILED = "DriftFailed"
+    SYNC_FAILED = "SyncFailed"
+    ANN_INDEX_STALE = "AnnIndexStale"  # an IVFFlat version's rows changed past what its lists hold up to
     # What the last publish step decided, on Progressing=False beside Ready=True.
     GATE_FAILED = "GateFailed"
     ROLLED_BACK = "RolledBack"
@@ -79,4 +81,4 @@ WAITING = frozenset({Reason.UNSCHEDULABLE, Reason.MISSING_WORKSPACE, Reason.MISS
 # planner shows them as they are (a worker's error document carries the reason).
 WORKER_FAILURES = frozenset({Reason.TARGET_CONFLICT, Reason.EMPTY_SOURCE})
 PUBLISH_NOTES = frozenset({Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED})
-SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED}
+SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED, "sync": Reason.SYNC_FAILED}

@@ -383,6 +383,9 @@ class IndexVersion(ApiModel):
     rows: int = Field(default=0, description="Rows embedded.")
     state: VersionState = Field(description="Lifecycle state.")
     created_at: str | None = Field(default=None, description="RFC 3339 creation time.")
+    synced_at: str | None = Field(
+        default=None, description="RFC 3339 start of the last sync with the source table applied to it."
+    )
     probe: ProbeResult | None = Field(default=None, description="Last probe of this version.")
 
 
@@ -404,8 +407,10 @@ class SyncStatus(ApiModel):
     """The last sync of the live version with its source table."""
 
     version: int = Field(description="Version synced.")
-    last_sync_time: str = Field(
-        description="RFC 3339 time the last sync's diff started: every change made before it is in the version."
+    last_sync_time: str | None = Field(
+        default=None,
+        description="RFC 3339 time the last complete sync's diff started: every change made before it is in the "
+        "version.",
     )
     rows_embedded: int = Field(description="Rows embedded by the last sync (new or changed text).")
     rows_deleted: int = Field(description="Rows removed by the last sync (gone from the table, or left without text).")
@@ -414,8 +419,8 @@ class SyncStatus(ApiModel):
     )
     skipped_rows: int = Field(default=0, description="Rows of the table with no text to embed (NULL or blank).")
     lag_seconds: float = Field(
-        description="Seconds from the start of the last sync's diff to its last commit: a change is searchable "
-        "at most intervalMinutes plus this after it was made."
+        description="Seconds the last sync took, from its start to its last commit: a change is searchable at "
+        "most intervalMinutes plus this after it was made."
     )
     changed_fraction: float = Field(
         default=0.0, description="Share of the version's rows inserted, updated or deleted since it was built."

@@ -137,6 +137,7 @@ class VersionRecord:
             rows=self.rows,
             state=self.state,
             created_at=rfc3339(self.created_at),
+            synced_at=rfc3339(self.synced_at) if self.synced_at else None,
             probe=ProbeResult.model_validate(self.probe) if self.probe else None,
         )
 
