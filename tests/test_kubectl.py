@@ -342,3 +342,20 @@ def test_too_many_requests_is_asked_again_after_retry_after(cluster, capsys, mon
     cluster([], fail={"list": _error(429, "Too Many Requests", {"reason": "TooManyRequests", "message": "slow"})})
     assert kubectl.main(["status"]) == 1 and len(slept) == 2 + kubectl.RETRIES
     assert capsys.readouterr().err == "Error from server (TooManyRequests): slow\n"
+
+
+def test_sync_asks_for_a_sync_of_a_table_index_and_refuses_a_dataset_one(cluster, capsys):
+    fake = cluster(
+        [
+            _obj("EmbeddingIndex", "tab", spec={"source": {"table": {"table": "docs"}}}),
+            _obj("EmbeddingIndex", "ds", spec={"source": {"datasetRef": {"name": "ds"}}}),
+        ]
+    )
+    assert kubectl.main(["sync", "tab"]) == 0
+    assert "will be synced" in capsys.readouterr().out
+    ((plural, name, patch),) = fake.patches
+    assert (plural, name) == ("embeddingindexes", "tab")
+    assert list(patch["metadata"]["annotations"]) == ["embedops.dev/sync"]
+    with pytest.raises(SystemExit, match="no source.table"):
+        kubectl.main(["sync", "ds"])
+    assert len(fake.patches) == 1

@@ -107,6 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
+    if getattr(args, "sync", False) and (asked := _ask_for_sync(loaded)) is not None:
+        return asked
     if problems := preflight.check(loaded, dsn=None):
         return _print_problems(problems)
     progress.use_bars(None if not args.no_progress else False)
@@ -126,6 +128,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     print_report(outcomes)
     return 0 if all(o.ok for o in outcomes.values()) else 1
+
+
+def _ask_for_sync(loaded: list) -> int | None:
+    """`embedops sync`: the run of `embedops run`, with each table index's live version synced now (the annotation
+    `kubectl embedops sync` sets in a cluster); an exit code when there is nothing to sync."""
+    from embedops.api import times
+    from embedops.reconcile import SYNC_ANNOTATION
+
+    indexes = [r.resource for r in loaded if r.resource.kind.kind == "EmbeddingIndex"]
+    tables = [r for r in indexes if r.spec.source.table is not None]
+    if not tables:
+        print("error: -f holds no EmbeddingIndex with a source.table to sync", file=sys.stderr)
+        return 2
+    now = times.now()
+    for resource in tables:
+        resource.metadata.setdefault("annotations", {})[SYNC_ANNOTATION] = now
+    return None
 
 
 def _index_connection(args: argparse.Namespace):
@@ -340,18 +359,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run manifests end to end on this machine (local mode)")
-    run.add_argument(
-        "-f", "--filename", type=Path, action="append", required=True, help="manifest file or folder (repeatable)"
-    )
-    _dsn_arguments(run)
-    run.add_argument("--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)")
-    run.add_argument(
-        "--device", type=_device, help="torch device: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)"
-    )
-    run.add_argument("--fresh", action="store_true", help="forget earlier state first")
-    run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
-    run.set_defaults(func=cmd_run)
+    for name, help_ in (
+        ("run", "run manifests end to end on this machine (local mode)"),
+        ("sync", "run them, and sync each table index's live version with its table now (local mode)"),
+    ):
+        run = sub.add_parser(name, help=help_)
+        run.add_argument(
+            "-f", "--filename", type=Path, action="append", required=True, help="manifest file or folder (repeatable)"
+        )
+        _dsn_arguments(run)
+        run.add_argument(
+            "--state-dir", type=Path, default=Path(".embedops"), help="where state lives (default .embedops)"
+        )
+        run.add_argument(
+            "--device",
+            type=_device,
+            help="torch device: cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)",
+        )
+        run.add_argument("--fresh", action="store_true", help="forget earlier state first")
+        run.add_argument("--no-progress", action="store_true", help="log lines instead of progress bars")
+        run.set_defaults(func=cmd_run, sync=name == "sync")
 
     validate = sub.add_parser(
         "validate",

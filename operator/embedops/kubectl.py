@@ -34,7 +34,7 @@ from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.index import RETAINED_STATES
 from embedops.api.kinds import KINDS, ORDER
-from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, references
+from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, SYNC_ANNOTATION, references
 
 RETRIES = 10  # client-go's for answers that say Retry-After
 READERS = ("status", "versions")  # the commands that take -A and -o
@@ -396,6 +396,14 @@ def probe(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     return [f"{index['metadata']['name']}: its live version will be probed now (see `kubectl embedops status`)"]
 
 
+def sync(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
+    index = _find(api, namespace, args.index, ("EmbeddingIndex",))
+    if not ((index.get("spec") or {}).get("source") or {}).get("table"):
+        raise SystemExit(f"error: {args.index} has no source.table to sync (a dataset's corpus is fixed)")
+    api.patch(index, {"metadata": {"annotations": {SYNC_ANNOTATION: times.now()}}})
+    return [f"{index['metadata']['name']}: its live version will be synced with its table now (status.sync)"]
+
+
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # Every column but the last is padded: widths stop one short of a row, on purpose.
@@ -446,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", type=int, help="this retained version instead")
     command("rerun", "run a resource's work again (and all that uses it)").add_argument("name")
     command("probe", "probe an index's live version now").add_argument("index")
+    command("sync", "sync an index's live version with its source table now").add_argument("index")
     return parser
 
 
@@ -470,6 +479,7 @@ COMMANDS = {
     "rollback": rollback,
     "rerun": rerun,
     "probe": probe,
+    "sync": sync,
 }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from embedops.api.index import DriftResult, IndexVersion
+from embedops.api.index import DriftResult, IndexVersion, SyncStatus
 from embedops.api.scores import RetrievalScores
 
 
@@ -36,6 +36,8 @@ def print_report(outcomes: Mapping[str, Any], console: Console | None = None) ->
             console.print(_versions(status.versions))
             if status.drift:
                 console.print(_drift(status.drift))
+            if status.sync:
+                console.print(_sync(status.sync))
 
 
 def _states(outcomes: Mapping[str, Any]) -> Table:
@@ -82,6 +84,15 @@ def _versions(versions: list[IndexVersion]) -> Table:
             "-" if p is None or p.passed is None else ("pass" if p.passed else "fail"),
         )
     return table
+
+
+def _sync(s: SyncStatus) -> str:
+    pending = f", {s.pending_rows} pending" if s.pending_rows else ""
+    skipped = f", {s.skipped_rows} rows without text skipped" if s.skipped_rows else ""
+    return (
+        f"sync of v{s.version} with its table at {s.last_sync_time or 'never completed'}: "
+        f"{s.rows_embedded} rows embedded, {s.rows_deleted} deleted{pending}{skipped} ({s.lag_seconds:.1f}s)"
+    )
 
 
 def _drift(d: DriftResult) -> str:
