@@ -311,6 +311,8 @@ def run_pod_command(kube: Kube, pod: Any, workdir: Path) -> str:
     """Run a worker pod's command on this machine, as the kubelet would: its env resolved, its result returned."""
     container = pod.spec.containers[0]
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if "PYTHONPATH" in os.environ:  # a checkout that is not the environment's editable install (a git worktree)
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     for var in container.env or []:
         if var.value is not None:
             env[var.name] = var.value

@@ -1,0 +1,94 @@
+"""An index that follows its table, on the control plane: the operator's scheduled and asked-for sync Jobs,
+their pods run as written (as in test_pod_spec) against embedded Postgres, and the counts in status."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+
+from embedops.api import times
+from tests.e2e.conftest import run_pod_command, running_operator, wait_for
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+TOPICS = ["protein folding", "river deltas", "jazz harmony", "sourdough", "orbital mechanics", "coral reefs"]
+
+
+def _run_job(kube, step: str, tmp_path, known: set[str]) -> dict:
+    """Run the pods of the next new Job of `step` (not in `known`); its result."""
+    job = wait_for(
+        f"a new {step} Job", lambda: next((j for j in kube.jobs(step) if j.metadata.name not in known), None), 90
+    )
+    known.add(job.metadata.name)
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    message = run_pod_command(kube, pod, tmp_path)
+    kube.finish(pod.metadata.name, message)
+    return json.loads(message)
+
+
+def _served(dsn: str) -> set[int]:
+    with psycopg.connect(dsn) as conn:
+        return {i for (i,) in conn.execute("SELECT id FROM public.notes_search")}
+
+
+def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_path):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.docs (id bigint PRIMARY KEY, body text, views int NOT NULL DEFAULT 0)")
+        for i, topic in enumerate(TOPICS * 2):
+            conn.execute("INSERT INTO public.docs (id, body) VALUES (%s, %s)", (i, f"A note about {topic} ({i})."))
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "probe.jsonl").write_text(
+        "".join(json.dumps({"query": t, "relevant": [str(i), str(i + 6)]}) + "\n" for i, t in enumerate(TOPICS))
+    )
+    kube.core.create_namespaced_secret(kube.ns, {"metadata": {"name": "pg"}, "stringData": {"dsn": dsn}})
+    kube.apply(
+        {
+            "apiVersion": "embedops.dev/v1alpha1",
+            "kind": "EmbeddingIndex",
+            "metadata": {"name": "notes"},
+            "spec": {
+                "model": {"name": MODEL},
+                "source": {"table": {"table": "docs", "textColumn": "body"}},
+                "target": {"name": "notes_search"},
+                "database": {"dsnSecretRef": {"name": "pg"}},
+                "probe": {"path": "probe.jsonl", "k": 3},
+                "drift": {"enabled": False},
+                "sync": {"intervalMinutes": 1},
+            },
+        }
+    )
+    known: set[str] = set()
+    with running_operator(kube.ns, workspace_path=str(workspace)):
+        _run_job(kube, "embed", tmp_path, known)
+        _run_job(kube, "publish", tmp_path, known)
+        kube.wait_ready("EmbeddingIndex", "notes")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO public.docs (id, body) VALUES (100, 'A note about glaciers.')")
+            conn.execute("UPDATE public.docs SET body = 'A note about tea ceremonies.' WHERE id = 1")
+            conn.execute("UPDATE public.docs SET views = 9 WHERE id >= 2")  # not embedded: not re-embedded
+            conn.execute("DELETE FROM public.docs WHERE id IN (3, 4)")
+
+        # The schedule (one minute after the cut-over's catch-up) starts a sync Job by itself.
+        result = _run_job(kube, "sync", tmp_path, known)
+        assert (result["inserted"], result["updated"], result["deleted"]) == (1, 1, 2)
+        status = wait_for(
+            "status.sync",
+            lambda: s if (s := kube.get("EmbeddingIndex", "notes")["status"]).get("sync") else None,
+        )
+        assert status["sync"]["rowsEmbedded"] == 2 and status["sync"]["rowsDeleted"] == 2
+        assert status["rows"] == 11 and status["liveVersion"] == 1
+        served = _served(dsn)
+        assert 100 in served and not {3, 4} & served
+
+        # A truncate, synced now on request (what `kubectl embedops sync` sets).
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE public.docs")
+        kube.patch("EmbeddingIndex", "notes", {"metadata": {"annotations": {"embedops.dev/sync": times.now()}}})
+        result = _run_job(kube, "sync", tmp_path, known)
+        assert (result["deleted"], result["rows"]) == (11, 0)
+        wait_for(
+            "the truncate in status",
+            lambda: (kube.get("EmbeddingIndex", "notes")["status"].get("sync") or {}).get("rowsDeleted") == 11,
+        )
+    assert _served(dsn) == set()
