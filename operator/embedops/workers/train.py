@@ -31,6 +31,7 @@ from embedops.api.finetune import (
 from embedops.api.scores import RetrievalScores
 from embedops.prepared import PreparedDataset
 from embedops.results import TrainResult as Result
+from embedops.workers import servable
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
 from embedops.workers.training.collator import pretokenized_collator
 from embedops.workers.training.data import build_train_dataset, steps_per_epoch
@@ -166,9 +167,9 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     tuned_metrics = evaluate(model)
     log.info("tuned model: nDCG@10 %.4f (base %.4f)", tuned_metrics.ndcg_at_10, base_metrics.ndcg_at_10)
 
-    # Save: the model folder and the evaluation next to it.
+    # Save: the model folder, as TEI and sentence-transformers serve it, and the evaluation next to it.
     model_dir = out / "model"
-    model.save(str(model_dir), create_model_card=False)
+    servable.save(model, model_dir)
     artifact = ModelArtifact(
         location=str(model_dir),
         base_model=spec.base_model,
