@@ -287,8 +287,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _write_result(result: Path | None, text: str) -> None:
-    """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it."""
-    if result is None:
+    """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it.
+
+    Under torchrun every training process runs this command in the same container: rank 0 alone writes it.
+    """
+    if result is None or os.environ.get("RANK", "0") != "0":
         return
     try:
         result.write_text(text, encoding="utf-8")
