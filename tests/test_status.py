@@ -165,6 +165,13 @@ def test_finetune_finished_publishes_a_model_that_beats_the_base():
     assert got.tuned_metrics.ndcg_at_10 == 0.6
 
 
+def test_finetune_finished_shows_the_world_size_and_the_global_batch():
+    result = trained(0.5, 0.6).model_copy(update={"world_size": 8, "global_batch_size": 512})
+    got = status.finetune_finished(result, FINETUNE_SPEC, AT)
+    assert (got.world_size, got.global_batch_size) == (8, 512)
+    assert got.to_wire()["worldSize"] == 8 and got.to_wire()["globalBatchSize"] == 512
+
+
 def test_finetune_finished_no_improvement_on_the_test_queries():
     got = status.finetune_finished(trained(0.5, 0.5), FINETUNE_SPEC, AT)
     assert conditions(got)["Ready"] == ("False", "NoImprovement", "nDCG@10 0.5000 -> 0.5000 (not above the base model)")

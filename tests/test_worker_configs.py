@@ -24,7 +24,7 @@ from tests.test_reconcile import (
 def _command(job: WorkerStep) -> tuple[str, dict]:
     """What the Job's pod runs: its worker and the step as the pod's argv carries it."""
     command = worker_job(job, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["command"]
-    return command[2], json.loads(command[command.index("--spec-json") + 1])
+    return command[command.index("worker") + 1], json.loads(command[command.index("--spec-json") + 1])
 
 
 def _index_jobs(spec: dict, related: dict) -> list[WorkerStep]:

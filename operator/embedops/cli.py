@@ -215,9 +215,102 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_model(args: argparse.Namespace) -> Any:
+    """The catalog row of the live version of the index in -f (its model folder, fingerprint, view)."""
+    from embedops.store import pgvector
+
+    index, runner, conn = _index_connection(args)
+    try:
+        with conn:
+            return pgvector.version_record(conn, index.spec.target)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    finally:
+        runner.close()
+
+
+def _search_live(conn: Any, index: Any, args: argparse.Namespace) -> tuple[Any, list[tuple[str, float]]]:
+    """The live version and the hits of the query embedded by its model; once more after a cut-over in between."""
+    from embedops import modelzoo
+    from embedops.store import pgvector
+
+    spec = index.spec
+    for _ in range(3):
+        rec = pgvector.version_record(conn, spec.target)
+        model = modelzoo.load(rec.model, device=args.device, max_seq_length=spec.embedding.max_seq_length)
+        query = model.encode_query([args.query], normalize_embeddings=rec.metric != "l2")[0]
+        try:
+            return rec, pgvector.search_view(
+                conn, rec, query, args.limit, ef_search=spec.ann.ef_search, probes=spec.ann.probes
+            )
+        except pgvector.LiveVersionChanged as err:
+            print(f"note: {err}; embedding the query again", file=sys.stderr)
+    raise ValueError("the index cut over three times during one search; try again")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Embed the query with the live version's model and search the view, as an application should."""
+    from embedops import modelzoo
+
+    index, runner, conn = _index_connection(args)
+    try:
+        with conn:
+            rec, hits = _search_live(conn, index, args)
+    except (ValueError, modelzoo.ModelNotFound) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        runner.close()
+    print(f"# {rec.schema}.{rec.view} v{rec.version} ({rec.model}, {rec.model_fingerprint})", file=sys.stderr)
+    for doc_id, distance in hits:
+        print(f"{doc_id}\t{distance:.6f}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve query embeddings: the live version's model of the index in -f, or the model of --model."""
+    from embedops import modelzoo, serve
+
+    model = args.model
+    if model is None:
+        rec = _live_model(args)
+        model = rec.model
+        print(
+            f"serving the model of {rec.schema}.{rec.view} v{rec.version} ({rec.model_fingerprint}); "
+            "restart after a cut-over or a rollback to follow it",
+            file=sys.stderr,
+        )
+
+    def ready(info: serve.ModelInfo) -> None:
+        print(
+            f"listening on http://{args.host}:{args.port} ({info.dimensions} dimensions)", file=sys.stderr, flush=True
+        )
+
+    try:
+        serve.run(
+            model,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            max_batch=args.max_batch,
+            max_wait=args.max_wait_ms / 1000,
+            on_ready=ready,
+        )
+    except modelzoo.ModelNotFound as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the port is taken, or the host is not this machine's
+        print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _write_result(result: Path | None, text: str) -> None:
-    """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it."""
-    if result is None:
+    """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it.
+
+    Under torchrun every training process runs this command in the same container: rank 0 alone writes it.
+    """
+    if result is None or os.environ.get("RANK", "0") != "0":
         return
     try:
         result.write_text(text, encoding="utf-8")
@@ -347,6 +440,14 @@ def _dsn_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _index_arguments(parser: argparse.ArgumentParser) -> None:
+    """-f, --name, the DSN and --state-dir: how a command finds one index's database."""
+    parser.add_argument("-f", "--filename", type=Path, action="append", required=True)
+    parser.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
+    _dsn_arguments(parser)
+    parser.add_argument("--state-dir", type=Path, default=Path(".embedops"))
+
+
 def _device(value: str) -> str:
     """--device, checked before anything runs (a bad one would fail only when training starts)."""
     if re.fullmatch(r"cpu|cuda(:\d+)?|mps", value):
@@ -400,13 +501,35 @@ def build_parser() -> argparse.ArgumentParser:
         ("rollback", cmd_rollback, "serve an earlier retained version of an index"),
     ):
         cmd = sub.add_parser(name, help=help_)
-        cmd.add_argument("-f", "--filename", type=Path, action="append", required=True)
-        cmd.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
-        _dsn_arguments(cmd)
-        cmd.add_argument("--state-dir", type=Path, default=Path(".embedops"))
+        _index_arguments(cmd)
         if name == "rollback":
             cmd.add_argument("--to", type=int, help="version to serve (default: the newest one before the live one)")
         cmd.set_defaults(func=func)
+
+    search = sub.add_parser("search", help="search an index as an application does (the live version's model)")
+    _index_arguments(search)
+    search.add_argument("query", help="the query text")
+    search.add_argument("-k", "--limit", type=int, default=10, help="rows to return (default 10)")
+    search.add_argument("--device", type=_device, help="torch device for the query's embedding (default: auto)")
+    search.set_defaults(func=cmd_search)
+
+    serve = sub.add_parser("serve", help="serve query embeddings over HTTP (TEI /embed, OpenAI /v1/embeddings)")
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "-f", "--filename", type=Path, action="append", help="serve the live version's model of this index"
+    )
+    source.add_argument("--model", help="serve this model folder or bundled name (what a serving pod runs)")
+    serve.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
+    _dsn_arguments(serve)
+    serve.add_argument("--state-dir", type=Path, default=Path(".embedops"))
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.add_argument("--device", type=_device, help="torch device (default: cuda when available, else cpu)")
+    serve.add_argument("--max-batch", type=int, default=64, help="texts per forward pass at most (default 64)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests (default 2 ms)"
+    )
+    serve.set_defaults(func=cmd_serve)
 
     op = sub.add_parser("operator", help="run the Kubernetes operator")
     op.add_argument(

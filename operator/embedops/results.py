@@ -72,10 +72,20 @@ class TrainResult(ApiModel):
     train_pairs: int
     planned_steps: int | None = None
     steps: int
+    world_size: int = 1
+    global_batch_size: int | None = None
     resumed_from_step: int | None = None
     start_time: str
     completion_time: str
     duration_seconds: float
+
+
+class RankResult(ApiModel):
+    """What a training process other than rank 0 reports (on its stdout only: rank 0's TrainResult is the job's)."""
+
+    rank: int
+    world_size: int
+    steps: int
 
 
 class EmbedResult(ApiModel):

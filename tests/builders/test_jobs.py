@@ -262,3 +262,12 @@ def test_the_worker_pod_template_merges_under_what_the_operator_renders():
 def test_no_pod_template_leaves_the_pod_as_rendered():
     job = worker_job(_train_step(), SETTINGS.model_copy(update={"worker_pod_template": {}}))
     assert job == worker_job(_train_step(), SETTINGS)
+
+
+def test_a_train_step_on_several_gpus_runs_one_process_per_gpu_under_torchrun():
+    cmd = worker_job(_train_step(gpus=4), SETTINGS)["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert cmd[:7] == ["torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "embedops", "worker", "train"]
+    assert steps.parse("train", json.loads(cmd[cmd.index("--spec-json") + 1])) == TRAIN
+    # One GPU, or another worker on several, runs the worker itself.
+    for step in (_train_step(gpus=1), _embed_step(gpus=2)):
+        assert worker_job(step, SETTINGS)["spec"]["template"]["spec"]["containers"][0]["command"][0] == "embedops"

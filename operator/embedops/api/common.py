@@ -284,7 +284,8 @@ class Resources(ApiModel):
         ge=0,
         le=16,
         description=(
-            "Number of `nvidia.com/gpu` to request (requests = limits). "
+            "Number of `nvidia.com/gpu` to request (requests = limits); a FineTuneJob's training pod with more "
+            "than 1 runs one training process per GPU (torchrun, DDP). "
             "Default: 1 for a FineTuneJob's training pod, 0 for an EmbeddingIndex's embedding pods and an "
             "EmbeddingDataset's prepare pod."
         ),

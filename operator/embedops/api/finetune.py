@@ -294,6 +294,12 @@ class FineTuneJobStatus(BaseStatus):
     )
     planned_steps: int | None = Field(default=None, description="Optimiser steps planned (budget, epochs or maxSteps).")
     steps: int | None = Field(default=None, description="Optimiser steps taken.")
+    world_size: int | None = Field(
+        default=None, description="Training processes (one per GPU, across all nodes) the last run used."
+    )
+    global_batch_size: int | None = Field(
+        default=None, description="Rows per optimiser step: training.batchSize on each process, times worldSize."
+    )
     resumed_from_step: int | None = Field(default=None, description="Checkpoint step the last run resumed from.")
     start_time: str | None = Field(default=None, description="RFC 3339 time training started.")
     completion_time: str | None = Field(default=None, description="RFC 3339 time training finished.")

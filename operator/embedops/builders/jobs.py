@@ -86,9 +86,18 @@ class WorkerStep:
         return self.config.embedding.shards if isinstance(self.config, steps.EmbedStep) else None
 
 
+def launcher_command(step: WorkerStep) -> list[str]:
+    """What starts the worker: itself, or for a train step on several GPUs torchrun with one process per GPU
+    (in one pod, so `--standalone`: a local rendezvous, no master address; embedops.workers.training.distributed)."""
+    if isinstance(step.config, steps.TrainStep) and step.gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={step.gpus}", "--no-python"]
+    return []
+
+
 def worker_command(step: WorkerStep) -> list[str]:
     """The pod's command: the one place a step becomes text (embedops.steps.parse reads it back)."""
     return [
+        *launcher_command(step),
         "embedops",
         "worker",
         step.step,

@@ -741,6 +741,45 @@ def search(
         return [[row[0] for row in conn.execute(query, (Vector(q),))] for q in queries]
 
 
+class LiveVersionChanged(RuntimeError):
+    """The view was cut over to another version after the query was embedded: embed it again."""
+
+    def __init__(self, live: VersionRecord | None):
+        super().__init__(f"the view now serves v{live.version}" if live else "the view serves no version now")
+        self.live = live
+
+
+def search_view(
+    conn: psycopg.Connection,
+    rec: VersionRecord,
+    query: np.ndarray,
+    limit: int,
+    *,
+    ef_search: int = 40,
+    probes: int = 10,
+) -> list[tuple[str, float]]:
+    """(id as text, distance) of the `limit` nearest rows of the view, for a query embedded by `rec`'s model.
+
+    What an application should do, in one transaction: hold the view (a cut-over then waits for the
+    transaction), check that it still serves `rec`'s version, then search it. LiveVersionChanged when
+    a cut-over came between the embedding and the search.
+    """
+    view = sql.Identifier(rec.schema, rec.view)
+    query_sql = sql.SQL("SELECT id::text, embedding {} CAST(%s AS {}) FROM {} ORDER BY 2 LIMIT {}").format(
+        sql.SQL(OPERATORS[rec.metric]), sql.SQL(rec.vector_type), view, sql.Literal(limit)
+    )
+    with conn.transaction():
+        conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 0").format(view))  # AccessShareLock until commit
+        live = next((r for r in catalog.records(conn, rec.schema, rec.view) if r.state == VersionState.LIVE), None)
+        if live is None or live.version != rec.version:
+            raise LiveVersionChanged(live)
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
+            (str(max(ef_search, limit)), str(probes)),
+        )
+        return [(row[0], float(row[1])) for row in conn.execute(query_sql, (Vector(query),))]
+
+
 def sample_embeddings(conn: psycopg.Connection, rec: VersionRecord, n: int, seed: str) -> tuple[list[Any], np.ndarray]:
     """`n` stored (id, embedding) rows drawn by a seeded hash of the id."""
     rows = conn.execute(

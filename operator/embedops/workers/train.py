@@ -4,7 +4,9 @@ A FineTuneJob is only worth publishing if it beats its base model on the domain'
 every checkpoint is scored on validation queries carved from the training queries, the best one
 is kept, and when none beats the base model nothing is published. The test split is only
 reported. Training resumes from its last checkpoint, because pods are preempted or evicted and a
-restart must not start over.
+restart must not start over. On several GPUs, torchrun starts this worker once per GPU
+(embedops.workers.training.distributed): every process trains, rank 0 alone evaluates, chooses,
+saves and reports.
 
 `run` reads top to bottom as sentence-transformers training scripts do:
 model -> dataset -> loss -> evaluator -> training args -> trainer -> evaluate -> save.
@@ -30,10 +32,13 @@ from embedops.api.finetune import (
 )
 from embedops.api.scores import RetrievalScores
 from embedops.prepared import PreparedDataset
+from embedops.results import RankResult
 from embedops.results import TrainResult as Result
+from embedops.workers import servable
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
 from embedops.workers.training.collator import pretokenized_collator
 from embedops.workers.training.data import build_train_dataset, steps_per_epoch
+from embedops.workers.training.distributed import world as training_world
 from embedops.workers.training.divergence import StopOnNonFiniteLoss, check_finite_weights
 from embedops.workers.training.loss import build_loss
 from embedops.workers.training.trainer import (
@@ -63,12 +68,17 @@ __all__ = ["Result", "checkpoint_interval", "plan_steps", "precision_flags", "ru
 log = logging.getLogger(__name__)
 
 
-def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()) -> Result:
-    """Train, select, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests)."""
+def run(
+    config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[TrainerCallback] = ()
+) -> Result | RankResult:
+    """Train, select, evaluate and save. `callbacks` are extra transformers TrainerCallbacks (progress, tests).
+
+    Under torchrun, ranks other than 0 train their share and return a RankResult: rank 0's Result is the job's.
+    """
     from transformers import PrinterCallback
 
-    spec, out = config.spec, config.output_dir
-    device = config.device or modelzoo.default_device()
+    spec, out, world = config.spec, config.output_dir, training_world()
+    device = world.device(config.device or modelzoo.default_device())
     started, clock = times.now(), time.monotonic()
 
     # Model: the base model, from a local folder or a bundled package.
@@ -84,27 +94,42 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     )
     train_dataset, train_rows = build_train_dataset(examples, spec)
 
-    # Loss: in-batch plus hard negatives (or triplets), optionally guided (GIST) or at several Matryoshka sizes.
-    loss = build_loss(model, spec.loss, guide=lambda: load(spec.loss.guide_model or spec.base_model))
+    # Loss: in-batch plus hard negatives (or triplets), optionally guided (GIST) or at several Matryoshka sizes;
+    # on several processes, every query sees the whole global batch's documents as negatives.
+    loss = build_loss(
+        model,
+        spec.loss,
+        guide=lambda: load(spec.loss.guide_model or spec.base_model),
+        gather_across_devices=world.distributed,
+    )
 
     # Evaluators: test queries (reported only) and validation queries (which checkpoint to publish), the base
-    # model scored on both before it changes.
+    # model scored on both before it changes, by rank 0 (the trainer runs the validation evaluator there only).
     evaluate = held_out_evaluator(data, spec.evaluation, spec.training.seed)
-    base_metrics = evaluate(model)
-    log.info("base model: nDCG@10 %.4f on %d test queries", base_metrics.ndcg_at_10, base_metrics.queries)
     batch = spec.evaluation.batch_size
-    if validation is not None:
+    if world.main:
+        base_metrics = evaluate(model)
+        log.info("base model: nDCG@10 %.4f on %d test queries", base_metrics.ndcg_at_10, base_metrics.queries)
+    if validation is not None and world.main:
         validation = sample_validation_corpus(
             model, validation, spec.evaluation.validation.max_corpus, spec.training.seed, batch
         )
         base_validation = score_validation(model, validation, batch).ndcg_at_10
         log.info("base model: nDCG@10 %.4f on %d validation queries", base_validation, len(validation.queries))
 
-    # Training arguments: the planned steps, a checkpoint (scored on validation) every fifth of them.
+    # Training arguments: the planned steps (of the global batch), a checkpoint (scored on validation) every fifth.
     checkpoints = out / "checkpoints"
-    planned = planned_steps(train_dataset, spec.training)
-    args = training_args(spec, checkpoints, device, planned, validate=validation is not None)
-    log.info("training %d rows for %d steps, a checkpoint every %d", train_rows, planned, args.save_steps)
+    planned = planned_steps(train_dataset, spec.training, world.size)
+    args = training_args(spec, checkpoints, device, planned, validate=validation is not None, processes=world.size)
+    log.info(
+        "training %d rows for %d steps of %d rows (%d per process, %d processes), a checkpoint every %d",
+        train_rows,
+        planned,
+        spec.training.batch_size * world.size,
+        spec.training.batch_size,
+        world.size,
+        args.save_steps,
+    )
 
     # Trainer: collates texts tokenized up front; resumes from the last checkpoint when a previous run was killed;
     # stops when the loss stops being a number.
@@ -118,10 +143,12 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw dicts to stdout, which carries the worker's result
     trainer.data_collator = pretokenized_collator(trainer.data_collator, model, train_dataset)
-    resume_from, resumed_from_step = last_checkpoint(checkpoints)
+    resume_from, resumed_from_step = last_checkpoint(checkpoints, clean=world.main)
     if resume_from is not None:
         log.info("resuming from the checkpoint of step %d", resumed_from_step)
     trainer.train(resume_from_checkpoint=resume_from)
+    if not world.main:
+        return RankResult(rank=world.rank, world_size=world.size, steps=trainer.state.global_step)
 
     # Select: the best checkpoint on validation, if it beats the base model; else nothing is published.
     scores = None
@@ -166,9 +193,9 @@ def run(config: steps.TrainStep, *, dsn: str | None = None, callbacks: Sequence[
     tuned_metrics = evaluate(model)
     log.info("tuned model: nDCG@10 %.4f (base %.4f)", tuned_metrics.ndcg_at_10, base_metrics.ndcg_at_10)
 
-    # Save: the model folder and the evaluation next to it.
+    # Save: the model folder, as TEI and sentence-transformers serve it, and the evaluation next to it.
     model_dir = out / "model"
-    model.save(str(model_dir), create_model_card=False)
+    servable.save(model, model_dir)
     artifact = ModelArtifact(
         location=str(model_dir),
         base_model=spec.base_model,
@@ -216,6 +243,8 @@ def _finish(
         train_pairs=train_rows,
         planned_steps=planned,
         steps=trainer.state.global_step,
+        world_size=trainer.args.world_size,
+        global_batch_size=config.spec.training.batch_size * trainer.args.world_size,
         resumed_from_step=resumed_from_step,
         start_time=started,
         completion_time=times.now(),

@@ -34,11 +34,12 @@ def checkpoint_step(folder: Path) -> int | None:
     return int(state["global_step"]) if any((folder / name).is_file() for name in _WEIGHTS) else None
 
 
-def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
+def last_checkpoint(checkpoints: Path, *, clean: bool = True) -> tuple[str | None, int | None]:
     """The newest complete checkpoint a previous (killed) run left, and its step.
 
-    Incomplete ones newer than it are removed, so that the run's next save does not land among
-    their leftovers (a weights file under a temporary name, a missing optimizer state).
+    With `clean`, incomplete ones newer than it are removed, so that the run's next save does not
+    land among their leftovers (a weights file under a temporary name, a missing optimizer state);
+    of several training processes, rank 0 alone cleans, and every one finds the same checkpoint.
     """
     if not checkpoints.is_dir():
         return None, None
@@ -46,8 +47,9 @@ def last_checkpoint(checkpoints: Path) -> tuple[str | None, int | None]:
     for _, folder in sorted(numbered, reverse=True):
         if (step := checkpoint_step(folder)) is not None:
             return str(folder), step
-        log.warning("removing %s: its save was cut short", folder.name)
-        shutil.rmtree(folder)
+        if clean:
+            log.warning("removing %s: its save was cut short", folder.name)
+            shutil.rmtree(folder, ignore_errors=True)
     return None, None
 
 

@@ -4,6 +4,8 @@ Ranking losses treat every other positive in the batch as a negative, so their b
 hold a text twice (the trainer's no-duplicates sampler, `RANKING_LOSSES`). The GIST losses are
 guided by a frozen model, by default a copy of the base model, to drop in-batch "negatives" that
 are really positives. Any of them can be wrapped in MatryoshkaLoss, to train truncated embeddings too.
+On several processes (DDP), the ranking losses gather the other processes' embeddings
+(`gather_across_devices`), so that a query's negatives are the global batch, not its process's share.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ class GistArgs(TypedDict):
 
 
 def build_loss(
-    model: SentenceTransformer, spec: LossSpec, guide: Callable[[], SentenceTransformer] | None = None
+    model: SentenceTransformer,
+    spec: LossSpec,
+    guide: Callable[[], SentenceTransformer] | None = None,
+    *,
+    gather_across_devices: bool = False,
 ) -> nn.Module:
-    """The loss; `guide` loads the GIST losses' guide model (by default a frozen copy of the base model)."""
+    """The loss; `guide` loads the GIST losses' guide model (by default a frozen copy of the base model);
+    `gather_across_devices` shares the ranking losses' negatives across the training processes."""
     from sentence_transformers.sentence_transformer.losses import (
         CachedGISTEmbedLoss,
         CachedMultipleNegativesRankingLoss,
@@ -49,16 +56,21 @@ def build_loss(
     # The library's GIST default temperature, 0.01 (scale 100), made all-MiniLM-L6-v2 worse than its base on the
     # SciFact sample, where 1/scale (0.05) did not (docs/performance.md): one scale for every ranking loss.
     gist = GistArgs(temperature=1 / spec.scale, margin_strategy=spec.guide_margin_strategy, margin=spec.guide_margin)
+    gather = gather_across_devices
     loss: nn.Module
     match spec.type:
         case "MultipleNegativesRankingLoss":
-            loss = MultipleNegativesRankingLoss(model, scale=spec.scale)
+            loss = MultipleNegativesRankingLoss(model, scale=spec.scale, gather_across_devices=gather)
         case "CachedMultipleNegativesRankingLoss":
-            loss = CachedMultipleNegativesRankingLoss(model, scale=spec.scale, mini_batch_size=spec.mini_batch_size)
+            loss = CachedMultipleNegativesRankingLoss(
+                model, scale=spec.scale, mini_batch_size=spec.mini_batch_size, gather_across_devices=gather
+            )
         case "GISTEmbedLoss":
-            loss = GISTEmbedLoss(model, guide_model(), **gist)
+            loss = GISTEmbedLoss(model, guide_model(), gather_across_devices=gather, **gist)
         case "CachedGISTEmbedLoss":
-            loss = CachedGISTEmbedLoss(model, guide_model(), mini_batch_size=spec.mini_batch_size, **gist)
+            loss = CachedGISTEmbedLoss(
+                model, guide_model(), mini_batch_size=spec.mini_batch_size, gather_across_devices=gather, **gist
+            )
         case "TripletLoss":
             loss = TripletLoss(model, triplet_margin=spec.triplet_margin)
         case _:

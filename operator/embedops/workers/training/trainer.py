@@ -42,9 +42,10 @@ def plan_steps(per_epoch: int, training: TrainingSpec) -> int:
     return min(max(budget.epochs * per_epoch, budget.min_steps), budget.max_steps)
 
 
-def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec) -> int:
-    """plan_steps for this dataset; a test holds it together with the steps the trainer takes."""
-    return plan_steps(steps_per_epoch(dataset, training.batch_size), training)
+def planned_steps(dataset: Dataset | DatasetDict, training: TrainingSpec, processes: int = 1) -> int:
+    """plan_steps for this dataset on `processes` training processes, whose step (a global step) takes
+    batchSize rows each; a test holds it together with the steps the trainer takes."""
+    return plan_steps(steps_per_epoch(dataset, training.batch_size * processes), training)
 
 
 def checkpoint_interval(planned: int, training: TrainingSpec) -> int:
@@ -71,9 +72,16 @@ def precision_flags(precision: str, device: str) -> PrecisionFlags:
 
 
 def training_args(
-    spec: FineTuneJobSpec, checkpoints: Path, device: str, total_steps: int, *, validate: bool = False
+    spec: FineTuneJobSpec,
+    checkpoints: Path,
+    device: str,
+    total_steps: int,
+    *,
+    validate: bool = False,
+    processes: int = 1,
 ) -> SentenceTransformerTrainingArguments:
-    """The trainer's arguments for `total_steps` steps; with `validate`, each checkpoint is scored and the best kept."""
+    """The trainer's arguments for `total_steps` steps; with `validate`, each checkpoint is scored and the best kept.
+    `processes` is the number of training processes (torchrun's world size)."""
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     t: TrainingSpec = spec.training
@@ -117,6 +125,8 @@ def training_args(
         # trainer's DataLoader, prepared by accelerate, moves them itself, from the pinned memory above.
         accelerator_config={"non_blocking": cuda},
         use_cpu=device == "cpu",
+        # Several processes on CPU (tests, benchmarks) talk over gloo; on GPUs the default, NCCL.
+        ddp_backend="gloo" if processes > 1 and not cuda else None,
     )
 
 

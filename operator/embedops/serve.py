@@ -1,0 +1,359 @@
+"""`embedops serve`: query embeddings from the model an index's live version was built with, over HTTP.
+
+A version's vectors are only comparable with queries embedded by the same model, so the query
+side is served from the very folder the version was built with (the catalog names it). The
+server speaks the two dialects applications already use: Text Embeddings Inference's
+`POST /embed` and OpenAI's `POST /v1/embeddings`, so a TEI or OpenAI client switches to it by
+its base URL alone.
+
+Concurrent requests are batched: each request's texts join a queue, and one encoding thread
+takes everything queued (up to `max_batch` texts) whenever it is free, waiting at most
+`max_wait` seconds for more once it has the first. On a CPU, one forward pass over 64 short
+queries costs far less than 64 passes over one, so under load a request waits for one batch
+instead of for every request ahead of it; a lone request waits `max_wait` at most.
+
+- `GET /health`: 200 while the server can encode (liveness and readiness: the model is loaded
+  and has encoded a warm-up batch before the port opens).
+- `GET /info`: the model's path, fingerprint, dimensions and limits (as TEI's `/info`).
+- `GET /metrics`: Prometheus metrics (docs/operator.md, "Querying an index").
+
+Queries are encoded with the model's query prompt (`encode_query`), as the probe and the
+retrieval evaluation encode them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
+disable_created_metrics()  # as the operator's metrics: a `_created` series per histogram no alert reads
+
+DEFAULT_PORT = 8080
+MAX_CLIENT_BATCH = 256  # texts in one request (TEI's default is 32; a re-ranking caller sends more)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+Encode = Callable[[list[str]], tuple[np.ndarray, list[int]]]  # texts -> (float32 rows, tokens per text)
+
+
+class BadRequest(ValueError):
+    """A request the server cannot answer as sent (HTTP 422, TEI's `Validation` error)."""
+
+
+class ServeMetrics:
+    """The server's Prometheus metrics, in a registry of its own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.latency = Histogram(
+            "embedops_serve_request_duration_seconds",
+            "Time from a request's arrival to its response, by endpoint.",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.requests = Counter(
+            "embedops_serve_requests",
+            "Requests answered, by endpoint and HTTP status.",
+            ["endpoint", "code"],
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "embedops_serve_batch_size",
+            "Texts per forward pass (the requests batched together).",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_duration = Histogram(
+            "embedops_serve_batch_duration_seconds",
+            "Time of one forward pass over a batch.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "embedops_serve_queue_wait_seconds",
+            "Time a request's texts waited before their batch started.",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+
+
+@dataclass
+class _Pending:
+    texts: list[str]
+    future: asyncio.Future[tuple[np.ndarray, list[int]]]
+    queued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    """One encoding thread; concurrent requests' texts go through it together, in arrival order."""
+
+    def __init__(self, encode: Encode, metrics: ServeMetrics, *, max_batch: int = 64, max_wait: float = 0.002):
+        self._encode, self._metrics = encode, metrics
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._thread.shutdown(wait=False, cancel_futures=True)
+
+    async def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        future: asyncio.Future[tuple[np.ndarray, list[int]]] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(texts, future))
+        return await future
+
+    async def _next_batch(self) -> list[_Pending]:
+        """The first request waiting, and those that join it within max_wait, up to max_batch texts."""
+        batch = [await self._queue.get()]
+        size, deadline = len(batch[0].texts), time.monotonic() + self.max_wait
+        while size < self.max_batch:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), left)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._next_batch()
+            texts = [t for item in batch for t in item.texts]
+            started = time.monotonic()
+            for item in batch:
+                self._metrics.queue_wait.observe(started - item.queued)
+            try:
+                rows, tokens = await loop.run_in_executor(self._thread, self._encode, texts)
+            except Exception as err:  # noqa: BLE001 - every waiting request gets the model's error
+                for item in batch:
+                    item.future.set_exception(err)
+                continue
+            self._metrics.batch_size.observe(len(texts))
+            self._metrics.batch_duration.observe(time.monotonic() - started)
+            start = 0
+            for item in batch:
+                end = start + len(item.texts)
+                if not item.future.done():  # a client that went away cancelled its future
+                    item.future.set_result((rows[start:end], tokens[start:end]))
+                start = end
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the server serves: shown by /info, and the `model` of OpenAI responses."""
+
+    model: str
+    fingerprint: str | None
+    dimensions: int
+    max_input_length: int | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model,
+            "model_sha": self.fingerprint,
+            "dimensions": self.dimensions,
+            "max_input_length": self.max_input_length,
+            "max_client_batch_size": MAX_CLIENT_BATCH,
+        }
+
+
+def load_encoder(model_path: str, *, device: str | None = None) -> tuple[Encode, ModelInfo]:
+    """The query encoder of a model folder (or bundled name), warmed up, and what it is."""
+    import torch
+
+    from embedops import modelzoo
+
+    model = modelzoo.load(model_path, device=device)
+    tokenizer, limit = model.tokenizer, model.max_seq_length
+
+    def encode(texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        with torch.inference_mode():
+            rows = model.encode_query(texts, batch_size=len(texts), convert_to_numpy=True, show_progress_bar=False)
+        ids = tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+        return np.asarray(rows, dtype=np.float32), [len(i) for i in ids]
+
+    encode(["warm-up"])
+    try:
+        fingerprint: str | None = modelzoo.fingerprint(modelzoo.resolve(model_path))
+    except modelzoo.ModelNotFound:
+        fingerprint = None
+    return encode, ModelInfo(model_path, fingerprint, modelzoo.embedding_dimension(model), limit)
+
+
+def _texts(value: Any, field_name: str) -> list[str]:
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise BadRequest(f"{field_name} must be a string or a non-empty list of strings")
+    if len(texts) > MAX_CLIENT_BATCH:
+        raise BadRequest(f"{field_name} holds {len(texts)} texts; at most {MAX_CLIENT_BATCH} a request")
+    return texts
+
+
+def _normalized(rows: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.where(norms == 0, 1, norms)
+
+
+def _dimensions(rows: np.ndarray, dimensions: Any) -> np.ndarray:
+    """Matryoshka truncation (OpenAI's `dimensions`): the first N components, unit length again."""
+    if dimensions is None:
+        return rows
+    if not isinstance(dimensions, int) or isinstance(dimensions, bool) or not 1 <= dimensions <= rows.shape[1]:
+        raise BadRequest(f"dimensions must be an integer from 1 to {rows.shape[1]}")
+    return _normalized(rows[:, :dimensions])
+
+
+def _vector(row: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+    return [float(x) for x in row]
+
+
+class Server:
+    """The HTTP routes over one Batcher."""
+
+    def __init__(self, batcher: Batcher, info: ModelInfo, metrics: ServeMetrics):
+        self.batcher, self.info, self.metrics = batcher, info, metrics
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=8 << 20)
+        app.router.add_post("/embed", self._handler("embed", self._embed))
+        app.router.add_post("/v1/embeddings", self._handler("openai", self._openai))
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/info", self._info)
+        app.router.add_get("/metrics", self._metrics)
+
+        async def start(_: web.Application) -> None:
+            self.batcher.start()
+
+        async def stop(_: web.Application) -> None:
+            await self.batcher.stop()
+
+        app.on_startup.append(start)
+        app.on_cleanup.append(stop)
+        return app
+
+    def _handler(self, endpoint: str, answer: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:
+        async def handle(request: web.Request) -> web.Response:
+            started = time.monotonic()
+            try:
+                body = await _body(request)
+                if not isinstance(body, dict):
+                    raise BadRequest("the request body must be a JSON object")
+                response = web.json_response(await answer(body), dumps=_dumps)
+            except BadRequest as err:
+                response = web.json_response({"error": str(err), "error_type": "Validation"}, status=422)
+            except Exception as err:  # the client gets the error, the server keeps serving
+                log.exception("encoding failed")
+                response = web.json_response({"error": str(err), "error_type": "Backend"}, status=500)
+            self.metrics.requests.labels(endpoint, str(response.status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.monotonic() - started)
+            return response
+
+        return handle
+
+    async def _embed(self, body: dict[str, Any]) -> list[list[float] | str]:
+        """TEI's /embed: {"inputs": str | [str], "normalize": true} -> one vector per input."""
+        rows, _ = await self.batcher.embed(_texts(body.get("inputs"), "inputs"))
+        if body.get("normalize", True):
+            rows = _normalized(rows)
+        return [_vector(row, "float") for row in rows]
+
+    async def _openai(self, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's /v1/embeddings: {"input": str | [str], "dimensions"?, "encoding_format"?}."""
+        encoding = body.get("encoding_format") or "float"
+        if encoding not in ("float", "base64"):
+            raise BadRequest("encoding_format must be float or base64")
+        texts = _texts(body.get("input"), "input")
+        rows, tokens = await self.batcher.embed(texts)
+        rows = _dimensions(_normalized(rows), body.get("dimensions"))
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": _vector(row, encoding)} for i, row in enumerate(rows)
+            ],
+            "model": self.info.model,
+            "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)},
+        }
+
+    async def _health(self, _: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _info(self, _: web.Request) -> web.Response:
+        return web.json_response(self.info.to_wire())
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except (ValueError, RecursionError) as err:  # bad JSON or bytes that are not UTF-8
+        raise BadRequest(f"the request body is not JSON: {err}") from None
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def build(encode: Encode, info: ModelInfo, *, max_batch: int = 64, max_wait: float = 0.002) -> web.Application:
+    metrics = ServeMetrics()
+    return Server(Batcher(encode, metrics, max_batch=max_batch, max_wait=max_wait), info, metrics).app()
+
+
+def run(
+    model_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = DEFAULT_PORT,
+    device: str | None = None,
+    max_batch: int = 64,
+    max_wait: float = 0.002,
+    on_ready: Callable[[ModelInfo], None] | None = None,
+) -> None:
+    """Load the model, then serve until SIGINT or SIGTERM; the port opens only once the model has encoded."""
+    encode, info = load_encoder(model_path, device=device)
+    app = build(encode, info, max_batch=max_batch, max_wait=max_wait)
+    asyncio.run(_serve(app, host, port, lambda: on_ready(info) if on_ready else None))
+
+
+async def _serve(app: web.Application, host: str, port: int, ready: Callable[[], None]) -> None:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        ready()
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # in-flight requests are answered first

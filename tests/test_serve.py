@@ -1,0 +1,156 @@
+"""`embedops serve`: TEI's /embed and OpenAI's /v1/embeddings over the model's query encoder, batched."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from embedops import modelzoo, serve
+
+QUERIES = ["what causes fever", "ö unicode query", "a much longer query about the weather in the mountains"]
+
+
+@pytest.fixture(scope="module")
+def encoder(tiny_model_dir):
+    return serve.load_encoder(str(tiny_model_dir), device="cpu")
+
+
+def call(app, *stages):
+    """Send each stage's requests ((method, path, json)) concurrently to `app`, stage after stage;
+    every (status, body) in order."""
+
+    async def go():
+        async with TestClient(TestServer(app)) as client:
+
+            async def one(method, path, body):
+                response = await client.request(method, path, json=body)
+                text = await response.text()
+                return response.status, (await response.json() if response.content_type == "application/json" else text)
+
+            return [answer for stage in stages for answer in await asyncio.gather(*(one(*r) for r in stage))]
+
+    return asyncio.run(go())
+
+
+def expected(tiny_model_dir, texts):
+    model = modelzoo.load(str(tiny_model_dir), device="cpu")
+    return model.encode_query(texts, normalize_embeddings=True)
+
+
+def test_both_dialects_return_the_models_query_embeddings(encoder, tiny_model_dir):
+    encode, info = encoder
+    (s1, tei), (s2, openai), (s3, single) = call(
+        serve.build(encode, info),
+        [
+            ("POST", "/embed", {"inputs": QUERIES}),
+            ("POST", "/v1/embeddings", {"input": QUERIES, "model": "ignored"}),
+            ("POST", "/embed", {"inputs": QUERIES[0]}),
+        ],
+    )
+    assert (s1, s2, s3) == (200, 200, 200)
+    want = expected(tiny_model_dir, QUERIES)
+    assert np.allclose(np.array(tei), want, atol=1e-5)
+    assert np.allclose(np.array(single), want[:1], atol=1e-5)
+    assert [d["index"] for d in openai["data"]] == [0, 1, 2]
+    assert np.allclose(np.array([d["embedding"] for d in openai["data"]]), want, atol=1e-5)
+    assert openai["model"] == str(tiny_model_dir) and openai["usage"]["prompt_tokens"] > len(QUERIES) * 2
+
+
+def test_openai_options_dimensions_and_base64(encoder, tiny_model_dir):
+    encode, info = encoder
+    [(_, short), (_, packed)] = call(
+        serve.build(encode, info),
+        [
+            ("POST", "/v1/embeddings", {"input": QUERIES, "dimensions": 8}),
+            ("POST", "/v1/embeddings", {"input": QUERIES, "encoding_format": "base64"}),
+        ],
+    )
+    want = expected(tiny_model_dir, QUERIES)
+    truncated = want[:, :8] / np.linalg.norm(want[:, :8], axis=1, keepdims=True)
+    assert np.allclose(np.array([d["embedding"] for d in short["data"]]), truncated, atol=1e-5)
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in packed["data"]]
+    assert np.allclose(np.array(decoded), want, atol=1e-5)
+
+
+def test_concurrent_requests_are_encoded_together(encoder):
+    encode, info = encoder
+    calls = []
+
+    def counting(texts):
+        calls.append(len(texts))
+        return encode(texts)
+
+    app = serve.build(counting, info, max_wait=0.05)
+    answers = call(app, [("POST", "/embed", {"inputs": f"query number {i}"}) for i in range(16)])
+    assert all(status == 200 for status, _ in answers)
+    assert sum(calls) == 16 and len(calls) <= 4, calls
+    # Each request gets its own text's vector back, not a neighbour's.
+    alone = encode([f"query number {i}" for i in range(16)])[0]
+    got = np.array([body[0] for _, body in answers])
+    assert np.allclose(got, alone / np.linalg.norm(alone, axis=1, keepdims=True), atol=1e-5)
+
+
+def test_bad_requests_are_422_with_the_reason(encoder):
+    encode, info = encoder
+    answers = call(
+        serve.build(encode, info),
+        [
+            ("POST", "/embed", {"inputs": []}),
+            ("POST", "/embed", {"inputs": ["a", 3]}),
+            ("POST", "/embed", ["not", "an", "object"]),
+            ("POST", "/v1/embeddings", {"input": ["a"] * 257}),
+            ("POST", "/v1/embeddings", {"input": "a", "dimensions": 33}),
+            ("POST", "/v1/embeddings", {"input": "a", "encoding_format": "int8"}),
+        ],
+    )
+    assert [s for s, _ in answers] == [422] * 6
+    assert [b["error"] for _, b in answers] == [
+        "inputs must be a string or a non-empty list of strings",
+        "inputs must be a string or a non-empty list of strings",
+        "the request body must be a JSON object",
+        "input holds 257 texts; at most 256 a request",
+        "dimensions must be an integer from 1 to 32",
+        "encoding_format must be float or base64",
+    ]
+    assert {b["error_type"] for _, b in answers} == {"Validation"}
+
+
+def test_a_model_error_fails_its_batch_and_the_server_keeps_serving(encoder):
+    encode, info = encoder
+
+    def fragile(texts):
+        if "boom" in texts:
+            raise RuntimeError("CUDA out of memory")
+        return encode(texts)
+
+    [(s1, b1), (s2, _)] = call(
+        serve.build(fragile, info), [("POST", "/embed", {"inputs": "boom"})], [("POST", "/embed", {"inputs": "fine"})]
+    )
+    assert (s1, b1) == (500, {"error": "CUDA out of memory", "error_type": "Backend"})
+    assert s2 == 200
+
+
+def test_health_info_and_metrics(encoder, tiny_model_dir):
+    encode, info = encoder
+    [(_, _), (hs, health), (_, about), (ms, metrics)] = call(
+        serve.build(encode, info),
+        [("POST", "/embed", {"inputs": QUERIES}), ("GET", "/health", None), ("GET", "/info", None)],
+        [("GET", "/metrics", None)],
+    )
+    assert (hs, health) == (200, {"status": "ok"})
+    assert about["model_sha"] == modelzoo.fingerprint(tiny_model_dir) and about["dimensions"] == 32
+    assert about["max_input_length"] == 128
+    assert ms == 200
+    for name in (
+        "embedops_serve_request_duration_seconds_bucket",
+        "embedops_serve_requests_total",
+        "embedops_serve_batch_size_bucket",
+        "embedops_serve_batch_duration_seconds_bucket",
+        "embedops_serve_queue_wait_seconds_bucket",
+    ):
+        assert name in metrics
+    assert "embedops_serve_batch_size_count 1.0" in metrics and "_created" not in metrics
