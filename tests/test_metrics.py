@@ -16,7 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from embedops import reconcile
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, SyncStatus
 from embedops.api.kinds import KINDS
 from embedops.metrics import RESOURCE, Metrics
 
@@ -145,7 +145,7 @@ def _failed_run(status: EmbeddingIndexStatus, reason: Reason, job: str, minute: 
     return status
 
 
-def test_a_failed_probe_or_drift_run_counts_once_per_job():
+def test_a_failed_probe_drift_or_sync_run_counts_once_per_job():
     registry = CollectorRegistry()
     metrics = Metrics(registry)
 
@@ -155,7 +155,7 @@ def test_a_failed_probe_or_drift_run_counts_once_per_job():
     healthy = _status(1, [1])
     healthy.set_condition(ConditionType.DEGRADED, "False", Reason.SERVING, "", generation=1, now=NOW)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, healthy)
-    assert failures("probe") == failures("drift") == 0  # present before any failure
+    assert failures("probe") == failures("drift") == failures("sync") == 0  # present before any failure
     probe1 = _failed_run(healthy, Reason.PROBE_FAILED, "docs-probe-1", 1)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, probe1)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, probe1)  # the same failed Job, seen again
@@ -168,15 +168,127 @@ def test_a_failed_probe_or_drift_run_counts_once_per_job():
     )
     metrics.observe("EmbeddingIndex", "ns", "docs", None, probe2)
     metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(probe2, Reason.DRIFT_FAILED, "docs-drift-1", 40))
-    assert (failures("probe"), failures("drift")) == (2, 1)
-    # QualityDegraded is not a failed run.
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(healthy, Reason.SYNC_FAILED, "docs-sync-1", 45))
+    assert (failures("probe"), failures("drift"), failures("sync")) == (2, 1, 1)
+    # QualityDegraded and AnnIndexStale are not failed runs.
     metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(healthy, Reason.QUALITY_DEGRADED, "none", 50))
-    assert (failures("probe"), failures("drift")) == (2, 1)
+    metrics.observe("EmbeddingIndex", "ns", "docs", None, _failed_run(healthy, Reason.ANN_INDEX_STALE, "none", 55))
+    assert (failures("probe"), failures("drift"), failures("sync")) == (2, 1, 1)
 
     # A restarted operator (a new Metrics) sees the failure the previous one counted: not counted again.
     restarted = Metrics(CollectorRegistry())
     restarted.observe("EmbeddingIndex", "ns", "docs", None, probe2)
     assert restarted._failures and not any(s.value for m in restarted.scheduled_failures.collect() for s in m.samples)
+
+
+# -- sync with a source table -----------------------------------------------------------------
+
+TABLE_SPEC = {**SPEC, "source": {"table": {"table": "articles"}}, "sync": {"intervalMinutes": 10}}
+
+
+def _at(minute: int) -> str:
+    return (NOW + dt.timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _unix(minute: int) -> float:
+    return (NOW + dt.timedelta(minutes=minute)).timestamp()
+
+
+def _table_status(
+    live: int, *, created: int, synced: int | None = None, sync: dict | None = None
+) -> EmbeddingIndexStatus:
+    """A table index serving `live`, built at minute `created` (caught up at `synced`), with `sync` as status.sync."""
+    status = _status(live, [live])
+    status.versions[0].created_at = _at(created)
+    status.versions[0].synced_at = _at(synced) if synced is not None else None
+    if sync is not None:
+        status.sync = SyncStatus.model_validate(
+            {"rowsEmbedded": 0, "rowsDeleted": 0, "lagSeconds": 1.5, "version": live} | sync
+        )
+    return status
+
+
+def test_a_table_index_exports_since_when_its_live_version_holds_its_table():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    spec = EmbeddingIndexSpec.model_validate(TABLE_SPEC)
+
+    def sync_series() -> dict[str, float]:
+        return {
+            name: _one(registry, f"embedops_index_sync_{name}", name="docs")
+            for name in ("timestamp_seconds", "interval_seconds", "pending_rows", "changed_ratio")
+            if _of(_series(registry, f"embedops_index_sync_{name}"), name="docs")
+        }
+
+    # Built at minute 0, never synced: it holds its table as of its build.
+    metrics.observe("EmbeddingIndex", "ns", "docs", spec, _table_status(1, created=0))
+    assert sync_series() == {"timestamp_seconds": _unix(0), "interval_seconds": 600}
+    # Its last complete sync's diff started at minute 20 (after the version's own syncedAt, 10); a later one stopped
+    # with 40 rows pending; 5 % of its rows changed since the build.
+    sync = {"lastSyncTime": _at(20), "pendingRows": 40, "changedFraction": 0.05}
+    metrics.observe("EmbeddingIndex", "ns", "docs", spec, _table_status(1, created=0, synced=10, sync=sync))
+    assert sync_series() == {
+        "timestamp_seconds": _unix(20),
+        "interval_seconds": 600,
+        "pending_rows": 40,
+        "changed_ratio": 0.05,
+    }
+    # Cut over to v2, built at 30 and caught up at 45 in the cut-over's lock; status.sync is still v1's: it says
+    # nothing of v2's pending rows or changes, and v2's catch-up is since when it holds its table.
+    sync = {"version": 1, "lastSyncTime": _at(50), "pendingRows": 40, "changedFraction": 0.05}
+    metrics.observe("EmbeddingIndex", "ns", "docs", spec, _table_status(2, created=30, synced=45, sync=sync))
+    assert sync_series() == {"timestamp_seconds": _unix(45), "interval_seconds": 600}
+    # v2 without a catch-up: its build.
+    metrics.observe("EmbeddingIndex", "ns", "docs", spec, _table_status(2, created=30, sync=sync))
+    assert sync_series()["timestamp_seconds"] == _unix(30)
+
+    # The schedule off: the interval says 0 (the alert never fires); no live version yet: only the interval.
+    off = EmbeddingIndexSpec.model_validate({**TABLE_SPEC, "sync": {"intervalMinutes": 0}})
+    metrics.observe("EmbeddingIndex", "ns", "docs", off, _table_status(2, created=30))
+    assert sync_series() == {"timestamp_seconds": _unix(30), "interval_seconds": 0}
+    metrics.observe("EmbeddingIndex", "ns", "docs", spec, EmbeddingIndexStatus())
+    assert sync_series() == {"interval_seconds": 600}
+
+    # A dataset index is not synced, and an index whose spec does not parse says nothing of its sync.
+    metrics.observe("EmbeddingIndex", "ns", "ds", EmbeddingIndexSpec.model_validate(SPEC), _table_status(1, created=0))
+    metrics.observe("EmbeddingIndex", "ns", "broken", None, _table_status(1, created=0))
+    for name in ("ds", "broken"):
+        for metric in ("timestamp_seconds", "interval_seconds", "rows_total"):
+            assert not _of(_series(registry, f"embedops_index_sync_{metric}"), name=name), (name, metric)
+
+    metrics.forget("EmbeddingIndex", "ns", "docs")
+    for metric in ("timestamp_seconds", "interval_seconds", "rows_total"):
+        assert not _series(registry, f"embedops_index_sync_{metric}"), metric
+
+
+def test_rows_synced_count_each_sync_once_from_zero_and_not_again_after_a_restart():
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    spec = EmbeddingIndexSpec.model_validate(TABLE_SPEC)
+
+    def synced(status: EmbeddingIndexStatus, on: Metrics = metrics, reg: CollectorRegistry = registry) -> tuple:
+        on.observe("EmbeddingIndex", "ns", "docs", spec, status)
+        return tuple(
+            _one(reg, "embedops_index_sync_rows_total", name="docs", operation=op) for op in ("embedded", "deleted")
+        )
+
+    assert synced(_table_status(1, created=0)) == (0, 0)  # present before the first sync
+    first = _table_status(1, created=0, sync={"lastSyncTime": _at(5), "rowsEmbedded": 120, "rowsDeleted": 7})
+    assert synced(first) == (120, 7)
+    assert synced(first) == (120, 7)  # the same sync, seen at the next reconcile
+    # The next sync finds nothing, then one finds 3 changed rows: a new lastSyncTime each.
+    assert synced(_table_status(1, created=0, sync={"lastSyncTime": _at(10)})) == (120, 7)
+    second = _table_status(1, created=0, sync={"lastSyncTime": _at(15), "rowsEmbedded": 3, "rowsDeleted": 1})
+    assert synced(second) == (123, 8)
+    # After a cut-over, the new version's first sync: a new version (its diff may start in the same second).
+    assert synced(_table_status(2, created=12, sync={"lastSyncTime": _at(15), "rowsEmbedded": 2})) == (125, 8)
+
+    # A restarted operator (a new Metrics) sees the sync the previous one counted: not counted again.
+    restarted_registry = CollectorRegistry()
+    restarted = Metrics(restarted_registry)
+    assert synced(second, restarted, restarted_registry) == (0, 0)
+    third = _table_status(1, created=0, sync={"lastSyncTime": _at(20), "rowsEmbedded": 4, "rowsDeleted": 2})
+    assert synced(third, restarted, restarted_registry) == (4, 2)
 
 
 def test_a_wait_exports_when_it_began():
@@ -443,12 +555,19 @@ def test_the_operators_scrape_has_no_created_series_and_promtool_finds_it_clean(
     )
     spec = FineTuneJobSpec.model_validate({"datasetRef": {"name": "ds"}})
     METRICS.observe("FineTuneJob", "metrics-test", "ft", spec, training)
+    table = EmbeddingIndexSpec.model_validate(TABLE_SPEC)
+    METRICS.observe("EmbeddingIndex", "metrics-test", "articles", table, _table_status(1, created=0))
+    synced = _table_status(1, created=0, sync={"lastSyncTime": _at(5), "rowsEmbedded": 3, "pendingRows": 1})
+    METRICS.observe("EmbeddingIndex", "metrics-test", "articles", table, synced)
     METRICS.watching(["metrics-test"])
     try:
         text = generate_latest(REGISTRY).decode()
     finally:
         METRICS.forget("FineTuneJob", "metrics-test", "ft")
+        METRICS.forget("EmbeddingIndex", "metrics-test", "articles")
     assert "embedops_finetune_training_loss{" in text and "embedops_resource_waiting_since_timestamp_seconds{" in text
+    assert 'embedops_index_sync_rows_total{kind="EmbeddingIndex",name="articles",namespace="metrics-test",' in text
+    assert "embedops_index_sync_pending_rows{" in text and "embedops_index_sync_changed_ratio{" in text
     assert "_created" not in text
     assert (
         'embedops_resource_condition{kind="EmbeddingIndex",name="docs",namespace="metrics-test",'

@@ -34,7 +34,7 @@ from embedops.api import times
 from embedops.api.common import BaseStatus
 from embedops.api.conditions import SCHEDULED_FAILURES, ConditionType, Reason
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, live_version
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, IndexVersion, live_version
 from embedops.api.kinds import KINDS
 
 # A counter's `_created` series doubles every counter and histogram for a timestamp no alert
@@ -51,6 +51,7 @@ WAITING_PHASES = frozenset({"Pending", "Queued", "Suspended"})
 REVISION_ENV = "EMBEDOPS_REVISION"  # the source revision, set when the image is built
 # A scheduled run's failure, as the planner reports it on the Degraded condition: reason -> step.
 FAILED_STEPS = {reason.value: step for step, reason in SCHEDULED_FAILURES.items()}
+SYNC_OPERATIONS = ("embedded", "deleted")  # embedops_index_sync_rows_total's `operation`
 
 Series = tuple[Gauge, tuple[str, ...], float]  # (gauge, label values, value)
 
@@ -65,6 +66,8 @@ class Metrics:
         self._resource_gauges: list[Gauge] = []
         # The last scheduled-run failure seen per resource: (reason, message); see _count_failure.
         self._failures: dict[tuple[str, ...], tuple[str, str] | None] = {}
+        # The last sync seen per table index: (version, lastSyncTime); see _count_sync.
+        self._syncs: dict[tuple[str, ...], tuple[int, str | None] | None] = {}
         k, mk = ("k",), ("model", "k")
         # -- index: probes
         self.probe_recall = gauge(
@@ -97,6 +100,24 @@ class Metrics:
         self.reindex_rows = gauge("embedops_index_reindex_rows", "Rows committed by a running re-index so far.")
         self.reindex_rate = gauge("embedops_index_reindex_rows_per_second", "Throughput of a running re-index.")
         self.reindex_active = gauge("embedops_index_reindex_active", "1 while a re-index runs.")
+        # -- index: sync with a source table
+        self.sync_time = gauge(
+            "embedops_index_sync_timestamp_seconds",
+            "Unix time since when the live version holds every change of its source table (its last sync, else "
+            "its build).",
+        )
+        self.sync_interval = gauge(
+            "embedops_index_sync_interval_seconds",
+            "The index's spec.sync.intervalMinutes, in seconds (0: no schedule).",
+        )
+        self.sync_pending = gauge(
+            "embedops_index_sync_pending_rows",
+            "Rows the last sync of the live version found changed and did not apply.",
+        )
+        self.sync_changed = gauge(
+            "embedops_index_sync_changed_ratio",
+            "Share of the live version's rows inserted, updated or deleted since it was built.",
+        )
         # -- fine-tune
         self.ft_ndcg = gauge("embedops_finetune_ndcg_ratio", "Held-out nDCG@10 of the base and tuned model.", mk)
         self.ft_mrr = gauge("embedops_finetune_mrr_ratio", "Held-out MRR@10 of the base and tuned model.", mk)
@@ -133,8 +154,15 @@ class Metrics:
         )
         self.scheduled_failures = Counter(
             "embedops_index_scheduled_run_failures_total",
-            "Scheduled probe and drift Jobs of the live version that failed (Degraded ProbeFailed or DriftFailed).",
+            "Scheduled probe, drift and sync Jobs of the live version that failed (Degraded ProbeFailed, DriftFailed "
+            "or SyncFailed).",
             RESOURCE + ("step",),
+            registry=registry,
+        )
+        self.sync_rows = Counter(
+            "embedops_index_sync_rows_total",
+            "Rows the syncs of the live version embedded (new or changed text) and deleted, by operation.",
+            RESOURCE + ("operation",),
             registry=registry,
         )
         self.reconciles = Counter(
@@ -207,9 +235,13 @@ class Metrics:
         key = (namespace, name, kind)
         want = _resource_series(self, key, status)
         if isinstance(status, EmbeddingIndexStatus):
-            want += _index_series(self, key, spec if isinstance(spec, EmbeddingIndexSpec) else None, status)
+            index_spec = spec if isinstance(spec, EmbeddingIndexSpec) else None
+            want += _index_series(self, key, index_spec, status)
             self.gate_failures.labels(*key)  # at 0 until the first failure, so increase() sees it
             self._count_failure(key, status)
+            if index_spec is not None and index_spec.source.table is not None:
+                want += _sync_series(self, key, index_spec, status)
+                self._count_sync(key, status)
         elif isinstance(status, FineTuneJobStatus):
             want += _finetune_series(self, key, spec if isinstance(spec, FineTuneJobSpec) else None, status)
         for gauge, labels, value in want:
@@ -218,9 +250,9 @@ class Metrics:
         self._remove(key, keep={(id(gauge), labels) for gauge, labels, _ in want})
 
     def _count_failure(self, key: tuple[str, ...], status: EmbeddingIndexStatus) -> None:
-        """Count a scheduled probe or drift run that failed: the planner reports it as Degraded with reason
-        ProbeFailed or DriftFailed and a message naming the Job, which is new for every run (a second failure
-        after the first keeps Degraded=True and its lastTransitionTime, but names another Job).
+        """Count a scheduled probe, drift or sync run that failed: the planner reports it as Degraded with reason
+        ProbeFailed, DriftFailed or SyncFailed and a message naming the Job, which is new for every run (a second
+        failure after the first keeps Degraded=True and its lastTransitionTime, but names another Job).
 
         The first look at an index after the operator starts only remembers its failure: the previous
         operator counted it, and a counter that starts at 1 would hide it from increase() anyway.
@@ -236,16 +268,36 @@ class Metrics:
             self.scheduled_failures.labels(*key, FAILED_STEPS[seen[0]]).inc()
         self._failures[key] = seen
 
+    def _count_sync(self, key: tuple[str, ...], status: EmbeddingIndexStatus) -> None:
+        """Add the rows of a sync the status shows for the first time: each sync Job that completes writes a new
+        status.sync, with a new lastSyncTime (the start of its diff) or, after a cut-over, a new version. A sync
+        that stopped early keeps the previous lastSyncTime, and is not counted (it stops when its version is
+        dropped). The first look at an index after the operator starts only remembers its last sync, as
+        _count_failure does.
+        """
+        for operation in SYNC_OPERATIONS:
+            self.sync_rows.labels(*key, operation)  # at 0 from the start, so increase() sees the first sync
+        sync = status.sync
+        seen = (sync.version, sync.last_sync_time) if sync is not None else None
+        if sync is not None and key in self._syncs and seen != self._syncs[key]:
+            self.sync_rows.labels(*key, "embedded").inc(sync.rows_embedded)
+            self.sync_rows.labels(*key, "deleted").inc(sync.rows_deleted)
+        self._syncs[key] = seen
+
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Remove every series of a deleted resource."""
         key = (namespace, name, kind)
         self._remove(key)
         self._failures.pop(key, None)
+        self._syncs.pop(key, None)
         with contextlib.suppress(KeyError):  # older prometheus_client versions raise for a missing series
             self.gate_failures.remove(*key)
         for step in FAILED_STEPS.values():
             with contextlib.suppress(KeyError):
                 self.scheduled_failures.remove(*key, step)
+        for operation in SYNC_OPERATIONS:
+            with contextlib.suppress(KeyError):
+                self.sync_rows.remove(*key, operation)
 
     def _remove(self, key: tuple[str, ...], keep: AbstractSet[tuple[int, tuple[str, ...]]] = frozenset()) -> None:
         """Remove the resource's gauge series (label values starting with `key`) except those in `keep`."""
@@ -312,6 +364,27 @@ def _index_series(
         if st.reindex.rows_per_second is not None:
             want.append((m.reindex_rate, key, st.reindex.rows_per_second))
     return want
+
+
+def _sync_series(m: Metrics, key: tuple[str, ...], spec: EmbeddingIndexSpec, st: EmbeddingIndexStatus) -> list[Series]:
+    """The sync of a table index's live version: since when it holds its table, and its last sync's counts."""
+    want: list[Series] = [(m.sync_interval, key, spec.sync.interval_minutes * 60)]
+    live = live_version(st.versions)
+    if live is None:
+        return want
+    if (since := _synced_since(st, live)) is not None:
+        want.append((m.sync_time, key, _unix(since)))
+    if st.sync is not None and st.sync.version == live.version:  # after a cut-over: the previous version's sync
+        want += [(m.sync_pending, key, st.sync.pending_rows), (m.sync_changed, key, st.sync.changed_fraction)]
+    return want
+
+
+def _synced_since(st: EmbeddingIndexStatus, live: IndexVersion) -> str | None:
+    """Since when the live version holds every change of its table: the latest of its last sync (status.sync, when
+    it synced this version), the last sync applied to it (versions[].syncedAt: the cut-over's catch-up) and its
+    build (createdAt). The planner schedules the next sync from the same time (reconcile._last_sync)."""
+    own = st.sync.last_sync_time if st.sync is not None and st.sync.version == live.version else None
+    return max((t for t in (own, live.synced_at, live.created_at) if t), key=_unix, default=None)
 
 
 def _finetune_series(
