@@ -148,3 +148,34 @@ def test_a_failed_sync_degrades_the_index_and_stale_ivfflat_lists_say_so():
     (sync,) = plan(Observed(ix, now=later), SETTINGS).create
     done = {sync.name: ObservedJob(sync.name, "Succeeded", {0: sync_result(changedFraction=0.3)}, step="sync")}
     assert plan(Observed(ix, jobs=done, now=later), SETTINGS).status.condition("Degraded").status == "False"
+
+
+def test_stale_ivfflat_lists_build_a_new_version_once_when_asked_to():
+    spec = {**TABLE_SPEC, "ann": {"method": "ivfflat"}, "sync": {"rebuildAfterChangedFraction": 0.25}}
+    ix, (embed_v1, _) = serving(spec)
+    later = NOW + dt.timedelta(minutes=5)
+    (sync,) = plan(Observed(ix, now=later), SETTINGS).create
+    done = {sync.name: ObservedJob(sync.name, "Succeeded", {0: sync_result(changedFraction=0.3)}, step="sync")}
+    p = plan(Observed(ix, jobs=done, now=later), SETTINGS)
+    assert p.status.condition("Degraded").reason == "AnnIndexStale" and "a new version is built" in (
+        p.status.condition("Degraded").message
+    )
+    ix["status"] = p.status.to_wire()
+    (rebuild,) = [j for j in plan(Observed(ix, now=later), SETTINGS).create if j.step == "embed"]
+    assert rebuild.name != embed_v1.name and rebuild.config.embeddings_key != embed_v1.config.embeddings_key
+    p = plan(Observed(ix, now=later), SETTINGS)
+    assert p.status.ann_rebuild_of == 1
+    # Once v2 (the rebuild) serves and syncs clean, its embed step keeps its name: nothing is built again.
+    ix["status"] = p.status.to_wire()
+    v2 = {**ix["status"]["versions"][0], "version": 2, "table": "docs_v2"}
+    ix["status"]["versions"] = [{**v2, "state": "Live"}, {**ix["status"]["versions"][0], "state": "Retired"}]
+    ix["status"]["liveVersion"] = 2
+    ix["status"]["sync"] = {**ix["status"]["sync"], "version": 2, "changedFraction": 0.01}
+    again = [j for j in plan(Observed(ix, now=later), SETTINGS).create if j.step == "embed"]
+    assert [j.name for j in again] == [rebuild.name]  # the same step (its Job reports v2), not a third build
+    # Without rebuildAfterChangedFraction the same share only says so.
+    ix, _ = serving({**TABLE_SPEC, "ann": {"method": "ivfflat"}})
+    (sync,) = plan(Observed(ix, now=later), SETTINGS).create
+    done = {sync.name: ObservedJob(sync.name, "Succeeded", {0: sync_result(changedFraction=0.3)}, step="sync")}
+    ix["status"] = plan(Observed(ix, jobs=done, now=later), SETTINGS).status.to_wire()
+    assert [j.step for j in plan(Observed(ix, now=later), SETTINGS).create] == []

@@ -477,7 +477,7 @@ def _index_step(
     )
 
 
-def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -> WorkerStep:
+def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs, rebuild_of: int | None) -> WorkerStep:
     # What the version's vectors and layout depend on; batch size, commit size and shard count
     # only change how fast it is built, and search settings only what probes measure. The store
     # records the same identity with each version (embeddings_key), so it reuses a version only
@@ -488,6 +488,8 @@ def _embed_step(ctx: _Context, spec: EmbeddingIndexSpec, inputs: _IndexInputs) -
         inputs.dataset_fingerprint,
         naming.identity(spec.ann, exclude={"ef_search", "probes"}),
         naming.identity(spec.embedding, include={"max_seq_length", "precision"}),
+        # A rebuild of a version whose IVFFlat lists went stale: new lists, so new embeddings (not reused).
+        *((f"ann-rebuild-of-v{rebuild_of}",) if rebuild_of is not None else ()),
     )
     key = naming.step_key("embed", *vectors, naming.identity(spec.target), ctx.rerun)
     config = steps.EmbedStep(
@@ -539,6 +541,31 @@ def plan_index(ctx: _Context) -> Plan:
     spec: EmbeddingIndexSpec = _parse_spec(ctx)
     _require_secret(ctx, spec.database.dsn_secret_ref, "spec.database.dsnSecretRef")
     current: EmbeddingIndexStatus = ctx.current
+    rebuild_of = _ann_rebuild_of(spec, current)
+    plan = _plan_index(ctx, spec, current, rebuild_of)
+    if isinstance(plan.status, EmbeddingIndexStatus):
+        plan.status.ann_rebuild_of = rebuild_of
+    elif plan.status is None and rebuild_of != current.ann_rebuild_of:
+        plan.status = current.model_copy(update={"ann_rebuild_of": rebuild_of}, deep=True)
+    return plan
+
+
+def _ann_rebuild_of(spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus) -> int | None:
+    """The version a rebuild replaces because its IVFFlat lists went stale: the live one, once its last sync
+    says its changed share passed spec.sync.rebuildAfterChangedFraction; else the one such a rebuild
+    replaced before (kept in status, so the rebuilt version's embed step keeps its name)."""
+    limit, sync = spec.sync.rebuild_after_changed_fraction, current.sync
+    stale = (
+        limit is not None
+        and spec.ann.method == "ivfflat"
+        and sync is not None
+        and sync.version == current.live_version
+        and sync.changed_fraction > limit
+    )
+    return current.live_version if stale else current.ann_rebuild_of
+
+
+def _plan_index(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, rebuild_of: int | None) -> Plan:
     inputs = _index_inputs(ctx, spec)
     if inputs.model is None:
         if current.live_version is None:
@@ -547,7 +574,7 @@ def plan_index(ctx: _Context) -> Plan:
 
     if (pin := _unretained_pin(ctx, spec, current)) is not None:
         return pin
-    embed = _embed_step(ctx, spec, inputs)
+    embed = _embed_step(ctx, spec, inputs, rebuild_of)
     publish_key = naming.step_key(
         "publish",
         embed.key,

@@ -438,3 +438,8 @@ class EmbeddingIndexStatus(BaseStatus):
     drift: DriftResult | None = Field(default=None, description="Latest drift measurement of the live version.")
     reindex: ReindexProgress | None = Field(default=None, description="Progress of a version being built.")
     sync: SyncStatus | None = Field(default=None, description="Last sync of the live version with its source table.")
+    ann_rebuild_of: int | None = Field(
+        default=None,
+        description="The version whose IVFFlat lists went stale (spec.sync.rebuildAfterChangedFraction): the "
+        "version built since rebuilt its rows.",
+    )
