@@ -79,6 +79,24 @@ def _dataset(base: Path, spec: EmbeddingDatasetSpec) -> list[str]:
             problems += _file(base, spec.source.pairs.test_path, "spec.source.pairs.testPath")
     if spec.hard_negatives.enabled:
         problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
+    if spec.generate is not None:
+        problems += _generator(base, spec)
+    return problems
+
+
+def _generator(base: Path, spec: EmbeddingDatasetSpec) -> list[str]:
+    from embedops.workers.generate import local
+
+    gen = spec.generate
+    assert gen is not None
+    problems = []
+    if gen.model is not None:
+        try:
+            local.resolve(gen.model, base)
+        except local.GeneratorNotFound as err:
+            problems.append(f"spec.{err}")
+    if gen.filter.model is not None and (gen.filter.generic or gen.filter.round_trip_top_k):
+        problems += _model(base, gen.filter.model, "spec.generate.filter.model")
     return problems
 
 
