@@ -233,7 +233,7 @@ def _dimensions(rows: np.ndarray, dimensions: Any) -> np.ndarray:
 def _vector(row: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-    return [float(x) for x in row]
+    return row.astype(np.float64).tolist()  # float32 -> float64: the shortest repr of each float32 value
 
 
 class Server:
@@ -284,7 +284,7 @@ class Server:
         rows, _ = await self.batcher.embed(_texts(body.get("inputs"), "inputs"))
         if body.get("normalize", True):
             rows = _normalized(rows)
-        return [_vector(row, "float") for row in rows]
+        return rows.astype(np.float64).tolist()
 
     async def _openai(self, body: dict[str, Any]) -> dict[str, Any]:
         """OpenAI's /v1/embeddings: {"input": str | [str], "dimensions"?, "encoding_format"?}."""
