@@ -10,7 +10,7 @@ random weights, built in-process: speed does not depend on the weights).
 
 Every line is measured on this machine, with the same model and the same short queries:
 
-  - in-process:  the server's own encode function (serve.load_encoder: `encode_query` and the
+  - in-process:  the server's own encode function (serve.load_model: `encode_query` and the
                  token count) called directly, one query at a time (latency p50/p99) and in
                  batches of 8 and 64 queries (queries/s): what the server could reach with no
                  HTTP, no JSON and perfect batching;
@@ -53,7 +53,7 @@ def percentile(values: list[float], q: float) -> float:
 def in_process(model: str, device: str, queries: list[str], repeat: int) -> dict[str, float]:
     from embedops import serve
 
-    encode, _ = serve.load_encoder(model, device=device)
+    encode = serve.load_model(model, device=device).encode
     latencies = []
     for q in queries[: max(200, repeat)]:
         started = time.perf_counter()
