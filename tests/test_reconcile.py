@@ -108,7 +108,7 @@ def test_invalid_spec_is_reported_not_raised():
     b = body("EmbeddingDataset", "ds", {"source": {"beir": {"path": "x"}, "pairs": {"path": "y"}}})
     p = plan(Observed(b, now=NOW), SETTINGS)
     assert p.create == [] and ready(p) == ("False", "InvalidSpec")
-    assert "exactly one of source.beir, source.pairs or source.postgres" in p.status.condition("Ready").message
+    assert "exactly one of source.beir, source.pairs, source.postgres" in p.status.condition("Ready").message
     assert p.events and p.events[0][:2] == ("Warning", "InvalidSpec")
     # The same failure again posts no second event.
     b["status"] = p.status.to_wire()

@@ -3,11 +3,13 @@ model of the version the view serves, before and after a cut-over, and the docum
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,8 @@ def free_port() -> int:
 
 
 def test_search_and_serve_follow_the_live_version(tmp_path, dsn, tiny_model_dir, capsys):
+    from embedops.cli import main
+
     state, other = tmp_path / "state", build_tiny_model(tmp_path / "other" / "model", seed=1)
     first = write(tmp_path / "m1", tiny_model_dir, tiny_model_dir)
     outcomes = LocalRunner(state_dir=state, dsn=dsn, device="cpu").run(manifests.load([first]))
@@ -95,51 +99,56 @@ def test_search_and_serve_follow_the_live_version(tmp_path, dsn, tiny_model_dir,
     # The distances are those of the query embedded by v1's model to the stored vectors.
     assert np.allclose(distances, 1 - stored(dsn, ids) @ query_vector(tiny_model_dir), atol=1e-4)
 
-    # Another model becomes v2 and is cut over: the search embeds with it from then on.
-    second = write(tmp_path / "m2", tiny_model_dir, other)
-    outcomes = LocalRunner(state_dir=state, dsn=dsn, device="cpu").run(manifests.load([second]))
-    assert outcomes["EmbeddingIndex/default/idx"].status.live_version == 2
-    err, ids, distances = search(capsys, second, dsn, state)
-    assert err.startswith(f"# public.docs v2 ({other}, ")
-    assert np.allclose(distances, 1 - stored(dsn, ids) @ query_vector(other), atol=1e-4)
-    assert not np.allclose(query_vector(other), query_vector(tiny_model_dir), atol=1e-2)
-
-    # What the documentation tells an application to run names the same model.
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(documented_query(), {"schema": "public", "view": "docs"}).fetchone()
-    assert row == (2, str(other), modelzoo.fingerprint(other), 32, "cosine")
-
-    # `embedops serve -f` serves v2's model: its query vector is the one search used.
+    # `embedops serve -f` serves v1's model, and follows the view from then on.
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "embedops.cli", "serve", "-f", str(second), "--dsn", dsn, "--state-dir", str(state)]
-        + ["--port", str(port), "--device", "cpu"],
+        [sys.executable, "-m", "embedops.cli", "serve", "-f", str(first), "--dsn", dsn, "--port", str(port)]
+        + ["--device", "cpu"],
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        served = _embed_when_up(port, server)
-        assert np.allclose(served, query_vector(other), atol=1e-5)
+        assert served_when(port, server, 1) == pytest.approx(query_vector(tiny_model_dir), abs=1e-5)
+
+        # Another model becomes v2 and is cut over: search and the server embed with it from then on.
+        second = write(tmp_path / "m2", tiny_model_dir, other)
+        outcomes = LocalRunner(state_dir=state, dsn=dsn, device="cpu").run(manifests.load([second]))
+        assert outcomes["EmbeddingIndex/default/idx"].status.live_version == 2
+        err, ids, distances = search(capsys, second, dsn, state)
+        assert err.startswith(f"# public.docs v2 ({other}, ")
+        assert np.allclose(distances, 1 - stored(dsn, ids) @ query_vector(other), atol=1e-4)
+        assert not np.allclose(query_vector(other), query_vector(tiny_model_dir), atol=1e-2)
+        assert served_when(port, server, 2) == pytest.approx(query_vector(other), abs=1e-5)
+
+        # What the documentation tells an application to run names the same model.
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(documented_query(), {"schema": "public", "view": "docs"}).fetchone()
+        assert row == (2, str(other), modelzoo.fingerprint(other), 32, "cosine")
+
+        # A rollback switches the server back with the view.
+        assert main(["rollback", "-f", str(second), "--dsn", dsn, "--state-dir", str(state)]) == 0
+        assert served_when(port, server, 1) == pytest.approx(query_vector(tiny_model_dir), abs=1e-5)
     finally:
         server.terminate()
         _, log = server.communicate(timeout=30)
     assert server.returncode == 0, log
-    assert "serving the model of public.docs v2" in log and f"listening on http://127.0.0.1:{port}" in log
+    assert f"listening on http://127.0.0.1:{port}: v1's model, following the live version" in log
 
 
-def _embed_when_up(port: int, server: subprocess.Popen) -> np.ndarray:
-    import json
-    import urllib.request
-
+def served_when(port: int, server: subprocess.Popen, version: int) -> np.ndarray:
+    """The server's vector for QUERY once it answers with `version`'s model (within 2 minutes)."""
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/embed", data=json.dumps({"inputs": QUERY}).encode(), method="POST"
     )
-    deadline = time.monotonic() + 120
+    deadline, seen = time.monotonic() + 120, None
     while time.monotonic() < deadline:
         assert server.poll() is None, server.stderr.read()
         try:
             with urllib.request.urlopen(request, timeout=5) as response:
-                return np.array(json.loads(response.read())[0], dtype=np.float32)
+                seen = response.headers["X-Embedops-Version"]
+                if seen == str(version):
+                    return np.array(json.loads(response.read())[0], dtype=np.float32)
         except OSError:
-            time.sleep(0.5)
-    raise AssertionError("embedops serve did not answer within 2 minutes")
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"embedops serve did not serve v{version} within 2 minutes (last seen: v{seen})")

@@ -15,23 +15,37 @@ QUERIES = ["what causes fever", "ö unicode query", "a much longer query about t
 
 
 @pytest.fixture(scope="module")
-def encoder(tiny_model_dir):
-    return serve.load_encoder(str(tiny_model_dir), device="cpu")
+def served(tiny_model_dir):
+    return serve.load_model(str(tiny_model_dir), device="cpu")
 
 
-def call(app, *stages):
-    """Send each stage's requests ((method, path, json)) concurrently to `app`, stage after stage;
-    every (status, body) in order."""
+def app(served, **options):
+    return serve.build(served, **options)[0]
+
+
+def call(application, *stages, headers=None):
+    """Send each stage's requests ((method, path, json)) concurrently to `application`, stage after stage
+    (a callable stage is called instead); every (status, body) in order, and each response's headers
+    appended to `headers`."""
 
     async def go():
-        async with TestClient(TestServer(app)) as client:
+        async with TestClient(TestServer(application)) as client:
 
             async def one(method, path, body):
                 response = await client.request(method, path, json=body)
                 text = await response.text()
-                return response.status, (await response.json() if response.content_type == "application/json" else text)
+                if headers is not None:
+                    headers.append(response.headers)
+                body = await response.json() if response.content_type == "application/json" else text
+                return response.status, body
 
-            return [answer for stage in stages for answer in await asyncio.gather(*(one(*r) for r in stage))]
+            answers = []
+            for stage in stages:
+                if callable(stage):  # something to do between two stages
+                    stage()
+                else:
+                    answers += await asyncio.gather(*(one(*r) for r in stage))
+            return answers
 
     return asyncio.run(go())
 
@@ -41,10 +55,9 @@ def expected(tiny_model_dir, texts):
     return model.encode_query(texts, normalize_embeddings=True)
 
 
-def test_both_dialects_return_the_models_query_embeddings(encoder, tiny_model_dir):
-    encode, info = encoder
+def test_both_dialects_return_the_models_query_embeddings(served, tiny_model_dir):
     (s1, tei), (s2, openai), (s3, single) = call(
-        serve.build(encode, info),
+        app(served),
         [
             ("POST", "/embed", {"inputs": QUERIES}),
             ("POST", "/v1/embeddings", {"input": QUERIES, "model": "ignored"}),
@@ -60,10 +73,9 @@ def test_both_dialects_return_the_models_query_embeddings(encoder, tiny_model_di
     assert openai["model"] == str(tiny_model_dir) and openai["usage"]["prompt_tokens"] > len(QUERIES) * 2
 
 
-def test_openai_options_dimensions_and_base64(encoder, tiny_model_dir):
-    encode, info = encoder
+def test_openai_options_dimensions_and_base64(served, tiny_model_dir):
     [(_, short), (_, packed)] = call(
-        serve.build(encode, info),
+        app(served),
         [
             ("POST", "/v1/embeddings", {"input": QUERIES, "dimensions": 8}),
             ("POST", "/v1/embeddings", {"input": QUERIES, "encoding_format": "base64"}),
@@ -76,28 +88,28 @@ def test_openai_options_dimensions_and_base64(encoder, tiny_model_dir):
     assert np.allclose(np.array(decoded), want, atol=1e-5)
 
 
-def test_concurrent_requests_are_encoded_together(encoder):
-    encode, info = encoder
+def test_concurrent_requests_are_encoded_together(served):
     calls = []
 
     def counting(texts):
         calls.append(len(texts))
-        return encode(texts)
+        return served.encode(texts)
 
-    app = serve.build(counting, info, max_wait=0.05)
-    answers = call(app, [("POST", "/embed", {"inputs": f"query number {i}"}) for i in range(16)])
+    answers = call(
+        app(serve.Served(counting, served.info), max_wait=0.05),
+        [("POST", "/embed", {"inputs": f"query number {i}"}) for i in range(16)],
+    )
     assert all(status == 200 for status, _ in answers)
     assert sum(calls) == 16 and len(calls) <= 4, calls
     # Each request gets its own text's vector back, not a neighbour's.
-    alone = encode([f"query number {i}" for i in range(16)])[0]
+    alone = served.encode([f"query number {i}" for i in range(16)])[0]
     got = np.array([body[0] for _, body in answers])
     assert np.allclose(got, alone / np.linalg.norm(alone, axis=1, keepdims=True), atol=1e-5)
 
 
-def test_bad_requests_are_422_with_the_reason(encoder):
-    encode, info = encoder
+def test_bad_requests_are_422_with_the_reason(served):
     answers = call(
-        serve.build(encode, info),
+        app(served),
         [
             ("POST", "/embed", {"inputs": []}),
             ("POST", "/embed", {"inputs": ["a", 3]}),
@@ -119,25 +131,24 @@ def test_bad_requests_are_422_with_the_reason(encoder):
     assert {b["error_type"] for _, b in answers} == {"Validation"}
 
 
-def test_a_model_error_fails_its_batch_and_the_server_keeps_serving(encoder):
-    encode, info = encoder
-
+def test_a_model_error_fails_its_batch_and_the_server_keeps_serving(served):
     def fragile(texts):
         if "boom" in texts:
             raise RuntimeError("CUDA out of memory")
-        return encode(texts)
+        return served.encode(texts)
 
     [(s1, b1), (s2, _)] = call(
-        serve.build(fragile, info), [("POST", "/embed", {"inputs": "boom"})], [("POST", "/embed", {"inputs": "fine"})]
+        app(serve.Served(fragile, served.info)),
+        [("POST", "/embed", {"inputs": "boom"})],
+        [("POST", "/embed", {"inputs": "fine"})],
     )
     assert (s1, b1) == (500, {"error": "CUDA out of memory", "error_type": "Backend"})
     assert s2 == 200
 
 
-def test_health_info_and_metrics(encoder, tiny_model_dir):
-    encode, info = encoder
+def test_health_info_and_metrics(served, tiny_model_dir):
     [(_, _), (hs, health), (_, about), (ms, metrics)] = call(
-        serve.build(encode, info),
+        app(served),
         [("POST", "/embed", {"inputs": QUERIES}), ("GET", "/health", None), ("GET", "/info", None)],
         [("GET", "/metrics", None)],
     )
@@ -154,3 +165,24 @@ def test_health_info_and_metrics(encoder, tiny_model_dir):
     ):
         assert name in metrics
     assert "embedops_serve_batch_size_count 1.0" in metrics and "_created" not in metrics
+
+
+def test_a_swapped_model_encodes_from_the_next_batch_and_responses_name_it(served, tmp_path):
+    from tests.tinymodel import build_tiny_model
+
+    other = serve.load_model(str(build_tiny_model(tmp_path / "other", seed=1)), device="cpu", version=2)
+    application, batcher = serve.build(serve.Served(served.encode, served.info), max_wait=0)
+    headers = []
+    [(_, before), (_, after), (_, about)] = call(
+        application,
+        [("POST", "/embed", {"inputs": QUERIES[0]})],
+        lambda: batcher.use(other),
+        [("POST", "/embed", {"inputs": QUERIES[0]})],
+        [("GET", "/info", None)],
+        headers=headers,
+    )
+    assert np.allclose(before, served.encode([QUERIES[0]])[0] / np.linalg.norm(served.encode([QUERIES[0]])[0]))
+    assert np.allclose(after[0], other.encode([QUERIES[0]])[0][0] / np.linalg.norm(other.encode([QUERIES[0]])[0][0]))
+    assert "X-Embedops-Version" not in headers[0] and headers[1]["X-Embedops-Version"] == "2"
+    assert headers[1]["X-Embedops-Model-Fingerprint"] == other.info.fingerprint != served.info.fingerprint
+    assert about["version"] == 2 and about["model_sha"] == other.info.fingerprint

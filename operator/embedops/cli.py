@@ -147,6 +147,16 @@ def _ask_for_sync(loaded: list) -> int | None:
     return None
 
 
+def _the_index(args: argparse.Namespace, loaded: list) -> Any:
+    """The one EmbeddingIndex in -f, or the one --name picks."""
+    indexes = [r.resource for r in loaded if r.resource.kind.kind == "EmbeddingIndex"]
+    if args.name:
+        indexes = [r for r in indexes if r.name == args.name]
+    if len(indexes) != 1:
+        raise SystemExit("error: -f must hold exactly one EmbeddingIndex (or pick one with --name)")
+    return indexes[0]
+
+
 def _index_connection(args: argparse.Namespace):
     """The one EmbeddingIndex in -f, its local runner, and a connection to its database (embedded or --dsn).
 
@@ -159,11 +169,7 @@ def _index_connection(args: argparse.Namespace):
     loaded = _load(args)
     if isinstance(loaded, int):
         raise SystemExit(loaded)
-    indexes = [r.resource for r in loaded if r.resource.kind.kind == "EmbeddingIndex"]
-    if args.name:
-        indexes = [r for r in indexes if r.name == args.name]
-    if len(indexes) != 1:
-        raise SystemExit("error: -f must hold exactly one EmbeddingIndex (or pick one with --name)")
+    index = _the_index(args, loaded)
     dsn = _dsn(args)
     runner = LocalRunner(state_dir=args.state_dir, dsn=dsn)
     if dsn is None and not runner.has_database():
@@ -171,7 +177,7 @@ def _index_connection(args: argparse.Namespace):
             f"error: {args.state_dir} holds no embedded database: run `embedops run` first, or give --dsn-file/--dsn"
         )
     try:
-        return indexes[0], runner, pgvector.connect(runner.database())
+        return index, runner, pgvector.connect(runner.database())
     except (ValueError, pgvector.DatabaseUnavailable, embedded.EmbeddedServerError) as err:
         runner.close()
         raise SystemExit(f"error: {err}") from None
@@ -267,38 +273,57 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve query embeddings: the live version's model of the index in -f, or the model of --model."""
-    from embedops import modelzoo, serve
+def _serve_source(args: argparse.Namespace) -> tuple[Any, Any]:
+    """What to serve: (the model, the follower of an index's live version or None)."""
+    from embedops import serve
+    from embedops.api.index import Target
 
-    model = args.model
-    if model is None:
-        rec = _live_model(args)
-        model = rec.model
-        print(
-            f"serving the model of {rec.schema}.{rec.view} v{rec.version} ({rec.model_fingerprint}); "
-            "restart after a cut-over or a rollback to follow it",
-            file=sys.stderr,
-        )
+    if args.model is not None:
+        return serve.load_model(args.model, device=args.device), None
+    dsn = _dsn(args)
+    if args.target is not None:
+        schema, _, name = args.target.rpartition(".")
+        target = Target.model_validate({"schema": schema or "public", "name": name})
+    else:
+        loaded = _load(args)
+        if isinstance(loaded, int):
+            raise SystemExit(loaded)
+        if dsn is None:  # the embedded server: read once; `embedops run` stops the server when it ends
+            rec = _live_model(args)
+            print(f"serving v{rec.version}'s model; restart after a cut-over or rollback to follow it", file=sys.stderr)
+            return serve.load_model(rec.model, device=args.device, version=rec.version), None
+        target = _the_index(args, loaded).spec.target
+    if dsn is None:
+        raise SystemExit(f"error: --target needs the database: --dsn-file, --dsn or {DSN_ENV}")
+    follower = serve.Follower(dsn, target, device=args.device)
+    return follower.first(), follower
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve query embeddings: the live version's model of an index (following it), or the model of --model."""
+    from embedops import modelzoo, serve
+    from embedops.store import pgvector
+
+    try:
+        served, follower = _serve_source(args)
+    except (modelzoo.ModelNotFound, ValueError, pgvector.DatabaseUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     def ready(info: serve.ModelInfo) -> None:
-        print(
-            f"listening on http://{args.host}:{args.port} ({info.dimensions} dimensions)", file=sys.stderr, flush=True
-        )
+        which = f"v{info.version}'s model, following the live version" if follower else info.model
+        print(f"listening on http://{args.host}:{args.port}: {which}", file=sys.stderr, flush=True)
 
     try:
         serve.run(
-            model,
+            served,
             host=args.host,
             port=args.port,
-            device=args.device,
             max_batch=args.max_batch,
             max_wait=args.max_wait_ms / 1000,
+            follower=follower,
             on_ready=ready,
         )
-    except modelzoo.ModelNotFound as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:  # the port is taken, or the host is not this machine's
         print(f"error: cannot listen on {args.host}:{args.port}: {err.strerror or err}", file=sys.stderr)
         return 1
@@ -518,7 +543,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "-f", "--filename", type=Path, action="append", help="serve the live version's model of this index"
     )
-    source.add_argument("--model", help="serve this model folder or bundled name (what a serving pod runs)")
+    source.add_argument("--model", help="serve this model folder or bundled name, and only it")
+    source.add_argument(
+        "--target",
+        help="follow the live version of this view, SCHEMA.NAME, in the database of the DSN (what a serving pod runs)",
+    )
     serve.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
     _dsn_arguments(serve)
     serve.add_argument("--state-dir", type=Path, default=Path(".embedops"))

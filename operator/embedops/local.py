@@ -356,6 +356,8 @@ def _source_stamp(spec: Any, base_dir: Path) -> list[Any]:
         paths = [folder / name for name in beir.file_names(spec.source.beir)]
     elif spec.source.pairs is not None:
         paths = [Path(p) for p in (spec.source.pairs.path, spec.source.pairs.test_path) if p]
+    elif spec.source.documents is not None:
+        paths = [Path(spec.source.documents.path)]
     else:
         return []
     paths = [p if p.is_absolute() else base_dir / p for p in paths]

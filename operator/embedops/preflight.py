@@ -41,7 +41,7 @@ def _model(base_dir: Path, name: str, field: str) -> list[str]:
     return []
 
 
-def _beir(base_dir: Path, src: BeirSource) -> list[str]:
+def _beir(base_dir: Path, src: BeirSource, *, corpus_only: bool) -> list[str]:
     folder = _path(base_dir, src.path)
     if not folder.exists():
         return [f"spec.source.beir.path: {src.path!r} does not exist"]
@@ -49,7 +49,7 @@ def _beir(base_dir: Path, src: BeirSource) -> list[str]:
         return [f"spec.source.beir.path: {src.path!r} is not a folder"]
     return [
         f"spec.source.beir.path: {name} not found in {src.path!r}"
-        for name in beir.file_names(src)
+        for name in beir.file_names(src, corpus_only=corpus_only)
         if not (folder / name).is_file()
     ]
 
@@ -70,13 +70,33 @@ def files_and_models(loaded: LoadedResource) -> list[str]:
 def _dataset(base: Path, spec: EmbeddingDatasetSpec) -> list[str]:
     problems: list[str] = []
     if spec.source.beir is not None:
-        problems += _beir(base, spec.source.beir)
+        problems += _beir(base, spec.source.beir, corpus_only=spec.generate is not None)
+    if spec.source.documents is not None:
+        problems += _file(base, spec.source.documents.path, "spec.source.documents.path")
     if spec.source.pairs is not None:
         problems += _file(base, spec.source.pairs.path, "spec.source.pairs.path")
         if spec.source.pairs.test_path:
             problems += _file(base, spec.source.pairs.test_path, "spec.source.pairs.testPath")
     if spec.hard_negatives.enabled:
         problems += _model(base, spec.hard_negatives.model, "spec.hardNegatives.model")
+    if spec.generate is not None:
+        problems += _generator(base, spec)
+    return problems
+
+
+def _generator(base: Path, spec: EmbeddingDatasetSpec) -> list[str]:
+    from embedops.workers.generate import local
+
+    gen = spec.generate
+    assert gen is not None
+    problems = []
+    if gen.model is not None:
+        try:
+            local.resolve(gen.model, base)
+        except local.GeneratorNotFound as err:
+            problems.append(f"spec.{err}")
+    if gen.filter.model is not None and (gen.filter.generic or gen.filter.round_trip_top_k):
+        problems += _model(base, gen.filter.model, "spec.generate.filter.model")
     return problems
 
 
@@ -215,10 +235,10 @@ def cluster(loaded: list[LoadedResource]) -> list[str]:
             )
         if (
             r.kind.kind == "EmbeddingDataset"
-            and r.spec.source.postgres is not None
-            and r.spec.source.postgres.database.dsn_secret_ref is None
+            and r.spec.source.database is not None
+            and r.spec.source.database.dsn_secret_ref is None
         ):
-            problems.append(f"{r.key}: spec.source.postgres.database.dsnSecretRef is required in a cluster")
+            problems.append(f"{r.key}: spec.source.{r.spec.source.kind}.database.dsnSecretRef is required in a cluster")
     return problems
 
 

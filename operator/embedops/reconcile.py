@@ -334,27 +334,35 @@ def _scheduling(ctx: _Context, scheduling: Scheduling) -> Scheduling:
 
 # -- EmbeddingDataset ---------------------------------------------------------------------------
 
+# The folder of a dataset's generation cache, beside its runs' folders (named by inputs hashes).
+GENERATIONS = "generations"
+
 
 def plan_dataset(ctx: _Context) -> Plan:
     spec: EmbeddingDatasetSpec = _parse_spec(ctx)
-    pg = spec.source.postgres
-    if pg is not None:
-        _require_secret(ctx, pg.database.dsn_secret_ref, "spec.source.postgres.database.dsnSecretRef")
+    database = spec.source.database
+    if database is not None:
+        _require_secret(ctx, database.dsn_secret_ref, f"spec.source.{spec.source.kind}.database.dsnSecretRef")
     key = naming.step_key("prepare", _identity(spec), ctx.rerun)
     if ctx.finished(key):
         return Plan()
+    name = ctx.body["metadata"]["name"]
+    endpoint = spec.generate.endpoint if spec.generate else None
     step = WorkerStep(
         owner=owner_of(ctx.body),
         key=key,
         config=steps.PrepareStep(
             spec=spec,
             base_dir=ctx.layout.inputs,
-            output_dir=ctx.layout.workdir("embeddingdatasets", ctx.body["metadata"]["name"], key),
+            output_dir=ctx.layout.workdir("embeddingdatasets", name, key),
+            # Beside the runs' folders, not in one: a rerun or a changed spec reuses what was generated.
+            cache_dir=ctx.layout.workdir("embeddingdatasets", name, GENERATIONS) if spec.generate else None,
         ),
         resources=spec.resources,
         scheduling=_scheduling(ctx, spec.scheduling),
         gpus=spec.resources.gpus or 0,
-        dsn_secret=pg.database.dsn_secret_ref if pg else None,
+        dsn_secret=database.dsn_secret_ref if database else None,
+        api_key_secret=endpoint.api_key_secret_ref if endpoint else None,
     )
     job = _run_step(ctx, step, Reason.PREPARING)
     if isinstance(job, Plan):

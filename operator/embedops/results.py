@@ -15,6 +15,7 @@ from embedops.api.common import ApiModel
 from embedops.api.conditions import Reason
 from embedops.api.dataset import DatasetCounts
 from embedops.api.finetune import ModelArtifact, ValidationScores
+from embedops.api.generate import GenerationCounts
 from embedops.api.index import IndexVersion, ProbeResult, VersionState
 from embedops.api.scores import RetrievalScores
 
@@ -56,6 +57,7 @@ class PrepareResult(ApiModel):
     location: str
     invalid_samples: list[str]
     prepared_at: str
+    generation: GenerationCounts | None = None
 
 
 class TrainResult(ApiModel):

@@ -18,7 +18,9 @@ instead of for every request ahead of it; a lone request waits `max_wait` at mos
 - `GET /metrics`: Prometheus metrics (docs/operator.md, "Querying an index").
 
 Queries are encoded with the model's query prompt (`encode_query`), as the probe and the
-retrieval evaluation encode them.
+retrieval evaluation encode them. A `Follower` keeps the server on the model of an index's
+live version across cut-overs and rollbacks, and every response names the model (and version)
+that encoded it, so an application can check it against the view in its search transaction.
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ import base64
 import json
 import logging
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from embedops.api.index import Target
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # as the operator's metrics: a `_created` series per histogram no alert reads
@@ -95,15 +101,19 @@ class ServeMetrics:
 @dataclass
 class _Pending:
     texts: list[str]
-    future: asyncio.Future[tuple[np.ndarray, list[int]]]
+    future: asyncio.Future[Encoded]
     queued: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
-    """One encoding thread; concurrent requests' texts go through it together, in arrival order."""
+    """One encoding thread; concurrent requests' texts go through it together, in arrival order.
 
-    def __init__(self, encode: Encode, metrics: ServeMetrics, *, max_batch: int = 64, max_wait: float = 0.002):
-        self._encode, self._metrics = encode, metrics
+    `use` swaps the model between two batches (a follower does, after a cut-over); every batch is
+    encoded by one model, and each request learns which.
+    """
+
+    def __init__(self, served: Served, metrics: ServeMetrics, *, max_batch: int = 64, max_wait: float = 0.002):
+        self.served, self._metrics = served, metrics
         self.max_batch, self.max_wait = max_batch, max_wait
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode")
@@ -117,8 +127,12 @@ class Batcher:
             self._task.cancel()
         self._thread.shutdown(wait=False, cancel_futures=True)
 
-    async def embed(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        future: asyncio.Future[tuple[np.ndarray, list[int]]] = asyncio.get_running_loop().create_future()
+    def use(self, served: Served) -> None:
+        """Encode with `served` from the next batch on (safe from any thread: one attribute's assignment)."""
+        self.served = served
+
+    async def embed(self, texts: list[str]) -> Encoded:
+        future: asyncio.Future[Encoded] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(texts, future))
         return await future
 
@@ -149,8 +163,9 @@ class Batcher:
             started = time.monotonic()
             for item in batch:
                 self._metrics.queue_wait.observe(started - item.queued)
+            served = self.served
             try:
-                rows, tokens = await loop.run_in_executor(self._thread, self._encode, texts)
+                rows, tokens = await loop.run_in_executor(self._thread, served.encode, texts)
             except Exception as err:  # noqa: BLE001 - every waiting request gets the model's error
                 for item in batch:
                     item.future.set_exception(err)
@@ -161,7 +176,7 @@ class Batcher:
             for item in batch:
                 end = start + len(item.texts)
                 if not item.future.done():  # a client that went away cancelled its future
-                    item.future.set_result((rows[start:end], tokens[start:end]))
+                    item.future.set_result(Encoded(rows[start:end], tokens[start:end], served.info))
                 start = end
 
 
@@ -173,18 +188,42 @@ class ModelInfo:
     fingerprint: str | None
     dimensions: int
     max_input_length: int | None
+    version: int | None = None  # the index version whose model this is, when the server follows an index
 
     def to_wire(self) -> dict[str, Any]:
         return {
             "model_id": self.model,
             "model_sha": self.fingerprint,
+            "version": self.version,
             "dimensions": self.dimensions,
             "max_input_length": self.max_input_length,
             "max_client_batch_size": MAX_CLIENT_BATCH,
         }
 
+    def headers(self) -> dict[str, str]:
+        """Response headers naming the model that encoded the response (and its index version)."""
+        named = {"X-Embedops-Model-Fingerprint": self.fingerprint or ""}
+        return named | ({"X-Embedops-Version": str(self.version)} if self.version is not None else {})
 
-def load_encoder(model_path: str, *, device: str | None = None) -> tuple[Encode, ModelInfo]:
+
+@dataclass(frozen=True)
+class Served:
+    """A model the server encodes with."""
+
+    encode: Encode
+    info: ModelInfo
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One request's rows, their token counts, and the model that encoded them."""
+
+    rows: np.ndarray
+    tokens: list[int]
+    info: ModelInfo
+
+
+def load_model(model_path: str, *, device: str | None = None, version: int | None = None) -> Served:
     """The query encoder of a model folder (or bundled name), warmed up, and what it is."""
     import torch
 
@@ -204,7 +243,7 @@ def load_encoder(model_path: str, *, device: str | None = None) -> tuple[Encode,
         fingerprint: str | None = modelzoo.fingerprint(modelzoo.resolve(model_path))
     except modelzoo.ModelNotFound:
         fingerprint = None
-    return encode, ModelInfo(model_path, fingerprint, modelzoo.embedding_dimension(model), limit)
+    return Served(encode, ModelInfo(model_path, fingerprint, modelzoo.embedding_dimension(model), limit, version))
 
 
 def _texts(value: Any, field_name: str) -> list[str]:
@@ -233,14 +272,14 @@ def _dimensions(rows: np.ndarray, dimensions: Any) -> np.ndarray:
 def _vector(row: np.ndarray, encoding: str) -> list[float] | str:
     if encoding == "base64":
         return base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-    return [float(x) for x in row]
+    return row.astype(np.float64).tolist()  # float32 -> float64: the shortest repr of each float32 value
 
 
 class Server:
     """The HTTP routes over one Batcher."""
 
-    def __init__(self, batcher: Batcher, info: ModelInfo, metrics: ServeMetrics):
-        self.batcher, self.info, self.metrics = batcher, info, metrics
+    def __init__(self, batcher: Batcher, metrics: ServeMetrics):
+        self.batcher, self.metrics = batcher, metrics
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 << 20)
@@ -260,14 +299,17 @@ class Server:
         app.on_cleanup.append(stop)
         return app
 
-    def _handler(self, endpoint: str, answer: Callable[[dict[str, Any]], Any]) -> Callable[..., Any]:
+    def _handler(
+        self, endpoint: str, answer: Callable[[dict[str, Any]], Awaitable[tuple[Any, ModelInfo]]]
+    ) -> Callable[..., Any]:
         async def handle(request: web.Request) -> web.Response:
             started = time.monotonic()
             try:
                 body = await _body(request)
                 if not isinstance(body, dict):
                     raise BadRequest("the request body must be a JSON object")
-                response = web.json_response(await answer(body), dumps=_dumps)
+                value, info = await answer(body)
+                response = web.json_response(value, dumps=_dumps, headers=info.headers())
             except BadRequest as err:
                 response = web.json_response({"error": str(err), "error_type": "Validation"}, status=422)
             except Exception as err:  # the client gets the error, the server keeps serving
@@ -279,35 +321,35 @@ class Server:
 
         return handle
 
-    async def _embed(self, body: dict[str, Any]) -> list[list[float] | str]:
+    async def _embed(self, body: dict[str, Any]) -> tuple[Any, ModelInfo]:
         """TEI's /embed: {"inputs": str | [str], "normalize": true} -> one vector per input."""
-        rows, _ = await self.batcher.embed(_texts(body.get("inputs"), "inputs"))
-        if body.get("normalize", True):
-            rows = _normalized(rows)
-        return [_vector(row, "float") for row in rows]
+        encoded = await self.batcher.embed(_texts(body.get("inputs"), "inputs"))
+        rows = _normalized(encoded.rows) if body.get("normalize", True) else encoded.rows
+        return rows.astype(np.float64).tolist(), encoded.info
 
-    async def _openai(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _openai(self, body: dict[str, Any]) -> tuple[Any, ModelInfo]:
         """OpenAI's /v1/embeddings: {"input": str | [str], "dimensions"?, "encoding_format"?}."""
         encoding = body.get("encoding_format") or "float"
         if encoding not in ("float", "base64"):
             raise BadRequest("encoding_format must be float or base64")
         texts = _texts(body.get("input"), "input")
-        rows, tokens = await self.batcher.embed(texts)
-        rows = _dimensions(_normalized(rows), body.get("dimensions"))
-        return {
+        encoded = await self.batcher.embed(texts)
+        rows, tokens = _dimensions(_normalized(encoded.rows), body.get("dimensions")), sum(encoded.tokens)
+        answer = {
             "object": "list",
             "data": [
                 {"object": "embedding", "index": i, "embedding": _vector(row, encoding)} for i, row in enumerate(rows)
             ],
-            "model": self.info.model,
-            "usage": {"prompt_tokens": sum(tokens), "total_tokens": sum(tokens)},
+            "model": encoded.info.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
+        return answer, encoded.info
 
     async def _health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _info(self, _: web.Request) -> web.Response:
-        return web.json_response(self.info.to_wire())
+        return web.json_response(self.batcher.served.info.to_wire())
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -324,25 +366,90 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def build(encode: Encode, info: ModelInfo, *, max_batch: int = 64, max_wait: float = 0.002) -> web.Application:
+def build(served: Served, *, max_batch: int = 64, max_wait: float = 0.002) -> tuple[web.Application, Batcher]:
+    """The server's app, and its batcher (whose `use` swaps the model)."""
     metrics = ServeMetrics()
-    return Server(Batcher(encode, metrics, max_batch=max_batch, max_wait=max_wait), info, metrics).app()
+    batcher = Batcher(served, metrics, max_batch=max_batch, max_wait=max_wait)
+    return Server(batcher, metrics).app(), batcher
+
+
+class Follower:
+    """Keeps a server on the model of an index's live version.
+
+    It listens for the cut-over notification (`pgvector.LIVE_CHANNEL`, sent in the cut-over's
+    transaction) and looks at the catalog at least every `poll` seconds. A new live version's
+    model is loaded while the previous one keeps serving, then swapped in between two batches:
+    until then responses still name the previous version (`X-Embedops-Version`), which an
+    application checking the live version in its search transaction sees. Models are kept by
+    fingerprint, so a rollback to a version served before swaps at once.
+    """
+
+    def __init__(self, dsn: str, target: Target, *, device: str | None = None, poll: float = 30.0):
+        self.dsn, self.target, self.device, self.poll = dsn, target, device, poll
+        self._models: dict[tuple[str, str | None], Served] = {}
+
+    def live(self, conn: Any) -> Served:
+        """The live version's model, loaded (once per model)."""
+        from embedops.store import pgvector
+
+        rec = pgvector.version_record(conn, self.target)
+        key = (rec.model, rec.model_fingerprint)
+        if key not in self._models:
+            log.info("loading the model of v%d: %s", rec.version, rec.model)
+            self._models[key] = load_model(rec.model, device=self.device, version=rec.version)
+        served = self._models[key]
+        return (
+            served
+            if served.info.version == rec.version
+            else Served(served.encode, replace(served.info, version=rec.version))
+        )
+
+    def first(self) -> Served:
+        from embedops.store import pgvector
+
+        with pgvector.connect(self.dsn) as conn:
+            return self.live(conn)
+
+    def follow(self, use: Callable[[Served], None], current: Served, stop: threading.Event) -> None:
+        """Until `stop`: `use` the live version's model whenever it changes; reconnects after database errors."""
+        from embedops.store import pgvector
+
+        while not stop.is_set():
+            try:
+                with pgvector.connect(self.dsn) as conn:
+                    pgvector.listen_for_cutovers(conn)
+                    while not stop.is_set():
+                        served = self.live(conn)
+                        if served.info.version != current.info.version:
+                            use(served)
+                            log.info("now serving the model of v%s", served.info.version)
+                            current = served
+                        pgvector.wait_for_cutover(conn, self.target, self.poll)
+            except (psycopg.Error, pgvector.DatabaseUnavailable, ValueError) as err:
+                log.warning("following the live version: %s; trying again in 5 s", err)
+                stop.wait(5)
 
 
 def run(
-    model_path: str,
+    served: Served,
     *,
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
-    device: str | None = None,
     max_batch: int = 64,
     max_wait: float = 0.002,
+    follower: Follower | None = None,
     on_ready: Callable[[ModelInfo], None] | None = None,
 ) -> None:
-    """Load the model, then serve until SIGINT or SIGTERM; the port opens only once the model has encoded."""
-    encode, info = load_encoder(model_path, device=device)
-    app = build(encode, info, max_batch=max_batch, max_wait=max_wait)
-    asyncio.run(_serve(app, host, port, lambda: on_ready(info) if on_ready else None))
+    """Serve until SIGINT or SIGTERM (the port opens once the model has encoded), following the live version
+    with `follower`."""
+    app, batcher = build(served, max_batch=max_batch, max_wait=max_wait)
+    stop = threading.Event()
+    if follower is not None:
+        threading.Thread(target=follower.follow, args=(batcher.use, served, stop), daemon=True).start()
+    try:
+        asyncio.run(_serve(app, host, port, lambda: on_ready(served.info) if on_ready else None))
+    finally:
+        stop.set()
 
 
 async def _serve(app: web.Application, host: str, port: int, ready: Callable[[], None]) -> None:

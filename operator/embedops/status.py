@@ -158,6 +158,12 @@ def dataset_prepared(result: BaseModel, at: At) -> EmbeddingDatasetStatus:
         if counts
         else "prepared"
     )
+    if (g := status.generation) is not None:
+        message += f"; {g.train_queries} of {g.queries_generated} generated queries trained on" + (
+            ", and the fine-tuning gate compares on generated queries (the source has no labelled pairs)"
+            if g.validation_on == "generated"
+            else ""
+        )
     return _ready(status, Reason.PREPARED, message, at)
 
 

@@ -46,10 +46,13 @@ class PrepareStep(Step):
     spec: EmbeddingDatasetSpec = Field(description="The EmbeddingDataset spec.")
     base_dir: Path = Field(description="Relative paths in the spec resolve against this folder.")
     output_dir: Path = Field(description="Where the prepared dataset is written.")
+    cache_dir: Path | None = Field(
+        default=None, description="The generation cache of `spec.generate` (kept across runs). Unset: no cache."
+    )
 
     @property
     def uses_database(self) -> bool:
-        return self.spec.source.postgres is not None
+        return self.spec.source.database is not None
 
 
 class TrainStep(Step):

@@ -143,6 +143,15 @@ def test_a_missing_secret_an_unbound_claim_and_pending_pods_are_named():
         [_pod("Pending", waiting={"reason": "CreateContainerConfigError", "message": 'secret "pg" not found'})],
     )
     assert secret.waiting[0] == Reason.MISSING_SECRET and 'secret "pg" not found' in secret.waiting[1]
+    # A Secret without the key an EmbeddingDataset's generator endpoint names (issue 21).
+    no_key = "couldn't find key api-key in Secret team-a/llm"
+    key = observe_job(
+        _job({"active": 1}), [_pod("Pending", waiting={"reason": "CreateContainerConfigError", "message": no_key})]
+    )
+    assert key.waiting == (
+        Reason.MISSING_SECRET,
+        f"{no_key} (the spec names it: a dsnSecretRef, or generate's apiKeySecretRef)",
+    )
     unbound = [
         {
             "type": "PodScheduled",

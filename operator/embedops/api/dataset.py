@@ -20,6 +20,7 @@ from embedops.api.common import (
     check_exactly_one,
     exactly_one_rule,
 )
+from embedops.api.generate import GenerateSpec, GenerationCounts
 
 DEFAULT_MINING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -85,28 +86,74 @@ class PostgresSource(ApiModel):
     )
 
 
+class DocumentsSource(ApiModel):
+    """JSON Lines of documents and no queries: a corpus to generate queries for (`spec.generate`)."""
+
+    path: str = Field(
+        min_length=1,
+        description=(
+            'JSONL file, one document a line: `{"_id": str, "text": str, "title": str}` (`id` for `_id` also '
+            "accepted, `title` optional; BEIR's corpus.jsonl is one). Relative paths as for `beir.path`."
+        ),
+    )
+
+
+class TableSource(ApiModel):
+    """A table of documents in Postgres (`id`, `text`, optional `title`): a corpus to generate queries for."""
+
+    database: Database = Field(default_factory=Database, description="Server holding the table.")
+    schema_name: SqlName = Field(
+        default="public", alias="schema", description="Schema of the table. Default: `public`."
+    )
+    table: SqlName = Field(description="Table holding one document a row.")
+    id_column: SqlName = Field(default="id", description="Column with a unique id. Default: `id`.")
+    text_column: SqlName = Field(default="text", description="Column with the document's text. Default: `text`.")
+    title_column: SqlName | None = Field(default=None, description="Optional column with its title. Default: none.")
+
+
+_SOURCES = ("beir", "pairs", "postgres", "documents", "table")
+SourceKind = Literal["beir", "pairs", "postgres", "documents", "table"]
+# Sources with no queries of their own: only spec.generate gives them any.
+CORPUS_ONLY = ("documents", "table")
+
+
 class DatasetSource(ApiModel):
-    """Exactly one of `beir`, `pairs` or `postgres`."""
+    """Exactly one of `beir`, `pairs`, `postgres` (labelled data), `documents` or `table` (a corpus only)."""
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": exactly_one_rule("source", "beir", "pairs", "postgres")
-    }
+    model_config = ApiModel.model_config | {"json_schema_extra": exactly_one_rule("source", *_SOURCES)}
 
-    beir: BeirSource | None = Field(default=None, description="A BEIR folder.")
+    beir: BeirSource | None = Field(
+        default=None,
+        description="A BEIR folder. With `spec.generate`, queries.jsonl and the qrels may be missing or empty.",
+    )
     pairs: PairsSource | None = Field(default=None, description="A JSONL file of pairs.")
     postgres: PostgresSource | None = Field(default=None, description="A Postgres table of pairs.")
+    documents: DocumentsSource | None = Field(
+        default=None, description="A JSONL file of documents (needs `spec.generate`)."
+    )
+    table: TableSource | None = Field(
+        default=None, description="A Postgres table of documents (needs `spec.generate`)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetSource:
-        check_exactly_one(self, "source", "beir", "pairs", "postgres")
+        check_exactly_one(self, "source", *_SOURCES)
         return self
 
     @property
-    def kind(self) -> Literal["beir", "pairs", "postgres"]:
+    def kind(self) -> SourceKind:
         """Which one is set: what the prepare worker dispatches on."""
-        if self.beir is not None:
-            return "beir"
-        return "pairs" if self.pairs is not None else "postgres"
+        kind: SourceKind
+        for kind in ("beir", "pairs", "postgres", "documents"):
+            if getattr(self, kind) is not None:
+                return kind
+        return "table"
+
+    @property
+    def database(self) -> Database | None:
+        """The database a table source reads, if it is one."""
+        table = self.postgres or self.table
+        return table.database if table is not None else None
 
 
 class ValidationSpec(ApiModel):
@@ -286,10 +333,28 @@ class AugmentSpec(ApiModel):
     )
 
 
+_GENERATE_RULE: JsonDict = {
+    "rule": "has(self.generate) || !(" + " || ".join(f"has(self.source.{k})" for k in CORPUS_ONLY) + ")",
+    "message": "source." + " and source.".join(CORPUS_ONLY) + " hold no queries: they need spec.generate",
+}
+
+
 class EmbeddingDatasetSpec(ApiModel):
     """Desired state of an EmbeddingDataset."""
 
-    source: DatasetSource = Field(description="Where the data lives: exactly one of beir, pairs, postgres.")
+    model_config = cel_rules([_GENERATE_RULE])
+
+    source: DatasetSource = Field(
+        description="Where the data lives: exactly one of beir, pairs, postgres, documents, table."
+    )
+    generate: GenerateSpec | None = Field(
+        default=None,
+        description=(
+            "Training queries written by a language model for a sample of the corpus, filtered, and trained on "
+            "with mined negatives (GPL, Promptagator). Labelled pairs the source has are kept, and are the "
+            "few-shot examples and the validation queries. Unset: no generation."
+        ),
+    )
     validation: ValidationSpec = Field(default_factory=ValidationSpec, description="Row validation.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Split used when the source has no test split.")
     hard_negatives: HardNegativesSpec = Field(default_factory=HardNegativesSpec, description="Hard-negative mining.")
@@ -302,6 +367,12 @@ class EmbeddingDatasetSpec(ApiModel):
         ),
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the prepare Job.")
+
+    @model_validator(mode="after")
+    def _generate_for_corpus_only(self) -> EmbeddingDatasetSpec:
+        if self.generate is None and self.source.kind in CORPUS_ONLY:
+            raise ValueError(str(_GENERATE_RULE["message"]))
+        return self
 
 
 class DatasetCounts(ApiModel):
@@ -324,6 +395,9 @@ class EmbeddingDatasetStatus(BaseStatus):
     """Observed state of an EmbeddingDataset."""
 
     counts: DatasetCounts | None = Field(default=None, description="Counts of the prepared data.")
+    generation: GenerationCounts | None = Field(
+        default=None, description="What `spec.generate` wrote and kept (unset without it)."
+    )
     fingerprint: str | None = Field(default=None, description="Content fingerprint (sha256) of the prepared data.")
     location: str | None = Field(default=None, description="Where the prepared dataset was written.")
     invalid_samples: list[str] = Field(

@@ -23,6 +23,7 @@ from typing import Any
 
 from embedops import steps
 from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
+from embedops.api.generate import API_KEY_ENV, ApiKeySecretRef
 from embedops.builders import naming
 from embedops.settings import OperatorSettings
 
@@ -68,6 +69,7 @@ class WorkerStep:
     scheduling: Scheduling = field(default_factory=Scheduling)
     gpus: int = 0
     dsn_secret: SecretKeySelector | None = None  # the Secret of the DSN its pods get (on a cluster)
+    api_key_secret: ApiKeySecretRef | None = None  # the Secret of a generator endpoint's API key
     ttl_seconds: int | None = None  # overrides scheduling.ttlSecondsAfterFinished
 
     @property
@@ -156,6 +158,9 @@ def _env(step: WorkerStep) -> list[dict[str, Any]]:
                 "valueFrom": {"secretKeyRef": {"name": step.dsn_secret.name, "key": step.dsn_secret.key}},
             }
         )
+    if step.api_key_secret is not None:
+        ref = step.api_key_secret
+        env.append({"name": API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     return env
 
 

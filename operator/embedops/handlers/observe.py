@@ -133,7 +133,7 @@ def waiting_reason(pod: dict[str, Any]) -> tuple[Reason, str] | None:
             # The kubelet's words name the Secret (or its key): `secret "pg" not found`,
             # `couldn't find key dsn in Secret team-a/pg`.
             detail = waiting.get("message") or "a Secret or ConfigMap the pod reads is missing"
-            return Reason.MISSING_SECRET, f"{detail} (the index's spec.database.dsnSecretRef names it)"
+            return Reason.MISSING_SECRET, f"{detail} (the spec names it: a dsnSecretRef, or generate's apiKeySecretRef)"
     return None
 
 

@@ -62,6 +62,7 @@ _GRANTABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REF
 _MIB = 1 << 20
 _BUILD_MEMORY = (64 * _MIB, 1024 * _MIB)
 _LOCK_TIMEOUT = "5s"
+LIVE_CHANNEL = "embedops_live"  # NOTIFY channel of cut-overs; the payload is "<schema>.<view>"
 _LOCK_TRIES = 4
 
 
@@ -409,6 +410,8 @@ def _point_view(conn: psycopg.Connection, rec: VersionRecord) -> None:
         )
     catalog.retire_live(conn, rec.schema, rec.view)
     catalog.set_state(conn, rec, VersionState.LIVE)
+    # Delivered at commit, to every session listening (a query server following the live version).
+    conn.execute("SELECT pg_notify(%s, %s)", (LIVE_CHANNEL, f"{rec.schema}.{rec.view}"))
 
 
 def _view_grants(conn: psycopg.Connection, view: sql.Identifier) -> list[tuple[str, str | None, bool]]:
@@ -739,6 +742,21 @@ def search(
             (str(max(ef_search, limit)), str(probes)),
         )
         return [[row[0] for row in conn.execute(query, (Vector(q),))] for q in queries]
+
+
+def listen_for_cutovers(conn: psycopg.Connection) -> None:
+    """Have `conn` receive a notification at every cut-over's commit (see wait_for_cutover)."""
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(LIVE_CHANNEL)))
+
+
+def wait_for_cutover(conn: psycopg.Connection, target: Target, timeout: float) -> bool:
+    """Whether a cut-over of `target` was notified within `timeout` seconds (other targets' are skipped)."""
+    deadline = time.monotonic() + timeout
+    name = f"{target.schema_name}.{target.name}"
+    while (left := deadline - time.monotonic()) > 0:
+        if any(n.payload == name for n in conn.notifies(timeout=left, stop_after=1)):
+            return True
+    return False
 
 
 class LiveVersionChanged(RuntimeError):

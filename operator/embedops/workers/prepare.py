@@ -12,7 +12,6 @@ and every output is written in a fixed order.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import logging
 import random
@@ -33,18 +32,14 @@ from embedops.api.dataset import (
 from embedops.prepared import Doc, TrainExample
 from embedops.results import PrepareResult as Result
 from embedops.workers import readers
-from embedops.workers.readers.rows import Issues, Qrels, Source
+from embedops.workers.generate import run as generation
+from embedops.workers.generate.run import Generated
+from embedops.workers.readers.rows import Issues, Qrels, Source, seeded_unit
 
 log = logging.getLogger(__name__)
 
 
 # -- the split ------------------------------------------------------------------------------------
-
-
-def seeded_unit(seed: int, key: str) -> float:
-    """A number in [0, 1) fixed by seed and key: the same on every run and machine."""
-    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def positives(qrels: Qrels) -> Qrels:
@@ -230,10 +225,32 @@ def to_examples(
 # -- the step -------------------------------------------------------------------------------------
 
 
-def require_some(source: Source, train: Qrels, test: Qrels) -> None:
+def generated_candidates(generated: Generated | None) -> list[Candidate]:
+    """Generated (query, document) pairs: trained on like title pairs, never chosen for validation."""
+    if generated is None:
+        return []
+    return [Candidate(query=q, positive_id=d, exclude=frozenset({d}), origin="generated") for q, d in generated.train]
+
+
+def validation_examples(generated: Generated | None, corpus: dict[str, Doc]) -> list[TrainExample]:
+    """Held-out generated queries the train worker validates on (no labelled pairs were given)."""
+    if generated is None:
+        return []
+    return [TrainExample(query=q, positive=corpus[d].full_text, origin="validation") for q, d in generated.validation]
+
+
+def split_with(source: Source, spec: SplitSpec, generated: Generated | None) -> tuple[Qrels, Qrels]:
+    """The labelled split; with nothing labelled, no labelled training queries and the generated test split."""
+    if generated is not None and not positives(source.train_qrels) and source.test_qrels is None:
+        source.queries |= generated.test_queries
+        return {}, generated.test_qrels
+    return split(source, spec)
+
+
+def require_some(source: Source, train: Qrels, test: Qrels, generated: Generated | None = None) -> None:
     if not source.corpus:
         raise ValueError("no valid documents remain after validation")
-    if not train:
+    if not train and not (generated and generated.train):
         raise ValueError("no valid training pairs remain after validation and the split")
     if not test:
         raise ValueError("no held-out test queries: give a test split, or more queries to split from")
@@ -242,13 +259,27 @@ def require_some(source: Source, train: Qrels, test: Qrels) -> None:
 def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
     spec = config.spec
     issues = Issues()
-    source = readers.read(spec.source, base_dir=config.base_dir, rules=spec.validation, issues=issues, dsn=dsn)
+    source = readers.read(
+        spec.source,
+        base_dir=config.base_dir,
+        rules=spec.validation,
+        issues=issues,
+        dsn=dsn,
+        corpus_only=spec.generate is not None,
+    )
     issues.check(spec.validation.max_invalid_fraction)
-    train, test = split(source, spec.split)
-    require_some(source, train, test)
+    generated = (
+        generation.run(spec, source, base_dir=config.base_dir, cache_dir=config.cache_dir, output_dir=config.output_dir)
+        if spec.generate is not None
+        else None
+    )
+    train, test = split_with(source, spec.split, generated)
+    require_some(source, train, test, generated)
 
-    candidates = pair_candidates(source, train) + title_candidates(
-        source.corpus, spec.augment, spec.validation, spec.split.seed
+    candidates = (
+        pair_candidates(source, train)
+        + generated_candidates(generated)
+        + title_candidates(source.corpus, spec.augment, spec.validation, spec.split.seed)
     )
     mining = spec.hard_negatives
     negatives = (
@@ -257,13 +288,14 @@ def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
         else [c.given for c in candidates]
     )
     examples = to_examples(candidates, negatives, source.corpus, mining.output_format)
+    examples += validation_examples(generated, source.corpus)
 
     counts = DatasetCounts(
         corpus=len(source.corpus),
         train_pairs=len(candidates),
         train_rows=len(examples),
         title_pairs=sum(c.origin == "title" for c in candidates),
-        train_queries=len(train),
+        train_queries=len(train) + len({c.query for c in candidates if c.origin == "generated"}),
         test_queries=len(test),
         invalid_rows=len(issues.rows),
         duplicates=source.duplicates,
@@ -299,4 +331,5 @@ def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
         location=str(config.output_dir),
         invalid_samples=issues.samples(),
         prepared_at=prepared_at,
+        generation=generated.counts if generated else None,
     )

@@ -11,22 +11,37 @@ from pathlib import Path
 from typing import assert_never
 
 from embedops.api.dataset import DatasetSource, ValidationSpec
-from embedops.workers.readers import beir, pairs, postgres
+from embedops.workers.readers import beir, documents, pairs, postgres, table
 from embedops.workers.readers.rows import Issues, Source
 
 
-def read(source: DatasetSource, *, base_dir: Path, rules: ValidationSpec, issues: Issues, dsn: str | None) -> Source:
-    """Read and validate `source`; relative paths resolve against base_dir."""
+def read(
+    source: DatasetSource,
+    *,
+    base_dir: Path,
+    rules: ValidationSpec,
+    issues: Issues,
+    dsn: str | None,
+    corpus_only: bool = False,
+) -> Source:
+    """Read and validate `source`; relative paths resolve against base_dir. corpus_only (spec.generate): a
+    source may lack queries."""
     match source.kind:
         # `kind` names the one field that is set; the asserts say so to the type checker.
         case "beir":
             assert source.beir is not None
-            return beir.read(source.beir, base_dir, rules, issues)
+            return beir.read(source.beir, base_dir, rules, issues, corpus_only=corpus_only)
         case "pairs":
             assert source.pairs is not None
             return pairs.read(source.pairs, base_dir, rules, issues)
         case "postgres":
             assert source.postgres is not None
             return postgres.read(source.postgres, dsn, rules, issues)
+        case "documents":
+            assert source.documents is not None
+            return documents.read(source.documents, base_dir, rules, issues)
+        case "table":
+            assert source.table is not None
+            return table.read(source.table, dsn, rules, issues)
         case unknown:
             assert_never(unknown)

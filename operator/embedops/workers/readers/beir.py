@@ -36,26 +36,28 @@ log = logging.getLogger(__name__)
 T = TypeVar("T", Doc, str)  # a corpus document or a query
 
 
-def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues) -> Source:
+def read(
+    src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues, *, corpus_only: bool = False
+) -> Source:
+    """The folder's corpus and judged queries. corpus_only (spec.generate): queries.jsonl and the qrels may be
+    missing or empty, and those there are kept (as few-shot examples, validation and test queries)."""
     folder = resolve(src.path, base_dir)
     if not folder.exists():
         raise SourceNotThere(f"source.beir.path {display_name(src.path)!r} does not exist")
     if not folder.is_dir():
         raise FileNotFoundError(f"source.beir.path {display_name(src.path)!r} is not a folder")
     # The expected files only, all checked before any is read: the folder is never listed.
-    for name in file_names(src):
+    for name in file_names(src, corpus_only=corpus_only):
         if not (folder / name).is_file():
             raise FileNotFoundError(
                 f"source.beir.path {display_name(src.path)!r}: {name} not found "
                 "(a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv)"
             )
     corpus, dup_docs = read_by_id(folder / "corpus.jsonl", "corpus.jsonl", lambda row: parse_doc(row, rules), issues)
-    # Only `_id` and `text` of a query are read: other fields (SciFact's `metadata`) may hold the answers.
+    if corpus_only:
+        return labelled_if_any(src, folder, corpus, dup_docs, rules, issues)
     queries, dup_queries = read_by_id(
-        folder / "queries.jsonl",
-        "queries.jsonl",
-        lambda row: (checked_id(row, "_id"), checked_text(row, "text", rules)),
-        issues,
+        folder / "queries.jsonl", "queries.jsonl", lambda row: parse_query(row, rules), issues
     )
     train, dup_train = read_qrels(folder, src.train_split, queries, corpus, issues)
     require_relevant(qrels_name(src.train_split), train, "query")
@@ -71,10 +73,43 @@ def read(src: BeirSource, base_dir: Path, rules: ValidationSpec, issues: Issues)
     )
 
 
-def file_names(src: BeirSource) -> list[str]:
-    """The files a BEIR source is read from, relative to its folder."""
+def labelled_if_any(
+    src: BeirSource, folder: Path, corpus: dict[str, Doc], duplicates: int, rules: ValidationSpec, issues: Issues
+) -> Source:
+    """A corpus with whatever judged queries the folder has: none, or some that generation adds to."""
+    queries: dict[str, str] = {}
+    if (folder / "queries.jsonl").is_file() and (folder / "queries.jsonl").stat().st_size:
+        queries, dup = read_by_id(
+            folder / "queries.jsonl", "queries.jsonl", lambda row: parse_query(row, rules), issues
+        )
+        duplicates += dup
+    qrels: dict[str, Qrels | None] = {}
+    for split in (src.train_split, src.test_split):
+        path = folder / qrels_name(split) if split else None
+        if path is None or not path.is_file() or not queries or not any(t.strip() for _, t in lines(path)):
+            qrels[split] = None
+            continue
+        qrels[split], dup = read_qrels(folder, split, queries, corpus, issues)
+        duplicates += dup
+    return Source(
+        corpus=corpus,
+        queries=queries,
+        train_qrels=qrels[src.train_split] or {},
+        test_qrels=qrels[src.test_split] if src.test_split else None,
+        duplicates=duplicates,
+    )
+
+
+def parse_query(row: dict, rules: ValidationSpec) -> tuple[str, str]:
+    # Only `_id` and `text` of a query are read: other fields (SciFact's `metadata`) may hold the answers.
+    return checked_id(row, "_id"), checked_text(row, "text", rules)
+
+
+def file_names(src: BeirSource, *, corpus_only: bool = False) -> list[str]:
+    """The files a BEIR source is read from, relative to its folder (only the corpus is required when corpus_only)."""
     splits = [src.train_split, *([src.test_split] if src.test_split else [])]
-    return ["corpus.jsonl", "queries.jsonl", *(qrels_name(s) for s in splits)]
+    names = ["corpus.jsonl", "queries.jsonl", *(qrels_name(s) for s in splits)]
+    return names[:1] if corpus_only else names
 
 
 def qrels_name(split: str) -> str:

@@ -185,5 +185,11 @@ def resolve(path_as_written: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else base_dir / path
 
 
+def seeded_unit(seed: int, key: str) -> float:
+    """A number in [0, 1) fixed by seed and key: the same on every run and machine (splits and samples)."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def content_id(prefix: str, text: str) -> str:
     return prefix + hashlib.sha256(text.encode("utf-8")).hexdigest()[:20]

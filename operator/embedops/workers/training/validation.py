@@ -54,6 +54,8 @@ def carve_validation(
     A seeded sample of the queries of the (query, positive) rows; title pairs always stay in training.
     None when the fraction is 0 or there are too few queries to hold one out and still train on one.
     """
+    if any(e.origin == "validation" for e in examples):
+        return held_out_validation(examples, corpus)
     pair_queries = sorted({e.query for e in examples if e.origin == "pair"})
     n = min(spec.max_queries, round(spec.fraction * len(pair_queries)))
     if spec.fraction > 0 and (n < 1 or n >= len(pair_queries)):
@@ -73,6 +75,26 @@ def carve_validation(
             qrels.setdefault(query_id[e.query], {}).update(dict.fromkeys(ids_of.get(e.positive, ()), 1))
     queries = {q: text for text, q in query_id.items() if qrels.get(q)}
     rows = [e for e in examples if e.origin != "pair" or e.query not in query_id]
+    documents = {d.id: d.full_text for d in corpus.values()}
+    return rows, ValidationSet(queries=queries, qrels={q: qrels[q] for q in queries}, corpus=documents)
+
+
+def held_out_validation(
+    examples: list[TrainExample], corpus: dict[str, Doc]
+) -> tuple[list[TrainExample], ValidationSet | None]:
+    """The validation queries a prepared dataset holds out itself (generated ones, which skipped the round-trip
+    filter so the gate is not biased toward the base model): never trained on."""
+    ids_of: dict[str, list[str]] = {}
+    for d in corpus.values():
+        ids_of.setdefault(d.full_text, []).append(d.id)
+    query_id: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for e in examples:
+        if e.origin == "validation":
+            q = query_id.setdefault(e.query, f"v{len(query_id)}")
+            qrels.setdefault(q, {}).update(dict.fromkeys(ids_of.get(e.positive, ()), 1))
+    queries = {q: text for text, q in query_id.items() if qrels.get(q)}
+    rows = [e for e in examples if e.origin != "validation"]
     documents = {d.id: d.full_text for d in corpus.values()}
     return rows, ValidationSet(queries=queries, qrels={q: qrels[q] for q in queries}, corpus=documents)
 

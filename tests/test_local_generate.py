@@ -1,0 +1,58 @@
+"""Local mode with spec.generate: a corpus with no queries is prepared, and a rerun reads the generation cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from embedops import manifests
+from embedops.local import LocalRunner
+from tests.workers.generate.chat_server import serve
+from tests.workers.generate.corpus import sample_docs, title_query, write_documents
+
+N_DOCS = 25
+
+
+def write_dataset(folder: Path, url: str, rerun: str | None = None) -> Path:
+    write_documents(folder / "docs.jsonl", N_DOCS)
+    doc = {
+        "apiVersion": "embedops.dev/v1alpha1",
+        "kind": "EmbeddingDataset",
+        "metadata": {"name": "corpus", **({"annotations": {"embedops.dev/rerun": rerun}} if rerun else {})},
+        "spec": {
+            "source": {"documents": {"path": "docs.jsonl"}},
+            "generate": {"endpoint": {"baseURL": url, "model": "m"}, "queriesPerDocument": 2},
+            "hardNegatives": {"count": 1},
+            "augment": {"titlePairs": False},
+        },
+    }
+    path = folder / "dataset.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_a_corpus_only_dataset_reaches_prepared_and_a_rerun_hits_the_cache(tmp_path):
+    docs = sample_docs(N_DOCS)
+    state = tmp_path / "state"
+    with serve(lambda body, n: title_query(docs, body, bad_every=5)) as server:
+        first = LocalRunner(state_dir=state, device="cpu").run(manifests.load([write_dataset(tmp_path, server.url)]))
+        asked = len(server.requests)
+        again = LocalRunner(state_dir=state, device="cpu").run(
+            manifests.load([write_dataset(tmp_path, server.url, rerun="1")])
+        )
+        assert len(server.requests) == asked
+
+    status = first["EmbeddingDataset/default/corpus"].status
+    assert status.condition("Ready").reason == "Prepared", status.conditions
+    g = status.generation
+    assert g.documents_sampled == N_DOCS and g.queries_generated == asked == 2 * N_DOCS
+    assert g.kept_unique == N_DOCS  # each document got the same query twice
+    assert g.train_queries > 0 and g.validation_on == "generated"
+    assert "the fine-tuning gate compares on generated queries" in status.condition("Ready").message
+    assert status.counts.train_queries == g.train_queries and status.counts.test_queries == g.test_queries
+    assert status.counts.with_negatives == status.counts.train_pairs  # generated pairs are mined too
+
+    redone = again["EmbeddingDataset/default/corpus"]
+    assert not redone.reused and redone.status.generation.from_cache == 2 * N_DOCS
+    assert redone.status.fingerprint == status.fingerprint
