@@ -10,7 +10,7 @@
 # ${EMBEDOPS_KUBE_CACHE:-$HOME/.cache/embedops/kube}/trainer/$VERSION/crds/ (like hack/cluster.sh's binaries).
 set -euo pipefail
 
-VERSION=v2.0.0
+VERSION=v2.3.0
 MODULE=github.com/kubeflow/trainer/v2
 CACHE="${EMBEDOPS_KUBE_CACHE:-$HOME/.cache/embedops/kube}/trainer/$VERSION"
 CRDS="$CACHE/crds"

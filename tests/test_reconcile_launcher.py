@@ -79,3 +79,12 @@ def test_a_failed_trainjob_fails_the_finetunejob_with_its_message():
     p = _plan(spec, served=True, jobs={step.name: failed})
     assert ready(p) == ("False", "JobFailed")
     assert p.status.condition("Ready").message == f"TrainJob {step.name} failed: jobset failed: node-0 exited 1"
+
+
+def test_a_trainjob_needs_a_name_that_is_an_rfc_1035_label():
+    ds, _ = _run_dataset_to_ready()
+    ft = body("FineTuneJob", "ft.v2", {"datasetRef": {"name": "ds"}, "resources": {"nodes": 2}})
+    related = {("EmbeddingDataset", "ds"): ds["status"]}
+    p = plan(Observed(ft, related=related, now=NOW, trainjob_api=True), SETTINGS)
+    assert p.create == [] and ready(p) == ("False", "InvalidSpec")
+    assert "metadata.name 'ft.v2'" in p.status.condition("Ready").message

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -376,6 +377,18 @@ def plan_dataset(ctx: _Context) -> Plan:
 # -- FineTuneJob --------------------------------------------------------------------------------
 
 
+_RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def _trainjob_named(ctx: _Context) -> Literal["TrainJob"]:
+    """A TrainJob's name (the FineTuneJob's, then `-train-<hash>`) must be an RFC 1035 label: no dot, a letter first."""
+    name = ctx.body["metadata"]["name"]
+    if not _RFC1035.fullmatch(name):
+        message = f"metadata.name {name!r}: a TrainJob's name starts with it and must be an RFC 1035 label"
+        raise _Stop(_failed(ctx, Reason.INVALID_SPEC, message + " (lower-case letters, digits, '-'; a letter first)"))
+    return "TrainJob"
+
+
 def _launcher(ctx: _Context, spec: FineTuneJobSpec) -> tuple[Literal["Job", "TrainJob"], str]:
     """What runs the training pods, and why; a TrainJob asked for (or needed) where none is served stops here."""
     nodes, served = spec.resources.nodes, ctx.obs.trainjob_api
@@ -384,13 +397,15 @@ def _launcher(ctx: _Context, spec: FineTuneJobSpec) -> tuple[Literal["Job", "Tra
         case "job":
             return "Job", "spec.launcher is job"
         case "trainjob" if served:
-            return "TrainJob", "spec.launcher is trainjob"
+            return _trainjob_named(ctx), "spec.launcher is trainjob"
         case "trainjob":
             raise _Stop(_failed(ctx, Reason.INVALID_SPEC, f"spec.launcher is trainjob, but {missing}"))
         case "auto" if nodes == 1:
             return "Job", "spec.launcher is auto and spec.resources.nodes is 1: one pod"
         case "auto" if served:
-            return "TrainJob", f"spec.launcher is auto and spec.resources.nodes is {nodes}: a TrainJob spans nodes"
+            return _trainjob_named(
+                ctx
+            ), f"spec.launcher is auto and spec.resources.nodes is {nodes}: a TrainJob spans nodes"
         case "auto":
             raise _Stop(
                 _failed(

@@ -29,6 +29,8 @@ def test_a_train_step_across_nodes_is_a_trainjob_on_the_torch_runtime():
             "queueName": "team-a-gpus",
             "serviceAccountName": "trainer",
             "suspend": True,
+            "activeDeadlineSeconds": 7200,
+            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
         }
     )
     job = train_job(_step(scheduling=scheduling), SETTINGS)
@@ -53,22 +55,30 @@ def test_a_train_step_across_nodes_is_a_trainjob_on_the_torch_runtime():
     assert cmd[:5] == ["torchrun", "--no-python", "embedops", "worker", "train"]
     assert steps.parse("train", json.loads(cmd[cmd.index("--spec-json") + 1])) == _step().config
     assert {"name": "HF_HUB_OFFLINE", "value": "1"} in trainer["env"]
-    (override,) = spec["podSpecOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
-    assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "ws"}} in override["volumes"]
-    (container,) = override["containers"]
-    assert container["name"] == "node"
+    assert spec["activeDeadlineSeconds"] == 7200
+    # One runtime patch, embedops's, on the pods of the runtime's trainer job.
+    (patch,) = spec["runtimePatches"]
+    assert patch["manager"] == "embedops.dev/operator"
+    (job_patch,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job_patch["name"] == "node"
+    pod = job_patch["template"]["spec"]["template"]["spec"]
+    assert {"name": "workspace", "persistentVolumeClaim": {"claimName": "ws"}} in pod["volumes"]
+    (container,) = pod["containers"]
+    assert container["name"] == "node" and container["securityContext"]["readOnlyRootFilesystem"] is True
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/workspace", "/tmp", "/dev/shm"}
-    assert override["nodeSelector"] == {"gpu": "h100"} and override["serviceAccountName"] == "trainer"
-    assert [t["key"] for t in override["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["nodeSelector"] == {"gpu": "h100"} and pod["serviceAccountName"] == "trainer"
+    assert pod["affinity"] == scheduling.affinity
+    assert [t["key"] for t in pod["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
 
 
 def test_the_runtime_its_job_and_container_are_the_specs():
     launcher = {"runtimeRef": {"name": "team-torch", "kind": "TrainingRuntime"}, "job": "trainer", "container": "t"}
     spec = train_job(_step({"trainJob": launcher}), SETTINGS)["spec"]
     assert spec["runtimeRef"]["name"] == "team-torch" and spec["runtimeRef"]["kind"] == "TrainingRuntime"
-    override = spec["podSpecOverrides"][0]
-    assert override["targetJobs"] == [{"name": "trainer"}] and override["containers"][0]["name"] == "t"
+    (job_patch,) = spec["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job_patch["name"] == "trainer"
+    assert job_patch["template"]["spec"]["template"]["spec"]["containers"][0]["name"] == "t"
 
 
 def test_only_a_train_step_is_a_trainjob():

@@ -135,11 +135,19 @@ def test_a_finetunejob_across_nodes_is_a_trainjob_whose_status_is_mirrored_and_w
         _write_status(kube, name, {"conditions": [_true("Suspended", "Suspended", "queued")]})
         wait_for("Queued", lambda: kube.get("FineTuneJob", "ft")["status"]["phase"] == "Queued")
         counts = {"name": "node", "ready": 2, "active": 2, "succeeded": 0, "failed": 0, "suspended": 0}
-        _write_status(kube, name, {"conditions": [_false("Suspended", "Resumed")], "jobsStatus": [counts]})
+        # Trainer 2.2's trainerStatus (progress, remaining time) shows as the Job's progress.
+        progress = {
+            "progressPercentage": 40,
+            "estimatedRemainingSeconds": 600,
+            "lastUpdatedTime": "2026-12-03T12:00:00Z",
+        }
+        resumed = {"conditions": [_false("Suspended", "Resumed")], "jobsStatus": [counts], "trainerStatus": progress}
+        _write_status(kube, name, resumed)
         running = wait_for(
             "Running", lambda: (s := kube.get("FineTuneJob", "ft")["status"])["phase"] == "Running" and s
         )
         assert running["job"]["active"] == 2 and running["activeJob"] == name
+        assert running["job"]["progress"] == {"task": "Training (%)", "done": 40, "total": 100, "etaSeconds": 600}
         _write_status(kube, name, {"conditions": [_true("Failed", "JobSetFailed", "node-1 exited with 137")]})
         failed = wait_for(
             "JobFailed", lambda: (c := kube.condition("FineTuneJob", "ft")) and c["reason"] == "JobFailed" and c

@@ -50,6 +50,21 @@ def test_a_trainjob_with_active_pods_runs_and_its_counts_are_mirrored():
     assert (observed.report.active, observed.report.failed, observed.report.step) == (2, 1, "train")
 
 
+def test_the_trainers_progress_is_the_jobs_progress():
+    trainer = {
+        "progressPercentage": 40,
+        "estimatedRemainingSeconds": 600,
+        "metrics": [{"name": "loss", "value": "0.8125"}, {"name": "lr", "value": "3e-5"}],
+        "lastUpdatedTime": "2026-12-03T12:00:00Z",
+    }
+    job = _trainjob(jobs_status=[{"name": "node", "active": 2}])
+    job["status"]["trainerStatus"] = trainer
+    progress = observe_trainjob(job, []).report.progress
+    assert (progress.done, progress.total, progress.eta_seconds, progress.loss) == (40, 100, 600, 0.8125)
+    assert progress.rate is None
+    assert observe_trainjob(_trainjob(jobs_status=[{"name": "node", "active": 2}]), []).report.progress is None
+
+
 def test_a_complete_trainjob_carries_rank_0s_result_from_node_0():
     result = {"steps": 10, "worldSize": 16}
     pods = [_node_pod(0, "Succeeded", json.dumps(result)), _node_pod(1, "Succeeded")]

@@ -36,6 +36,19 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_TRANSIENT = 3
 RUN_AS = 10001  # the worker image's non-root user
+# Every worker pod runs locked down: non-root, no privilege escalation, a read-only root, no capabilities.
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+WORKER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 @dataclass(frozen=True)
@@ -194,11 +207,7 @@ def _container(step: WorkerStep, settings: OperatorSettings, mounts: list[dict[s
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(WORKER_SECURITY),
     }
     if resources := _resources(step.resources, step.gpus, settings):
         container["resources"] = resources
@@ -212,13 +221,7 @@ def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "restartPolicy": "Never",
         "containers": [_container(step, settings, mounts)],
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(POD_SECURITY),
     }
     passed_through = {
         "nodeSelector": dict(sched.node_selector),

@@ -6,19 +6,21 @@ pods and gives torchrun in each its place through the environment (PET_NNODES,
 PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT), so the trainer's command
 is the worker's own, behind `torchrun --no-python` (builders.jobs.launcher_command), and the step
 reaches the pods in their argv as it reaches a Job's. What embedops adds to the runtime's pods
-goes through `podSpecOverrides` on the runtime's trainer job: the workspace volume (a claim every
-node mounts: ReadWriteMany), a writable /tmp and /dev/shm, node selector, tolerations and service
-account; the image, env and resources per node go on `trainer`. The TrainJob carries the
-owner reference (deleting the FineTuneJob deletes it, and through it its JobSet and pods), the
-step labels, and the Kueue queue-name label, by which Kueue admits a TrainJob as it admits a Job.
+goes through one runtime patch (Trainer v2.2 and later; manager `embedops.dev/operator`) on the
+runtime's trainer job: the workspace volume (a claim every node mounts: ReadWriteMany), a
+writable /tmp and /dev/shm, the pod and container security contexts a Job's pod has, node
+selector, affinity, tolerations, service account and image pull secrets; the image, env and
+resources per node go on `trainer`. The TrainJob carries the owner reference (deleting the
+FineTuneJob deletes it, and through it its JobSet and pods), the step labels, and the Kueue
+queue-name label, by which Kueue admits a TrainJob as it admits a Job.
 
-What a TrainJob of Trainer v2.0 cannot take from embedops (its pod overrides have no field for
-them): affinity, priorityClassName, the pod's security context and the operator's
-worker_pod_template; the runtime's pod template provides those.
+What a TrainJob cannot take from embedops (a runtime patch has no field for them):
+priorityClassName and the operator's worker_pod_template; the runtime's pod template provides those.
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from embedops import steps
@@ -26,6 +28,8 @@ from embedops.api.finetune import TRAINJOB_API, TrainJobLauncherSpec
 from embedops.builders import naming
 from embedops.builders.jobs import (
     KUEUE_QUEUE_LABEL,
+    POD_SECURITY,
+    WORKER_SECURITY,
     WorkerStep,
     _env,
     _resources,
@@ -37,6 +41,7 @@ from embedops.settings import OperatorSettings
 
 GROUP, VERSION = TRAINJOB_API.split("/")
 KIND = "TrainJob"
+PATCH_MANAGER = "embedops.dev/operator"  # the runtime patch's owner (Kueue's is kueue.x-k8s.io/manager)
 
 
 def _launcher(step: WorkerStep) -> TrainJobLauncherSpec:
@@ -45,21 +50,27 @@ def _launcher(step: WorkerStep) -> TrainJobLauncherSpec:
     return step.config.spec.train_job
 
 
-def _pod_overrides(step: WorkerStep, launcher: TrainJobLauncherSpec, settings: OperatorSettings) -> dict[str, Any]:
+def _runtime_patch(step: WorkerStep, launcher: TrainJobLauncherSpec, settings: OperatorSettings) -> dict[str, Any]:
+    """What embedops adds to the pods of the runtime's trainer job."""
     volumes, mounts = _volumes(step, settings)
     sched = step.scheduling
-    override: dict[str, Any] = {
-        "targetJobs": [{"name": launcher.job}],
+    pod: dict[str, Any] = {
         "volumes": volumes,
-        "containers": [{"name": launcher.container, "volumeMounts": mounts}],
+        "containers": [
+            {"name": launcher.container, "volumeMounts": mounts, "securityContext": copy.deepcopy(WORKER_SECURITY)}
+        ],
+        "securityContext": copy.deepcopy(POD_SECURITY),
     }
     passed_through = {
         "nodeSelector": dict(sched.node_selector),
         "tolerations": _tolerations(sched, step.gpus),
+        "affinity": sched.affinity,
         "serviceAccountName": sched.service_account_name,
+        "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
     }
-    override.update({key: value for key, value in passed_through.items() if value})
-    return override
+    pod.update({key: value for key, value in passed_through.items() if value})
+    job = {"name": launcher.job, "template": {"spec": {"template": {"spec": pod}}}}
+    return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
 
 
 def train_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
@@ -79,6 +90,14 @@ def train_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
     }
     if resources := _resources(step.resources, step.gpus, settings):
         trainer["resourcesPerNode"] = resources
+    spec: dict[str, Any] = {
+        "runtimeRef": {"name": launcher.runtime_ref.name, "apiGroup": GROUP, "kind": launcher.runtime_ref.kind},
+        "suspend": step.scheduling.suspend,
+        "trainer": trainer,
+        "runtimePatches": [_runtime_patch(step, launcher, settings)],
+    }
+    if step.scheduling.active_deadline_seconds is not None:
+        spec["activeDeadlineSeconds"] = step.scheduling.active_deadline_seconds
     return {
         "apiVersion": TRAINJOB_API,
         "kind": KIND,
@@ -88,11 +107,5 @@ def train_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
             "labels": metadata_labels,
             "ownerReferences": [owner.reference()],
         },
-        "spec": {
-            "runtimeRef": {"name": launcher.runtime_ref.name, "apiGroup": GROUP, "kind": launcher.runtime_ref.kind},
-            # No spec.labels: the step's labels on the runtime's Jobs would make them look like the operator's own.
-            "suspend": step.scheduling.suspend,
-            "trainer": trainer,
-            "podSpecOverrides": [_pod_overrides(step, launcher, settings)],
-        },
+        "spec": spec,
     }

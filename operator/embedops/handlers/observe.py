@@ -73,8 +73,9 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
 
 
 def observe_trainjob(train_job: dict[str, Any], pods: list[dict[str, Any]]) -> ObservedJob:
-    """A Kubeflow Trainer TrainJob as the planner reads a Job: its conditions (Complete, Failed, Suspended) and
-    its Jobs' pod counts mirrored, and the result rank 0 wrote (the termination message of node 0's pod).
+    """A Kubeflow Trainer TrainJob as the planner reads a Job: its conditions (Complete, Failed, Suspended), its
+    Jobs' pod counts and its trainerStatus progress mirrored, and the result rank 0 wrote (the termination
+    message of node 0's pod).
 
     Trainer's conditions say nothing of running: a TrainJob runs here once one of its pods has started, or
     its Jobs count an active pod.
@@ -99,6 +100,8 @@ def observe_trainjob(train_job: dict[str, Any], pods: list[dict[str, Any]]) -> O
         succeeded=sum(c.get("succeeded") or 0 for c in counts),
         failed=sum(c.get("failed") or 0 for c in counts),
     )
+    if state == "Running":
+        report.progress = trainer_progress(status.get("trainerStatus") or {})
     waiting = next((w for p in pods if (w := waiting_reason(p)) is not None), None) if state == "Pending" else None
     return ObservedJob(
         name=meta["name"],
@@ -112,6 +115,26 @@ def observe_trainjob(train_job: dict[str, Any], pods: list[dict[str, Any]]) -> O
         waiting=waiting,
         report=report,
         kind="TrainJob",
+    )
+
+
+def trainer_progress(trainer_status: dict[str, Any]) -> JobProgress | None:
+    """A TrainJob's `trainerStatus` (Trainer v2.2 and later: progress %, remaining seconds, string metrics) as the
+    progress a Job's log gives; None when Trainer reports no progress."""
+    percent = trainer_status.get("progressPercentage")
+    if percent is None:
+        return None
+    metrics = {m.get("name"): m.get("value") for m in trainer_status.get("metrics") or []}
+    try:
+        loss = float(metrics["loss"]) if "loss" in metrics else None
+    except ValueError:
+        loss = None
+    return JobProgress(
+        task="Training (%)",
+        done=int(percent),
+        total=100,
+        eta_seconds=trainer_status.get("estimatedRemainingSeconds"),
+        loss=loss,
     )
 
 
