@@ -6,6 +6,7 @@ runs, so a test writes the TrainJob's status as Trainer would and checks what th
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 import yaml
 
 from tests.e2e.conftest import ROOT, running_operator, wait_for
-from tests.e2e.test_operator import DATASET, _prepare
+from tests.e2e.test_operator import DATASET, TRAINED, _prepare
 
 GROUP, VERSION, PLURAL = "trainer.kubeflow.org", "v1alpha1", "trainjobs"
 
@@ -27,20 +28,19 @@ def _finetune(name: str, **spec) -> dict:
     }
 
 
-def _crds(api) -> list[dict]:
+def _crds() -> list[dict]:
     folder = Path(
         subprocess.run([str(ROOT / "hack/trainer_crds.sh")], capture_output=True, text=True, check=True).stdout.strip()
     )
     return [yaml.safe_load(p.read_text()) for p in sorted(folder.glob("*.yaml"))]
 
 
-@pytest.fixture
-def without_trainer(api):
-    """No TrainJob API served (the Trainer CRDs deleted, if a test installed them)."""
+def _delete_trainer_crds(api) -> None:
+    """The Trainer CRDs deleted, and gone (an operator started meanwhile would see a CRD still terminating)."""
     from kubernetes import client
 
     ext = client.ApiextensionsV1Api(api)
-    names = [d["metadata"]["name"] for d in _crds(api)]
+    names = [d["metadata"]["name"] for d in _crds()]
     for name in names:
         try:
             ext.delete_custom_resource_definition(name)
@@ -50,8 +50,14 @@ def without_trainer(api):
     wait_for(
         "Trainer CRDs gone",
         lambda: not {c.metadata.name for c in ext.list_custom_resource_definition().items} & set(names),
-        timeout=30,
+        timeout=60,
     )
+
+
+@pytest.fixture
+def without_trainer(api):
+    """No TrainJob API served (the Trainer CRDs deleted, if a test installed them)."""
+    _delete_trainer_crds(api)
 
 
 @pytest.fixture
@@ -60,7 +66,7 @@ def trainer(api):
     from kubernetes import client
 
     ext = client.ApiextensionsV1Api(api)
-    docs = _crds(api)
+    docs = _crds()
     for doc in docs:
         try:
             ext.create_custom_resource_definition(doc)
@@ -79,8 +85,7 @@ def trainer(api):
 
     wait_for("Trainer CRDs Established", established, timeout=30)
     yield
-    for doc in docs:
-        ext.delete_custom_resource_definition(doc["metadata"]["name"])
+    _delete_trainer_crds(api)
 
 
 def test_without_the_trainjob_api_auto_falls_back_to_a_job_and_several_nodes_are_an_error(kube, without_trainer):
@@ -98,6 +103,11 @@ def test_without_the_trainjob_api_auto_falls_back_to_a_job_and_several_nodes_are
         )
         assert "trainer.kubeflow.org/v1alpha1 TrainJob API" in failed["message"]
         assert len(kube.jobs("train")) == 1
+        # The Job's pod holds both GPUs of the one GPU node: it ends as a worker would, freeing them.
+        (pod,) = kube.wait_running_pods(job.metadata.name)
+        kube.finish(pod.metadata.name, json.dumps({**TRAINED, "worldSize": 2, "globalBatchSize": 128}))
+        done = kube.wait_ready("FineTuneJob", "one")["status"]
+        assert (done["worldSize"], done["globalBatchSize"], done["launcher"]["kind"]) == (2, 128, "Job")
 
 
 def _trainjob(kube, name: str) -> dict:
