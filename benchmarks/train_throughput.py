@@ -9,6 +9,13 @@ On a GPU, one command per shape (the default recipe: 64 pairs a step, 3 hard neg
 On CPU, a smaller shape of step: `python benchmarks/train_throughput.py --pairs 160 --batch-size 16
 --max-seq-length 128 --tokens 100`.
 
+`--gpus N` adds the train worker on N processes as a FineTuneJob with `resources.gpus: N` runs it
+(`torchrun --standalone --nproc_per_node=N`, DDP, negatives gathered across processes; NCCL on GPUs,
+gloo on CPU), each process taking `--batch-size` pairs a step, so one pass takes 1/N of the steps:
+on a machine with N GPUs, the scaling; on CPU, where the processes share the cores, the
+correctness and the cost of the processes and their all-reduce. For example
+`python benchmarks/train_throughput.py --shape minilm --pairs 19200 --gpus 8` on 8 GPUs.
+
 Both lines run in this process on the same model shape, pairs and device, in pairs/s and as a
 share of the first:
 
@@ -108,7 +115,7 @@ def step_limit(model_path: str, dataset: Path, args, device: str) -> list[float]
 
 
 def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
-    """Pairs/s of the train worker, from the trainer's set-up to its last step."""
+    """Pairs/s of the train worker, from the trainer's set-up to its last step (of all processes, under torchrun)."""
     from transformers import TrainerCallback
 
     from embedops import steps
@@ -121,6 +128,7 @@ def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
 
         def on_train_end(self, args, state, control, **kwargs):
             self.seconds, self.steps = time.perf_counter() - self.started, state.global_step
+            self.processes = args.world_size
 
     spec = FineTuneJobSpec.model_validate(
         {
@@ -135,8 +143,36 @@ def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
         clock = Clock()
         output = Path(tempfile.mkdtemp(prefix=f"embedops-bench-train-{run}-"))
         train.run(steps.TrainStep(spec=spec, dataset_dir=dataset, output_dir=output, device=device), callbacks=[clock])
-        found.append(clock.steps * args.batch_size / clock.seconds)
+        found.append(clock.steps * args.batch_size * clock.processes / clock.seconds)
     return found
+
+
+def processes(count: int, model_path: str, dataset: Path, args, device: str) -> list[float]:
+    """Pairs/s of the train worker on `count` processes under torchrun, as the training pod runs it."""
+    import json
+    import subprocess
+    import sys
+
+    command = [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}"),
+        *(__file__, "--rank", model_path, str(dataset), "--batch-size", str(args.batch_size)),
+        *("--max-seq-length", str(args.max_seq_length), "--repeat", str(args.repeat), "--device", device),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"torchrun failed:\n{done.stderr[-3000:]}")
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    return json.loads(line)["pairsPerSecond"]
+
+
+def rank_main(args) -> None:
+    """One process of `processes`: rank 0 prints the pairs/s of every run."""
+    import json
+
+    model_path, dataset = args.rank
+    found = worker(model_path, Path(dataset), args, args.device)
+    if os.environ.get("RANK", "0") == "0":
+        print(json.dumps({"pairsPerSecond": found}))
 
 
 def report(name: str, found: list[float], limit: float, note: str) -> None:
@@ -154,8 +190,12 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200, help="tokens of a positive or negative (±25 %%)")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--repeat", type=int, default=1, help="runs of each line: best and median are printed")
+    parser.add_argument("--gpus", type=int, default=1, help="also the train worker on this many processes (torchrun)")
+    parser.add_argument("--rank", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)  # one of --gpus'
     args = parser.parse_args()
-    args.pairs -= args.pairs % args.batch_size
+    if args.rank:
+        return rank_main(args)
+    args.pairs -= args.pairs % (args.batch_size * args.gpus)
 
     import sentence_transformers
     import torch
@@ -181,6 +221,15 @@ def main() -> None:
         max(limit),
         f"({args.pairs // args.batch_size} steps, set-up included)",
     )
+    if args.gpus > 1:
+        backend = "NCCL" if device == "cuda" else "gloo, sharing the CPUs"
+        report(
+            f"train worker x{args.gpus}",
+            processes(args.gpus, model_path, dataset, args, device),
+            max(limit),
+            f"({args.gpus} processes, {backend}; {args.pairs // (args.batch_size * args.gpus)} steps of "
+            f"{args.batch_size * args.gpus} pairs)",
+        )
 
 
 if __name__ == "__main__":

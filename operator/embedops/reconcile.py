@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import datetime as dt
 import posixpath
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, assert_never
 
 from pydantic import BaseModel, ValidationError
 
@@ -31,7 +32,7 @@ from embedops.api import times
 from embedops.api.common import BaseStatus, JobStatus, Scheduling
 from embedops.api.conditions import PUBLISH_NOTES, SCHEDULED_FAILURES, WAITING, WORKER_FAILURES, Reason
 from embedops.api.dataset import EmbeddingDatasetSpec
-from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
+from embedops.api.finetune import TRAINJOB_API, FineTuneJobSpec, FineTuneJobStatus, LauncherStatus
 from embedops.api.index import (
     RETAINED_STATES,
     DriftResult,
@@ -72,6 +73,7 @@ class ObservedJob:
     queue: str | None = None  # its Kueue queue: Kueue, not the operator, then decides when it runs
     waiting: tuple[Reason, str] | None = None  # why its pods cannot start (Unschedulable, ...), and the detail
     report: JobStatus | None = None  # its times and pod counts
+    kind: Literal["Job", "TrainJob"] = "Job"  # a batch/v1 Job, or a Kubeflow Trainer TrainJob (a train step's)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Observed:
     # Status of a referenced resource by (kind, name), same namespace; absent when it does not exist.
     related: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     now: dt.datetime = field(default_factory=times.utcnow)
+    trainjob_api: bool = False  # the cluster serves Kubeflow Trainer's TrainJob (trainer.kubeflow.org/v1alpha1)
 
 
 @dataclass(frozen=True)
@@ -238,7 +241,7 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> Plan | Observ
     job = ctx.obs.jobs.get(name)
     if job is None:
         status = statuses.running(
-            ctx.current, running, f"Job {name} created", ctx.at, JobStatus(name=name, step=step.step)
+            ctx.current, running, f"{step.launcher} {name} created", ctx.at, JobStatus(name=name, step=step.step)
         )
         # A run of the same step for inputs that no longer apply would only hold nodes, GPUs or
         # a Kueue quota (and an embed Job would keep writing a version nobody wants).
@@ -247,7 +250,7 @@ def _run_step(ctx: _Context, step: WorkerStep, running: Reason) -> Plan | Observ
             for j in ctx.obs.jobs.values()
             if j.step == step.step and j.name != name and j.state in ("Pending", "Running")
         )
-        events = [("Normal", "JobCreated", f"created Job {name}")]
+        events = [("Normal", "JobCreated", f"created {step.launcher} {name}")]
         events += [("Normal", "JobSuperseded", f"deleted Job {old}: its inputs changed") for old in superseded]
         return Plan(status=status, create=[step], delete=superseded, events=events)
     if job.state in ("Pending", "Running"):
@@ -265,8 +268,8 @@ def _job_failure(job: ObservedJob) -> tuple[Reason, str]:
     (TargetConflict, EmptySource), else JobFailed with the worker's (or the Job's) message."""
     if job.reason in WORKER_FAILURES:
         detail = (job.error or "").removeprefix(f"{job.reason}: ")
-        return Reason(job.reason), f"Job {job.name}: {detail}"
-    return Reason.JOB_FAILED, f"Job {job.name} failed: {job.error or 'no message'}"
+        return Reason(job.reason), f"{job.kind} {job.name}: {detail}"
+    return Reason.JOB_FAILED, f"{job.kind} {job.name} failed: {job.error or 'no message'}"
 
 
 def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Reason) -> Plan:
@@ -290,17 +293,18 @@ def _in_progress(ctx: _Context, job: ObservedJob, step: WorkerStep, running: Rea
     if suspended and job.queue is not None:
         reason, message, phase = (
             Reason.QUEUED,
-            f"Job {job.name} waits for Kueue to admit it (queue {job.queue})",
+            f"{job.kind} {job.name} waits for Kueue to admit it (queue {job.queue})",
             "Queued",
         )
     elif suspended:
-        reason, message, phase = Reason.SUSPENDED, f"Job {job.name} is suspended", "Suspended"
+        reason, message, phase = Reason.SUSPENDED, f"{job.kind} {job.name} is suspended", "Suspended"
     elif job.waiting is not None:
-        reason, message, phase = job.waiting[0], f"Job {job.name} cannot start its pod: {job.waiting[1]}", "Pending"
+        detail = f"{job.kind} {job.name} cannot start its pod: {job.waiting[1]}"
+        reason, message, phase = job.waiting[0], detail, "Pending"
     elif job.state == "Pending":
-        reason, message, phase = running, f"Job {job.name} is pending", "Pending"
+        reason, message, phase = running, f"{job.kind} {job.name} is pending", "Pending"
     else:
-        reason, message, phase = running, f"Job {job.name} is running", "Running"
+        reason, message, phase = running, f"{job.kind} {job.name} is running", "Running"
     plan.status = statuses.running(
         ctx.current, reason, message, ctx.at, job.report or JobStatus(name=job.name, step=step.step), phase=phase
     )
@@ -373,12 +377,56 @@ def plan_dataset(ctx: _Context) -> Plan:
 # -- FineTuneJob --------------------------------------------------------------------------------
 
 
+_RFC1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+def _trainjob_named(ctx: _Context) -> Literal["TrainJob"]:
+    """A TrainJob's name (the FineTuneJob's, then `-train-<hash>`) must be an RFC 1035 label: no dot, a letter first."""
+    name = ctx.body["metadata"]["name"]
+    if not _RFC1035.fullmatch(name):
+        message = f"metadata.name {name!r}: a TrainJob's name starts with it and must be an RFC 1035 label"
+        raise _Stop(_failed(ctx, Reason.INVALID_SPEC, message + " (lower-case letters, digits, '-'; a letter first)"))
+    return "TrainJob"
+
+
+def _launcher(ctx: _Context, spec: FineTuneJobSpec) -> tuple[Literal["Job", "TrainJob"], str]:
+    """What runs the training pods, and why; a TrainJob asked for (or needed) where none is served stops here."""
+    nodes, served = spec.resources.nodes, ctx.obs.trainjob_api
+    missing = f"this cluster serves no {TRAINJOB_API} TrainJob API (install Kubeflow Trainer v2)"
+    match spec.launcher:
+        case "job":
+            return "Job", "spec.launcher is job"
+        case "trainjob" if served:
+            return _trainjob_named(ctx), "spec.launcher is trainjob"
+        case "trainjob":
+            raise _Stop(_failed(ctx, Reason.INVALID_SPEC, f"spec.launcher is trainjob, but {missing}"))
+        case "auto" if nodes == 1:
+            return "Job", "spec.launcher is auto and spec.resources.nodes is 1: one pod"
+        case "auto" if served:
+            return _trainjob_named(
+                ctx
+            ), f"spec.launcher is auto and spec.resources.nodes is {nodes}: a TrainJob spans nodes"
+        case "auto":
+            raise _Stop(
+                _failed(
+                    ctx,
+                    Reason.INVALID_SPEC,
+                    f"spec.resources.nodes is {nodes}: training across nodes runs as a Kubeflow Trainer TrainJob, "
+                    f"but {missing}, or set spec.resources.nodes to 1",
+                )
+            )
+        case _:
+            assert_never(spec.launcher)
+
+
 def plan_finetune(ctx: _Context) -> Plan:
     spec: FineTuneJobSpec = _parse_spec(ctx)
     dataset = _related(ctx, "EmbeddingDataset", spec.dataset_ref.name)
     key = naming.step_key("train", _identity(spec), dataset.fingerprint, ctx.rerun)
     if ctx.finished(key):
         return Plan()
+    launcher, why = _launcher(ctx, spec)
+    gpus = spec.resources.gpus if spec.resources.gpus is not None else 1
     step = WorkerStep(
         owner=owner_of(ctx.body),
         key=key,
@@ -390,12 +438,18 @@ def plan_finetune(ctx: _Context) -> Plan:
         ),
         resources=spec.resources,
         scheduling=_scheduling(ctx, spec.scheduling),
-        gpus=spec.resources.gpus if spec.resources.gpus is not None else 1,
+        gpus=gpus,
+        launcher=launcher,
+        nodes=spec.resources.nodes if launcher == "TrainJob" else 1,
     )
+    shown = LauncherStatus(kind=launcher, name=step.name, nodes=step.nodes, processes_per_node=max(gpus, 1), reason=why)
     job = _run_step(ctx, step, Reason.TRAINING)
     if isinstance(job, Plan):
+        if isinstance(job.status, FineTuneJobStatus):
+            job.status = statuses.with_launcher(job.status, shown)
         return job
-    return _done(statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.at), key, job)
+    finished = statuses.finetune_finished(_single_result(ctx, job, TrainResult), spec, ctx.at)
+    return _done(statuses.with_launcher(finished, shown), key, job)
 
 
 # -- EmbeddingIndex -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from embedops.api.common import BaseStatus, JobStatus
 from embedops.api.conditions import ConditionType, Reason
 from embedops.api.dataset import EmbeddingDatasetStatus
-from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
+from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus, LauncherStatus
 from embedops.api.index import (
     IVFFLAT_STALE_FRACTION,
     DriftResult,
@@ -188,6 +188,12 @@ def finetune_finished(result: BaseModel, spec: FineTuneJobSpec, at: At) -> FineT
     if spec.evaluation.require_improvement and base and tuned and tuned.ndcg_at_10 <= base.ndcg_at_10:
         return failed(FineTuneJobStatus, Reason.NO_IMPROVEMENT, message + " (not above the base model)", at, status)
     return _ready(status, Reason.TRAINED, message, at, phase="Succeeded")
+
+
+def with_launcher(status: FineTuneJobStatus, launcher: LauncherStatus) -> FineTuneJobStatus:
+    """A FineTuneJob's status with what runs its training pods, and why."""
+    status.launcher = launcher
+    return status
 
 
 def index_observed(

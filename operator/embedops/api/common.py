@@ -165,7 +165,7 @@ class JobProgress(ApiModel):
     task: str = Field(description="What is counted, e.g. `Training steps`.")
     done: int = Field(description="Items done.")
     total: int | None = Field(default=None, description="Items in all, when known.")
-    rate: float = Field(description="Items per second so far.")
+    rate: float | None = Field(default=None, description="Items per second so far, when known.")
     eta_seconds: int | None = Field(default=None, description="Seconds still to go at that rate.")
     loss: float | None = Field(default=None, description="Training: the last logged loss.")
 

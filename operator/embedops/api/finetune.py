@@ -230,8 +230,81 @@ class EvaluationSpec(ApiModel):
     )
 
 
+TRAINJOB_API = "trainer.kubeflow.org/v1alpha1"  # Kubeflow Trainer v2's TrainJob
+Launcher = Literal["auto", "job", "trainjob"]
+
+_NODES_RULE: JsonDict = {
+    "rule": "!has(self.nodes) || self.nodes == 1 || !has(self.gpus) || self.gpus >= 1",
+    "message": "resources.nodes above 1 needs at least 1 GPU a node (resources.gpus)",
+}
+
+
+class TrainResources(Resources):
+    """Compute resources of the training pods: `gpus` on each of `nodes` nodes, one training process a GPU."""
+
+    model_config = cel_rules([_NODES_RULE])
+
+    nodes: int = Field(
+        default=1,
+        ge=1,
+        le=1024,
+        description=(
+            "Nodes training spans, each with `gpus` GPUs and one training process a GPU; more than 1 runs as a "
+            f"Kubeflow Trainer TrainJob ({TRAINJOB_API}), which the cluster must serve. Default: 1."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _gpus_on_every_node(self) -> TrainResources:
+        if self.nodes > 1 and self.gpus == 0:
+            raise ValueError(_NODES_RULE["message"])
+        return self
+
+
+class RuntimeRef(ApiModel):
+    """The Kubeflow Trainer runtime a TrainJob runs on."""
+
+    name: str = Field(
+        default="torch-distributed",
+        min_length=1,
+        description="The runtime's name; its torch policy injects torchrun's PET_* variables. "
+        "Default: torch-distributed.",
+    )
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = Field(
+        default="ClusterTrainingRuntime",
+        description="ClusterTrainingRuntime, or a TrainingRuntime in the FineTuneJob's namespace. "
+        "Default: ClusterTrainingRuntime.",
+    )
+
+
+class TrainJobLauncherSpec(ApiModel):
+    """How a TrainJob is made, when the launcher is one."""
+
+    runtime_ref: RuntimeRef = Field(default_factory=RuntimeRef, description="The runtime the TrainJob references.")
+    container: str = Field(
+        default="node",
+        min_length=1,
+        description="The runtime's trainer container, which runs the worker (torch-distributed's: `node`). "
+        "Default: node.",
+    )
+    job: str = Field(
+        default="node",
+        min_length=1,
+        description="The runtime's replicated job of the trainer, which pod overrides target. Default: node.",
+    )
+
+
+_LAUNCHER_RULE: JsonDict = {
+    "rule": "!has(self.launcher) || self.launcher != 'job' || !has(self.resources) || !has(self.resources.nodes) "
+    "|| self.resources.nodes == 1",
+    "message": "launcher job runs one pod: resources.nodes above 1 needs launcher trainjob or auto",
+}
+
+
 class FineTuneJobSpec(ApiModel):
     """Desired state of a FineTuneJob."""
+
+    model_config = cel_rules([_LAUNCHER_RULE])
 
     dataset_ref: LocalObjectReference = Field(description="The EmbeddingDataset to train on.")
     base_model: str = Field(
@@ -243,15 +316,29 @@ class FineTuneJobSpec(ApiModel):
     loss: LossSpec = Field(default_factory=LossSpec, description="Training loss.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Held-out evaluation.")
-    resources: Resources = Field(
-        default_factory=Resources, description="Resources of the training pod (1 GPU unless `gpus` says otherwise)."
+    resources: TrainResources = Field(
+        default_factory=TrainResources,
+        description="Resources of the training pods (1 GPU on 1 node unless `gpus` and `nodes` say otherwise).",
     )
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the training Job.")
+    launcher: Launcher = Field(
+        default="auto",
+        description=(
+            "What runs the training pods: `job`, a Kubernetes Job (one pod; torchrun on its GPUs); `trainjob`, a "
+            f"Kubeflow Trainer TrainJob ({TRAINJOB_API}); `auto`, a TrainJob when resources.nodes is above 1 "
+            "and the cluster serves the API, else a Job. status.launcher says which, and why. Default: auto."
+        ),
+    )
+    train_job: TrainJobLauncherSpec = Field(
+        default_factory=TrainJobLauncherSpec, description="The TrainJob's runtime, when the launcher is one."
+    )
 
     @model_validator(mode="after")
     def _loss_fits(self) -> FineTuneJobSpec:
         if self.loss.type in CACHED_LOSSES and self.loss.mini_batch_size > self.training.batch_size:
             raise ValueError("loss.miniBatchSize must not exceed training.batchSize")
+        if self.launcher == "job" and self.resources.nodes > 1:
+            raise ValueError(_LAUNCHER_RULE["message"])
         return self
 
 
@@ -277,12 +364,23 @@ class ValidationScores(ApiModel):
     evaluations: int = Field(default=0, description="Checkpoints scored.")
 
 
+class LauncherStatus(ApiModel):
+    """What runs the training pods, and why."""
+
+    kind: Literal["Job", "TrainJob"] = Field(description="A Kubernetes Job or a Kubeflow Trainer TrainJob.")
+    name: str = Field(description="Its name.")
+    nodes: int = Field(description="Nodes training spans.")
+    processes_per_node: int = Field(description="Training processes on each node (one a GPU).")
+    reason: str = Field(description="Why this launcher: what spec.launcher and spec.resources.nodes asked for.")
+
+
 class FineTuneJobStatus(BaseStatus):
     """Observed state of a FineTuneJob."""
 
     model: ModelArtifact | None = Field(
         default=None, description="The tuned model, once trained; none when no checkpoint beat the base model."
     )
+    launcher: LauncherStatus | None = Field(default=None, description="What runs the training pods, and why.")
     base_metrics: RetrievalScores | None = Field(default=None, description="The base model's held-out (test) scores.")
     tuned_metrics: RetrievalScores | None = Field(
         default=None, description="The published model's held-out (test) scores."

@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from embedops import steps
 from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
@@ -36,6 +36,19 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_TRANSIENT = 3
 RUN_AS = 10001  # the worker image's non-root user
+# Every worker pod runs locked down: non-root, no privilege escalation, a read-only root, no capabilities.
+POD_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "runAsUser": RUN_AS,
+    "runAsGroup": RUN_AS,
+    "fsGroup": RUN_AS,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+WORKER_SECURITY: dict[str, Any] = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,8 @@ class WorkerStep:
     dsn_secret: SecretKeySelector | None = None  # the Secret of the DSN its pods get (on a cluster)
     api_key_secret: ApiKeySecretRef | None = None  # the Secret of a generator endpoint's API key
     ttl_seconds: int | None = None  # overrides scheduling.ttlSecondsAfterFinished
+    launcher: Literal["Job", "TrainJob"] = "Job"  # what runs its pods: worker_job or builders.trainjob.train_job
+    nodes: int = 1  # nodes a TrainJob spans, `gpus` on each
 
     @property
     def step(self) -> str:
@@ -90,7 +105,11 @@ class WorkerStep:
 
 def launcher_command(step: WorkerStep) -> list[str]:
     """What starts the worker: itself, or for a train step on several GPUs torchrun with one process per GPU
-    (in one pod, so `--standalone`: a local rendezvous, no master address; embedops.workers.training.distributed)."""
+    (in one pod, so `--standalone`: a local rendezvous, no master address; embedops.workers.training.distributed).
+    In a TrainJob, Kubeflow Trainer's torch runtime gives torchrun its nodes, processes, rank and master through
+    the environment (PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MASTER_ADDR, PET_MASTER_PORT)."""
+    if step.launcher == "TrainJob":
+        return ["torchrun", "--no-python"]
     if isinstance(step.config, steps.TrainStep) and step.gpus > 1:
         return ["torchrun", "--standalone", f"--nproc_per_node={step.gpus}", "--no-python"]
     return []
@@ -188,11 +207,7 @@ def _container(step: WorkerStep, settings: OperatorSettings, mounts: list[dict[s
         "volumeMounts": mounts,
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(WORKER_SECURITY),
     }
     if resources := _resources(step.resources, step.gpus, settings):
         container["resources"] = resources
@@ -206,13 +221,7 @@ def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "restartPolicy": "Never",
         "containers": [_container(step, settings, mounts)],
         "volumes": volumes,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": copy.deepcopy(POD_SECURITY),
     }
     passed_through = {
         "nodeSelector": dict(sched.node_selector),

@@ -22,7 +22,8 @@ from embedops import status as statuses
 from embedops.api import times
 from embedops.api.common import BaseStatus
 from embedops.api.kinds import KINDS
-from embedops.builders.jobs import worker_job
+from embedops.builders.jobs import WorkerStep, worker_job
+from embedops.builders.trainjob import train_job
 from embedops.handlers import jobs, kube, locks, memory
 from embedops.settings import OperatorSettings
 
@@ -51,6 +52,7 @@ def start() -> None:
     global _jobs
     _jobs = jobs.JobObserver(recheck_seconds=SETTINGS.reconcile_seconds)
     _failures.clear()
+    kube.forget_served()
 
 
 def forget(key: memory.Key) -> None:
@@ -89,15 +91,19 @@ def _owned_jobs(namespace: str, owner_uid: str) -> tuple[dict[str, reconcile.Obs
 def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Outcome:
     observed, jobs_look = _owned_jobs(namespace, body["metadata"]["uid"])
     related = reconcile.related_statuses(body, lambda ref_kind, ref_name: _read(ref_kind, namespace, ref_name))
-    plan = reconcile.plan(reconcile.Observed(body=body, jobs=observed, related=related), SETTINGS)
+    # Only a FineTuneJob's plan asks whether TrainJobs are served (a discovery request at most once a minute).
+    served = kind == "FineTuneJob" and kube.trainjob_api_served()
+    plan = reconcile.plan(reconcile.Observed(body=body, jobs=observed, related=related, trainjob_api=served), SETTINGS)
     for step in plan.create:
-        if kube.create_job(worker_job(step, SETTINGS)):
-            log.info("%s %s/%s: created Job %s", kind, namespace, name, step.name)
+        if _create(step):
+            log.info("%s %s/%s: created %s %s", kind, namespace, name, step.launcher, step.name)
     for job_name in plan.delete:
-        kube.delete_job(namespace, job_name)
+        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
+        (kube.delete_trainjob if is_trainjob else kube.delete_job)(namespace, job_name)
         log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
     for job_name, suspend in plan.suspend.items():
-        kube.suspend_job(namespace, job_name, suspend)
+        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
+        (kube.suspend_trainjob if is_trainjob else kube.suspend_job)(namespace, job_name, suspend)
     for type_, reason, message in plan.events:
         kube.post_event(body, type_, reason, message)
         metrics.METRICS.event_posted(kind, namespace, name, reason)
@@ -119,6 +125,13 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Ou
         memory.CURRENT.reconciled((kind, namespace, name), body)
     _observe_metrics(kind, namespace, name, body, status)
     return Outcome(written=written, look_again=_look_again(body, jobs_look), dependants=dependants)
+
+
+def _create(step: WorkerStep) -> bool:
+    """Create the Job, or the Kubeflow Trainer TrainJob, that runs a planned step; False when it exists."""
+    if step.launcher == "TrainJob":
+        return kube.create_trainjob(train_job(step, SETTINGS))
+    return kube.create_job(worker_job(step, SETTINGS))
 
 
 def _wrote(

@@ -57,9 +57,11 @@ class JobObserver:
         clock: Callable[[], float] = time.monotonic,
         list_pods: Callable[[str, str], list[dict[str, Any]]] | None = None,
         read_tail: Callable[[str, str], str | None] | None = None,
+        list_trainjob_pods: Callable[[str, str], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.recheck_seconds, self.progress_seconds, self._clock = recheck_seconds, progress_seconds, clock
         self._list_pods = list_pods or kube.job_pods
+        self._list_trainjob_pods = list_trainjob_pods or kube.trainjob_pods
         self._read_tail = read_tail or kube.log_tail
         self._lock = threading.Lock()
         self._pods: OrderedDict[str, _Pods] = OrderedDict()  # Job uid ->
@@ -72,6 +74,10 @@ class JobObserver:
         looks: list[float] = []
         for job in jobs:
             pods, recheck = self._pods_of(job, now)
+            if job.get("kind") == "TrainJob":  # a Kubeflow Trainer TrainJob: no progress lines read from its pods
+                out[job["metadata"]["name"]] = decide.observe_trainjob(job, pods)
+                looks += [recheck - now] if recheck is not None else []
+                continue
             tail, progress_due = self._tail_of(job, pods, now)
             out[job["metadata"]["name"]] = decide.observe_job(job, pods, tail)
             looks += [t - now for t in (recheck, progress_due) if t is not None]
@@ -94,7 +100,8 @@ class JobObserver:
             seen = self._pods.get(uid)
         if seen is not None and seen.status == status and (seen.recheck_at is None or now < seen.recheck_at):
             return seen.pods, seen.recheck_at
-        pods = self._list_pods(job["metadata"]["namespace"], job["metadata"]["name"])
+        lister = self._list_trainjob_pods if job.get("kind") == "TrainJob" else self._list_pods
+        pods = lister(job["metadata"]["namespace"], job["metadata"]["name"])
         recheck, backoff = None, self.recheck_seconds
         if decide.job_state(job, pods) == "Pending":
             if seen is not None and seen.status == status:  # still pending since the last look

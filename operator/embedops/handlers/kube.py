@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from kubernetes.client.exceptions import ApiException
 from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.kinds import KINDS
-from embedops.builders import naming
+from embedops.builders import naming, trainjob
 from embedops.builders.jobs import CONTAINER
 from embedops.handlers import observe as observe_
 from embedops.reconcile import ObservedJob
@@ -208,16 +209,103 @@ def read_job(namespace: str, name: str) -> dict[str, Any] | None:
 
 
 def owned_jobs(namespace: str, owner_uid: str) -> dict[str, ObservedJob]:
-    """The Jobs a resource owns, read from the API server now (the operator reads them from its
+    """The Jobs (and TrainJobs) a resource owns, read from the API server now (the operator reads them from its
     watch cache, embedops.handlers.memory; this is for a caller without one)."""
-    jobs = client.BatchV1Api(api()).list_namespaced_job(
-        namespace, label_selector=f"{naming.LABEL_OWNER_UID}={owner_uid}"
-    )
+    selector = f"{naming.LABEL_OWNER_UID}={owner_uid}"
+    jobs = client.BatchV1Api(api()).list_namespaced_job(namespace, label_selector=selector)
     out = {}
     for job in jobs.items:
         raw = api().sanitize_for_serialization(job)
         out[raw["metadata"]["name"]] = observe(raw)
+    if trainjob_api_served():
+        found = client.CustomObjectsApi(api()).list_namespaced_custom_object(
+            trainjob.GROUP, _TRAINJOB_VERSION, namespace, _TRAINJOBS, label_selector=selector
+        )
+        for item in cast(_Json, found).get("items", []):
+            out[item["metadata"]["name"]] = observe_trainjob(item)
     return out
+
+
+# -- Kubeflow Trainer TrainJobs (builders.trainjob) -----------------------------------------------
+
+_TRAINJOB_VERSION = trainjob.VERSION
+_TRAINJOBS = "trainjobs"
+_SERVED_SECONDS = 60.0  # how long an answer of discovery is trusted
+_served: tuple[float, bool] | None = None
+
+
+def trainjob_api_served() -> bool:
+    """Whether the API server serves Kubeflow Trainer's TrainJob (discovery, allowed to any account; asked at
+    most once a minute)."""
+    global _served
+    now = time.monotonic()
+    if _served is not None and now - _served[0] < _SERVED_SECONDS:
+        return _served[1]
+    try:
+        resources = client.CustomObjectsApi(api()).get_api_resources(trainjob.GROUP, _TRAINJOB_VERSION).resources
+        served = any(r.name == _TRAINJOBS for r in resources)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        served = False
+    _served = (now, served)
+    return served
+
+
+def forget_served() -> None:
+    """A new operator run asks discovery again."""
+    global _served
+    _served = None
+
+
+def create_trainjob(manifest: dict[str, Any]) -> bool:
+    """Create a TrainJob; False when it exists already."""
+    try:
+        client.CustomObjectsApi(api()).create_namespaced_custom_object(
+            trainjob.GROUP,
+            _TRAINJOB_VERSION,
+            manifest["metadata"]["namespace"],
+            _TRAINJOBS,
+            manifest,
+            field_manager=FIELD_MANAGER,
+        )
+        return True
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+
+
+def suspend_trainjob(namespace: str, name: str, suspend: bool) -> None:
+    client.CustomObjectsApi(api()).patch_namespaced_custom_object(
+        trainjob.GROUP, _TRAINJOB_VERSION, namespace, _TRAINJOBS, name, {"spec": {"suspend": suspend}}
+    )
+
+
+def delete_trainjob(namespace: str, name: str) -> None:
+    """Delete a TrainJob, and through it its JobSet and pods (gone already is fine)."""
+    try:
+        client.CustomObjectsApi(api()).delete_namespaced_custom_object(
+            trainjob.GROUP, _TRAINJOB_VERSION, namespace, _TRAINJOBS, name, propagation_policy="Background"
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def trainjob_pods(namespace: str, name: str) -> list[dict[str, Any]]:
+    """The pods of a TrainJob's JobSet (Trainer names the JobSet after the TrainJob)."""
+    pods = client.CoreV1Api(api()).list_namespaced_pod(namespace, label_selector=f"{JOBSET_LABEL}={name}")
+    return [api().sanitize_for_serialization(p) for p in pods.items]
+
+
+JOBSET_LABEL = "jobset.sigs.k8s.io/jobset-name"
+
+
+def observe_trainjob(train_job: dict[str, Any]) -> ObservedJob:
+    meta = train_job["metadata"]
+    pods = trainjob_pods(meta["namespace"], meta["name"]) if observe_.has_pods(train_job) else []
+    return observe_.observe_trainjob(train_job, pods)
 
 
 def observe(job: dict[str, Any]) -> ObservedJob:

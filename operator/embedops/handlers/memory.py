@@ -8,7 +8,7 @@ reconcile reads memory instead, as controller-runtime reconcilers read their inf
 
 - the three kinds by (kind, namespace, name);
 - who refers to whom: for each (kind, namespace, name), the resources whose plan reads its status;
-- the Jobs the operator made, by the uid of the resource that owns them.
+- the Jobs (and Kubeflow Trainer TrainJobs) the operator made, by the uid of the resource that owns them.
 
 kopf fills the indexes before it calls any handler, so the first reconcile already sees every
 object. One thing memory cannot know sooner than the API server tells it is a status this
@@ -38,6 +38,7 @@ Key = tuple[str, str, str]  # (kind, namespace, name)
 RESOURCES = "embedops_resources"
 REFERENCES = "embedops_references"
 JOBS = "embedops_jobs"
+TRAINJOBS = "embedops_trainjobs"  # Kubeflow Trainer TrainJobs (a FineTuneJob across nodes), by owner uid too
 
 # Annotations kopf itself writes (its progress storage and diff base use the embedops.dev/ prefix):
 # a change of one of them is no change of the resource.
@@ -97,8 +98,14 @@ def _values(index: Index[Any, Any], key: Any) -> list[Any]:
 class Memory:
     """The indexes of one operator run, and the statuses it wrote since."""
 
-    def __init__(self, resources: Index[Any, Any], references: Index[Any, Any], jobs: Index[Any, Any]) -> None:
-        self._resources, self._references, self._jobs = resources, references, jobs
+    def __init__(
+        self,
+        resources: Index[Any, Any],
+        references: Index[Any, Any],
+        jobs: Index[Any, Any],
+        trainjobs: Index[Any, Any] | None = None,
+    ) -> None:
+        self._resources, self._references, self._jobs, self._trainjobs = resources, references, jobs, trainjobs
         self._lock = threading.Lock()
         self._written: dict[Key, tuple[str, dict[str, Any]]] = {}  # key -> (resourceVersion, status)
         self._reconciled: dict[Key, str] = {}  # key -> fingerprint of the resource as its last reconcile left it
@@ -126,7 +133,8 @@ class Memory:
         return sorted(set(_values(self._references, (kind, namespace, name))))
 
     def jobs(self, owner_uid: str) -> list[dict[str, Any]]:
-        return _values(self._jobs, owner_uid)
+        trainjobs = _values(self._trainjobs, owner_uid) if self._trainjobs is not None else []
+        return _values(self._jobs, owner_uid) + trainjobs
 
     def wrote(self, key: Key, obj: dict[str, Any]) -> None:
         """Our status write, as the API server answered it (the object with its new resourceVersion)."""

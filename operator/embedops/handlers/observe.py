@@ -72,6 +72,72 @@ def observe_job(job: dict[str, Any], pods: list[dict[str, Any]], log_tail: str |
     )
 
 
+def observe_trainjob(train_job: dict[str, Any], pods: list[dict[str, Any]]) -> ObservedJob:
+    """A Kubeflow Trainer TrainJob as the planner reads a Job: its conditions (Complete, Failed, Suspended), its
+    Jobs' pod counts and its trainerStatus progress mirrored, and the result rank 0 wrote (the termination
+    message of node 0's pod).
+
+    Trainer's conditions say nothing of running: a TrainJob runs here once one of its pods has started, or
+    its Jobs count an active pod.
+    """
+    meta, spec, status = train_job["metadata"], train_job.get("spec") or {}, train_job.get("status") or {}
+    counts = status.get("jobsStatus") or []
+    state = job_state(train_job, pods)
+    if state == "Pending" and any(c.get("active") for c in counts):
+        state = "Running"
+    results, failures = _results(pods, meta.get("namespace", ""), container=None)
+    error = reason = None
+    if state == "Failed":
+        failed = _condition(train_job, "Failed") or {}
+        newest = max(failures)[1] if failures else None
+        error = describe_error(newest) or failed.get("message") or failed.get("reason")
+        reason = error_reason(newest)
+    labels = meta.get("labels") or {}
+    report = JobStatus(
+        name=meta["name"],
+        step=labels.get(naming.LABEL_STEP, ""),
+        active=sum(c.get("active") or 0 for c in counts),
+        succeeded=sum(c.get("succeeded") or 0 for c in counts),
+        failed=sum(c.get("failed") or 0 for c in counts),
+    )
+    if state == "Running":
+        report.progress = trainer_progress(status.get("trainerStatus") or {})
+    waiting = next((w for p in pods if (w := waiting_reason(p)) is not None), None) if state == "Pending" else None
+    return ObservedJob(
+        name=meta["name"],
+        state=state,
+        results=results,
+        error=error,
+        reason=reason,
+        suspended=bool(spec.get("suspend")) or _condition(train_job, "Suspended") is not None,
+        step=labels.get(naming.LABEL_STEP),
+        queue=labels.get(KUEUE_QUEUE_LABEL),
+        waiting=waiting,
+        report=report,
+        kind="TrainJob",
+    )
+
+
+def trainer_progress(trainer_status: dict[str, Any]) -> JobProgress | None:
+    """A TrainJob's `trainerStatus` (Trainer v2.2 and later: progress %, remaining seconds, string metrics) as the
+    progress a Job's log gives; None when Trainer reports no progress."""
+    percent = trainer_status.get("progressPercentage")
+    if percent is None:
+        return None
+    metrics = {m.get("name"): m.get("value") for m in trainer_status.get("metrics") or []}
+    try:
+        loss = float(metrics["loss"]) if "loss" in metrics else None
+    except ValueError:
+        loss = None
+    return JobProgress(
+        task="Training (%)",
+        done=int(percent),
+        total=100,
+        eta_seconds=trainer_status.get("estimatedRemainingSeconds"),
+        loss=loss,
+    )
+
+
 def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
     """Pending, Running, Succeeded or Failed (see observe_job)."""
     if _condition(job, "Complete"):
@@ -84,8 +150,12 @@ def job_state(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobState:
 
 
 def has_pods(job: dict[str, Any]) -> bool:
-    """Whether the Job's status counts any pod: a Job without one needs no pod listing."""
+    """Whether the Job's (or TrainJob's Jobs') status counts any pod: without one, no pod listing is needed."""
     status = job.get("status") or {}
+    if job.get("kind") == "TrainJob":
+        return any(
+            any(c.get(k) for k in ("active", "ready", "succeeded", "failed")) for c in status.get("jobsStatus") or []
+        )
     return bool(
         status.get("active")
         or status.get("succeeded")
@@ -159,13 +229,14 @@ def _condition(job: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def _results(
-    pods: list[dict[str, Any]], namespace: str
+    pods: list[dict[str, Any]], namespace: str, container: str | None = CONTAINER
 ) -> tuple[dict[int, dict[str, Any]], list[tuple[str, str | None]]]:
-    """The succeeded pods' results by completion index, and (creation time, message) of the failed ones."""
+    """The succeeded pods' results by completion index, and (creation time, message) of the failed ones; from
+    `container`'s termination message, or (None: a runtime's pods) any container's."""
     results: dict[int, dict[str, Any]] = {}
     failures = []
     for pod in pods:
-        message = _termination_message(pod)
+        message = _termination_message(pod, container)
         phase = (pod.get("status") or {}).get("phase")
         if phase == "Succeeded" and message:
             try:
@@ -180,9 +251,9 @@ def _results(
     return results, failures
 
 
-def _termination_message(pod: dict[str, Any]) -> str | None:
+def _termination_message(pod: dict[str, Any], container: str | None = CONTAINER) -> str | None:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        if cs.get("name") == CONTAINER:
-            terminated = (cs.get("state") or {}).get("terminated") or {}
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if cs.get("name") == container or (container is None and terminated.get("message")):
             return terminated.get("message")
     return None

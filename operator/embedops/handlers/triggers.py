@@ -30,6 +30,7 @@ import kopf
 
 from embedops import metrics, reconcile, steps
 from embedops.api.common import GROUP, VERSION
+from embedops.api.finetune import TRAINJOB_API
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.api.kinds import KINDS
 from embedops.builders import naming
@@ -108,6 +109,10 @@ for _kind in KINDS.values():
     kopf.index(GROUP, VERSION, _kind.plural, id=memory.RESOURCES)(memory.index_resource)
     kopf.index(GROUP, VERSION, _kind.plural, id=memory.REFERENCES)(memory.index_references)
 kopf.index("batch", "v1", "jobs", labels=MANAGED, id=memory.JOBS)(memory.index_job)
+# Kubeflow Trainer's TrainJobs (a FineTuneJob across nodes); where the cluster serves none, kopf logs the resource
+# as unresolved and watches it once its CRD appears.
+TRAINJOB_GROUP, TRAINJOB_VERSION = TRAINJOB_API.split("/")
+kopf.index(TRAINJOB_GROUP, TRAINJOB_VERSION, "trainjobs", labels=MANAGED, id=memory.TRAINJOBS)(memory.index_job)
 
 # kopf's own timers would put a finalizer on every resource (only an index that drops its tables
 # on deletion should have one), and a thread per timer would not scale: one queue holds them all.
@@ -118,7 +123,9 @@ _queue: workqueue.WorkQueue | None = None
 def start_workers(**kwargs: Any) -> None:
     """The reconcile threads, and the indexes they read (empty now: kopf fills them before any handler runs)."""
     global _queue
-    memory.CURRENT = memory.Memory(kwargs[memory.RESOURCES], kwargs[memory.REFERENCES], kwargs[memory.JOBS])
+    memory.CURRENT = memory.Memory(
+        kwargs[memory.RESOURCES], kwargs[memory.REFERENCES], kwargs[memory.JOBS], kwargs[memory.TRAINJOBS]
+    )
     executor.start()
     _queue = workqueue.WorkQueue(_work, workers=WORKERS)
     _queue.start()
@@ -171,6 +178,7 @@ for _kind in KINDS.values():
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event(TRAINJOB_GROUP, TRAINJOB_VERSION, "trainjobs", labels=MANAGED)
 def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf passes it as `type`
     owner = next(
         (
