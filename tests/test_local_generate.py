@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -56,3 +57,43 @@ def test_a_corpus_only_dataset_reaches_prepared_and_a_rerun_hits_the_cache(tmp_p
     redone = again["EmbeddingDataset/default/corpus"]
     assert not redone.reused and redone.status.generation.from_cache == 2 * N_DOCS
     assert redone.status.fingerprint == status.fingerprint
+
+
+def test_a_dataset_made_from_another_datasets_corpus_runs_after_it(tmp_path):
+    docs = sample_docs(N_DOCS)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"query": d["title"], "positive": d["text"]}) + "\n" for d in docs))
+    with serve(lambda body, n: title_query(docs, body)) as server:
+        manifests_path = tmp_path / "all.yaml"
+        manifests_path.write_text(
+            yaml.safe_dump_all(
+                [
+                    {
+                        "apiVersion": "embedops.dev/v1alpha1",
+                        "kind": "EmbeddingDataset",
+                        "metadata": {"name": "a-generated"},  # sorts first by name, runs second
+                        "spec": {
+                            "source": {"datasetRef": {"name": "b-labelled"}},
+                            "generate": {
+                                "endpoint": {"baseURL": server.url, "model": "m"},
+                                "queriesPerDocument": 1,
+                                "filter": {"generic": False, "roundTripTopK": 0},  # no model to load
+                            },
+                            "hardNegatives": {"enabled": False},
+                        },
+                    },
+                    {
+                        "apiVersion": "embedops.dev/v1alpha1",
+                        "kind": "EmbeddingDataset",
+                        "metadata": {"name": "b-labelled"},
+                        "spec": {"source": {"pairs": {"path": "pairs.jsonl"}}, "hardNegatives": {"enabled": False}},
+                    },
+                ]
+            )
+        )
+        out = LocalRunner(state_dir=tmp_path / "state", device="cpu").run(manifests.load([manifests_path]))
+    status = out["EmbeddingDataset/default/a-generated"].status
+    assert status.condition("Ready").reason == "Prepared", status.conditions
+    # Its corpus is the other dataset's (the pairs' positives), whose ids are content hashes.
+    assert status.counts.corpus == N_DOCS and status.generation.documents_sampled == N_DOCS
+    assert len(server.requests) == N_DOCS

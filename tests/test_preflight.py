@@ -113,7 +113,10 @@ def test_documents_without_generate_are_refused_naming_the_rule(tmp_path, capsys
         {"kind": "EmbeddingDataset", "metadata": {"name": "d"}, "spec": {"source": {"documents": {"path": "d.jsonl"}}}},
     )
     assert main(["validate", "-f", str(path)]) == 2
-    assert "source.documents and source.table hold no queries: they need spec.generate" in capsys.readouterr().err
+    assert (
+        "source.documents, source.table, source.datasetRef hold no queries: they need spec.generate"
+        in capsys.readouterr().err
+    )
 
 
 def test_validate_checks_the_database_when_given_one(tmp_path, dsn, capsys):

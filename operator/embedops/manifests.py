@@ -258,4 +258,12 @@ def load(targets: list[Path]) -> list[LoadedResource]:
     errors += [f"{key}: defined more than once" for key in sorted({k for k in keys if keys.count(k) > 1})]
     if errors:
         raise InvalidResource("manifests", errors)
-    return sorted(loaded, key=lambda r: (ORDER.index(r.resource.kind.kind), r.resource.name))
+    # A dataset made from another's corpus (source.datasetRef) after the datasets it may need.
+    return sorted(
+        loaded,
+        key=lambda r: (
+            ORDER.index(r.resource.kind.kind),
+            r.resource.kind.kind == "EmbeddingDataset" and r.resource.spec.source.dataset_ref is not None,
+            r.resource.name,
+        ),
+    )

@@ -347,7 +347,8 @@ def plan_dataset(ctx: _Context) -> Plan:
     database = spec.source.database
     if database is not None:
         _require_secret(ctx, database.dsn_secret_ref, f"spec.source.{spec.source.kind}.database.dsnSecretRef")
-    key = naming.step_key("prepare", _identity(spec), ctx.rerun)
+    corpus = _related(ctx, "EmbeddingDataset", spec.source.dataset_ref.name) if spec.source.dataset_ref else None
+    key = naming.step_key("prepare", _identity(spec), *([corpus.fingerprint] if corpus else []), ctx.rerun)
     if ctx.finished(key):
         return Plan()
     name = ctx.body["metadata"]["name"]
@@ -361,6 +362,7 @@ def plan_dataset(ctx: _Context) -> Plan:
             output_dir=ctx.layout.workdir("embeddingdatasets", name, key),
             # Beside the runs' folders, not in one: a rerun or a changed spec reuses what was generated.
             cache_dir=ctx.layout.workdir("embeddingdatasets", name, GENERATIONS) if spec.generate else None,
+            corpus_dir=corpus.location if corpus else None,
         ),
         resources=spec.resources,
         scheduling=_scheduling(ctx, spec.scheduling),
@@ -1016,6 +1018,8 @@ def references(body: dict[str, Any]) -> list[tuple[str, str]]:
     refs: list[tuple[str, str]] = []
     kind = body.get("kind")
     if kind == "FineTuneJob" and (name := (spec.get("datasetRef") or {}).get("name")):
+        refs.append(("EmbeddingDataset", name))
+    if kind == "EmbeddingDataset" and (name := ((spec.get("source") or {}).get("datasetRef") or {}).get("name")):
         refs.append(("EmbeddingDataset", name))
     if kind == "EmbeddingIndex":
         if name := ((spec.get("model") or {}).get("fineTuneJobRef") or {}).get("name"):

@@ -49,6 +49,15 @@ class PrepareStep(Step):
     cache_dir: Path | None = Field(
         default=None, description="The generation cache of `spec.generate` (kept across runs). Unset: no cache."
     )
+    corpus_dir: Path | None = Field(
+        default=None, description="The prepared dataset whose corpus a `source.datasetRef` reads."
+    )
+
+    @model_validator(mode="after")
+    def _corpus_dir_for_a_dataset_ref(self) -> PrepareStep:
+        if self.spec.source.dataset_ref is not None and self.corpus_dir is None:
+            raise ValueError("corpus_dir is required for a source.datasetRef")
+        return self
 
     @property
     def uses_database(self) -> bool:

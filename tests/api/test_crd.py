@@ -419,10 +419,14 @@ _EXPECTED_RULES = [
     (
         "EmbeddingDataset",
         "spec.source",
-        "[has(self.beir), has(self.pairs), has(self.postgres), has(self.documents), has(self.table)]"
-        ".filter(x, x).size() == 1",
+        "[has(self.beir), has(self.pairs), has(self.postgres), has(self.documents), has(self.table), "
+        "has(self.datasetRef)].filter(x, x).size() == 1",
     ),
-    ("EmbeddingDataset", "spec", "has(self.generate) || !(has(self.source.documents) || has(self.source.table))"),
+    (
+        "EmbeddingDataset",
+        "spec",
+        "has(self.generate) || !(has(self.source.documents) || has(self.source.table) || has(self.source.datasetRef))",
+    ),
     ("EmbeddingDataset", "spec.generate", "[has(self.endpoint), has(self.model)].filter(x, x).size() == 1"),
     ("EmbeddingIndex", "spec.model", "[has(self.fineTuneJobRef), has(self.name)].filter(x, x).size() == 1"),
     ("EmbeddingIndex", "spec.source", "[has(self.table), has(self.datasetRef)].filter(x, x).size() == 1"),

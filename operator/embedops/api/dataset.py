@@ -13,6 +13,7 @@ from embedops.api.common import (
     ApiModel,
     BaseStatus,
     Database,
+    LocalObjectReference,
     Resources,
     Scheduling,
     SqlName,
@@ -111,16 +112,19 @@ class TableSource(ApiModel):
     title_column: SqlName | None = Field(default=None, description="Optional column with its title. Default: none.")
 
 
-_SOURCES = ("beir", "pairs", "postgres", "documents", "table")
-SourceKind = Literal["beir", "pairs", "postgres", "documents", "table"]
-# Sources with no queries of their own: only spec.generate gives them any.
-CORPUS_ONLY = ("documents", "table")
+_SOURCES = ("beir", "pairs", "postgres", "documents", "table", "dataset_ref")
+SourceKind = Literal["beir", "pairs", "postgres", "documents", "table", "dataset_ref"]
+# Sources with no queries of their own: only spec.generate gives them any (their wire names).
+CORPUS_ONLY = ("documents", "table", "datasetRef")
 
 
 class DatasetSource(ApiModel):
-    """Exactly one of `beir`, `pairs`, `postgres` (labelled data), `documents` or `table` (a corpus only)."""
+    """Exactly one of `beir`, `pairs`, `postgres` (labelled data), `documents`, `table` or `datasetRef` (a corpus
+    only)."""
 
-    model_config = ApiModel.model_config | {"json_schema_extra": exactly_one_rule("source", *_SOURCES)}
+    model_config = ApiModel.model_config | {
+        "json_schema_extra": exactly_one_rule("source", "beir", "pairs", "postgres", "documents", "table", "datasetRef")
+    }
 
     beir: BeirSource | None = Field(
         default=None,
@@ -134,6 +138,13 @@ class DatasetSource(ApiModel):
     table: TableSource | None = Field(
         default=None, description="A Postgres table of documents (needs `spec.generate`)."
     )
+    dataset_ref: LocalObjectReference | None = Field(
+        default=None,
+        description=(
+            "Another EmbeddingDataset in the namespace whose prepared corpus is this one's (needs `spec.generate`); "
+            "prepared again when that one's data changes."
+        ),
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> DatasetSource:
@@ -144,10 +155,10 @@ class DatasetSource(ApiModel):
     def kind(self) -> SourceKind:
         """Which one is set: what the prepare worker dispatches on."""
         kind: SourceKind
-        for kind in ("beir", "pairs", "postgres", "documents"):
+        for kind in ("beir", "pairs", "postgres", "documents", "table"):
             if getattr(self, kind) is not None:
                 return kind
-        return "table"
+        return "dataset_ref"
 
     @property
     def database(self) -> Database | None:
@@ -335,7 +346,7 @@ class AugmentSpec(ApiModel):
 
 _GENERATE_RULE: JsonDict = {
     "rule": "has(self.generate) || !(" + " || ".join(f"has(self.source.{k})" for k in CORPUS_ONLY) + ")",
-    "message": "source." + " and source.".join(CORPUS_ONLY) + " hold no queries: they need spec.generate",
+    "message": "source." + ", source.".join(CORPUS_ONLY) + " hold no queries: they need spec.generate",
 }
 
 
@@ -345,7 +356,7 @@ class EmbeddingDatasetSpec(ApiModel):
     model_config = cel_rules([_GENERATE_RULE])
 
     source: DatasetSource = Field(
-        description="Where the data lives: exactly one of beir, pairs, postgres, documents, table."
+        description="Where the data lives: exactly one of beir, pairs, postgres, documents, table, datasetRef."
     )
     generate: GenerateSpec | None = Field(
         default=None,
@@ -370,7 +381,7 @@ class EmbeddingDatasetSpec(ApiModel):
 
     @model_validator(mode="after")
     def _generate_for_corpus_only(self) -> EmbeddingDatasetSpec:
-        if self.generate is None and self.source.kind in CORPUS_ONLY:
+        if self.generate is None and self.source.kind in ("documents", "table", "dataset_ref"):
             raise ValueError(str(_GENERATE_RULE["message"]))
         return self
 

@@ -266,6 +266,7 @@ def run(config: steps.PrepareStep, *, dsn: str | None = None) -> Result:
         issues=issues,
         dsn=dsn,
         corpus_only=spec.generate is not None,
+        corpus_dir=config.corpus_dir,
     )
     issues.check(spec.validation.max_invalid_fraction)
     generated = (

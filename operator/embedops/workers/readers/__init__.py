@@ -23,6 +23,7 @@ def read(
     issues: Issues,
     dsn: str | None,
     corpus_only: bool = False,
+    corpus_dir: Path | None = None,
 ) -> Source:
     """Read and validate `source`; relative paths resolve against base_dir. corpus_only (spec.generate): a
     source may lack queries."""
@@ -43,5 +44,8 @@ def read(
         case "table":
             assert source.table is not None
             return table.read(source.table, dsn, rules, issues)
+        case "dataset_ref":
+            assert corpus_dir is not None  # the planner gives it (steps.PrepareStep checks)
+            return documents.read_prepared(corpus_dir)
         case unknown:
             assert_never(unknown)

@@ -1,7 +1,8 @@
-"""The documents reader: JSON Lines of documents with no queries, a corpus for `spec.generate`.
+"""The documents readers: a corpus with no queries, for `spec.generate`.
 
-A corpus is what most teams have; this reads one exported as BEIR's corpus.jsonl is written
-(`_id`, `text`, optional `title`; `id` is accepted for `_id`, as exports often spell it).
+A corpus is what most teams have; `read` reads one exported as BEIR's corpus.jsonl is written
+(`_id`, `text`, optional `title`; `id` is accepted for `_id`, as exports often spell it), and
+`read_prepared` another dataset's prepared corpus (`source.datasetRef`), already validated.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from embedops.api.dataset import DocumentsSource, ValidationSpec
-from embedops.prepared import Doc
+from embedops.prepared import Doc, PreparedDataset
 from embedops.results import SourceNotThere
 from embedops.workers.readers.beir import parse_doc, read_by_id
 from embedops.workers.readers.rows import Issues, Source, display_name, resolve
@@ -29,3 +30,7 @@ def parse_document(row: dict, rules: ValidationSpec) -> tuple[str, Doc]:
     if "_id" not in row and "id" in row:
         row = {**row, "_id": row["id"]}
     return parse_doc(row, rules)
+
+
+def read_prepared(folder: Path) -> Source:
+    return Source(corpus=PreparedDataset(folder).corpus(), queries={}, train_qrels={}, test_qrels=None)
