@@ -201,3 +201,17 @@ def test_the_triggers_go_when_the_mode_goes_back_to_diff_and_when_the_index_is_d
             (f"{NAMES.queue}%",),
         ).fetchone()[0]
         assert left == 0
+
+
+def test_installing_is_idempotent_for_a_table_whose_names_need_quoting(dsn):
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute('CREATE SCHEMA "Src"')
+        conn.execute('CREATE TABLE "Src"."Docs" ("Id" bigint PRIMARY KEY, "Body" text)')
+    src = TableSource.model_validate({"schema": "Src", "table": "Docs", "idColumn": "Id", "textColumn": "Body"})
+    with pgvector.connect(dsn) as conn:
+        assert triggers.install(conn, TARGET, src, "bigint")
+        assert not triggers.install(conn, TARGET, src, "bigint")
+        conn.execute('INSERT INTO "Src"."Docs" VALUES (7, %s)', ("x",))
+        conn.execute('UPDATE "Src"."Docs" SET "Id" = 8')
+        assert [i for (i,) in conn.execute(f"SELECT id FROM {QUEUE} ORDER BY seq")] == [None, 7, 7, 8]
+        assert triggers.remove(conn, TARGET) == [QUEUE]

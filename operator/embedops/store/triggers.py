@@ -122,15 +122,12 @@ def _lock(conn: psycopg.Connection, target: Target) -> None:
 def _installed_triggers(conn: psycopg.Connection, n: Names) -> list[tuple[str, str, str, str]]:
     """(table schema, table, trigger, tgenabled) of every trigger that calls this target's functions."""
     functions = [f"{_function(f).as_string(conn)}()" for f in (n.row_function, n.truncate_function)]
-    return [
-        (schema, table, trigger, enabled)
-        for schema, table, trigger, enabled in conn.execute(
-            "SELECT c.relnamespace::regnamespace::text, c.relname, t.tgname, t.tgenabled::text "
-            "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-            "WHERE t.tgfoid IN (SELECT to_regprocedure(f) FROM unnest(%s::text[]) f)",
-            (functions,),
-        )
-    ]
+    return conn.execute(
+        "SELECT s.nspname::text, c.relname::text, t.tgname::text, t.tgenabled::text "
+        "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace s ON s.oid = c.relnamespace "
+        "WHERE t.tgfoid IN (SELECT to_regprocedure(f) FROM unnest(%s::text[]) f)",
+        (functions,),
+    ).fetchall()
 
 
 def installed(conn: psycopg.Connection, target: Target) -> bool:
@@ -174,9 +171,7 @@ def install(conn: psycopg.Connection, target: Target, src: TableSource, id_type:
         _drop(conn, n)
         _create(conn, n, src, id_type)
         if always:
-            table = sql.Identifier(src.schema_name, src.table)
-            for trigger in n.triggers:
-                conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table, sql.Identifier(trigger)))
+            always = _enable_always(conn, n, src)
         conn.execute(sql.SQL("INSERT INTO {} (id) VALUES (NULL)").format(_queue(n)))
     log.info(
         "installed sync triggers on %s.%s (queue %s.%s%s)",
@@ -186,6 +181,28 @@ def install(conn: psycopg.Connection, target: Target, src: TableSource, id_type:
         n.queue,
         ", enabled always" if always else "",
     )
+    return True
+
+
+def _enable_always(conn: psycopg.Connection, n: Names, src: TableSource) -> bool:
+    """ENABLE ALWAYS the triggers, when this role owns the table (ALTER TABLE needs it; TRIGGER does not)."""
+    table = sql.Identifier(src.schema_name, src.table)
+    owner = fetch.value(
+        conn.execute(
+            "SELECT pg_has_role(relowner, 'USAGE') FROM pg_class WHERE oid = to_regclass(%s)", (table.as_string(conn),)
+        )
+    )
+    if not owner:
+        log.warning(
+            "%s.%s is fed by logical replication, which skips ordinary triggers, and this role does not own it: "
+            "its owner must run ALTER TABLE ... ENABLE ALWAYS TRIGGER for %s",
+            src.schema_name,
+            src.table,
+            ", ".join(n.triggers),
+        )
+        return False
+    for trigger in n.triggers:
+        conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table, sql.Identifier(trigger)))
     return True
 
 
