@@ -255,3 +255,29 @@ def test_validate_names_a_reference_to_a_resource_the_folder_does_not_define(tmp
     assert "FineTuneJob/default/ft: refers to EmbeddingDataset 'dss', which these manifests do not define" in (
         capsys.readouterr().err
     )
+
+
+def test_validate_says_when_the_role_may_not_create_the_trigger_mode_s_triggers(tmp_path, dsn, capsys):
+    import psycopg
+
+    (tmp_path / "probe.jsonl").write_text('{"query": "q", "relevant": [1]}\n')
+    path = write(tmp_path, index(sync={"mode": "trigger"}))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.docs (id int PRIMARY KEY, text text)")
+        conn.execute("CREATE ROLE syncer LOGIN")
+        conn.execute("GRANT SELECT ON public.docs TO syncer")
+        conn.execute("GRANT CREATE ON SCHEMA public TO syncer")
+    dsn_file = tmp_path / "dsn"
+    dsn_file.write_text(dsn.replace("postgres:@", "syncer:@"))
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "EmbeddingIndex/default/ix: spec.sync.mode: trigger: the database role 'syncer' may not create triggers on "
+        "public.docs (it must own the table or hold its TRIGGER privilege: GRANT TRIGGER ON public.docs TO syncer)"
+    ) in err
+    assert "may not create the trigger functions and queue table in the 'embedops' schema" in err
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("GRANT TRIGGER ON public.docs TO syncer")
+        conn.execute("CREATE SCHEMA embedops")
+        conn.execute("GRANT USAGE, CREATE ON SCHEMA embedops TO syncer")
+    assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 0, capsys.readouterr().err

@@ -9,6 +9,7 @@ field. (In a cluster the workers meet the same problems as InvalidInput, exit co
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +147,44 @@ def database(loaded: list[LoadedResource], dsn: str) -> list[str]:
             problems += [f"{r.key}: spec.target: {p}" for p in _target_problems(conn, r)]
             if r.spec.source.table is not None:
                 problems += [f"{r.key}: spec.{p}" for p in _readable(conn, r.spec.source.table)]
+                if r.spec.sync.mode == "trigger":
+                    problems += [
+                        f"{r.key}: spec.sync.mode: {p}" for p in _may_install_triggers(conn, r.spec.source.table)
+                    ]
+    return problems
+
+
+def _may_install_triggers(conn: Any, table: Any) -> list[str]:
+    """Trigger mode's install (store.triggers) may run: triggers on the source table (its owner, or a role with
+    its TRIGGER privilege), functions and a queue table in the `embedops` schema (or the schema may be created)."""
+    from psycopg import sql
+
+    from embedops.store import catalog
+
+    qualified = sql.Identifier(table.schema_name, table.table).as_string(conn)
+    row = conn.execute(
+        "SELECT current_user, has_table_privilege(c.oid, 'TRIGGER'), "
+        "CASE WHEN to_regnamespace(%s) IS NULL THEN has_database_privilege(current_database(), 'CREATE') "
+        "ELSE has_schema_privilege(%s, 'CREATE') END "
+        "FROM pg_class c WHERE c.oid = to_regclass(%s)",
+        (catalog.SCHEMA, catalog.SCHEMA, qualified),
+    ).fetchone()
+    if row is None:
+        return []  # no such table: reported by _readable
+    role, may_trigger, may_create = row
+    grantee, on = _sql_name(conn, role), _sql_name(conn, table.schema_name, table.table)
+    problems = []
+    if not may_trigger:
+        problems.append(
+            f"trigger: the database role {role!r} may not create triggers on {table.schema_name}.{table.table} "
+            f"(it must own the table or hold its TRIGGER privilege: GRANT TRIGGER ON {on} TO {grantee}); "
+            "or use sync.mode diff, which needs no DDL on the table"
+        )
+    if not may_create:
+        problems.append(
+            f"trigger: the database role {role!r} may not create the trigger functions and queue table in the "
+            f"{catalog.SCHEMA!r} schema (GRANT USAGE, CREATE ON SCHEMA {catalog.SCHEMA} TO {grantee})"
+        )
     return problems
 
 
@@ -180,6 +219,13 @@ def _readable(conn: Any, table: Any) -> list[str]:
     if not fetch.value(conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (qualified,))):
         return [f"source.table: the database user may not SELECT from {table.schema_name}.{table.table}"]
     return []
+
+
+def _sql_name(conn: Any, *parts: str) -> str:
+    """A name as a user would type it in SQL: quoted only where it must be."""
+    from psycopg import sql
+
+    return ".".join(p if re.fullmatch(r"[a-z_][a-z0-9_]*", p) else sql.Identifier(p).as_string(conn) for p in parts)
 
 
 def missing_references(loaded: list[LoadedResource]) -> list[str]:

@@ -246,6 +246,12 @@ class SyncStep(VersionStep):
 class CleanupStep(IndexStep):
     NAME: ClassVar[str] = "cleanup"
 
+    drop_tables: bool = Field(
+        default=True,
+        description="Drop the view and the version tables (deletionPolicy Delete); false (Retain, sync mode "
+        "trigger): only the source table's triggers and their queue.",
+    )
+
 
 AnyStep = PrepareStep | TrainStep | EmbedStep | PublishStep | ProbeStep | DriftStep | SyncStep | CleanupStep
 STEPS: dict[str, type[AnyStep]] = {

@@ -44,3 +44,12 @@ def test_the_storage_warm_up_after_new_crds_is_one_info_line_not_errors():
     assert not quiet.filter(second), "said once"
     other = record("something else broke")
     assert quiet.filter(other) and other.levelno == logging.ERROR
+
+
+def test_an_index_in_sync_mode_trigger_is_cleaned_up_on_deletion_whatever_its_policy():
+    """Its cleanup Job removes the source table's triggers (and, with Delete only, the tables)."""
+    assert triggers._cleans_up({"deletionPolicy": "Delete"})
+    assert triggers._cleans_up({"deletionPolicy": "Retain", "sync": {"mode": "trigger"}})
+    assert triggers._cleans_up({"sync": {"mode": "trigger"}})
+    assert not triggers._cleans_up({"deletionPolicy": "Retain", "sync": {"mode": "diff"}})
+    assert not triggers._cleans_up({})

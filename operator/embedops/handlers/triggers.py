@@ -18,7 +18,8 @@ declared here and read through embedops.handlers.memory.
 
 kopf keeps its bookkeeping in annotations under `embedops.dev/` and uses the finalizer
 `embedops.dev/finalizer`, which it adds only to an EmbeddingIndex with
-`deletionPolicy: Delete` (the one deletion that has work to do: dropping tables).
+`deletionPolicy: Delete` or `sync.mode: trigger` (the deletions that have work to do: dropping
+tables, removing the source table's triggers).
 """
 
 from __future__ import annotations
@@ -197,13 +198,14 @@ def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A
 # -- deletion -----------------------------------------------------------------------------------
 
 
-def _deletes_tables(spec: kopf.Spec, **_: Any) -> bool:
-    return spec.get("deletionPolicy") == "Delete"
+def _cleans_up(spec: kopf.Spec, **_: Any) -> bool:
+    return spec.get("deletionPolicy") == "Delete" or (spec.get("sync") or {}).get("mode") == "trigger"
 
 
-@kopf.on.delete(GROUP, VERSION, "embeddingindexes", id="drop-tables", when=_deletes_tables)
+@kopf.on.delete(GROUP, VERSION, "embeddingindexes", id="drop-tables", when=_cleans_up)
 def drop_tables(body: kopf.Body, **_: Any) -> None:
-    """deletionPolicy: Delete: run a cleanup Job and let the resource go once it succeeded."""
+    """deletionPolicy: Delete, or sync mode trigger (whose triggers must not outlive the index): run a cleanup
+    Job and let the resource go once it succeeded."""
     spec = EmbeddingIndexSpec.model_validate(body.get("spec") or {})
     owner = reconcile.owner_of(dict(body))
     if spec.database.dsn_secret_ref is None:
@@ -211,7 +213,11 @@ def drop_tables(body: kopf.Body, **_: Any) -> None:
     step = WorkerStep(
         owner=owner,
         key=owner.uid,
-        config=steps.CleanupStep(target=spec.target, owner=reconcile.target_owner(owner)),
+        config=steps.CleanupStep(
+            target=spec.target,
+            owner=reconcile.target_owner(owner),
+            drop_tables=spec.deletion_policy == "Delete",
+        ),
         resources=spec.resources,
         scheduling=spec.scheduling,
         dsn_secret=spec.database.dsn_secret_ref,

@@ -66,6 +66,7 @@ class SyncCounts:
     deleted: int = 0
     pending: int = 0  # rows found and not applied (the sync stopped: its version was dropped)
     rehashed: bool = False  # the version had no hash column: every row was embedded again
+    stopped: bool = False  # its version was dropped or failed while it ran
     diff_seconds: float = 0.0
     seconds: float = 0.0
     started_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
@@ -267,5 +268,6 @@ def sync_version(
 
 def _stopped(counts: SyncCounts, rec: VersionRecord, started: float) -> SyncCounts:
     log.warning("%s.%s is no longer a version to sync (dropped or failed); sync stopped", rec.schema, rec.table)
+    counts.stopped = True
     counts.seconds = round(time.monotonic() - started, 3)
     return counts

@@ -5,6 +5,9 @@ rows that are new, changed or gone, and only those are embedded, with the model,
 length, precision and batch size the version was built with, and upserted or deleted. A sync
 that finds nothing loads no model: its cost is the diff, one scan of the table's (id, hash).
 
+With `sync.mode: trigger`, the rows to embed are those the source table's triggers queued
+(store.triggers), drained by the same worker; `pending` is then the rows queued while it ran.
+
 `catch_up` is the same sync run by a cut-over (the probe worker's, inside its lock): the
 version about to serve is brought up to date with the table first, so a cut-over never serves
 rows older than the version it replaces.
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, assert_never
 
 import numpy as np
 import psycopg
@@ -24,7 +27,7 @@ from embedops import modelzoo, steps
 from embedops.api import times
 from embedops.api.index import IVFFLAT_STALE_FRACTION, EmbedSpec, TableSource
 from embedops.results import SyncResult
-from embedops.store import pgvector, sources, sync
+from embedops.store import pgvector, sources, sync, triggers
 from embedops.store.catalog import VersionRecord
 from embedops.workers.embed import normalizes
 from embedops.workers.readers.rows import BLANK, INVALID_SAMPLES
@@ -63,7 +66,7 @@ def run(config: steps.SyncStep, *, dsn: str | None = None) -> SyncResult:
     with pgvector.connect(dsn) as conn:
         if config.owner is not None:
             pgvector.claim_target(conn, config.target, config.owner)
-        sources.inspect(conn, config.table)  # the table and its columns are still what the spec names
+        id_type = sources.inspect(conn, config.table)  # the table and its columns are still what the spec names
         rec = pgvector.version_record(conn, config.target, config.version)
         if rec.state not in sync.SYNCED_STATES:
             raise ValueError(f"{rec.schema}.{rec.table} is {rec.state}; only a finished version is synced")
@@ -71,21 +74,14 @@ def run(config: steps.SyncStep, *, dsn: str | None = None) -> SyncResult:
         def load() -> SentenceTransformer:
             return modelzoo.load(config.model, device=config.device, max_seq_length=config.embedding.max_seq_length)
 
-        counts = sync.sync_version(
-            conn,
-            rec,
-            config.table,
-            encoder(load, rec, config.embedding),
-            blank=BLANK,
-            chunk_rows=config.embedding.commit_rows,
-        )
+        counts = _sync(conn, config, rec, id_type, encoder(load, rec, config.embedding))
         skipped, skipped_ids = sources.skipped(conn, config.table, 0, 1, blank=BLANK, limit=INVALID_SAMPLES)
         after = pgvector.version_record(conn, config.target, config.version)
     fraction = after.changed_rows / max(after.rows, 1)
     result = SyncResult(
         version=rec.version,
         state=after.state,
-        synced_at=times.format_time(counts.started_at) if counts.pending == 0 else None,
+        synced_at=None if counts.stopped else times.format_time(counts.started_at),
         found=counts.found,
         inserted=counts.inserted,
         updated=counts.updated,
@@ -110,6 +106,25 @@ def run(config: steps.SyncStep, *, dsn: str | None = None) -> SyncResult:
         result.diff_seconds,
     )
     return result
+
+
+def _sync(
+    conn: psycopg.Connection, config: steps.SyncStep, rec: VersionRecord, id_type: str, embed: sync.Embed
+) -> sync.SyncCounts:
+    """The sync of `rec` by the index's mode. Trigger mode installs its triggers (when missing or outdated: its
+    first drain is then a full diff) and drains their queue; diff mode first removes what trigger mode installed
+    (the mode changed back), so no trigger keeps filling a queue nobody drains."""
+    match config.sync.mode:
+        case "trigger":
+            triggers.install(conn, config.target, config.table, id_type)
+            return triggers.drain(conn, rec, config.table, embed, blank=BLANK, chunk_rows=config.embedding.commit_rows)
+        case "diff":
+            triggers.remove(conn, config.target, config.owner)
+            return sync.sync_version(
+                conn, rec, config.table, embed, blank=BLANK, chunk_rows=config.embedding.commit_rows
+            )
+        case _:
+            assert_never(config.sync.mode)
 
 
 def catch_up(
