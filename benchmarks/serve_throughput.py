@@ -11,7 +11,8 @@ random weights, built in-process: speed does not depend on the weights).
 Every line is measured on this machine, with the same model and the same short queries:
 
   - in-process:  the server's own encode function (serve.load_model: `encode_query` and the
-                 token count) called directly, one query at a time (latency p50/p99) and in
+                 token count) called from one worker thread as the server calls it, with no HTTP
+                 between, one query at a time (latency p50/p99) and in
                  batches of 8 and 64 queries (queries/s): what the server could reach with no
                  HTTP, no JSON and perfect batching;
   - served:      `embedops serve --model ...` started as its own process, with C clients (1, 8,
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +53,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def in_process(model: str, device: str, queries: list[str], repeat: int) -> dict[str, float]:
+    """The server's encode function, called from one worker thread as the server calls it (on a loaded
+    machine, torch's two OpenMP threads made the main thread's calls many times slower)."""
     from embedops import serve
 
-    encode = serve.load_model(model, device=device).encode
+    served = serve.load_model(model, device=device)
+    thread = ThreadPoolExecutor(max_workers=1)
+
+    def encode(texts: list[str]) -> object:
+        return thread.submit(served.encode, texts).result()
+
     latencies = []
     for q in queries[: max(200, repeat)]:
         started = time.perf_counter()

@@ -186,3 +186,36 @@ def test_a_swapped_model_encodes_from_the_next_batch_and_responses_name_it(serve
     assert "X-Embedops-Version" not in headers[0] and headers[1]["X-Embedops-Version"] == "2"
     assert headers[1]["X-Embedops-Model-Fingerprint"] == other.info.fingerprint != served.info.fingerprint
     assert about["version"] == 2 and about["model_sha"] == other.info.fingerprint
+
+
+def test_the_cluster_example_serves_the_example_index_as_the_cli_reads_it(served):
+    """examples/cluster/query-embeddings.yaml: its command parses as `embedops serve --target` of the
+    example index's view, with that index's database Secret, the workspace claim and a route for its probes."""
+    from pathlib import Path
+
+    import yaml
+
+    from embedops import cli
+    from embedops.settings import OperatorSettings
+
+    folder = Path(__file__).resolve().parents[1] / "examples" / "cluster"
+    deployment, service = yaml.safe_load_all((folder / "query-embeddings.yaml").read_text())
+    index = yaml.safe_load((folder / "index.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["command"][0] == "embedops"
+    args = cli.build_parser().parse_args(container["command"][1:])
+    assert args.func is cli.cmd_serve and args.model is None and args.host == "0.0.0.0"
+    assert args.target == f"public.{index['spec']['target']['name']}"
+    (env,) = container["env"]
+    assert env["name"] == cli.DSN_ENV
+    assert env["valueFrom"]["secretKeyRef"]["name"] == index["spec"]["database"]["dsnSecretRef"]["name"]
+    assert container["ports"][0]["containerPort"] == args.port == service["spec"]["ports"][0]["port"]
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in deployment["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    assert claims == [OperatorSettings().workspace_claim]
+    routes = {r.resource.canonical for r in app(served).router.routes()}
+    assert container["readinessProbe"]["httpGet"]["path"] in routes
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
