@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import psycopg
+import pytest
 
 from embedops.api import times
 from tests.e2e.conftest import run_pod_command, running_operator, wait_for
@@ -31,7 +32,13 @@ def _served(dsn: str) -> set[int]:
         return {i for (i,) in conn.execute("SELECT id FROM public.notes_search")}
 
 
-def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_path):
+def _sync_now(kube) -> None:
+    """What `kubectl embedops sync notes` sets."""
+    kube.patch("EmbeddingIndex", "notes", {"metadata": {"annotations": {"embedops.dev/sync": times.now()}}})
+
+
+@pytest.mark.parametrize("mode", ["diff", "trigger"])
+def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_path, mode):
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.docs (id bigint PRIMARY KEY, body text, views int NOT NULL DEFAULT 0)")
         for i, topic in enumerate(TOPICS * 2):
@@ -54,7 +61,8 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
                 "database": {"dsnSecretRef": {"name": "pg"}},
                 "probe": {"path": "probe.jsonl", "k": 3},
                 "drift": {"enabled": False},
-                "sync": {"intervalMinutes": 1},
+                # diff: on a one-minute schedule; trigger: row triggers, synced on request here.
+                "sync": {"intervalMinutes": 1} if mode == "diff" else {"mode": "trigger", "intervalMinutes": 0},
             },
         }
     )
@@ -69,7 +77,10 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
             conn.execute("UPDATE public.docs SET views = 9 WHERE id >= 2")  # not embedded: not re-embedded
             conn.execute("DELETE FROM public.docs WHERE id IN (3, 4)")
 
-        # The schedule (one minute after the cut-over's catch-up) starts a sync Job by itself.
+        # diff: the schedule (one minute after the cut-over's catch-up) starts a sync Job by itself.
+        # trigger: the first sync installs the triggers and diffs once (they were not there to see these).
+        if mode == "trigger":
+            _sync_now(kube)
         result = _run_job(kube, "sync", tmp_path, known)
         assert (result["inserted"], result["updated"], result["deleted"]) == (1, 1, 2)
         status = wait_for(
@@ -81,14 +92,29 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
         served = _served(dsn)
         assert 100 in served and not {3, 4} & served
 
-        # A truncate, synced now on request (what `kubectl embedops sync` sets).
+        # More changes, synced now on request (in trigger mode, from the queue the triggers filled).
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO public.docs (id, body) VALUES (101, 'A note about lighthouses.')")
+            conn.execute("UPDATE public.docs SET body = 'A note about kites.' WHERE id = 2")
+            conn.execute("UPDATE public.docs SET views = 10 WHERE id = 5")
+        _sync_now(kube)
+        result = _run_job(kube, "sync", tmp_path, known)
+        assert (result["inserted"], result["updated"], result["deleted"], result["rows"]) == (1, 1, 0, 12)
+        if mode == "trigger":
+            with psycopg.connect(dsn) as conn:
+                triggers = conn.execute(
+                    "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.docs'::regclass AND NOT tgisinternal"
+                ).fetchone()[0]
+            assert triggers == 4
+
+        # A truncate, synced now on request.
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("TRUNCATE public.docs")
-        kube.patch("EmbeddingIndex", "notes", {"metadata": {"annotations": {"embedops.dev/sync": times.now()}}})
+        _sync_now(kube)
         result = _run_job(kube, "sync", tmp_path, known)
-        assert (result["deleted"], result["rows"]) == (11, 0)
+        assert (result["deleted"], result["rows"]) == (12, 0)
         wait_for(
             "the truncate in status",
-            lambda: (kube.get("EmbeddingIndex", "notes")["status"].get("sync") or {}).get("rowsDeleted") == 11,
+            lambda: (kube.get("EmbeddingIndex", "notes")["status"].get("sync") or {}).get("rowsDeleted") == 12,
         )
     assert _served(dsn) == set()
