@@ -34,7 +34,7 @@ from embedops.api import times
 from embedops.api.common import BaseStatus
 from embedops.api.conditions import SCHEDULED_FAILURES, ConditionType, Reason
 from embedops.api.finetune import FineTuneJobSpec, FineTuneJobStatus
-from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, IndexVersion, live_version
+from embedops.api.index import EmbeddingIndexSpec, EmbeddingIndexStatus, live_version
 from embedops.api.kinds import KINDS
 
 # A counter's `_created` series doubles every counter and histogram for a timestamp no alert
@@ -372,19 +372,11 @@ def _sync_series(m: Metrics, key: tuple[str, ...], spec: EmbeddingIndexSpec, st:
     live = live_version(st.versions)
     if live is None:
         return want
-    if (since := _synced_since(st, live)) is not None:
+    if (since := st.synced_since(live)) is not None:
         want.append((m.sync_time, key, _unix(since)))
     if st.sync is not None and st.sync.version == live.version:  # after a cut-over: the previous version's sync
         want += [(m.sync_pending, key, st.sync.pending_rows), (m.sync_changed, key, st.sync.changed_fraction)]
     return want
-
-
-def _synced_since(st: EmbeddingIndexStatus, live: IndexVersion) -> str | None:
-    """Since when the live version holds every change of its table: the latest of its last sync (status.sync, when
-    it synced this version), the last sync applied to it (versions[].syncedAt: the cut-over's catch-up) and its
-    build (createdAt). The planner schedules the next sync from the same time (reconcile._last_sync)."""
-    own = st.sync.last_sync_time if st.sync is not None and st.sync.version == live.version else None
-    return max((t for t in (own, live.synced_at, live.created_at) if t), key=_unix, default=None)
 
 
 def _finetune_series(

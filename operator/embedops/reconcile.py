@@ -776,7 +776,7 @@ def _sync_step(
         return None
     requested = _sync_requested(ctx, current)
     minutes = spec.sync.interval_minutes
-    if not requested and not (spec.sync.scheduled and _due(_last_sync(current, live), minutes, ctx.obs.now)):
+    if not requested and not (spec.sync.scheduled and _due(current.synced_since(live), minutes, ctx.obs.now)):
         return None
     sync = steps.SyncStep(
         target=spec.target,
@@ -790,17 +790,6 @@ def _sync_step(
     key = "r" + naming.inputs_hash(requested) if requested else _slot(ctx.obs.now, minutes)
     # A sync longer than its interval is not failed (a large change takes its time): one runs at a time.
     return _index_step(ctx, key, spec, sync, ttl=ctx.settings.periodic_job_ttl_seconds)
-
-
-def _last_sync(current: EmbeddingIndexStatus, live: IndexVersion) -> str | None:
-    """Since when the live version holds its table: its last sync (the cut-over's catch-up included), else
-    its build."""
-    own = current.sync.last_sync_time if current.sync is not None and current.sync.version == live.version else None
-    return max((t for t in (own, live.synced_at, live.created_at) if t), key=_instant, default=None)
-
-
-def _instant(stamp: str) -> dt.datetime:
-    return times.parse_time(stamp) or dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def _syncing(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, plan: Plan) -> Plan:
@@ -847,7 +836,7 @@ def next_due(body: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
     if spec.drift.enabled:
         dues.append(_next_run(last_drift, spec.drift.interval_minutes, now))
     if spec.source.table is not None and spec.sync.scheduled:
-        dues.append(_next_run(_last_sync(current, live), spec.sync.interval_minutes, now))
+        dues.append(_next_run(current.synced_since(live), spec.sync.interval_minutes, now))
     return min(dues)
 
 

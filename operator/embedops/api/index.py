@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, FiniteFloat, JsonValue, StringConstraints, field_validator, model_validator
 from pydantic.json_schema import JsonDict
 
+from embedops.api import times
 from embedops.api.common import (
     MAX_INT,
     MAX_INTERVAL_MINUTES,
@@ -438,6 +439,15 @@ class EmbeddingIndexStatus(BaseStatus):
     drift: DriftResult | None = Field(default=None, description="Latest drift measurement of the live version.")
     reindex: ReindexProgress | None = Field(default=None, description="Progress of a version being built.")
     sync: SyncStatus | None = Field(default=None, description="Last sync of the live version with its source table.")
+
+    def synced_since(self, live: IndexVersion) -> str | None:
+        """Since when the live version holds every change of its table: the latest of its last sync (status.sync,
+        when it synced this version), the last sync applied to it (versions[].syncedAt: the cut-over's catch-up)
+        and its build (createdAt). The planner schedules the next sync from it; the metrics export it."""
+        own = self.sync.last_sync_time if self.sync is not None and self.sync.version == live.version else None
+        stamps = [t for t in (own, live.synced_at, live.created_at) if t]
+        return max(stamps, key=lambda t: times.parse_time(t) or times.utcnow(), default=None)
+
     ann_rebuild_of: int | None = Field(
         default=None,
         description="The version whose IVFFlat lists went stale (spec.sync.rebuildAfterChangedFraction): the "
