@@ -281,3 +281,27 @@ def test_validate_says_when_the_role_may_not_create_the_trigger_mode_s_triggers(
         conn.execute("CREATE SCHEMA embedops")
         conn.execute("GRANT USAGE, CREATE ON SCHEMA embedops TO syncer")
     assert main(["validate", "-f", str(path), "--dsn-file", str(dsn_file)]) == 0, capsys.readouterr().err
+
+
+def test_validate_says_that_several_nodes_need_the_trainjob_api_which_local_mode_has_not(tmp_path, capsys):
+    path = write(
+        tmp_path,
+        {"kind": "EmbeddingDataset", "metadata": {"name": "ds"}, "spec": {"source": {"beir": {"path": str(SAMPLE)}}}},
+        {
+            "kind": "FineTuneJob",
+            "metadata": {"name": "ft"},
+            "spec": {"datasetRef": {"name": "ds"}, "resources": {"gpus": 8, "nodes": 2}},
+        },
+        {
+            "kind": "FineTuneJob",
+            "metadata": {"name": "tj"},
+            "spec": {"datasetRef": {"name": "ds"}, "launcher": "trainjob"},
+        },
+    )
+    assert main(["validate", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "FineTuneJob/default/ft: spec.resources.nodes: 2 nodes run as a Kubeflow Trainer TrainJob "
+        "(trainer.kubeflow.org/v1alpha1), which local mode does not serve" in err
+    )
+    assert "FineTuneJob/default/tj: spec.launcher: trainjob needs the trainer.kubeflow.org/v1alpha1 TrainJob API" in err

@@ -15,7 +15,7 @@ from typing import Any
 
 from embedops import modelzoo
 from embedops.api.dataset import BeirSource, EmbeddingDatasetSpec
-from embedops.api.finetune import FineTuneJobSpec
+from embedops.api.finetune import TRAINJOB_API, FineTuneJobSpec
 from embedops.api.index import EmbeddingIndexSpec
 from embedops.manifests import LoadedResource
 from embedops.steps import TargetOwner
@@ -105,6 +105,16 @@ def _finetune(base: Path, spec: FineTuneJobSpec) -> list[str]:
     problems = _model(base, spec.base_model, "spec.baseModel")
     if spec.loss.guide_model is not None:
         problems += _model(base, spec.loss.guide_model, "spec.loss.guideModel")
+    # Local mode trains in its own process: it serves no TrainJob API (the planner says InvalidSpec too).
+    if spec.resources.nodes > 1:
+        problems.append(
+            f"spec.resources.nodes: {spec.resources.nodes} nodes run as a Kubeflow Trainer TrainJob "
+            f"({TRAINJOB_API}), which local mode does not serve; set it to 1 here"
+        )
+    elif spec.launcher == "trainjob":
+        problems.append(
+            f"spec.launcher: trainjob needs the {TRAINJOB_API} TrainJob API, which local mode does not serve"
+        )
     return problems
 
 

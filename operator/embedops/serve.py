@@ -38,7 +38,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import psycopg
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -425,7 +424,7 @@ class Follower:
                             log.info("now serving the model of v%s", served.info.version)
                             current = served
                         pgvector.wait_for_cutover(conn, self.target, self.poll)
-            except (psycopg.Error, pgvector.DatabaseUnavailable, ValueError) as err:
+            except Exception as err:  # noqa: BLE001 - a database or model load error must not end the following
                 log.warning("following the live version: %s; trying again in 5 s", err)
                 stop.wait(5)
 
