@@ -32,7 +32,7 @@ _QUOTES = "\"'“”‘’`«»"
 _WORD = re.compile(r"[^\W_]+")
 _ABOUT_THE_TEXT = re.compile(
     r"\b(?:this|the|that|above|given|following)\s+(?:passage|text|article|document|paragraph|abstract|excerpt|"
-    r"study|paper|extract|snippet|author|authors|writer|context)s?\b",
+    r"study|paper|extract|snippet|author|authors|writer)s?\b",
     re.IGNORECASE,
 )
 
