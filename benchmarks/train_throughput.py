@@ -135,7 +135,8 @@ def worker(model_path: str, dataset: Path, args, device: str) -> list[float]:
             "datasetRef": {"name": "bench"},
             "baseModel": model_path,
             "training": {"epochs": 1, "batchSize": args.batch_size, "maxSeqLength": args.max_seq_length},
-            "evaluation": {"maxQueries": 10},
+            # No validation split: the throughput of training is measured, not the choice of a checkpoint.
+            "evaluation": {"maxQueries": 10, "validation": {"fraction": 0}},
         }
     )
     found = []
