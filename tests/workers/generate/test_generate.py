@@ -169,3 +169,19 @@ def test_a_beir_folder_with_only_its_corpus_is_a_corpus(tmp_path):
         )
         result = run(tmp_path, s)
     assert result.generation.validation_on == "generated" and result.counts.corpus == N_DOCS
+
+
+def test_roles_hold_out_enough_validation_documents_and_none_when_labelled():
+    from collections import Counter
+
+    from embedops.api.generate import GenerateSpec
+    from embedops.prepared import Doc
+    from embedops.workers.generate.run import assign_roles
+
+    corpus = {f"d{i}": Doc(id=f"d{i}", text="x") for i in range(600)}
+    gen = GenerateSpec.model_validate({"model": "m", "maxDocuments": 60, "queriesPerDocument": 1})
+    roles = assign_roles(corpus, gen, 0.2, 42, labelled=False, labelled_test=False)
+    assert Counter(roles.values()) == {"test": 12, "validation": 15, "train": 33}  # a quarter of a small sample
+    big = gen.model_copy(update={"max_documents": 600})
+    assert Counter(assign_roles(corpus, big, 0.2, 42, False, True).values()) == {"validation": 60, "train": 540}
+    assert set(assign_roles(corpus, gen, 0.2, 42, labelled=True, labelled_test=True).values()) == {"train"}

@@ -36,7 +36,7 @@ from embedops.workers.readers.rows import Qrels, Source, seeded_unit
 log = logging.getLogger(__name__)
 
 REPORT = "generation_report.json"
-VALIDATION_FRACTION, VALIDATION_MAX_QUERIES = 0.1, 500
+VALIDATION_FRACTION, VALIDATION_MAX_QUERIES, VALIDATION_MIN_DOCUMENTS = 0.1, 500, 50
 REPORT_EXAMPLES = 10
 FAILURE_SAMPLES = 5
 
@@ -120,9 +120,11 @@ def assign_roles(
     n_test = 0 if labelled_test else max(1, round(test_fraction * len(order)))
     n_validation = 0
     if not labelled:
-        n_validation = max(
-            1, min(round(VALIDATION_FRACTION * len(order)), VALIDATION_MAX_QUERIES // gen.queries_per_document)
-        )
+        # A tenth of the sample, but at least VALIDATION_MIN_DOCUMENTS (a quarter of a small one): with
+        # half of a small generator's replies dropped, a tenth of 60 documents left one validation
+        # query, which the base model already ranked first, so no checkpoint could beat it.
+        wanted = max(round(VALIDATION_FRACTION * len(order)), min(VALIDATION_MIN_DOCUMENTS, len(order) // 4), 1)
+        n_validation = min(wanted, max(1, VALIDATION_MAX_QUERIES // gen.queries_per_document))
     if n_test + n_validation >= len(order):
         raise GenerationFailed(
             f"spec.generate: {len(order)} sampled documents are too few to hold out test and validation queries "
