@@ -764,7 +764,9 @@ def _sync_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:
         last = times.parse_time(current.sync.last_sync_time) if current.sync else None
     except ValueError:
         return None
-    return requested if when is not None and (last is None or last < when) else None
+    # Times are whole seconds: a sync that started in the second asked for may have started before the ask
+    # (its Job is named by the request, so it runs once).
+    return requested if when is not None and (last is None or last <= when) else None
 
 
 def _sync_step(
