@@ -9,6 +9,7 @@ with 2 `nvidia.com/gpu` (tainted, as GPU pools are) and one with CPUs only.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
 import subprocess
@@ -195,7 +196,12 @@ def namespace(api, crds, nodes) -> Iterator[str]:
     # The default ServiceAccount must exist before pods can be created in the namespace.
     wait_for("default ServiceAccount", lambda: core.read_namespaced_service_account("default", name), timeout=30)
     yield name
-    core.delete_namespace(name)
+    core.delete_namespace(name)  # from now on nothing (a Job's controller) creates pods in it
+    # Pods of a test whose worker never ended (kwok's kubelet holds them Running until told) would keep
+    # their node's GPUs while the namespace terminates: removed at once, so the next test finds them free.
+    for pod in core.list_namespaced_pod(name).items:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespaced_pod(pod.metadata.name, name, grace_period_seconds=0)
     core.delete_persistent_volume(f"ws-{name}")
 
 
