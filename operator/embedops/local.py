@@ -253,7 +253,10 @@ class LocalRunner:
     def _reconcile(self, loaded: LoadedResource) -> Outcome:
         body = self._apply(loaded)
         layout = reconcile.Layout(
-            inputs=str(loaded.base_dir), outputs=str(self.state_dir / loaded.resource.namespace), database_secrets=False
+            inputs=str(loaded.base_dir),
+            outputs=str(self.state_dir / loaded.resource.namespace),
+            database_secrets=False,
+            serving=False,  # spec.serving is the cluster's: here `embedops serve -f` serves the live model
         )
         jobs: dict[str, reconcile.ObservedJob] = {}
         for _ in range(MAX_ROUNDS):

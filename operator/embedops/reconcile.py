@@ -42,12 +42,13 @@ from embedops.api.index import (
     ProbeResult,
     ProbeSpec,
     ReindexProgress,
+    ServingStatus,
     SyncStatus,
     VersionState,
     live_version,
 )
 from embedops.api.kinds import KINDS, format_validation_error, validate_spec
-from embedops.builders import naming
+from embedops.builders import naming, serving
 from embedops.builders.jobs import KUEUE_QUEUE_LABEL, Owner, WorkerStep
 from embedops.results import EmbedResult, PrepareResult, PublishResult, SyncResult, TrainResult
 from embedops.settings import OperatorSettings
@@ -77,6 +78,25 @@ class ObservedJob:
 
 
 @dataclass(frozen=True)
+class ObservedDeployment:
+    """A query-embedding Deployment of an index (spec.serving), as an executor observed it."""
+
+    name: str
+    spec_hash: str | None  # the builder's embedops.dev/spec-hash: what it was last applied as
+    ready: bool  # rolled out as applied: every replica updated and available (true at 0 replicas too)
+    failed: str | None = None  # why its rollout failed (ProgressDeadlineExceeded, ReplicaFailure), when it did
+
+
+@dataclass(frozen=True)
+class ObservedService:
+    """An index's query-embedding Service."""
+
+    name: str
+    spec_hash: str | None
+    version: int | None  # the version its selector names
+
+
+@dataclass(frozen=True)
 class Observed:
     """Everything a plan is made from."""
 
@@ -86,6 +106,9 @@ class Observed:
     related: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     now: dt.datetime = field(default_factory=times.utcnow)
     trainjob_api: bool = False  # the cluster serves Kubeflow Trainer's TrainJob (trainer.kubeflow.org/v1alpha1)
+    # An index's serving objects (spec.serving) by name: its Deployments, and its Service.
+    deployments: dict[str, ObservedDeployment] = field(default_factory=dict)
+    services: dict[str, ObservedService] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,9 @@ class Layout:
     # True: each resource names the Secret holding its database's DSN (a cluster). False: the
     # executor hands every step its one database (local mode: --dsn or the embedded server).
     database_secrets: bool = True
+    # True: an index's spec.serving becomes Deployments and a Service, and gates its cut-overs (a cluster).
+    # False: local mode, where `embedops serve -f` serves the live model on loopback instead.
+    serving: bool = True
 
     @classmethod
     def workspace(cls, settings: OperatorSettings) -> Layout:
@@ -117,6 +143,8 @@ class Plan:
     delete: list[str] = field(default_factory=list)  # names of owned Jobs to delete (superseded runs)
     suspend: dict[str, bool] = field(default_factory=dict)  # owned Job -> its spec.suspend from now on
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
+    apply: list[dict[str, Any]] = field(default_factory=list)  # manifests to create or update (server-side apply)
+    remove: list[tuple[str, str]] = field(default_factory=list)  # owned (kind, name) to delete: Deployment, Service
 
 
 @dataclass(frozen=True)
@@ -606,7 +634,13 @@ def plan_index(ctx: _Context) -> Plan:
     _require_secret(ctx, spec.database.dsn_secret_ref, "spec.database.dsnSecretRef")
     current: EmbeddingIndexStatus = ctx.current
     rebuild_of = _ann_rebuild_of(spec, current)
-    plan = _plan_index(ctx, spec, current, rebuild_of)
+    wanted: dict[int, str] = {}  # the version a cut-over waits for to be served, and its model
+    try:
+        plan = _plan_index(ctx, spec, current, rebuild_of, wanted)
+    except _Stop as stop:
+        plan = stop.plan
+    if ctx.layout.serving:
+        _serve(ctx, spec, current, plan, wanted)
     if isinstance(plan.status, EmbeddingIndexStatus):
         plan.status.ann_rebuild_of = rebuild_of
     elif plan.status is None and rebuild_of != current.ann_rebuild_of:
@@ -629,7 +663,13 @@ def _ann_rebuild_of(spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus) -> 
     return current.live_version if stale else current.ann_rebuild_of
 
 
-def _plan_index(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, rebuild_of: int | None) -> Plan:
+def _plan_index(
+    ctx: _Context,
+    spec: EmbeddingIndexSpec,
+    current: EmbeddingIndexStatus,
+    rebuild_of: int | None,
+    wanted: dict[int, str],
+) -> Plan:
     inputs = _index_inputs(ctx, spec)
     if inputs.model is None:
         if current.live_version is None:
@@ -662,6 +702,19 @@ def _plan_index(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndex
             ctx, Reason.BAD_WORKER_RESULT, f"Job {job.name} finished but no shard reported a finished version"
         )
 
+    return _publish(ctx, spec, current, inputs, built, publish_key, wanted)
+
+
+def _publish(
+    ctx: _Context,
+    spec: EmbeddingIndexSpec,
+    current: EmbeddingIndexStatus,
+    inputs: _IndexInputs,
+    built: EmbedResult,
+    publish_key: str,
+    wanted: dict[int, str],
+) -> Plan:
+    """Probe the version built and cut over if it passes (or to the pinned one), once its query model is served."""
     config = steps.PublishStep(
         target=spec.target,
         version=built.version,
@@ -674,6 +727,8 @@ def _plan_index(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndex
         catch_up=steps.CatchUp(table=spec.source.table, embedding=spec.embedding) if spec.source.table else None,
     )
     publish = _index_step(ctx, publish_key, spec, config)
+    if publish.name not in ctx.obs.jobs and (blocked := _serving_gate(ctx, spec, current, built, inputs, wanted)):
+        return _syncing(ctx, spec, current, blocked)
     job = _run_step(ctx, publish, Reason.PUBLISHING)
     if isinstance(job, Plan):
         if isinstance(job.status, EmbeddingIndexStatus):
@@ -687,6 +742,129 @@ def _plan_index(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndex
     )
     published = statuses.index_published(spec, result, ctx.at, drift=current.drift, sync=current.sync)
     return _done(published, publish_key, job, notes)
+
+
+# -- EmbeddingIndex: serving (spec.serving) ------------------------------------------------------
+
+
+def _serving(ctx: _Context, spec: EmbeddingIndexSpec) -> serving.Serving:
+    assert spec.serving is not None
+    return serving.Serving(
+        owner=owner_of(ctx.body), spec=spec.serving, target=spec.target, dsn_secret=spec.database.dsn_secret_ref
+    )
+
+
+def _served(ctx: _Context, spec: EmbeddingIndexSpec, version: int, model: str, replicas: int) -> dict[str, Any]:
+    """The Deployment manifest of one version's query model."""
+    served = serving.ServedVersion(version=version, model=model, replicas=replicas, bundled=modelzoo.is_bundled(model))
+    return serving.deployment(_serving(ctx, spec), served, ctx.settings)
+
+
+def _serving_gate(
+    ctx: _Context,
+    spec: EmbeddingIndexSpec,
+    current: EmbeddingIndexStatus,
+    built: EmbedResult,
+    inputs: _IndexInputs,
+    wanted: dict[int, str],
+) -> Plan | None:
+    """Blue/green: the version a publish step may make live (the pinned one, else the one just built) must be
+    served, its Deployment Ready with its model, before the publish Job starts; None: it is (or no serving)."""
+    if spec.serving is None or not ctx.layout.serving:
+        return None
+    version = spec.pinned_version if spec.pinned_version is not None else built.version
+    if version == current.live_version:
+        return None  # no cut-over: the Service already selects it
+    if version == built.version:
+        model = inputs.model or ""
+    else:
+        model = next((v.model for v in current.versions if v.version == version), "")
+    wanted[version] = model
+    manifest = _served(ctx, spec, version, model, spec.serving.replicas)
+    name = manifest["metadata"]["name"]
+    seen = ctx.obs.deployments.get(name)
+    rolled_out = seen is not None and seen.spec_hash == serving.spec_hash(manifest)
+    if rolled_out and seen is not None and seen.ready:
+        return None
+    if rolled_out and seen is not None and seen.failed:
+        message = (
+            f"Deployment {name} (v{version}'s query model) failed: {seen.failed}; the cut-over to v{version} waits"
+        )
+        if current.live_version is not None:
+            status = current.model_copy(deep=True)
+            statuses.degraded(status, Reason.SERVING_FAILED, message, ctx.at)
+            return Plan(status=status)  # its event: plan() posts one for each change of Degraded
+        status = statuses.progressing(current, Reason.SERVING_FAILED, message, ctx.at, phase="Pending")
+        unchanged = statuses.same_condition(current, status, statuses.PROGRESSING)
+        return Plan(status=status, events=[] if unchanged else [("Warning", Reason.SERVING_FAILED, message)])
+    message = f"waiting for Deployment {name} to serve v{version}'s model (Ready) before the cut-over"
+    return Plan(status=statuses.progressing(current, Reason.SERVING_NOT_READY, message, ctx.at, phase="Pending"))
+
+
+def _serve(
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, plan: Plan, wanted: dict[int, str]
+) -> None:
+    """The serving objects the plan's outcome asks for, added to it: a Deployment per retained version (the live
+    one and the one a cut-over waits for at spec.serving.replicas, the others kept at zero replicas for a quick
+    rollback), and the Service selecting the live version. What is no longer wanted is removed."""
+    result = plan.status if isinstance(plan.status, EmbeddingIndexStatus) else current
+    live = result.live_version
+    wanted_deployments = _deployments(ctx, spec, result, wanted)
+    wanted_service = serving.service(_serving(ctx, spec), live) if spec.serving and live is not None else None
+    for name, manifest in wanted_deployments.items():
+        seen = ctx.obs.deployments.get(name)
+        if seen is None or seen.spec_hash != serving.spec_hash(manifest):
+            plan.apply.append(manifest)
+    plan.remove += [("Deployment", name) for name in sorted(ctx.obs.deployments) if name not in wanted_deployments]
+    service_name = serving.service_name(ctx.body["metadata"]["name"])
+    seen_service = ctx.obs.services.get(service_name)
+    kept = service_name if wanted_service is not None else None
+    plan.remove += [("Service", name) for name in sorted(ctx.obs.services) if name != kept]
+    if wanted_service is not None and (
+        seen_service is None or seen_service.spec_hash != serving.spec_hash(wanted_service)
+    ):
+        plan.apply.append(wanted_service)
+        plan.events += _switch_events(seen_service, current.live_version, live, service_name)
+    shown = ServingStatus(service=service_name, version=live, engine=spec.serving.engine) if spec.serving else None
+    if shown != result.serving:
+        if plan.status is None:
+            plan.status = current.model_copy(deep=True)
+        assert isinstance(plan.status, EmbeddingIndexStatus)
+        plan.status.serving = shown
+
+
+def _deployments(
+    ctx: _Context, spec: EmbeddingIndexSpec, result: EmbeddingIndexStatus, wanted: dict[int, str]
+) -> dict[str, dict[str, Any]]:
+    """The Deployment manifests of an index's retained versions (and of the one a cut-over waits for), by name."""
+    if spec.serving is None:
+        return {}
+    models = {v.version: v.model for v in result.versions if v.state in RETAINED_STATES}
+    models.update(wanted)
+    out = {}
+    for version, model in sorted(models.items()):
+        replicas = spec.serving.replicas if version == result.live_version or version in wanted else 0
+        manifest = _served(ctx, spec, version, model, replicas)
+        out[manifest["metadata"]["name"]] = manifest
+    return out
+
+
+def _switch_events(
+    seen: ObservedService | None, recorded: int | None, live: int | None, name: str
+) -> list[tuple[str, str, str]]:
+    """A Service that selected another version than the view served (edited by hand, or left by a failed write)
+    is a Warning; the switch that goes with a cut-over or rollback is Normal."""
+    if seen is not None and seen.version != recorded:
+        return [
+            (
+                "Warning",
+                "ServingMismatch",
+                f"Service {name} selected v{seen.version} while the view serves v{recorded}: switched to v{live}",
+            )
+        ]
+    if seen is None or seen.version != live:
+        return [("Normal", "ServingSwitched", f"Service {name} selects v{live}'s query model, as the view does")]
+    return []
 
 
 def _probe_requested(ctx: _Context, current: EmbeddingIndexStatus) -> str | None:

@@ -31,7 +31,8 @@ from tests.e2e.test_operator import run_lifecycle
 CHART = ROOT / "charts" / "embedops"
 PROMETHEUS_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
 # Every permission the operator has; the lifecycle test below shows they suffice, and a change
-# here is a deliberate one. No Secrets, no Pods created, nothing deleted but superseded Jobs.
+# here is a deliberate one. No Secrets, no Pods created, nothing deleted but superseded Jobs and an
+# index's own query-embedding Deployments and Service (spec.serving).
 RULES = [
     {
         "apiGroups": ["embedops.dev"],
@@ -49,6 +50,12 @@ RULES = [
         "resources": ["trainjobs"],
         "verbs": ["get", "list", "watch", "create", "patch", "delete"],
     },
+    {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "verbs": ["get", "list", "watch", "create", "patch", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},

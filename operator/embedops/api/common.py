@@ -303,8 +303,8 @@ class Resources(ApiModel):
     )
 
 
-class Scheduling(ApiModel):
-    """Where and how worker pods are scheduled; passed through to the Job and its pod template."""
+class PodScheduling(ApiModel):
+    """Where pods are scheduled: passed through to their pod template."""
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pods tolerate.")
@@ -314,6 +314,12 @@ class Scheduling(ApiModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
     )
     priority_class_name: str | None = Field(default=None, description="PriorityClass of the pods.")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount of the pods.")
+
+
+class Scheduling(PodScheduling):
+    """Where and how worker pods are scheduled; passed through to the Job and its pod template."""
+
     queue_name: str | None = Field(
         default=None,
         description="Kueue LocalQueue; sets the `kueue.x-k8s.io/queue-name` label on the Job so Kueue admits it.",
@@ -338,4 +344,3 @@ class Scheduling(ApiModel):
             "Kueue queue (queueName) is suspended and resumed by Kueue instead."
         ),
     )
-    service_account_name: str | None = Field(default=None, description="ServiceAccount of the worker pods.")

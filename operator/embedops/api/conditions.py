@@ -34,6 +34,7 @@ class Reason(StrEnum):
     DEPENDENCY_NOT_READY = "DependencyNotReady"
     DEPENDENCY_FAILED = "DependencyFailed"  # a referenced resource failed: this one waits for it to be fixed
     WAITING_FOR_MODEL = "WaitingForModel"
+    SERVING_NOT_READY = "ServingNotReady"  # a version's query-embedding Deployment is not Ready: no cut-over yet
     # Done (Ready=True).
     PREPARED = "Prepared"
     TRAINED = "Trained"
@@ -55,6 +56,7 @@ class Reason(StrEnum):
     PROBE_FAILED = "ProbeFailed"
     DRIFT_FAILED = "DriftFailed"
     SYNC_FAILED = "SyncFailed"
+    SERVING_FAILED = "ServingFailed"  # the query-embedding Deployment of the version to serve failed: no cut-over
     ANN_INDEX_STALE = "AnnIndexStale"  # an IVFFlat version's rows changed past what its lists hold up to
     # What the last publish step decided, on Progressing=False beside Ready=True.
     GATE_FAILED = "GateFailed"

@@ -17,6 +17,7 @@ from embedops.api.common import (
     BaseStatus,
     Database,
     LocalObjectReference,
+    PodScheduling,
     Resources,
     Scheduling,
     SqlName,
@@ -289,6 +290,41 @@ class SyncSpec(ApiModel):
         return self.interval_minutes > 0
 
 
+# The Text Embeddings Inference images `engine: tei` runs by default: the CPU build, or with
+# spec.serving.resources.gpus the CUDA build (Ampere and later: A100, L4, H100).
+TEI_IMAGE_CPU = "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
+TEI_IMAGE_GPU = "ghcr.io/huggingface/text-embeddings-inference:1.8"
+
+
+class ServingSpec(ApiModel):
+    """A query-embedding Deployment per version and one stable Service per index (docs/operator.md, "Querying an
+    index"): the Service names the live version's pods, switched with the view."""
+
+    engine: Literal["embedops", "tei"] = Field(
+        default="embedops",
+        description="embedops: the worker image running `embedops serve` (TEI's /embed, OpenAI's /v1/embeddings, "
+        "and /search of the view); tei: Hugging Face Text Embeddings Inference. Default: embedops.",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description=f"The serving image. Default: the operator's worker image (embedops), {TEI_IMAGE_CPU} or with "
+        f"GPUs {TEI_IMAGE_GPU} (tei).",
+    )
+    replicas: int = Field(default=1, ge=1, le=1000, description="Pods of the live version. Default: 1.")
+    ready_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=86_400,
+        description="How long a version's Deployment may take to become Ready (its progressDeadlineSeconds); "
+        "past it the cut-over is blocked with reason ServingFailed. Default: 600.",
+    )
+    resources: Resources = Field(
+        default_factory=Resources, description="Resources of each serving pod (gpus: 0 unless set)."
+    )
+    scheduling: PodScheduling = Field(default_factory=PodScheduling, description="Scheduling of the serving pods.")
+
+
 class EmbeddingIndexSpec(ApiModel):
     """Desired state of an EmbeddingIndex."""
 
@@ -333,6 +369,11 @@ class EmbeddingIndexSpec(ApiModel):
     )
     resources: Resources = Field(default_factory=Resources, description="Resources of each embedding pod.")
     scheduling: Scheduling = Field(default_factory=Scheduling, description="Scheduling of the embedding Jobs.")
+    serving: ServingSpec | None = Field(
+        default=None,
+        description="Serve query embeddings with each version's model: a Deployment per version and a Service "
+        "switched with the view. Unset: none (the default).",
+    )
 
 
 class ProbeResult(RetrievalScores):
@@ -428,6 +469,14 @@ class SyncStatus(ApiModel):
     )
 
 
+class ServingStatus(ApiModel):
+    """The query-embedding Service of an index with spec.serving."""
+
+    service: str = Field(description="The Service applications send queries to (port `http`, 8080).")
+    version: int | None = Field(default=None, description="The version whose pods the Service selects.")
+    engine: str = Field(description="embedops or tei.")
+
+
 class EmbeddingIndexStatus(BaseStatus):
     """Observed state of an EmbeddingIndex."""
 
@@ -448,6 +497,9 @@ class EmbeddingIndexStatus(BaseStatus):
         stamps = [t for t in (own, live.synced_at, live.created_at) if t]
         return max(stamps, key=lambda t: times.parse_time(t) or times.utcnow(), default=None)
 
+    serving: ServingStatus | None = Field(
+        default=None, description="The query-embedding Service (spec.serving) and the version it selects."
+    )
     ann_rebuild_of: int | None = Field(
         default=None,
         description="The version whose IVFFlat lists went stale (spec.sync.rebuildAfterChangedFraction): the "

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from embedops import steps
-from embedops.api.common import API_VERSION, Resources, Scheduling, SecretKeySelector
+from embedops.api.common import API_VERSION, PodScheduling, Resources, Scheduling, SecretKeySelector
 from embedops.api.generate import API_KEY_ENV, ApiKeySecretRef
 from embedops.builders import naming
 from embedops.settings import OperatorSettings
@@ -129,7 +129,7 @@ def worker_command(step: WorkerStep) -> list[str]:
     ]
 
 
-def _resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
+def pod_resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
     """The operator's defaults (worker_resources, else worker_cpu / worker_memory as request = limit),
     then the resource's own cpu and memory as request = limit: the CPU limit is what a worker sizes
     its tokenizer pool by (its cgroup quota)."""
@@ -155,7 +155,7 @@ def _resources(res: Resources, gpus: int, settings: OperatorSettings) -> dict[st
     return out
 
 
-def _tolerations(scheduling: Scheduling, gpus: int) -> list[dict[str, Any]]:
+def pod_tolerations(scheduling: PodScheduling, gpus: int) -> list[dict[str, Any]]:
     tolerations = [t.to_wire() for t in scheduling.tolerations]
     # GPU node pools are tainted nvidia.com/gpu; a pod that asks for GPUs tolerates it (as
     # the ExtendedResourceToleration admission plugin would, where a cluster enables it).
@@ -209,7 +209,7 @@ def _container(step: WorkerStep, settings: OperatorSettings, mounts: list[dict[s
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": copy.deepcopy(WORKER_SECURITY),
     }
-    if resources := _resources(step.resources, step.gpus, settings):
+    if resources := pod_resources(step.resources, step.gpus, settings):
         container["resources"] = resources
     return container
 
@@ -225,7 +225,7 @@ def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
     }
     passed_through = {
         "nodeSelector": dict(sched.node_selector),
-        "tolerations": _tolerations(sched, step.gpus),
+        "tolerations": pod_tolerations(sched, step.gpus),
         "affinity": sched.affinity,
         "priorityClassName": sched.priority_class_name,
         "serviceAccountName": sched.service_account_name,

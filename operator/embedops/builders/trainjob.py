@@ -32,9 +32,9 @@ from embedops.builders.jobs import (
     WORKER_SECURITY,
     WorkerStep,
     _env,
-    _resources,
-    _tolerations,
     _volumes,
+    pod_resources,
+    pod_tolerations,
     worker_command,
 )
 from embedops.settings import OperatorSettings
@@ -63,7 +63,7 @@ def _runtime_patch(step: WorkerStep, launcher: TrainJobLauncherSpec, settings: O
     }
     passed_through = {
         "nodeSelector": dict(sched.node_selector),
-        "tolerations": _tolerations(sched, step.gpus),
+        "tolerations": pod_tolerations(sched, step.gpus),
         "affinity": sched.affinity,
         "serviceAccountName": sched.service_account_name,
         "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
@@ -88,7 +88,7 @@ def train_job(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "numNodes": step.nodes,
         "numProcPerNode": step.gpus,
     }
-    if resources := _resources(step.resources, step.gpus, settings):
+    if resources := pod_resources(step.resources, step.gpus, settings):
         trainer["resourcesPerNode"] = resources
     spec: dict[str, Any] = {
         "runtimeRef": {"name": launcher.runtime_ref.name, "apiGroup": GROUP, "kind": launcher.runtime_ref.kind},

@@ -93,20 +93,19 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Ou
     related = reconcile.related_statuses(body, lambda ref_kind, ref_name: _read(ref_kind, namespace, ref_name))
     # Only a FineTuneJob's plan asks whether TrainJobs are served (a discovery request at most once a minute).
     served = kind == "FineTuneJob" and kube.trainjob_api_served()
-    plan = reconcile.plan(reconcile.Observed(body=body, jobs=observed, related=related, trainjob_api=served), SETTINGS)
-    for step in plan.create:
-        if _create(step):
-            log.info("%s %s/%s: created %s %s", kind, namespace, name, step.launcher, step.name)
-    for job_name in plan.delete:
-        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
-        (kube.delete_trainjob if is_trainjob else kube.delete_job)(namespace, job_name)
-        log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
-    for job_name, suspend in plan.suspend.items():
-        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
-        (kube.suspend_trainjob if is_trainjob else kube.suspend_job)(namespace, job_name, suspend)
-    for type_, reason, message in plan.events:
-        kube.post_event(body, type_, reason, message)
-        metrics.METRICS.event_posted(kind, namespace, name, reason)
+    deployments, services = _owned_serving(body)
+    plan = reconcile.plan(
+        reconcile.Observed(
+            body=body,
+            jobs=observed,
+            related=related,
+            trainjob_api=served,
+            deployments=deployments,
+            services=services,
+        ),
+        SETTINGS,
+    )
+    _carry_out(kind, namespace, name, body, plan, observed)
     old = body.get("status") or {}
     stored = statuses.parse(KINDS[kind].status_model, old)
     written, dependants = None, []
@@ -125,6 +124,51 @@ def _reconcile(kind: str, namespace: str, name: str, body: dict[str, Any]) -> Ou
         memory.CURRENT.reconciled((kind, namespace, name), body)
     _observe_metrics(kind, namespace, name, body, status)
     return Outcome(written=written, look_again=_look_again(body, jobs_look), dependants=dependants)
+
+
+def _carry_out(
+    kind: str,
+    namespace: str,
+    name: str,
+    body: dict[str, Any],
+    plan: reconcile.Plan,
+    observed: dict[str, reconcile.ObservedJob],
+) -> None:
+    """Everything the plan asks for but the status: Jobs, serving objects, events."""
+    for step in plan.create:
+        if _create(step):
+            log.info("%s %s/%s: created %s %s", kind, namespace, name, step.launcher, step.name)
+    for job_name in plan.delete:
+        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
+        (kube.delete_trainjob if is_trainjob else kube.delete_job)(namespace, job_name)
+        log.info("%s %s/%s: deleted superseded Job %s", kind, namespace, name, job_name)
+    for job_name, suspend in plan.suspend.items():
+        is_trainjob = job_name in observed and observed[job_name].kind == "TrainJob"
+        (kube.suspend_trainjob if is_trainjob else kube.suspend_job)(namespace, job_name, suspend)
+    for manifest in plan.apply:
+        kube.apply(manifest)
+        log.info("%s %s/%s: applied %s %s", kind, namespace, name, manifest["kind"], manifest["metadata"]["name"])
+    for child_kind, child in plan.remove:
+        kube.remove(child_kind, namespace, child)
+        log.info("%s %s/%s: deleted %s %s", kind, namespace, name, child_kind, child)
+    for type_, reason, message in plan.events:
+        kube.post_event(body, type_, reason, message)
+        metrics.METRICS.event_posted(kind, namespace, name, reason)
+
+
+def _owned_serving(
+    body: dict[str, Any],
+) -> tuple[dict[str, reconcile.ObservedDeployment], dict[str, reconcile.ObservedService]]:
+    """An index's query-embedding Deployments and Service (spec.serving); other kinds have none. Outside kopf
+    (a one-off call) they are read only for an index that asks for serving."""
+    if body.get("kind") != "EmbeddingIndex":
+        return {}, {}
+    owner_uid = body["metadata"]["uid"]
+    known = memory.CURRENT
+    if known is None:
+        wanted = (body.get("spec") or {}).get("serving") is not None
+        return kube.owned_serving(body["metadata"]["namespace"], owner_uid) if wanted else ({}, {})
+    return kube.observe_serving(*known.serving(owner_uid))
 
 
 def _create(step: WorkerStep) -> bool:

@@ -23,7 +23,7 @@ from embedops.api.kinds import KINDS
 from embedops.builders import naming, trainjob
 from embedops.builders.jobs import CONTAINER
 from embedops.handlers import observe as observe_
-from embedops.reconcile import ObservedJob
+from embedops.reconcile import ObservedDeployment, ObservedJob, ObservedService
 
 log = logging.getLogger(__name__)
 
@@ -332,3 +332,54 @@ def log_tail(namespace: str, pod: str, lines: int = 50) -> str | None:
     except ApiException as err:  # no log yet, or no right to read it: no progress shown
         log.debug("no log of pod %s/%s: %s", namespace, pod, err.reason)
         return None
+
+
+# -- query-embedding Deployments and Services (spec.serving, builders.serving) ---------------------
+
+
+def apply(manifest: dict[str, Any]) -> None:
+    """Create or update a Deployment or Service as rendered (server-side apply: fields others set, such as a
+    HorizontalPodAutoscaler's replicas under its own manager, are not the operator's unless rendered)."""
+    meta = manifest["metadata"]
+    body: Any = manifest  # JSON is YAML: the apply patch is the manifest as it is
+    options: dict[str, Any] = {
+        "field_manager": FIELD_MANAGER,
+        "force": True,
+        "_content_type": "application/apply-patch+yaml",
+    }
+    if manifest["kind"] == "Deployment":
+        client.AppsV1Api(api()).patch_namespaced_deployment(meta["name"], meta["namespace"], body, **options)
+    else:
+        client.CoreV1Api(api()).patch_namespaced_service(meta["name"], meta["namespace"], body, **options)
+
+
+def remove(kind: str, namespace: str, name: str) -> None:
+    """Delete an owned Deployment (its pods with it) or Service; gone already is fine."""
+    try:
+        if kind == "Deployment":
+            client.AppsV1Api(api()).delete_namespaced_deployment(name, namespace, propagation_policy="Background")
+        else:
+            client.CoreV1Api(api()).delete_namespaced_service(name, namespace)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def owned_serving(namespace: str, owner_uid: str) -> tuple[dict[str, ObservedDeployment], dict[str, ObservedService]]:
+    """An index's Deployments and Services, read from the API server now (the operator reads its watch cache)."""
+    selector = f"{naming.LABEL_OWNER_UID}={owner_uid}"
+    deployments = client.AppsV1Api(api()).list_namespaced_deployment(namespace, label_selector=selector).items
+    services = client.CoreV1Api(api()).list_namespaced_service(namespace, label_selector=selector).items
+    return observe_serving(
+        [api().sanitize_for_serialization(d) for d in deployments],
+        [api().sanitize_for_serialization(s) for s in services],
+    )
+
+
+def observe_serving(
+    deployments: list[dict[str, Any]], services: list[dict[str, Any]]
+) -> tuple[dict[str, ObservedDeployment], dict[str, ObservedService]]:
+    return (
+        {d["metadata"]["name"]: observe_.observe_deployment(d) for d in deployments},
+        {s["metadata"]["name"]: observe_.observe_service(s) for s in services},
+    )

@@ -8,7 +8,8 @@ reconcile reads memory instead, as controller-runtime reconcilers read their inf
 
 - the three kinds by (kind, namespace, name);
 - who refers to whom: for each (kind, namespace, name), the resources whose plan reads its status;
-- the Jobs (and Kubeflow Trainer TrainJobs) the operator made, by the uid of the resource that owns them.
+- the Jobs (and Kubeflow Trainer TrainJobs) the operator made, by the uid of the resource that owns them;
+- an index's query-embedding Deployments and Service (spec.serving), by the index's uid too.
 
 kopf fills the indexes before it calls any handler, so the first reconcile already sees every
 object. One thing memory cannot know sooner than the API server tells it is a status this
@@ -39,6 +40,8 @@ RESOURCES = "embedops_resources"
 REFERENCES = "embedops_references"
 JOBS = "embedops_jobs"
 TRAINJOBS = "embedops_trainjobs"  # Kubeflow Trainer TrainJobs (a FineTuneJob across nodes), by owner uid too
+DEPLOYMENTS = "embedops_deployments"  # an index's query-embedding Deployments (spec.serving), by owner uid
+SERVICES = "embedops_services"  # and its Service
 
 # Annotations kopf itself writes (its progress storage and diff base use the embedops.dev/ prefix):
 # a change of one of them is no change of the resource.
@@ -104,8 +107,11 @@ class Memory:
         references: Index[Any, Any],
         jobs: Index[Any, Any],
         trainjobs: Index[Any, Any] | None = None,
+        deployments: Index[Any, Any] | None = None,
+        services: Index[Any, Any] | None = None,
     ) -> None:
         self._resources, self._references, self._jobs, self._trainjobs = resources, references, jobs, trainjobs
+        self._deployments, self._services = deployments, services
         self._lock = threading.Lock()
         self._written: dict[Key, tuple[str, dict[str, Any]]] = {}  # key -> (resourceVersion, status)
         self._reconciled: dict[Key, str] = {}  # key -> fingerprint of the resource as its last reconcile left it
@@ -135,6 +141,12 @@ class Memory:
     def jobs(self, owner_uid: str) -> list[dict[str, Any]]:
         trainjobs = _values(self._trainjobs, owner_uid) if self._trainjobs is not None else []
         return _values(self._jobs, owner_uid) + trainjobs
+
+    def serving(self, owner_uid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """An index's Deployments and Services (spec.serving), as last watched."""
+        deployments = _values(self._deployments, owner_uid) if self._deployments is not None else []
+        services = _values(self._services, owner_uid) if self._services is not None else []
+        return deployments, services
 
     def wrote(self, key: Key, obj: dict[str, Any]) -> None:
         """Our status write, as the API server answered it (the object with its new resourceVersion)."""

@@ -14,10 +14,10 @@ from typing import Any
 
 from embedops.api.common import JobProgress, JobStatus
 from embedops.api.conditions import Reason
-from embedops.builders import naming
+from embedops.builders import naming, serving
 from embedops.builders.jobs import CONTAINER, KUEUE_QUEUE_LABEL
 from embedops.progress import MARKER
-from embedops.reconcile import JobState, ObservedJob
+from embedops.reconcile import JobState, ObservedDeployment, ObservedJob, ObservedService
 from embedops.results import describe_error, error_reason
 
 log = logging.getLogger(__name__)
@@ -257,3 +257,36 @@ def _termination_message(pod: dict[str, Any], container: str | None = CONTAINER)
         if cs.get("name") == container or (container is None and terminated.get("message")):
             return terminated.get("message")
     return None
+
+
+def observe_deployment(deployment: dict[str, Any]) -> ObservedDeployment:
+    """A query-embedding Deployment (spec.serving): rolled out as last applied, as `kubectl rollout status` decides
+    it (every replica updated and available, no old one left), or failed (its progress deadline passed, or its
+    ReplicaSet cannot make pods: a quota, a missing ServiceAccount)."""
+    meta, spec, status = deployment["metadata"], deployment.get("spec") or {}, deployment.get("status") or {}
+    replicas = int(spec.get("replicas", 1))
+    current = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+    updated, available = status.get("updatedReplicas") or 0, status.get("availableReplicas") or 0
+    ready = current and updated >= replicas and available >= replicas and (status.get("replicas") or 0) <= updated
+    failed = None
+    for cond in status.get("conditions") or []:
+        stalled = cond.get("type") == "Progressing" and cond.get("reason") == "ProgressDeadlineExceeded"
+        if stalled or (cond.get("type") == "ReplicaFailure" and cond.get("status") == "True"):
+            failed = f"{cond.get('reason')}: {cond.get('message') or 'no message'}"
+    return ObservedDeployment(
+        name=meta["name"],
+        spec_hash=(meta.get("annotations") or {}).get(serving.SPEC_HASH),
+        ready=ready,
+        failed=None if ready else failed,
+    )
+
+
+def observe_service(service: dict[str, Any]) -> ObservedService:
+    """An index's query-embedding Service, and the version its selector names."""
+    meta = service["metadata"]
+    version = ((service.get("spec") or {}).get("selector") or {}).get(serving.LABEL_VERSION)
+    return ObservedService(
+        name=meta["name"],
+        spec_hash=(meta.get("annotations") or {}).get(serving.SPEC_HASH),
+        version=int(version) if version and version.isdigit() else None,
+    )

@@ -6,7 +6,8 @@ observes, plans and carries the plan out. Triggers:
 
 - a watch event of a resource that changed it, the listing at operator start included (the
   event of a status write of our own shows the resource as its reconcile left it: skipped);
-- any change of a Job the operator owns (a pod started, finished or failed; the Job is gone);
+- any change of a Job the operator owns (a pod started, finished or failed; the Job is gone), and of an
+  index's query-embedding Deployment or Service (spec.serving: a version's pods Ready, a rollout failed);
 - a change of a resource's Ready condition, for the resources that reference it (found in an
   index, not by listing the namespace);
 - the time a resource asked for when it was last reconciled: its next probe or drift run, a
@@ -114,6 +115,8 @@ kopf.index("batch", "v1", "jobs", labels=MANAGED, id=memory.JOBS)(memory.index_j
 # as unresolved and watches it once its CRD appears.
 TRAINJOB_GROUP, TRAINJOB_VERSION = TRAINJOB_API.split("/")
 kopf.index(TRAINJOB_GROUP, TRAINJOB_VERSION, "trainjobs", labels=MANAGED, id=memory.TRAINJOBS)(memory.index_job)
+kopf.index("apps", "v1", "deployments", labels=MANAGED, id=memory.DEPLOYMENTS)(memory.index_job)
+kopf.index("", "v1", "services", labels=MANAGED, id=memory.SERVICES)(memory.index_job)
 
 # kopf's own timers would put a finalizer on every resource (only an index that drops its tables
 # on deletion should have one), and a thread per timer would not scale: one queue holds them all.
@@ -125,7 +128,12 @@ def start_workers(**kwargs: Any) -> None:
     """The reconcile threads, and the indexes they read (empty now: kopf fills them before any handler runs)."""
     global _queue
     memory.CURRENT = memory.Memory(
-        kwargs[memory.RESOURCES], kwargs[memory.REFERENCES], kwargs[memory.JOBS], kwargs[memory.TRAINJOBS]
+        kwargs[memory.RESOURCES],
+        kwargs[memory.REFERENCES],
+        kwargs[memory.JOBS],
+        kwargs[memory.TRAINJOBS],
+        kwargs[memory.DEPLOYMENTS],
+        kwargs[memory.SERVICES],
     )
     executor.start()
     _queue = workqueue.WorkQueue(_work, workers=WORKERS)
@@ -179,6 +187,8 @@ for _kind in KINDS.values():
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)  # a version's query model Ready, or failed
+@kopf.on.event("", "v1", "services", labels=MANAGED)  # an index's Service edited (switched back by the plan)
 @kopf.on.event(TRAINJOB_GROUP, TRAINJOB_VERSION, "trainjobs", labels=MANAGED)
 def job_changed(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 - kopf passes it as `type`
     owner = next(
