@@ -273,17 +273,25 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view_target(value: str) -> Any:
+    """SCHEMA.NAME (or NAME, in public) as a Target."""
+    from embedops.api.index import Target
+
+    schema, _, name = value.rpartition(".")
+    return Target.model_validate({"schema": schema or "public", "name": name})
+
+
 def _serve_source(args: argparse.Namespace) -> tuple[Any, Any]:
     """What to serve: (the model, the follower of an index's live version or None)."""
     from embedops import serve
-    from embedops.api.index import Target
 
+    if args.version is not None and args.model is None:
+        raise SystemExit("error: --version goes with --model (-f and --target learn the version from the catalog)")
     if args.model is not None:
-        return serve.load_model(args.model, device=args.device), None
+        return serve.load_model(args.model, device=args.device, version=args.version), None
     dsn = _dsn(args)
     if args.target is not None:
-        schema, _, name = args.target.rpartition(".")
-        target = Target.model_validate({"schema": schema or "public", "name": name})
+        target = _view_target(args.target)
     else:
         loaded = _load(args)
         if isinstance(loaded, int):
@@ -304,7 +312,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from embedops import modelzoo, serve
     from embedops.store import pgvector
 
+    searcher = None
     try:
+        if args.search_target is not None:
+            dsn = _dsn(args)
+            if dsn is None:
+                raise SystemExit(f"error: --search-target needs the database: --dsn-file, --dsn or {DSN_ENV}")
+            searcher = serve.Searcher(dsn, _view_target(args.search_target))
         served, follower = _serve_source(args)
     except (modelzoo.ModelNotFound, ValueError, pgvector.DatabaseUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -312,7 +326,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def ready(info: serve.ModelInfo) -> None:
         which = f"v{info.version}'s model, following the live version" if follower else info.model
-        print(f"listening on http://{args.host}:{args.port}: {which}", file=sys.stderr, flush=True)
+        searching = f", searching {searcher.view}" if searcher else ""
+        print(f"listening on http://{args.host}:{args.port}: {which}{searching}", file=sys.stderr, flush=True)
 
     try:
         serve.run(
@@ -322,6 +337,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             max_wait=args.max_wait_ms / 1000,
             follower=follower,
+            searcher=searcher,
             on_ready=ready,
         )
     except OSError as err:  # the port is taken, or the host is not this machine's
@@ -547,6 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--target",
         help="follow the live version of this view, SCHEMA.NAME, in the database of the DSN (what a serving pod runs)",
+    )
+    serve.add_argument(
+        "--version", type=int, help="with --model: the index version whose model it is (in /info and responses)"
+    )
+    serve.add_argument(
+        "--search-target",
+        metavar="SCHEMA.NAME",
+        help="answer POST /search over this view, in the database of the DSN, while it serves this model's version",
     )
     serve.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
     _dsn_arguments(serve)

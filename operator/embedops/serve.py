@@ -16,6 +16,10 @@ instead of for every request ahead of it; a lone request waits `max_wait` at mos
   and has encoded a warm-up batch before the port opens).
 - `GET /info`: the model's path, fingerprint, dimensions and limits (as TEI's `/info`).
 - `GET /metrics`: Prometheus metrics (docs/operator.md, "Querying an index").
+- `POST /search` (with a search target, `--search-target`): `{"query": text, "k": 10}` embedded by the
+  server's model and searched in the view, in one transaction that first checks the view serves a
+  version of that same model (409 when it does not: a cut-over between the two). What
+  `kubectl embedops search` calls through the index's query Service.
 
 Queries are encoded with the model's query prompt (`encode_query`), as the probe and the
 retrieval evaluation encode them. A `Follower` keeps the server on the model of an index's
@@ -57,6 +61,17 @@ Encode = Callable[[list[str]], tuple[np.ndarray, list[int]]]  # texts -> (float3
 
 class BadRequest(ValueError):
     """A request the server cannot answer as sent (HTTP 422, TEI's `Validation` error)."""
+
+
+class Refused(Exception):
+    """A request answered with `status` and the JSON `body` (TEI's error shape: `error`, `error_type`)."""
+
+    def __init__(self, status: int, body: dict[str, Any]):
+        super().__init__(body.get("error"))
+        self.status, self.body = status, body
+
+
+MAX_K = 1000
 
 
 class ServeMetrics:
@@ -277,8 +292,8 @@ def _vector(row: np.ndarray, encoding: str) -> list[float] | str:
 class Server:
     """The HTTP routes over one Batcher."""
 
-    def __init__(self, batcher: Batcher, metrics: ServeMetrics):
-        self.batcher, self.metrics = batcher, metrics
+    def __init__(self, batcher: Batcher, metrics: ServeMetrics, searcher: Searcher | None = None):
+        self.batcher, self.metrics, self.searcher = batcher, metrics, searcher
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=8 << 20)
@@ -287,12 +302,16 @@ class Server:
         app.router.add_get("/health", self._health)
         app.router.add_get("/info", self._info)
         app.router.add_get("/metrics", self._metrics)
+        if self.searcher is not None:
+            app.router.add_post("/search", self._handler("search", self._search))
 
         async def start(_: web.Application) -> None:
             self.batcher.start()
 
         async def stop(_: web.Application) -> None:
             await self.batcher.stop()
+            if self.searcher is not None:
+                self.searcher.close()
 
         app.on_startup.append(start)
         app.on_cleanup.append(stop)
@@ -311,6 +330,8 @@ class Server:
                 response = web.json_response(value, dumps=_dumps, headers=info.headers())
             except BadRequest as err:
                 response = web.json_response({"error": str(err), "error_type": "Validation"}, status=422)
+            except Refused as err:
+                response = web.json_response(err.body, status=err.status)
             except Exception as err:  # the client gets the error, the server keeps serving
                 log.exception("encoding failed")
                 response = web.json_response({"error": str(err), "error_type": "Backend"}, status=500)
@@ -344,6 +365,24 @@ class Server:
         }
         return answer, encoded.info
 
+    async def _search(self, body: dict[str, Any]) -> tuple[Any, ModelInfo]:
+        """{"query": text, "k": 10} -> the view's `k` nearest rows to the query embedded by this server's model."""
+        assert self.searcher is not None
+        query, k = body.get("query"), body.get("k", 10)
+        if not isinstance(query, str) or not query:
+            raise BadRequest("query must be a non-empty string")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise BadRequest(f"k must be an integer from 1 to {MAX_K}")
+        encoded = await self.batcher.embed([query])
+        live, hits = await self.searcher.search(encoded, k)
+        answer = {
+            "version": live.version,
+            "model_fingerprint": live.model_fingerprint,
+            "view": f"{live.schema}.{live.view}",
+            "hits": [{"id": doc_id, "distance": distance} for doc_id, distance in hits],
+        }
+        return answer, encoded.info
+
     async def _health(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
@@ -365,11 +404,105 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def build(served: Served, *, max_batch: int = 64, max_wait: float = 0.002) -> tuple[web.Application, Batcher]:
-    """The server's app, and its batcher (whose `use` swaps the model)."""
+class Searcher:
+    """`POST /search` over one view: each search on a connection of its own thread, in one transaction.
+
+    The check that the view serves this server's model and the search are one transaction (the
+    store's `search_same_model`), so a cut-over cannot come between them. Neither the DSN nor its
+    password is ever put in a log line or a response.
+    """
+
+    def __init__(self, dsn: str, target: Target, *, connections: int = 4, ef_search: int = 40, probes: int = 10):
+        from psycopg import conninfo
+
+        try:
+            self._password = conninfo.conninfo_to_dict(dsn).get("password")
+        except Exception:  # noqa: BLE001 - psycopg's message may quote the DSN
+            raise ValueError("the database connection string (DSN) is malformed; it is not shown") from None
+        self._dsn, self.target, self.ef_search, self.probes = dsn, target, ef_search, probes
+        self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="search")
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._lock = threading.Lock()
+
+    @property
+    def view(self) -> str:
+        return f"{self.target.schema_name}.{self.target.name}"
+
+    def _clean(self, err: BaseException) -> str:
+        message = str(err).strip() or type(err).__name__
+        for secret in (self._dsn, self._password):
+            if secret:
+                message = message.replace(str(secret), "****")
+        return message
+
+    def _connection(self) -> Any:
+        from embedops.store import pgvector
+
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = pgvector.connect(self._dsn)
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def _search(self, encoded: Encoded, k: int) -> tuple[Any, list[tuple[str, float]]]:
+        import psycopg
+
+        from embedops.store import pgvector
+
+        try:
+            return pgvector.search_same_model(
+                self._connection(),
+                self.target,
+                encoded.info.fingerprint,
+                encoded.rows[0],
+                k,
+                ef_search=self.ef_search,
+                probes=self.probes,
+            )
+        except pgvector.LiveVersionChanged as err:
+            raise Refused(409, _conflict(self.view, err.live, encoded.info)) from None
+        except (psycopg.Error, pgvector.DatabaseUnavailable, ValueError) as err:
+            conn = getattr(self._local, "conn", None)
+            if isinstance(err, psycopg.Error) and conn is not None and not conn.closed and conn.broken:
+                conn.close()
+            message = self._clean(err)
+            log.warning("searching %s: %s", self.view, message)
+            body = {"error": f"cannot search {self.view}: {message}", "error_type": "Unavailable"}
+            raise Refused(503, body) from None
+
+    async def search(self, encoded: Encoded, k: int) -> tuple[Any, list[tuple[str, float]]]:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._search, encoded, k)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+
+
+def _conflict(view: str, live: Any, info: ModelInfo) -> dict[str, Any]:
+    """The 409 body: the view serves a version of another model than this server's (or none)."""
+    mine = f"v{info.version}'s model" if info.version is not None else f"the model {info.model}"
+    if live is None:
+        return {"error": f"the view {view} serves no version; this server serves {mine}", "error_type": "Conflict"}
+    return {
+        "error": f"the view {view} serves v{live.version} (model fingerprint {live.model_fingerprint}); "
+        f"this server serves {mine}",
+        "error_type": "Conflict",
+        "live_version": live.version,
+    }
+
+
+def build(
+    served: Served, *, max_batch: int = 64, max_wait: float = 0.002, searcher: Searcher | None = None
+) -> tuple[web.Application, Batcher]:
+    """The server's app, and its batcher (whose `use` swaps the model); `/search` with a `searcher`."""
     metrics = ServeMetrics()
     batcher = Batcher(served, metrics, max_batch=max_batch, max_wait=max_wait)
-    return Server(batcher, metrics).app(), batcher
+    return Server(batcher, metrics, searcher).app(), batcher
 
 
 class Follower:
@@ -437,11 +570,12 @@ def run(
     max_batch: int = 64,
     max_wait: float = 0.002,
     follower: Follower | None = None,
+    searcher: Searcher | None = None,
     on_ready: Callable[[ModelInfo], None] | None = None,
 ) -> None:
     """Serve until SIGINT or SIGTERM (the port opens once the model has encoded), following the live version
-    with `follower`."""
-    app, batcher = build(served, max_batch=max_batch, max_wait=max_wait)
+    with `follower`, answering `/search` with `searcher`."""
+    app, batcher = build(served, max_batch=max_batch, max_wait=max_wait, searcher=searcher)
     stop = threading.Event()
     if follower is not None:
         threading.Thread(target=follower.follow, args=(batcher.use, served, stop), daemon=True).start()

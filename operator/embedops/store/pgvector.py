@@ -782,20 +782,65 @@ def search_view(
     transaction), check that it still serves `rec`'s version, then search it. LiveVersionChanged when
     a cut-over came between the embedding and the search.
     """
-    view = sql.Identifier(rec.schema, rec.view)
-    query_sql = sql.SQL("SELECT id::text, embedding {} CAST(%s AS {}) FROM {} ORDER BY 2 LIMIT {}").format(
-        sql.SQL(OPERATORS[rec.metric]), sql.SQL(rec.vector_type), view, sql.Literal(limit)
+    _, hits = _search_held_view(
+        conn, rec.schema, rec.view, lambda live: live.version == rec.version, query, limit, ef_search, probes
     )
+    return hits
+
+
+def search_same_model(
+    conn: psycopg.Connection,
+    target: Target,
+    fingerprint: str | None,
+    query: np.ndarray,
+    limit: int,
+    *,
+    ef_search: int = 40,
+    probes: int = 10,
+) -> tuple[VersionRecord, list[tuple[str, float]]]:
+    """The live version and its hits for a query embedded, not normalized, by the model of `fingerprint`.
+
+    As `search_view`, in one transaction; any live version built with that model (same fingerprint and
+    dimensions) is searched, the query normalized for its metric. LiveVersionChanged when the view
+    serves another model's version, or none.
+    """
+    schema, view = _target(conn, target)
+
+    def same(live: VersionRecord) -> bool:
+        return fingerprint is not None and live.model_fingerprint == fingerprint and live.dimensions == len(query)
+
+    return _search_held_view(conn, schema, view, same, query, limit, ef_search, probes, normalize=True)
+
+
+def _search_held_view(
+    conn: psycopg.Connection,
+    schema: str,
+    view: str,
+    accept: Callable[[VersionRecord], bool],
+    query: np.ndarray,
+    limit: int,
+    ef_search: int,
+    probes: int,
+    *,
+    normalize: bool = False,
+) -> tuple[VersionRecord, list[tuple[str, float]]]:
+    """Hold the view, check that its live version is one `accept`s, search it: one transaction."""
     with conn.transaction():
-        conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 0").format(view))  # AccessShareLock until commit
-        live = next((r for r in catalog.records(conn, rec.schema, rec.view) if r.state == VersionState.LIVE), None)
-        if live is None or live.version != rec.version:
+        conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 0").format(sql.Identifier(schema, view)))  # AccessShareLock
+        live = next((r for r in catalog.records(conn, schema, view) if r.state == VersionState.LIVE), None)
+        if live is None or not accept(live):
             raise LiveVersionChanged(live)
+        if normalize and live.metric != "l2":
+            norm = float(np.linalg.norm(query))
+            query = query / norm if norm else query
         conn.execute(
             "SELECT set_config('hnsw.ef_search', %s, true), set_config('ivfflat.probes', %s, true)",
             (str(max(ef_search, limit)), str(probes)),
         )
-        return [(row[0], float(row[1])) for row in conn.execute(query_sql, (Vector(query),))]
+        query_sql = sql.SQL("SELECT id::text, embedding {} CAST(%s AS {}) FROM {} ORDER BY 2 LIMIT {}").format(
+            sql.SQL(OPERATORS[live.metric]), sql.SQL(live.vector_type), sql.Identifier(schema, view), sql.Literal(limit)
+        )
+        return live, [(row[0], float(row[1])) for row in conn.execute(query_sql, (Vector(query),))]
 
 
 def sample_embeddings(conn: psycopg.Connection, rec: VersionRecord, n: int, seed: str) -> tuple[list[Any], np.ndarray]:
