@@ -359,3 +359,135 @@ def test_sync_asks_for_a_sync_of_a_table_index_and_refuses_a_dataset_one(cluster
     with pytest.raises(SystemExit, match="no source.table"):
         kubectl.main(["sync", "ds"])
     assert len(fake.patches) == 1
+
+
+# -- search: the index's query Service through the API server's service proxy ---------------------
+
+
+class FakeProxyResponse:
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.data = (json.dumps(body) if not isinstance(body, str) else body).encode()
+
+    def read(self) -> None:
+        pass
+
+
+class FakeApiClient:
+    """ApiClient's two calls the proxy makes: the request as serialized (its path), and one answer."""
+
+    def __init__(self, status: int, body: Any) -> None:
+        self.answer = FakeProxyResponse(status, body)
+        self.requests: list[tuple[str, str, Any]] = []
+
+    def param_serialize(self, method, resource_path, path_params=None, header_params=None, body=None, **_):
+        path = resource_path.replace("{namespace}", path_params["namespace"])
+        return method, "https://k:6443" + path, header_params, body, None
+
+    def call_api(self, method, url, header_params=None, body=None, post_params=None, _request_timeout=None):
+        self.requests.append((method, url, body))
+        return self.answer
+
+
+SERVED_INDEX = _obj(
+    "EmbeddingIndex", "docs", spec={"target": {"schema": "app", "name": "docs"}, "serving": {"engine": "embedops"}}
+)
+FOUND = {
+    "version": 3,
+    "model_fingerprint": "sha256:abc",
+    "view": "app.docs",
+    "hits": [{"id": "17", "distance": 0.125}, {"id": "4", "distance": 0.25}],
+}
+
+
+def _searching(cluster, status: int, body: Any, index: dict[str, Any] = SERVED_INDEX) -> FakeApiClient:
+    fake = cluster([index])
+    fake.api_client = FakeApiClient(status, body)
+    return fake.api_client
+
+
+def test_search_posts_to_the_query_service_through_the_proxy_and_prints_id_tab_distance(cluster, capsys):
+    client = _searching(cluster, 200, FOUND)
+    assert kubectl.main(["search", "docs", "what causes fever", "-k", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert out.splitlines() == ["17\t0.125000", "4\t0.250000"]
+    assert err == "# app.docs v3 (sha256:abc)\n"
+    assert client.requests == [
+        (
+            "POST",
+            "https://k:6443/api/v1/namespaces/search/services/docs-query:http/proxy/search",
+            {"query": "what causes fever", "k": 2},
+        )
+    ]
+    assert kubectl.parse(["search", "docs", "q"]).k == 10
+
+
+@pytest.mark.parametrize(
+    ("index", "status", "body", "message"),
+    [
+        (
+            _obj("EmbeddingIndex", "docs", spec={"target": {"name": "docs"}}),
+            200,
+            FOUND,
+            "error: spec.serving is not set: the operator serves no query model for docs "
+            "(docs/operator.md, Querying an index)",
+        ),
+        (
+            _obj("EmbeddingIndex", "docs", spec={"serving": {"engine": "tei"}}),
+            200,
+            FOUND,
+            "error: engine tei has no /search: ",
+        ),
+        (
+            SERVED_INDEX,
+            503,
+            {"kind": "Status", "status": "Failure", "message": 'no endpoints available for service "docs-query"'},
+            "error: no Ready pod behind Service docs-query yet",
+        ),
+        (
+            SERVED_INDEX,
+            409,
+            {
+                "error": "the view app.docs serves v4 (model fingerprint sha256:def); this server serves v3's model",
+                "error_type": "Conflict",
+                "live_version": 4,
+            },
+            "error: Service docs-query and the view disagree: the view app.docs serves v4",
+        ),
+        (
+            SERVED_INDEX,
+            403,
+            {"kind": "Status", "reason": "Forbidden", "message": 'services "docs-query" is forbidden: User "bob"'},
+            'Error from server (Forbidden): services "docs-query" is forbidden',
+        ),
+        (
+            SERVED_INDEX,
+            404,
+            {"kind": "Status", "reason": "NotFound", "message": 'services "docs-query" not found'},
+            "Error from server (NotFound): Service docs-query is not in namespace search",
+        ),
+        (
+            SERVED_INDEX,
+            503,
+            {"error": "cannot search app.docs: the database is down", "error_type": "Unavailable"},
+            "error: Service docs-query answered 503: cannot search app.docs: the database is down",
+        ),
+    ],
+)
+def test_search_errors_are_one_line(cluster, capsys, index, status, body, message):
+    client = _searching(cluster, status, body, index)
+    assert kubectl.main(["search", "docs", "q"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(message) and err.count("\n") == 1, err
+    if "spec" in message or "tei" in message:
+        assert client.requests == []  # nothing asked of a Service that cannot answer
+
+
+def test_search_of_a_missing_index_and_a_bad_k(cluster, capsys):
+    _searching(cluster, 200, FOUND)
+    assert kubectl.main(["search", "nope", "q"]) == 1
+    assert (
+        capsys.readouterr().err == "Error from server (NotFound): no EmbeddingIndex named 'nope' in namespace search\n"
+    )
+    assert kubectl.main(["search", "docs", "q", "-k", "0"]) == 1
+    assert capsys.readouterr().err == "error: -k must be from 1 to 1000\n"

@@ -4,6 +4,7 @@ Installed as the `kubectl-embedops` command, which kubectl runs as `kubectl embe
 shape of CloudNativePG's `kubectl cnpg`). It reads status and writes the spec or annotations of
 the resources, never the database and never a Job: the operator does the work, so the plugin
 needs no credentials beyond the user's own RBAC (the chart's `embedops-edit` role, or `edit`).
+`search` asks the index's query Service (spec.serving) through the API server's service proxy.
 
     kubectl embedops status [NAME]              every resource (or one), Ready, phase and why
     kubectl embedops versions [INDEX]           an index's (or every index's) versions and last probes
@@ -12,6 +13,8 @@ needs no credentials beyond the user's own RBAC (the chart's `embedops-edit` rol
     kubectl embedops rollback INDEX [--to N]    pin the version before the live one (or N)
     kubectl embedops rerun NAME                 run the resource's work again (embedops.dev/rerun)
     kubectl embedops probe INDEX                probe the live version now (embedops.dev/probe)
+    kubectl embedops sync INDEX                 sync the live version with its table now (embedops.dev/sync)
+    kubectl embedops search INDEX QUERY [-k N]  the k nearest rows (id, distance) from the index's query Service
 
 NAME is `name`, or `kind/name` where two kinds share a name (kinds by name, plural or short name:
 eds, ftj, eix). kubectl's global flags go before or after the command, as kubectl takes them:
@@ -71,12 +74,41 @@ def _from_server(err: Any, verb: str, plural: str, namespace: str | None, name: 
     return ServerError(f"({reason}): {message}")
 
 
+QUERY_PORT = "http"  # the port name of an index's query Service, `<index>-query` (spec.serving)
+PROXY_TIMEOUT = 60  # seconds for one search through the service proxy
+
+
 class Api:
     """The custom-objects calls the commands make, each failure one PluginError naming what was asked."""
 
     def __init__(self, custom: Any, server: str = "") -> None:
         self.custom = custom
         self.server = server
+
+    def proxy_post(self, namespace: str, service: str, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """POST `body` to `path` of a Service's `http` port through the API server's service proxy:
+        the status and the answer (parsed JSON, else its text), whatever the status."""
+        from urllib3.exceptions import HTTPError
+
+        client = self.custom.api_client
+        request = client.param_serialize(
+            "POST",
+            f"/api/v1/namespaces/{{namespace}}/services/{service}:{QUERY_PORT}/proxy/{path}",
+            path_params={"namespace": namespace},
+            header_params={"Content-Type": "application/json", "Accept": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = client.call_api(*request, _request_timeout=PROXY_TIMEOUT)
+            response.read()
+        except HTTPError as err:
+            raise _unreachable(self.server, err) from None
+        text = (response.data or b"").decode("utf-8", "replace")
+        try:
+            return response.status, json.loads(text)
+        except ValueError:
+            return response.status, text.strip()
 
     def _call(self, verb: str, plural: str, namespace: str | None, name: str | None, fn: Any, *args: Any) -> Any:
         from kubernetes.client.exceptions import ApiException
@@ -404,6 +436,56 @@ def sync(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     return [f"{index['metadata']['name']}: its live version will be synced with its table now (status.sync)"]
 
 
+MAX_K = 1000  # as `embedops serve`'s /search
+QUERYING = "docs/operator.md, Querying an index"
+
+
+def search(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
+    """The index's query Service embeds the query with the live version's model and searches the view."""
+    index = _find(api, namespace, args.index, ("EmbeddingIndex",))
+    name, spec = index["metadata"]["name"], index.get("spec") or {}
+    serving = spec.get("serving") or {}
+    if not serving:
+        raise PluginError(f"spec.serving is not set: the operator serves no query model for {name} ({QUERYING})")
+    if serving.get("engine") == "tei":
+        raise PluginError(
+            f"engine tei has no /search: {name}'s query Service serves embeddings only (TEI's /embed); "
+            f"embed the query there and search the view in SQL, or set spec.serving.engine: embedops ({QUERYING})"
+        )
+    if not 1 <= args.k <= MAX_K:
+        raise PluginError(f"-k must be from 1 to {MAX_K}")
+    service = f"{name}-query"
+    code, answer = api.proxy_post(namespace, service, "search", {"query": args.query, "k": args.k})
+    if code == 200 and isinstance(answer, dict):
+        target = spec.get("target") or {}
+        view = answer.get("view") or f"{target.get('schema', 'public')}.{target.get('name', '')}"
+        _hint(f"# {view} v{answer.get('version')} ({answer.get('model_fingerprint')})")
+        return [f"{hit['id']}\t{float(hit['distance']):.6f}" for hit in answer.get("hits") or []]
+    raise _proxy_error(code, answer, service, namespace)
+
+
+def _proxy_error(code: int, answer: Any, service: str, namespace: str) -> PluginError:
+    """What a refused search means: the API server's own answers are a Status; the query server's carry error_type."""
+    body = answer if isinstance(answer, dict) else {}
+    from_server = body.get("kind") == "Status"  # the API server (or its proxy) answered, not the query server
+    message = str(body.get("message") or body.get("error") or answer or f"HTTP {code}")
+    if code == 401:
+        return PluginError("You must be logged in to the server (Unauthorized)")
+    if code == 503 and (from_server or "no endpoints" in message):
+        return PluginError(f"no Ready pod behind Service {service} yet: try again once one is ({message})")
+    if code == 409 and body.get("error_type") == "Conflict":
+        return PluginError(
+            f"Service {service} and the view disagree: {message}; a cut-over is in flight, retry in a moment"
+        )
+    if code == 404 and from_server:
+        return ServerError(f"(NotFound): Service {service} is not in namespace {namespace}: {message}")
+    if code == 404:
+        return PluginError(f"the server behind Service {service} has no /search (started without --search-target)")
+    if from_server:
+        return ServerError(f"({body.get('reason') or code}): {message}")
+    return PluginError(f"Service {service} answered {code}: {message}")
+
+
 def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     # Every column but the last is padded: widths stop one short of a row, on purpose.
@@ -455,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     command("rerun", "run a resource's work again (and all that uses it)").add_argument("name")
     command("probe", "probe an index's live version now").add_argument("index")
     command("sync", "sync an index's live version with its source table now").add_argument("index")
+    p = command("search", "the k nearest rows to a query, from the index's query Service (spec.serving)")
+    p.add_argument("index")
+    p.add_argument("query", help="the query text")
+    p.add_argument("-k", type=int, default=10, help=f"rows to return, 1 to {MAX_K} (default 10)")
     return parser
 
 
@@ -480,6 +566,7 @@ COMMANDS = {
     "rerun": rerun,
     "probe": probe,
     "sync": sync,
+    "search": search,
 }
 
 

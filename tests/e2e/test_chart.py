@@ -93,6 +93,7 @@ EDIT_RULES = [
         "verbs": ["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"],
     },
     {"apiGroups": ["embedops.dev"], "resources": [f"{k}/status" for k in KINDS], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},  # kubectl embedops search
 ]
 
 
