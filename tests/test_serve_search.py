@@ -135,3 +135,33 @@ def test_without_a_search_target_search_is_404_and_the_flags_parse(served_v1, mo
         cli.main(["serve", "--model", "m", "--search-target", "app.docs"])
     with pytest.raises(SystemExit, match="--version goes with --model"):
         cli.main(["serve", "--target", "app.docs", "--dsn", "host=nowhere", "--version", "2"])
+
+
+def test_the_operators_serving_deployment_and_service_are_what_serve_and_kubectl_embedops_search_expect():
+    """builders/serving.py's command parses as `embedops serve --model --version --search-target`, and its Service
+    is the `<index>-query` port `http` that `kubectl embedops search` proxies to."""
+    from embedops import kubectl
+    from embedops.api.common import SecretKeySelector
+    from embedops.api.index import ServingSpec
+    from embedops.builders import serving
+    from embedops.builders.jobs import Owner
+    from embedops.settings import OperatorSettings
+
+    s = serving.Serving(
+        owner=Owner(kind="EmbeddingIndex", name="docs", namespace="ns", uid="u1"),
+        spec=ServingSpec.model_validate({}),
+        target=Target.model_validate({"schema": "search", "name": "docs"}),
+        dsn_secret=SecretKeySelector(name="pg"),
+    )
+    d = serving.deployment(s, serving.ServedVersion(3, "/workspace/m", replicas=1), OperatorSettings(worker_image="w"))
+    (container,) = d["spec"]["template"]["spec"]["containers"]
+    args = cli.build_parser().parse_args(container["command"][1:])
+    assert args.func is cli.cmd_serve and (args.model, args.version, args.search_target) == (
+        "/workspace/m",
+        3,
+        "search.docs",
+    )
+    assert cli.DSN_ENV in {e["name"] for e in container["env"]}
+    service = serving.service(s, 3)
+    assert service["metadata"]["name"] == "docs-query"
+    assert [p["name"] for p in service["spec"]["ports"]] == [kubectl.QUERY_PORT] and args.port == 8080
