@@ -294,6 +294,75 @@ class TrainJobLauncherSpec(ApiModel):
     )
 
 
+OnnxOptimization = Literal["none", "O1", "O2", "O3", "O4"]
+ExportVariant = Literal["fp32", "O1", "O2", "O3", "O4", "int8"]
+ExportFormat = Literal["onnx", "openvino"]
+
+# The lowest per-row cosine similarity between the PyTorch model's embeddings and an export's, on
+# held-out texts, that passes, by variant (docs/operator.md, "Exporting the model", has the measurements).
+EXPORT_BOUNDS: dict[tuple[ExportFormat, ExportVariant], float] = {
+    ("onnx", "fp32"): 0.999,
+    ("onnx", "O1"): 0.999,
+    ("onnx", "O2"): 0.999,
+    ("onnx", "O3"): 0.999,
+    ("onnx", "O4"): 0.99,
+    ("onnx", "int8"): 0.95,
+    ("openvino", "fp32"): 0.99,
+}
+
+_MIN_COSINE = (
+    "Lowest per-row cosine similarity between the PyTorch model's embeddings and this export's, on held-out "
+    "texts, that passes; below it the training step fails. Default: the documented bound of each file "
+)
+
+
+class OnnxExportSpec(ApiModel):
+    """ONNX files of the published model in its `onnx/` folder, as sentence-transformers' ONNX backend loads them."""
+
+    optimization: OnnxOptimization = Field(
+        default="none",
+        description=(
+            "Also write an ONNX Runtime graph-optimised copy, `onnx/model_<level>.onnx`, at Optimum's levels: O1 "
+            "basic graph optimisations; O2 also transformer-specific fusions; O3 also GELU approximation; O4 also "
+            "fp16 weights (needs a GPU with onnxruntime-gpu). none: only `onnx/model.onnx` (fp32). Default: none."
+        ),
+    )
+    quantize: Literal["none", "int8"] = Field(
+        default="none",
+        description=(
+            "int8: also write `onnx/model_qint8.onnx`, the fp32 model with its weights dynamically quantised to "
+            "int8 (for CPUs). Default: none."
+        ),
+    )
+    min_cosine: FiniteFloat | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description=_MIN_COSINE + "(fp32 and O1-O3 0.999, O4 0.99, int8 0.95).",
+    )
+
+
+class OpenVinoExportSpec(ApiModel):
+    """An OpenVINO model in the published model's `openvino/` folder, as sentence-transformers' OpenVINO backend
+    loads it."""
+
+    min_cosine: FiniteFloat | None = Field(
+        default=None, gt=0, le=1, description=_MIN_COSINE + "(0.99: OpenVINO may run in bf16 on CPUs that have it)."
+    )
+
+
+class ExportSpec(ApiModel):
+    """Copies of the published model for other runtimes, each checked against the PyTorch model before it is
+    published. Needs the worker's `onnx` (or `openvino`) extra."""
+
+    onnx: OnnxExportSpec | None = Field(
+        default=None, description="Export to ONNX (`onnx/model.onnx`, and the optimised or quantised copies asked for)."
+    )
+    openvino: OpenVinoExportSpec | None = Field(
+        default=None, description="Export to OpenVINO IR (`openvino/openvino_model.xml` and `.bin`)."
+    )
+
+
 _LAUNCHER_RULE: JsonDict = {
     "rule": "!has(self.launcher) || self.launcher != 'job' || !has(self.resources) || !has(self.resources.nodes) "
     "|| self.resources.nodes == 1",
@@ -332,6 +401,14 @@ class FineTuneJobSpec(ApiModel):
     train_job: TrainJobLauncherSpec = Field(
         default_factory=TrainJobLauncherSpec, description="The TrainJob's runtime, when the launcher is one."
     )
+    export: ExportSpec | None = Field(
+        default=None,
+        description=(
+            "After training, export the published model to ONNX and/or OpenVINO into its folder; an export whose "
+            "embeddings stray from the PyTorch model's (per-row cosine below its bound) fails the step. "
+            "Default: none."
+        ),
+    )
 
     @model_validator(mode="after")
     def _loss_fits(self) -> FineTuneJobSpec:
@@ -342,6 +419,21 @@ class FineTuneJobSpec(ApiModel):
         return self
 
 
+class ModelExport(ApiModel):
+    """One exported file of the published model, and how closely it matches the PyTorch model."""
+
+    format: ExportFormat = Field(description="onnx or openvino: the sentence-transformers backend that loads it.")
+    variant: ExportVariant = Field(description="fp32, an optimisation level (O1-O4) or int8.")
+    file: str = Field(
+        description="Its path in the model folder, as sentence-transformers takes it: "
+        "`SentenceTransformer(folder, backend=format, model_kwargs={'file_name': file})`."
+    )
+    texts: int = Field(description="Held-out texts the export was checked on.")
+    min_cosine: float = Field(description="The lowest per-row cosine similarity to the PyTorch model's embeddings.")
+    mean_cosine: float = Field(description="The mean per-row cosine similarity.")
+    bound: float = Field(description="The lowest min_cosine that passes.")
+
+
 class ModelArtifact(ApiModel):
     """The published model."""
 
@@ -349,6 +441,9 @@ class ModelArtifact(ApiModel):
     base_model: str = Field(description="The model it was tuned from.")
     dimensions: int = Field(description="Embedding size.")
     fingerprint: str = Field(description="sha256 of the saved weights; changes whenever the model does.")
+    exports: list[ModelExport] = Field(
+        default_factory=list, description="The exports spec.export asked for, each checked against the model."
+    )
 
 
 class ValidationScores(ApiModel):
