@@ -364,3 +364,19 @@ def test_a_killed_and_resumed_run_ends_exactly_as_an_uninterrupted_one(tmp_path,
     assert resumed.resumed_from_step == 4 and whole.resumed_from_step is None
     assert resumed.validation == whole.validation and resumed.tuned_metrics == whole.tuned_metrics
     assert resumed.model.fingerprint == whole.model.fingerprint
+
+
+def test_the_exports_asked_for_are_checked_and_recorded_before_the_fingerprint(tmp_path, tiny_model_dir, dataset):
+    pytest.importorskip("onnxruntime", reason="spec.export.onnx needs the `onnx` extra (embedops[onnx])")
+    wire = job(tiny_model_dir, evaluation={"requireImprovement": False}).to_wire()
+    spec = FineTuneJobSpec.model_validate(wire | {"export": {"onnx": {"quantize": "int8"}}})
+    result = run_job(tmp_path, spec, dataset)
+
+    folder = Path(result.model.location)
+    assert [(e.file, e.texts) for e in result.model.exports] == [
+        ("onnx/model.onnx", 40),  # the ten test queries and the thirty documents
+        ("onnx/model_qint8.onnx", 40),
+    ]
+    assert all((folder / e.file).is_file() and e.min_cosine >= e.bound for e in result.model.exports)
+    assert result.model.fingerprint == modelzoo.fingerprint(folder)
+    assert result.to_wire()["model"]["exports"][1]["variant"] == "int8"

@@ -34,7 +34,7 @@ from embedops.api.scores import RetrievalScores
 from embedops.prepared import PreparedDataset
 from embedops.results import RankResult
 from embedops.results import TrainResult as Result
-from embedops.workers import servable
+from embedops.workers import exports, servable
 from embedops.workers.training.checkpoints import last_checkpoint, select_checkpoint
 from embedops.workers.training.collator import pretokenized_collator
 from embedops.workers.training.data import build_train_dataset, steps_per_epoch
@@ -196,11 +196,16 @@ def run(
     # Save: the model folder, as TEI and sentence-transformers serve it, and the evaluation next to it.
     model_dir = out / "model"
     servable.save(model, model_dir)
+
+    # Export: ONNX and OpenVINO copies into the folder (spec.export), each checked against the model on held-out
+    # texts before the fingerprint is taken of the folder as published.
+    exported = exports.run(model, model_dir, spec.export, _export_texts(data)) if spec.export else []
     artifact = ModelArtifact(
         location=str(model_dir),
         base_model=spec.base_model,
         dimensions=modelzoo.embedding_dimension(model),
         fingerprint=modelzoo.fingerprint(model_dir),
+        exports=exported,
     )
     return _finish(
         config,
@@ -215,6 +220,18 @@ def run(
         model=artifact,
         tuned_metrics=tuned_metrics,
     )
+
+
+EXPORT_TEXTS = 128  # queries, and as many documents, that each export is checked on
+
+
+def _export_texts(data: PreparedDataset) -> exports.Texts:
+    """The held-out (test) queries and the documents they are to find, then others, in a stable order."""
+    queries, qrels, corpus = data.test_queries(), data.test_qrels(), data.corpus()
+    chosen = sorted(queries)[:EXPORT_TEXTS]
+    relevant = dict.fromkeys(d for q in chosen for d in sorted(qrels.get(q, {})) if d in corpus)
+    ids = list(dict.fromkeys([*relevant, *sorted(corpus)]))[:EXPORT_TEXTS]
+    return exports.Texts([queries[q] for q in chosen], [corpus[d].full_text for d in ids])
 
 
 def _finish(
