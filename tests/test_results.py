@@ -151,3 +151,51 @@ def test_a_long_non_ascii_error_still_fits_a_termination_message():
 )
 def test_describe_error_falls_back_to_the_log_tail(text, described):
     assert describe_error(text) == described
+
+
+def test_a_train_result_with_every_field_and_every_export_fits():
+    scores = {"ndcgAt10": 0.123456789, "mrrAt10": 0.123456789, "recallAt10": 0.1234567, "recallAt100": 0.98765432}
+    exports = [
+        {
+            "format": f,
+            "variant": v,
+            "file": p,
+            "texts": 256,
+            "minCosine": 0.9887416,
+            "meanCosine": 0.9936411,
+            "bound": b,
+        }
+        for f, v, p, b in [
+            ("onnx", "fp32", "onnx/model.onnx", 0.999),
+            ("onnx", "O3", "onnx/model_O3.onnx", 0.999),
+            ("onnx", "int8", "onnx/model_qint8.onnx", 0.95),
+            ("openvino", "fp32", "openvino/openvino_model.xml", 0.99),
+        ]
+    ]
+    train = TrainResult.model_validate(
+        {
+            "model": {
+                "location": "/workspace/embedops/finetunejobs/" + "a-rather-long-namespace-and-job-name" * 2 + "/model",
+                "baseModel": "/workspace/models/" + "some-organisation-and-model-name" * 2,
+                "dimensions": 1024,
+                "fingerprint": "sha256:" + "f" * 64,
+                "exports": exports,
+            },
+            "baseMetrics": scores | {"queries": 300},
+            "tunedMetrics": scores | {"queries": 300},
+            "ndcgGain": 0.0123456789,
+            "validation": {"queries": 500, "documents": 20000, "baseNdcgAt10": 0.1234567, "bestNdcgAt10": 0.7654321},
+            "trainPairs": 110_000,
+            "plannedSteps": 2000,
+            "steps": 2000,
+            "worldSize": 16,
+            "globalBatchSize": 1024,
+            "resumedFromStep": 1600,
+            "startTime": "2026-11-25T11:00:00Z",
+            "completionTime": "2026-11-25T11:01:00Z",
+            "durationSeconds": 12345.6,
+        }
+    )
+    text = termination_message(train)
+    assert len(text.encode()) <= TERMINATION_MESSAGE_BYTES // 2
+    assert TrainResult.model_validate_json(text) == train
