@@ -223,16 +223,21 @@ def _pod_spec(step: WorkerStep, settings: OperatorSettings) -> dict[str, Any]:
         "volumes": volumes,
         "securityContext": copy.deepcopy(POD_SECURITY),
     }
+    pod_spec.update(pod_placement(sched, step.gpus, settings))
+    return pod_spec
+
+
+def pod_placement(sched: PodScheduling, gpus: int, settings: OperatorSettings) -> dict[str, Any]:
+    """The pod spec fields a resource's scheduling (and the operator's pull secrets) pass through, where set."""
     passed_through = {
         "nodeSelector": dict(sched.node_selector),
-        "tolerations": pod_tolerations(sched, step.gpus),
+        "tolerations": pod_tolerations(sched, gpus),
         "affinity": sched.affinity,
         "priorityClassName": sched.priority_class_name,
         "serviceAccountName": sched.service_account_name,
         "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
     }
-    pod_spec.update({key: value for key, value in passed_through.items() if value})
-    return pod_spec
+    return {key: value for key, value in passed_through.items() if value}
 
 
 # How worker_pod_template merges under a rendered pod, as a strategic merge patch would: lists of

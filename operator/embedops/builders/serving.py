@@ -16,7 +16,7 @@ from typing import Any
 from embedops.api.common import SecretKeySelector
 from embedops.api.index import TEI_IMAGE_CPU, TEI_IMAGE_GPU, ServingSpec, Target
 from embedops.builders import naming
-from embedops.builders.jobs import POD_SECURITY, WORKER_SECURITY, Owner, pod_resources, pod_tolerations
+from embedops.builders.jobs import POD_SECURITY, WORKER_SECURITY, Owner, pod_placement, pod_resources
 from embedops.settings import OperatorSettings
 
 PORT = 8080
@@ -166,16 +166,7 @@ def _pod_spec(serving: Serving, served: ServedVersion, settings: OperatorSetting
                 "securityContext": copy.deepcopy(WORKER_SECURITY),
             }
         ]
-    sched = spec.scheduling
-    passed_through = {
-        "nodeSelector": dict(sched.node_selector),
-        "tolerations": pod_tolerations(sched, gpus),
-        "affinity": sched.affinity,
-        "priorityClassName": sched.priority_class_name,
-        "serviceAccountName": sched.service_account_name,
-        "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
-    }
-    pod.update({key: value for key, value in passed_through.items() if value})
+    pod.update(pod_placement(spec.scheduling, gpus, settings))
     return pod
 
 
