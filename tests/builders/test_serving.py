@@ -71,3 +71,19 @@ def test_the_service_selects_one_version_and_its_hash_follows_the_selector():
         serving.deployment_name("x" * 70, 12).endswith("-serve-v12")
         and len(serving.deployment_name("x" * 70, 12)) <= 63
     )
+
+
+def test_every_volume_a_container_mounts_is_in_the_pod_for_each_engine_and_model_kind():
+    """The API server refuses a Deployment mounting a volume its pod lacks (found on the control plane: the
+    embedops engine with a bundled model mounted TEI's copy of it)."""
+    for engine in ("embedops", "tei"):
+        for served in (
+            serving.ServedVersion(1, "all-MiniLM-L6-v2", 1, bundled=True),
+            serving.ServedVersion(2, "/m", 1),
+        ):
+            pod = serving.deployment(_serving(engine=engine), served, SETTINGS)["spec"]["template"]["spec"]
+            volumes = {v["name"] for v in pod["volumes"]}
+            for c in pod["containers"] + pod.get("initContainers", []):
+                assert {m["name"] for m in c["volumeMounts"]} <= volumes, (engine, served, c["name"])
+            copied = engine == "tei" and served.bundled
+            assert ("models" in volumes) is copied and ("initContainers" in pod) is copied

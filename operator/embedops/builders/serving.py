@@ -91,6 +91,12 @@ def _image(serving: Serving, settings: OperatorSettings) -> str:
     return settings.worker_image
 
 
+def _copies_model(serving: Serving, served: ServedVersion) -> bool:
+    """TEI reads a folder: a bundled model (a Python package of the worker image) is copied into one first.
+    `embedops serve` loads a bundled model by name, as the workers do."""
+    return served.bundled and serving.spec.engine == "tei"
+
+
 def _container(serving: Serving, served: ServedVersion, settings: OperatorSettings) -> dict[str, Any]:
     spec, target = serving.spec, serving.target
     env: list[dict[str, Any]] = [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}]
@@ -130,7 +136,11 @@ def _container(serving: Serving, served: ServedVersion, settings: OperatorSettin
         "volumeMounts": [
             {"name": "workspace", "mountPath": settings.workspace_path, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
-            *([{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}] if served.bundled else []),
+            *(
+                [{"name": "models", "mountPath": MODELS_DIR, "readOnly": True}]
+                if _copies_model(serving, served)
+                else []
+            ),
         ],
         "securityContext": copy.deepcopy(WORKER_SECURITY),
     }
@@ -154,7 +164,7 @@ def _pod_spec(serving: Serving, served: ServedVersion, settings: OperatorSetting
         "volumes": volumes,
         "securityContext": copy.deepcopy(POD_SECURITY),
     }
-    if served.bundled and spec.engine == "tei":
+    if _copies_model(serving, served):
         volumes.append({"name": "models", "emptyDir": {}})
         pod["initContainers"] = [
             {
