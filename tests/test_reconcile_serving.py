@@ -86,6 +86,11 @@ def test_a_version_is_cut_over_only_once_its_query_model_is_served_and_the_servi
     assert publish.step == "publish" and started.apply == []
     ix["status"] = started.status.to_wire()
 
+    # While the publish Job runs, v1's Deployment stays as it is (the cut-over may land at any moment).
+    jobs[publish.name] = ObservedJob(publish.name, "Running", {}, step="publish")
+    running = plan(Observed(ix, jobs=jobs, deployments=deployments, now=NOW), SETTINGS)
+    assert running.create == [] and running.apply == [] and running.remove == []
+
     # The reconcile that records v1 live points the Service at v1's pods.
     jobs[publish.name] = ObservedJob(publish.name, "Succeeded", {0: _publish_result(1)}, step="publish")
     done = plan(Observed(ix, jobs=jobs, deployments=deployments, now=NOW), SETTINGS)
@@ -147,8 +152,23 @@ def test_a_failed_deployment_blocks_the_cut_over_with_its_reason_and_a_fix_unblo
     assert again.create == [] and {m["metadata"]["name"] for m in again.apply} >= {"ix-serve-v2"}
     assert again.status.condition("Progressing").reason == "ServingNotReady"
     now_ready = {**failed, **rolled_out(again)}
-    (publish,) = plan(Observed(ix, jobs=jobs, deployments=now_ready, services=services, now=NOW), SETTINGS).create
+    started = plan(Observed(ix, jobs=jobs, deployments=now_ready, services=services, now=NOW), SETTINGS)
+    (publish,) = started.create
     assert publish.step == "publish"
+    ix["status"] = started.status.to_wire()
+
+    # While it runs, both Deployments stay up and the Service stays on v1; its result switches the Service.
+    jobs[publish.name] = ObservedJob(publish.name, "Running", {}, step="publish")
+    running = plan(Observed(ix, jobs=jobs, deployments=now_ready, services=services, now=NOW), SETTINGS)
+    assert running.apply == [] and running.remove == []
+    two = _publish_result(2)
+    two["versions"].append({**_publish_result(1)["versions"][0], "state": "Retired"})
+    jobs[publish.name] = ObservedJob(publish.name, "Succeeded", {0: two}, step="publish")
+    done = plan(Observed(ix, jobs=jobs, deployments=now_ready, services=services, now=NOW), SETTINGS)
+    assert done.remove == [] and done.status.live_version == 2
+    applied = {m["metadata"]["name"]: m for m in done.apply}
+    assert applied["ix-query"]["spec"]["selector"]["embedops.dev/version"] == "2"
+    assert applied["ix-serve-v1"]["spec"]["replicas"] == 0  # kept for a rollback, at zero replicas
 
 
 def test_a_rollback_scales_the_old_version_up_first_and_versions_not_live_are_kept_at_zero():

@@ -727,8 +727,10 @@ def _publish(
         catch_up=steps.CatchUp(table=spec.source.table, embedding=spec.embedding) if spec.source.table else None,
     )
     publish = _index_step(ctx, publish_key, spec, config)
-    if publish.name not in ctx.obs.jobs and (blocked := _serving_gate(ctx, spec, current, built, inputs, wanted)):
-        return _syncing(ctx, spec, current, blocked)
+    if (served := _served_next(ctx, spec, current, built, inputs)) is not None:
+        wanted[served[0]] = served[1]  # kept up while the publish Job runs, not only until it starts
+        if publish.name not in ctx.obs.jobs and (blocked := _serving_gate(ctx, spec, current, *served)):
+            return _syncing(ctx, spec, current, blocked)
     job = _run_step(ctx, publish, Reason.PUBLISHING)
     if isinstance(job, Plan):
         if isinstance(job.status, EmbeddingIndexStatus):
@@ -760,26 +762,27 @@ def _served(ctx: _Context, spec: EmbeddingIndexSpec, version: int, model: str, r
     return serving.deployment(_serving(ctx, spec), served, ctx.settings)
 
 
-def _serving_gate(
-    ctx: _Context,
-    spec: EmbeddingIndexSpec,
-    current: EmbeddingIndexStatus,
-    built: EmbedResult,
-    inputs: _IndexInputs,
-    wanted: dict[int, str],
-) -> Plan | None:
-    """Blue/green: the version a publish step may make live (the pinned one, else the one just built) must be
-    served, its Deployment Ready with its model, before the publish Job starts; None: it is (or no serving)."""
+def _served_next(
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, built: EmbedResult, inputs: _IndexInputs
+) -> tuple[int, str] | None:
+    """The version a publish step may make live (the pinned one, else the one just built) and its model, when its
+    query model must be served before and while the step runs; None: no serving, or that version is live."""
     if spec.serving is None or not ctx.layout.serving:
         return None
     version = spec.pinned_version if spec.pinned_version is not None else built.version
     if version == current.live_version:
         return None  # no cut-over: the Service already selects it
     if version == built.version:
-        model = inputs.model or ""
-    else:
-        model = next((v.model for v in current.versions if v.version == version), "")
-    wanted[version] = model
+        return version, inputs.model or ""
+    return version, next((v.model for v in current.versions if v.version == version), "")
+
+
+def _serving_gate(
+    ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, version: int, model: str
+) -> Plan | None:
+    """Blue/green: the version a publish step may make live must be served, its Deployment Ready with its model,
+    before the publish Job starts; None: it is."""
+    assert spec.serving is not None
     manifest = _served(ctx, spec, version, model, spec.serving.replicas)
     name = manifest["metadata"]["name"]
     seen = ctx.obs.deployments.get(name)
