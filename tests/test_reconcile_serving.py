@@ -171,6 +171,41 @@ def test_a_failed_deployment_blocks_the_cut_over_with_its_reason_and_a_fix_unblo
     assert applied["ix-serve-v1"]["spec"]["replicas"] == 0  # kept for a rollback, at zero replicas
 
 
+def test_the_live_deployment_failing_its_rollout_is_degraded_beside_ready_and_recovers():
+    ix, jobs, deployments, services = _serving_v1()
+    # spec.serving edited (a node pool no node has): v1's Deployment is applied anew and cannot roll out.
+    ix["spec"] = {**SPEC, "serving": {"replicas": 2, "scheduling": {"nodeSelector": {"pool": "gone"}}}}
+    ix["metadata"]["generation"] = 2
+    edited = plan(Observed(ix, jobs=jobs, deployments=deployments, services=services, now=NOW), SETTINGS)
+    assert [m["metadata"]["name"] for m in edited.apply] == ["ix-serve-v1"] and edited.create == []
+    ix["status"] = edited.status.to_wire()
+    failed = rolled_out(edited, ready_=False, failed="ProgressDeadlineExceeded: no node")
+    stuck = plan(Observed(ix, jobs=jobs, deployments=failed, services=services, now=NOW), SETTINGS)
+    assert ready(stuck)[0] == "True" and stuck.status.live_version == 1 and stuck.apply == []
+    degraded = stuck.status.condition("Degraded")
+    assert (degraded.status, degraded.reason) == ("True", "ServingFailed")
+    assert "ix-serve-v1" in degraded.message and "live v1" in degraded.message and "no node" in degraded.message
+    assert [e[:2] for e in stuck.events] == [("Warning", "ServingFailed")]
+    ix["status"] = stuck.status.to_wire()
+
+    # Fixed and rolled out: Degraded clears, with a Recovered event.
+    ix["spec"] = SPEC
+    ix["metadata"]["generation"] = 3
+    fixed = plan(Observed(ix, jobs=jobs, deployments=failed, services=services, now=NOW), SETTINGS)
+    ix["status"] = fixed.status.to_wire()
+    recovered = plan(Observed(ix, jobs=jobs, deployments=rolled_out(fixed), services=services, now=NOW), SETTINGS)
+    status = recovered.status if recovered.status is not None else fixed.status
+    assert status.condition("Degraded").status == "False"
+    assert any(e[1] == "Recovered" for e in fixed.events + recovered.events)
+
+    # Only the pods' failure clears it: a failed rollout reported, then the same generation rolled out.
+    ix["spec"] = {**SPEC, "serving": {"replicas": 2, "scheduling": {"nodeSelector": {"pool": "gone"}}}}
+    ix["status"] = stuck.status.to_wire()
+    ix["metadata"]["generation"] = 2
+    later = plan(Observed(ix, jobs=jobs, deployments=rolled_out(edited), services=services, now=NOW), SETTINGS)
+    assert later.status.condition("Degraded").status == "False"
+
+
 def test_a_rollback_scales_the_old_version_up_first_and_versions_not_live_are_kept_at_zero():
     ix, jobs, deployments, services = _serving_v1()
     # v2 live, v1 retired: v1's Deployment is kept at zero replicas.

@@ -852,6 +852,23 @@ def _deployments(
     return out
 
 
+def _live_serving_failure(ctx: _Context, spec: EmbeddingIndexSpec, live: IndexVersion) -> list[tuple[Reason, str]]:
+    """The live version's Deployment, as last rendered (an edit of spec.serving: resources, scheduling), failing
+    to roll out: Degraded beside Ready, since the pods of its last rollout (if any) keep serving."""
+    if spec.serving is None or not ctx.layout.serving:
+        return []
+    manifest = _served(ctx, spec, live.version, live.model, spec.serving.replicas)
+    name = manifest["metadata"]["name"]
+    seen = ctx.obs.deployments.get(name)
+    if seen is None or seen.spec_hash != serving.spec_hash(manifest) or not seen.failed:
+        return []
+    message = (
+        f"Deployment {name} (the live v{live.version}'s query model) failed to roll out: {seen.failed}; "
+        "the pods of its last rollout, if any, keep serving"
+    )
+    return [(Reason.SERVING_FAILED, message)]
+
+
 def _switch_events(
     seen: ObservedService | None, recorded: int | None, live: int | None, name: str
 ) -> list[tuple[str, str, str]]:
@@ -1114,8 +1131,20 @@ def _schedule(ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexSt
     if live is None:
         return Plan()
     ran = _run_scheduled(ctx, _scheduled_steps(ctx, spec, current, inputs, live), current, live)
+    ran.problems += _live_serving_failure(ctx, spec, live)
+    degraded = current.condition(statuses.DEGRADED)
+    serving_recovered = (
+        degraded is not None
+        and degraded.status == "True"
+        and degraded.reason == Reason.SERVING_FAILED
+        and all(reason != Reason.SERVING_FAILED for reason, _ in ran.problems)
+    )
     unchanged = (
-        ran.probe == current.probe and ran.drift == current.drift and ran.sync == current.sync and not ran.problems
+        ran.probe == current.probe
+        and ran.drift == current.drift
+        and ran.sync == current.sync
+        and not ran.problems
+        and not serving_recovered
     )
     if unchanged and current.observed_generation == ctx.generation:
         return ran.plan
