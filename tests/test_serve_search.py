@@ -142,7 +142,7 @@ def test_the_operators_serving_deployment_and_service_are_what_serve_and_kubectl
     is the `<index>-query` port `http` that `kubectl embedops search` proxies to."""
     from embedops import kubectl
     from embedops.api.common import SecretKeySelector
-    from embedops.api.index import ServingSpec
+    from embedops.api.index import AnnSpec, ServingSpec
     from embedops.builders import serving
     from embedops.builders.jobs import Owner
     from embedops.settings import OperatorSettings
@@ -152,6 +152,7 @@ def test_the_operators_serving_deployment_and_service_are_what_serve_and_kubectl
         spec=ServingSpec.model_validate({}),
         target=Target.model_validate({"schema": "search", "name": "docs"}),
         dsn_secret=SecretKeySelector(name="pg"),
+        ann=AnnSpec(ef_search=120, probes=7),
     )
     d = serving.deployment(s, serving.ServedVersion(3, "/workspace/m", replicas=1), OperatorSettings(worker_image="w"))
     (container,) = d["spec"]["template"]["spec"]["containers"]
@@ -161,6 +162,7 @@ def test_the_operators_serving_deployment_and_service_are_what_serve_and_kubectl
         3,
         "search.docs",
     )
+    assert (args.ef_search, args.probes) == (120, 7)  # /search scans the view as the probes do (spec.ann)
     assert cli.DSN_ENV in {e["name"] for e in container["env"]}
     service = serving.service(s, 3)
     assert service["metadata"]["name"] == "docs-query"

@@ -318,7 +318,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             dsn = _dsn(args)
             if dsn is None:
                 raise SystemExit(f"error: --search-target needs the database: --dsn-file, --dsn or {DSN_ENV}")
-            searcher = serve.Searcher(dsn, _view_target(args.search_target))
+            searcher = serve.Searcher(
+                dsn, _view_target(args.search_target), ef_search=args.ef_search, probes=args.probes
+            )
         served, follower = _serve_source(args)
     except (modelzoo.ModelNotFound, ValueError, pgvector.DatabaseUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -571,6 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--search-target",
         metavar="SCHEMA.NAME",
         help="answer POST /search over this view, in the database of the DSN, while it serves this model's version",
+    )
+    serve.add_argument(
+        "--ef-search",
+        type=int,
+        default=40,
+        help="with --search-target: HNSW search beam (the index's spec.ann.efSearch)",
+    )
+    serve.add_argument(
+        "--probes", type=int, default=10, help="with --search-target: IVFFlat lists searched (spec.ann.probes)"
     )
     serve.add_argument("--name", help="the EmbeddingIndex, when -f holds several")
     _dsn_arguments(serve)

@@ -752,7 +752,11 @@ def _publish(
 def _serving(ctx: _Context, spec: EmbeddingIndexSpec) -> serving.Serving:
     assert spec.serving is not None
     return serving.Serving(
-        owner=owner_of(ctx.body), spec=spec.serving, target=spec.target, dsn_secret=spec.database.dsn_secret_ref
+        owner=owner_of(ctx.body),
+        spec=spec.serving,
+        target=spec.target,
+        dsn_secret=spec.database.dsn_secret_ref,
+        ann=spec.ann,
     )
 
 

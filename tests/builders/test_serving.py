@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from embedops.api.index import TEI_IMAGE_GPU, ServingSpec, Target
+from embedops.api.index import TEI_IMAGE_GPU, AnnSpec, ServingSpec, Target
 from embedops.builders import serving
 from embedops.builders.jobs import Owner
 from embedops.settings import OperatorSettings
@@ -24,6 +24,7 @@ def test_the_embedops_engine_serves_one_versions_model_locked_down_and_probed():
         spec=ServingSpec.model_validate({"resources": {"gpus": 1, "cpu": "2"}, "readyTimeoutSeconds": 120}),
         target=TARGET,
         dsn_secret=SecretKeySelector(name="pg"),
+        ann=AnnSpec(ef_search=100, probes=4),
     )
     d = serving.deployment(s, serving.ServedVersion(3, "/workspace/m", replicas=2), SETTINGS)
     assert d["metadata"]["name"] == "docs-serve-v3" and d["metadata"]["ownerReferences"][0]["uid"] == "u1"
@@ -36,6 +37,7 @@ def test_the_embedops_engine_serves_one_versions_model_locked_down_and_probed():
     assert c["command"] == [
         "embedops", "serve", "--model", "/workspace/m", "--version", "3",
         "--host", "0.0.0.0", "--port", "8080", "--search-target", "search.docs",
+        "--ef-search", "100", "--probes", "4",
     ]  # fmt: skip
     assert {"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "dsn"}}} in c["env"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}

@@ -158,8 +158,18 @@ class AnnSpec(ApiModel):
         description="IVFFlat lists (pgvector allows up to 32768). Default: rows/1000 (at least 1), sqrt(rows) above "
         "1M rows.",
     )
-    ef_search: int = Field(default=40, ge=1, le=1000, description="HNSW search beam used by probes. Default: 40.")
-    probes: int = Field(default=10, ge=1, le=32768, description="IVFFlat lists searched by probes. Default: 10.")
+    ef_search: int = Field(
+        default=40,
+        ge=1,
+        le=1000,
+        description="HNSW search beam used by probes and the serving pods' /search. Default: 40.",
+    )
+    probes: int = Field(
+        default=10,
+        ge=1,
+        le=32768,
+        description="IVFFlat lists searched by probes and the serving pods' /search. Default: 10.",
+    )
 
     @model_validator(mode="after")
     def _pgvector_bounds(self) -> AnnSpec:

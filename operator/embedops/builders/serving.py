@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedops.api.common import SecretKeySelector
-from embedops.api.index import TEI_IMAGE_CPU, TEI_IMAGE_GPU, ServingSpec, Target
+from embedops.api.index import TEI_IMAGE_CPU, TEI_IMAGE_GPU, AnnSpec, ServingSpec, Target
 from embedops.builders import naming
 from embedops.builders.jobs import POD_SECURITY, WORKER_SECURITY, Owner, pod_placement, pod_resources
 from embedops.settings import OperatorSettings
@@ -52,6 +52,7 @@ class Serving:
     spec: ServingSpec
     target: Target
     dsn_secret: SecretKeySelector | None = None
+    ann: AnnSpec | None = None  # how /search scans the view: as the probes do (spec.ann); None: pgvector's defaults
 
 
 def deployment_name(index: str, version: int) -> str:
@@ -115,6 +116,8 @@ def _container(serving: Serving, served: ServedVersion, settings: OperatorSettin
         ]
         if serving.dsn_secret is not None:  # /search: embed the query and search the view, checked in one transaction
             command += ["--search-target", f"{target.schema_name}.{target.name}"]
+            if serving.ann is not None:
+                command += ["--ef-search", str(serving.ann.ef_search), "--probes", str(serving.ann.probes)]
             ref = serving.dsn_secret
             env.append({"name": "EMBEDOPS_DSN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
         args: dict[str, Any] = {"command": command}
