@@ -573,7 +573,7 @@ def test_operator_runs_a_full_lifecycle_under_the_charts_rbac(tools, cluster, ku
             lambda: urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=2).status == 200,
             timeout=60,
         )
-        run_lifecycle(kube)
+        run_lifecycle(kube, serving=True)  # the serving Deployment and Service applied with the chart's rights
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5).read().decode()
         assert f'embedops_index_live_version{{kind="EmbeddingIndex",name="ix",namespace="{kube.ns}"}} 1.0' in text
     finally:

@@ -138,10 +138,12 @@ def _prepare(kube) -> None:
     kube.wait_ready("EmbeddingDataset", "ds")
 
 
-def run_lifecycle(kube) -> None:
-    """Dataset → fine-tune → index through to a live version, playing each worker's part."""
+def run_lifecycle(kube, *, serving: bool = False) -> None:
+    """Dataset → fine-tune → index through to a live version, playing each worker's part (with `serving`: the
+    index serves its query model, whose Deployment is rolled out before the publish Job)."""
     _secret(kube)
-    for doc in (DATASET, FINETUNE, INDEX):
+    index = {**INDEX, "spec": {**INDEX["spec"], "serving": {}}} if serving else INDEX
+    for doc in (DATASET, FINETUNE, index):
         kube.apply(doc)
     # The dataset's prepare Job runs first; the others wait for it.
     _prepare(kube)
@@ -185,6 +187,16 @@ def run_lifecycle(kube) -> None:
     ix = kube.wait_ready("EmbeddingIndex", "ix")["status"]
     assert ix["liveVersion"] == 1 and ix["rows"] == 600 and ix["probe"]["recallAtK"] == 0.91
     assert "activeJob" not in ix and "reindex" not in ix
+    if serving:
+        from kubernetes import client
+
+        deployment = client.AppsV1Api(kube.api).read_namespaced_deployment("ix-serve-v1", kube.ns)
+        assert deployment.status.available_replicas == 1
+        assert TRAINED["model"]["location"] in deployment.spec.template.spec.containers[0].command
+        wait_for(
+            "the Service selecting v1",
+            lambda: kube.core.read_namespaced_service("ix-query", kube.ns).spec.selector["embedops.dev/version"] == "1",
+        )
 
 
 def test_full_lifecycle_on_the_control_plane(kube, operator):
