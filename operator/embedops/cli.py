@@ -617,10 +617,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write the result JSON here, trimmed to fit a termination message (e.g. /dev/termination-log)",
     )
     worker.set_defaults(func=cmd_worker)
+
+    # Dispatched by main() before parsing (its arguments are torchrun's); here for --help.
+    sub.add_parser(
+        "torchrun",
+        add_help=False,
+        help="torchrun ARGS: torchrun, exiting 2 when its training processes did (what a pod on several GPUs runs)",
+    )
     return parser
 
 
+def cmd_torchrun(argv: list[str]) -> int:
+    """torchrun's arguments as they are; the exit code of its training processes (invalid input: 2)."""
+    from embedops.workers.training import distributed
+
+    return distributed.torchrun(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["torchrun"]:  # torchrun's own options, which argparse would take for this parser's
+        return cmd_torchrun(argv[1:])
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return args.func(args)

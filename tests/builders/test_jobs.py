@@ -266,7 +266,9 @@ def test_no_pod_template_leaves_the_pod_as_rendered():
 
 def test_a_train_step_on_several_gpus_runs_one_process_per_gpu_under_torchrun():
     cmd = worker_job(_train_step(gpus=4), SETTINGS)["spec"]["template"]["spec"]["containers"][0]["command"]
-    assert cmd[:7] == ["torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "embedops", "worker", "train"]
+    assert cmd[:8] == [
+        "embedops", "torchrun", "--standalone", "--nproc_per_node=4", "--no-python", "embedops", "worker", "train",
+    ]  # fmt: skip
     assert steps.parse("train", json.loads(cmd[cmd.index("--spec-json") + 1])) == TRAIN
     # One GPU, or another worker on several, runs the worker itself.
     for step in (_train_step(gpus=1), _embed_step(gpus=2)):

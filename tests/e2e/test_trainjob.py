@@ -101,7 +101,12 @@ def test_without_the_trainjob_api_auto_falls_back_to_a_job_and_several_nodes_are
         kube.apply(_finetune("one", resources={"gpus": 2}))
         kube.apply(_finetune("many", resources={"gpus": 2, "nodes": 2}))
         job = kube.wait_job("train")
-        assert job.spec.template.spec.containers[0].command[:3] == ["torchrun", "--standalone", "--nproc_per_node=2"]
+        assert job.spec.template.spec.containers[0].command[:4] == [
+            "embedops",
+            "torchrun",
+            "--standalone",
+            "--nproc_per_node=2",
+        ]
         launcher = wait_for("status.launcher", lambda: kube.get("FineTuneJob", "one")["status"].get("launcher"))
         assert launcher["kind"] == "Job" and launcher["processesPerNode"] == 2 and "nodes is 1" in launcher["reason"]
         failed = wait_for(

@@ -1,7 +1,8 @@
 """The train worker on two processes for real: DDP on CPU over gloo, launched as the training pod launches it.
 
-The pod of a FineTuneJob with `resources.gpus: N > 1` runs `torchrun --standalone --nproc_per_node=N` around
-the train worker (builders.jobs.launcher_command); here N is 2 and the device is the CPU.
+The pod of a FineTuneJob with `resources.gpus: N > 1` runs `embedops torchrun --standalone --nproc_per_node=N`
+(torchrun, exiting as its processes did) around the train worker (builders.jobs.launcher_command); here N is 2
+and the device is the CPU.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def _torchrun_argv(config: steps.TrainStep, result: Path) -> list[str]:
     owner = Owner("FineTuneJob", "ft", "ns", "uid")
     step = WorkerStep(owner=owner, key="k", config=config, resources=Resources(gpus=WORLD), gpus=WORLD)
     argv = worker_command(step)
-    assert argv[:4] == ["torchrun", "--standalone", f"--nproc_per_node={WORLD}", "--no-python"]
-    programs = {"torchrun": str(BIN / "torchrun"), "embedops": str(BIN / "embedops"), TERMINATION_LOG: str(result)}
+    assert argv[:5] == ["embedops", "torchrun", "--standalone", f"--nproc_per_node={WORLD}", "--no-python"]
+    programs = {"embedops": str(BIN / "embedops"), TERMINATION_LOG: str(result)}
     return [programs.get(arg, arg) for arg in argv]
 
 
@@ -83,6 +84,23 @@ def test_both_ranks_train_and_rank_0_alone_reports(ddp):
     saved = json.loads((root / "whole" / "evaluation.json").read_text())
     assert saved["steps"] == STEPS and saved["published"] is True
     assert not (root / "whole" / "checkpoints").exists(), "rank 0 removes the checkpoints once the model is saved"
+
+
+def test_invalid_input_on_two_processes_exits_2_so_the_job_fails_at_once(tiny_model_dir, tmp_path):
+    """torchrun exits 1 whatever its processes exit with (the Job would retry on GPUs up to backoffLimit): the pod's
+    `embedops torchrun` exits 2, which the Job's podFailurePolicy fails at once, and rank 0's reason reaches the
+    termination message."""
+    from embedops.builders.jobs import EXIT_INVALID
+
+    config = _config(tmp_path, tiny_model_dir, tmp_path / "no-dataset", "out")
+    result = tmp_path / "result"
+    done = subprocess.run(
+        _torchrun_argv(config, result), env=_env(), capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == EXIT_INVALID, done.stderr[-3000:]
+    assert "rank 0: exit 2" in done.stderr and "rank 1: exit 2" in done.stderr
+    failure = json.loads(result.read_text())
+    assert failure["error"]["reason"] == "InvalidInput" and "no-dataset" in failure["error"]["message"]
 
 
 def test_the_step_budget_counts_global_steps(tiny_model_dir, tmp_path):

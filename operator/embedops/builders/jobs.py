@@ -111,7 +111,9 @@ def launcher_command(step: WorkerStep) -> list[str]:
     if step.launcher == "TrainJob":
         return ["torchrun", "--no-python"]
     if isinstance(step.config, steps.TrainStep) and step.gpus > 1:
-        return ["torchrun", "--standalone", f"--nproc_per_node={step.gpus}", "--no-python"]
+        # torchrun exits 1 whatever its processes did; `embedops torchrun` exits 2 for invalid input, which the
+        # Job's podFailurePolicy fails at once instead of retrying on GPUs.
+        return ["embedops", "torchrun", "--standalone", f"--nproc_per_node={step.gpus}", "--no-python"]
     return []
 
 

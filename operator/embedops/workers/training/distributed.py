@@ -15,6 +15,7 @@ broadcasts its scores, so every process keeps the same best checkpoint.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 
@@ -50,3 +51,25 @@ def world(environ: os._Environ[str] | dict[str, str] = os.environ) -> World:
         return int(value) if value.isdigit() else default
 
     return World(rank=number("RANK", 0), local_rank=number("LOCAL_RANK", 0), size=max(1, number("WORLD_SIZE", 1)))
+
+
+def torchrun(argv: list[str]) -> int:
+    """torchrun (the same arguments, PET_* variables and rendezvous), exiting as its training processes did.
+
+    torchrun itself exits 1 whatever its processes exited with, so a Job's podFailurePolicy would retry an
+    invalid config or input (exit 2) up to backoffLimit on GPUs. This exits 2 when a process exited 2 (every
+    process reads the same config and data), else 3 when one exited 3 (the database unreachable), else 1.
+    """
+    from torch.distributed import run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from embedops.builders.jobs import EXIT_FAILED, EXIT_INVALID, EXIT_TRANSIENT
+
+    try:
+        run.run(run.parse_args(argv))
+    except ChildFailedError as err:
+        codes = {failure.exitcode for failure in err.failures.values()}
+        ranks = ", ".join(f"rank {rank}: exit {failure.exitcode}" for rank, failure in sorted(err.failures.items()))
+        print(f"error: training processes failed ({ranks})", file=sys.stderr)
+        return next((code for code in (EXIT_INVALID, EXIT_TRANSIENT) if code in codes), EXIT_FAILED)
+    return 0
