@@ -669,6 +669,21 @@ def test_a_worker_refusal_is_the_index_s_own_reason_not_job_failed():
     )
 
 
+def test_a_dataset_whose_generation_gave_nothing_says_generation_failed():
+    """spec.generate with no query to train on (its generator unreachable through every retry of the pod, or its
+    filters dropping every query) is the dataset's own reason, which alerts and Argo CD's health know."""
+    b = body("EmbeddingDataset", "ds", DATASET_SPEC)
+    (prepare,) = plan(Observed(b, now=NOW), SETTINGS).create
+    detail = "spec.generate: every one of the 5 requests to the generator failed; first: did not answer"
+    failed = ObservedJob(
+        prepare.name, "Failed", error=f"GenerationFailed: {detail}", reason="GenerationFailed", step="prepare"
+    )
+    p = plan(Observed(b, jobs={prepare.name: failed}, now=NOW), SETTINGS)
+    assert ready(p) == ("False", "GenerationFailed") and p.status.phase == "Failed"
+    assert p.status.condition("Ready").message == f"Job {prepare.name}: {detail}"
+    assert ("Warning", "GenerationFailed", f"Job {prepare.name}: {detail}") in p.events
+
+
 def test_waiting_work_is_pending_and_a_failed_dependency_is_named():
     """Issue 17, items 4 and 5: phase Pending while waiting; a failed dataset said on the FineTuneJob."""
     ft = body("FineTuneJob", "ft", {"datasetRef": {"name": "ds"}})

@@ -22,9 +22,14 @@ from embedops.api.scores import RetrievalScores
 
 class StepRefused(ValueError):
     """A step that will not run, for a reason the resource shows as its own (api.conditions.WORKER_FAILURES)
-    rather than as "its Job failed"; like any invalid input it is not retried (exit 2)."""
+    rather than as "its Job failed"; like any invalid input it is not retried (exit 2) unless `transient`
+    (exit 3: the pod is retried up to the Job's backoffLimit, then the resource shows the reason)."""
 
     reason: ClassVar[Reason]
+
+    def __init__(self, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
 
 
 class TargetConflict(StepRefused):
@@ -38,6 +43,14 @@ class EmptySource(StepRefused):
     """The source has no row with text: a version of it would serve nothing."""
 
     reason = Reason.EMPTY_SOURCE
+
+
+class GenerationFailed(StepRefused):
+    """spec.generate gave nothing to train on: transient when no request reached the generator (an endpoint
+    down, a network policy: a retry may find it up), else what the generator wrote did not pass the filters,
+    or the sample is too small to hold queries out (a rerun asks the same)."""
+
+    reason = Reason.GENERATION_FAILED
 
 
 class SourceNotThere(FileNotFoundError):

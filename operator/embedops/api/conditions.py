@@ -50,6 +50,7 @@ class Reason(StrEnum):
     NO_LIVE_VERSION = "NoLiveVersion"
     TARGET_CONFLICT = "TargetConflict"  # the target's name is another's: an index, a view or table of a user
     EMPTY_SOURCE = "EmptySource"  # the source has no row to embed: a version would serve nothing
+    GENERATION_FAILED = "GenerationFailed"  # spec.generate gave no query to train on (its generator, its filters)
     VERSION_NOT_RETAINED = "VersionNotRetained"
     # An index that still serves, but not well (Degraded=True beside Ready=True).
     QUALITY_DEGRADED = "QualityDegraded"
@@ -75,12 +76,13 @@ TERMINAL = frozenset(
         Reason.NO_LIVE_VERSION,
         Reason.TARGET_CONFLICT,
         Reason.EMPTY_SOURCE,
+        Reason.GENERATION_FAILED,
     }
 )
 # Why a step's pods cannot start: each is a Warning event when it begins (what `kubectl describe` shows).
 WAITING = frozenset({Reason.UNSCHEDULABLE, Reason.MISSING_WORKSPACE, Reason.MISSING_SECRET, Reason.IMAGE_PULL_FAILED})
 # Reasons a worker fails with that are the resource's own reason, not just "its Job failed": the
 # planner shows them as they are (a worker's error document carries the reason).
-WORKER_FAILURES = frozenset({Reason.TARGET_CONFLICT, Reason.EMPTY_SOURCE})
+WORKER_FAILURES = frozenset({Reason.TARGET_CONFLICT, Reason.EMPTY_SOURCE, Reason.GENERATION_FAILED})
 PUBLISH_NOTES = frozenset({Reason.GATE_FAILED, Reason.ROLLED_BACK, Reason.PINNED})
 SCHEDULED_FAILURES = {"probe": Reason.PROBE_FAILED, "drift": Reason.DRIFT_FAILED, "sync": Reason.SYNC_FAILED}

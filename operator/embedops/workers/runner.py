@@ -52,7 +52,7 @@ def run(step: steps.AnyStep, *, dsn: str | None) -> ApiModel:
     try:
         return _dispatch(step, dsn)
     except StepRefused as err:
-        raise WorkerError(err.reason, [str(err)], EXIT_INVALID) from err
+        raise WorkerError(err.reason, [str(err)], EXIT_TRANSIENT if err.transient else EXIT_INVALID) from err
     except SourceNotThere as err:  # may still be on its way to the workspace: the Job retries, then fails
         raise WorkerError("SourceNotFound", [str(err)], EXIT_TRANSIENT) from err
     except psycopg.errors.InsufficientPrivilege as err:  # the spec names what the database role may not touch

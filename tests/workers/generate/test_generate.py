@@ -79,6 +79,7 @@ def test_a_generator_that_writes_nothing_useful_fails_the_dataset_with_the_reaso
     ):
         run(folder, spec(server.url, filter={"roundTripTopK": 0}))
     assert f"none of the {N_DOCS} generated queries is left to train on ({N_DOCS} generic)" in str(err.value)
+    assert not err.value.transient  # a rerun asks the same: the pod fails at once (exit 2)
 
 
 def test_an_unreachable_endpoint_fails_the_dataset_naming_it(folder):
@@ -91,6 +92,16 @@ def test_an_unreachable_endpoint_fails_the_dataset_naming_it(folder):
         run(folder, spec(f"http://127.0.0.1:{port}/v1", maxDocuments=5))
     assert "every one of the 5 requests to the generator failed" in str(err.value)
     assert f"127.0.0.1:{port}/v1/chat/completions did not answer" in str(err.value)
+    # As the pod runs it: the dataset's own reason, and exit 3 (the Job retries: the endpoint may come up).
+    from embedops.builders.jobs import EXIT_TRANSIENT
+    from embedops.workers import runner
+
+    config = steps.PrepareStep(
+        spec=spec(f"http://127.0.0.1:{port}/v1", maxDocuments=5), base_dir=folder, output_dir=folder / "pod"
+    )
+    with pytest.raises(runner.WorkerError) as failed:
+        runner.run(config, dsn=None)
+    assert (failed.value.reason, failed.value.exit_code) == ("GenerationFailed", EXIT_TRANSIENT)
 
 
 def test_a_failing_document_is_reported_and_the_rest_prepared(folder):

@@ -20,7 +20,7 @@ local hs = {}
 local terminal = {
   InvalidSpec = true, MissingDatabase = true, NoProbeSet = true, JobFailed = true,
   BadWorkerResult = true, NoImprovement = true, NoLiveVersion = true, TargetConflict = true,
-  EmptySource = true,
+  EmptySource = true, GenerationFailed = true,
 }
 
 -- Notes the operator leaves on Progressing=False next to Ready=True (the publish step's outcome).

@@ -28,6 +28,7 @@ from embedops import progress
 from embedops.api.dataset import EmbeddingDatasetSpec
 from embedops.api.generate import API_KEY_ENV, GenerateSpec, GenerationCounts, PromptExample
 from embedops.prepared import Doc
+from embedops.results import GenerationFailed
 from embedops.workers.generate import filters, prompt
 from embedops.workers.generate.cache import Cache, Reply, entry_key
 from embedops.workers.generate.endpoint import Client, Request, RequestFailed
@@ -39,10 +40,6 @@ REPORT = "generation_report.json"
 VALIDATION_FRACTION, VALIDATION_MAX_QUERIES, VALIDATION_MIN_DOCUMENTS = 0.1, 500, 50
 REPORT_EXAMPLES = 10
 FAILURE_SAMPLES = 5
-
-
-class GenerationFailed(ValueError):
-    """Generation gave nothing to train on; the message says why (InvalidInput: a rerun asks the same)."""
 
 
 @dataclass
@@ -70,7 +67,8 @@ def run(
     if not candidates:
         raise GenerationFailed(
             f"spec.generate: every one of the {counts.failures} requests to the generator failed; first: "
-            + (failures[0] if failures else "?")
+            + (failures[0] if failures else "?"),
+            transient=True,
         )
     passages = {d: source.corpus[d].text for d in roles}
     filters.well_formed(candidates)
