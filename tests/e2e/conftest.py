@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -338,3 +339,22 @@ def run_pod_command(kube: Kube, pod: Any, workdir: Path) -> str:
     if "EMBEDOPS_DSN" in env:
         assert env["EMBEDOPS_DSN"] not in proc.stdout + proc.stderr  # the DSN is never logged
     return result.read_text()
+
+
+def new_job(kube: Kube, step: str, known: set[str], timeout: float = 90) -> Any:
+    """The next Job of `step` that is not in `known` (the Jobs already run)."""
+    return wait_for(
+        f"a new {step} Job",
+        lambda: next((j for j in kube.jobs(step) if j.metadata.name not in known), None),
+        timeout,
+    )
+
+
+def run_next_job(kube: Kube, step: str, workdir: Path, known: set[str]) -> dict[str, Any]:
+    """Run the pod of the next new Job of `step` here (run_pod_command) and end it with its result; the result."""
+    job = new_job(kube, step, known)
+    known.add(job.metadata.name)
+    (pod,) = kube.wait_running_pods(job.metadata.name)
+    message = run_pod_command(kube, pod, workdir)
+    kube.finish(pod.metadata.name, message)
+    return dict(json.loads(message))

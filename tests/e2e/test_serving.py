@@ -27,23 +27,11 @@ import pytest
 from embedops.api.index import Target
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
-from tests.e2e.conftest import run_pod_command, running_operator, wait_for
+from tests.e2e.conftest import new_job, run_next_job, running_operator, wait_for
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOPICS = ["protein folding", "river deltas", "jazz harmony", "sourdough", "orbital mechanics", "coral reefs"]
 SERVICE = "notes-query"
-
-
-def _run_job(kube, step: str, tmp_path: Path, known: set[str]) -> dict[str, Any]:
-    """Run the pod of the next new Job of `step` (not in `known`); its result."""
-    job = wait_for(
-        f"a new {step} Job", lambda: next((j for j in kube.jobs(step) if j.metadata.name not in known), None), 90
-    )
-    known.add(job.metadata.name)
-    (pod,) = kube.wait_running_pods(job.metadata.name)
-    message = run_pod_command(kube, pod, tmp_path)
-    kube.finish(pod.metadata.name, message)
-    return json.loads(message)
 
 
 def _deployment(kube, version: int) -> Any:
@@ -167,9 +155,9 @@ def test_a_cut_over_and_a_rollback_switch_the_view_and_the_query_service_togethe
     known: set[str] = set()
     with running_operator(kube.ns, workspace_path=str(workspace)):
         # v1: its Deployment is rolled out before the publish Job; the cut-over points the Service at it.
-        _run_job(kube, "embed", tmp_path, known)
+        run_next_job(kube, "embed", tmp_path, known)
         wait_for("v1's Deployment Ready", lambda: _ready(kube, 1))
-        _run_job(kube, "publish", tmp_path, known)
+        run_next_job(kube, "publish", tmp_path, known)
         status = kube.wait_ready("EmbeddingIndex", "notes")["status"]
         assert status["liveVersion"] == 1
         wait_for("the Service selecting v1", lambda: _selected(kube) == "1")
@@ -185,13 +173,10 @@ def test_a_cut_over_and_a_rollback_switch_the_view_and_the_query_service_togethe
         # v2 (another model): its Deployment becomes Ready with its model while the Service still selects v1;
         # the publish Job starts only then, and the reconcile that records v2 live switches the Service.
         kube.patch("EmbeddingIndex", "notes", {"spec": {"model": {"name": str(tiny_model_dir)}}})
-        _run_job(kube, "embed", tmp_path, known)
-        publish = wait_for(
-            "the v2 publish Job", lambda: next((j for j in kube.jobs("publish") if j.metadata.name not in known), None)
-        )
+        run_next_job(kube, "embed", tmp_path, known)
+        new_job(kube, "publish", known)
         assert _ready(kube, 2) and _selected(kube) == "1"  # blue/green: green is up, blue still serves
-        assert publish.metadata.name not in known
-        _run_job(kube, "publish", tmp_path, known)  # its transaction has switched the view when it returns
+        run_next_job(kube, "publish", tmp_path, known)  # its transaction has switched the view when it returns
         committed = time.monotonic()
         wait_for("the Service selecting v2", lambda: _selected(kube) == "2", interval=0.05)
         # The window in which the view serves v2 and the Service still v1 (the fingerprint header tells them apart).
@@ -232,7 +217,7 @@ def test_a_cut_over_and_a_rollback_switch_the_view_and_the_query_service_togethe
         # The scheduling fixed: v1's Deployment rolls out, the rollback publishes, the Service follows it.
         kube.patch("EmbeddingIndex", "notes", {"spec": {"serving": {"scheduling": None}}})
         wait_for("v1's Deployment Ready again", lambda: _ready(kube, 1) and _deployment(kube, 1).spec.replicas == 1)
-        _run_job(kube, "publish", tmp_path, known)
+        run_next_job(kube, "publish", tmp_path, known)
         wait_for("the Service selecting v1 again", lambda: _selected(kube) == "1")
         status = _status_live(kube, 1)
         assert status["serving"]["version"] == 1 and kube.condition("EmbeddingIndex", "notes")["status"] == "True"

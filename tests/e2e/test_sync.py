@@ -9,22 +9,10 @@ import psycopg
 import pytest
 
 from embedops.api import times
-from tests.e2e.conftest import run_pod_command, running_operator, wait_for
+from tests.e2e.conftest import run_next_job, running_operator, wait_for
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 TOPICS = ["protein folding", "river deltas", "jazz harmony", "sourdough", "orbital mechanics", "coral reefs"]
-
-
-def _run_job(kube, step: str, tmp_path, known: set[str]) -> dict:
-    """Run the pods of the next new Job of `step` (not in `known`); its result."""
-    job = wait_for(
-        f"a new {step} Job", lambda: next((j for j in kube.jobs(step) if j.metadata.name not in known), None), 90
-    )
-    known.add(job.metadata.name)
-    (pod,) = kube.wait_running_pods(job.metadata.name)
-    message = run_pod_command(kube, pod, tmp_path)
-    kube.finish(pod.metadata.name, message)
-    return json.loads(message)
 
 
 def _served(dsn: str) -> set[int]:
@@ -68,8 +56,8 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
     )
     known: set[str] = set()
     with running_operator(kube.ns, workspace_path=str(workspace)):
-        _run_job(kube, "embed", tmp_path, known)
-        _run_job(kube, "publish", tmp_path, known)
+        run_next_job(kube, "embed", tmp_path, known)
+        run_next_job(kube, "publish", tmp_path, known)
         kube.wait_ready("EmbeddingIndex", "notes")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("INSERT INTO public.docs (id, body) VALUES (100, 'A note about glaciers.')")
@@ -81,7 +69,7 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
         # trigger: the first sync installs the triggers and diffs once (they were not there to see these).
         if mode == "trigger":
             _sync_now(kube)
-        result = _run_job(kube, "sync", tmp_path, known)
+        result = run_next_job(kube, "sync", tmp_path, known)
         assert (result["inserted"], result["updated"], result["deleted"]) == (1, 1, 2)
         status = wait_for(
             "status.sync",
@@ -98,7 +86,7 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
             conn.execute("UPDATE public.docs SET body = 'A note about kites.' WHERE id = 2")
             conn.execute("UPDATE public.docs SET views = 10 WHERE id = 5")
         _sync_now(kube)
-        result = _run_job(kube, "sync", tmp_path, known)
+        result = run_next_job(kube, "sync", tmp_path, known)
         assert (result["inserted"], result["updated"], result["deleted"], result["rows"]) == (1, 1, 0, 12)
         if mode == "trigger":
             with psycopg.connect(dsn) as conn:
@@ -111,7 +99,7 @@ def test_an_index_follows_inserts_updates_deletes_and_a_truncate(kube, dsn, tmp_
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("TRUNCATE public.docs")
         _sync_now(kube)
-        result = _run_job(kube, "sync", tmp_path, known)
+        result = run_next_job(kube, "sync", tmp_path, known)
         assert (result["deleted"], result["rows"]) == (12, 0)
         wait_for(
             "the truncate in status",
