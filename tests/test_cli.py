@@ -92,6 +92,25 @@ def test_worker_spec_errors_exit_2_in_one_line(tmp_path, capsys):
         assert '"reason":"InvalidConfig"' in result.read_text()
 
 
+def test_under_torchrun_rank_0_writes_results_and_another_rank_a_failure_nobody_wrote(tmp_path, capsys, monkeypatch):
+    """torchrun stops every process when one fails: rank 0 may be killed before it says why, so the first failure
+    of another rank is the termination message; rank 0's own word, when it has one, is kept."""
+    from embedops.results import CleanupResult
+    from embedops.workers import runner
+
+    spec, log = '{"target": {"name": "docs"}}', tmp_path / "termination-log"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setattr(runner, "run", lambda step, dsn: CleanupResult(dropped=[]))
+    assert main(["worker", "cleanup", "--spec-json", spec, "--result", str(log)]) == 0
+    assert not log.exists()  # a result: rank 0's alone
+    assert main(["worker", "cleanup", "--spec-json", "{bad", "--result", str(log)]) == 2
+    assert '"reason":"InvalidConfig"' in log.read_text()  # a failure, and no message yet
+    log.write_text("rank 0's word")
+    assert main(["worker", "cleanup", "--spec-json", "{bad", "--result", str(log)]) == 2
+    assert log.read_text() == "rank 0's word"
+    capsys.readouterr()
+
+
 def test_a_result_that_cannot_be_written_after_success_still_exits_0(tmp_path, capsys, monkeypatch):
     from embedops.results import CleanupResult
     from embedops.workers import runner

@@ -348,12 +348,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_result(result: Path | None, text: str) -> None:
+def _write_result(result: Path | None, text: str, *, failure: bool = False) -> None:
     """The termination message; a file that cannot be written is a warning: the exit code and stdout still say it.
 
-    Under torchrun every training process runs this command in the same container: rank 0 alone writes it.
+    Under torchrun every training process runs this command in the same container: rank 0 alone writes a result.
+    A failure of another rank is written when there is no message yet: torchrun stops the other processes when
+    one fails, so rank 0 may be killed before it can say why (rank 0's own word, when it has one, is kept).
     """
-    if result is None or os.environ.get("RANK", "0") != "0":
+    if result is None:
+        return
+    if os.environ.get("RANK", "0") != "0" and not (failure and not result.exists()):
         return
     try:
         result.write_text(text, encoding="utf-8")
@@ -365,7 +369,7 @@ def _worker_failed(result: Path | None, reason: str, message: str, code: int) ->
     """A failed worker's exit: its reason and message in the termination message, for the resource's status."""
     from embedops.results import error_message
 
-    _write_result(result, error_message(reason, message))
+    _write_result(result, error_message(reason, message), failure=True)
     return code
 
 

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from embedops import modelzoo, steps
+from embedops import steps
 from embedops.prepared import Doc, write_prepared
 from embedops.store import catalog, pgvector, sources
 from embedops.workers import documents, embed
@@ -43,11 +43,6 @@ def source(dsn):
             for i in range(ROWS):
                 copy.write_row((i * 7 + 3, f"Doc {i}" if i % 3 else None, text_of(i)))
     return dsn
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir):
-    return modelzoo.load(str(tiny_model_dir), device="cpu")
 
 
 def config(model_dir, **overrides) -> steps.EmbedStep:

@@ -21,9 +21,8 @@ def body_of(i: int) -> str:
     return f"document {i} about " + " ".join(["rivers", "stones", "clouds", "engines"][: 1 + i % 4])
 
 
-@pytest.fixture
-def table(dsn):
-    """public.docs: bigint ids, a title, a body (embedded) and a view count (not embedded)."""
+def docs_table(dsn: str) -> str:
+    """public.docs: bigint ids, a title, a body (embedded) and a view count (not embedded); the DSN."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.docs (doc_id bigint PRIMARY KEY, title text, body text, views int)")
         with conn.cursor().copy("COPY public.docs (doc_id, title, body, views) FROM STDIN") as copy:
@@ -32,9 +31,9 @@ def table(dsn):
     return dsn
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir):
-    return modelzoo.load(str(tiny_model_dir), device="cpu")
+@pytest.fixture
+def table(dsn):
+    return docs_table(dsn)
 
 
 SOURCE = {"table": "docs", "idColumn": "doc_id", "textColumn": "body", "titleColumn": "title"}

@@ -13,7 +13,7 @@ from embedops.store import pgvector, triggers
 from embedops.store import sync as store_sync
 from embedops.workers import cleanup
 from embedops.workers import sync as sync_worker
-from tests.workers.test_sync import ROWS, SOURCE, assert_in_step, body_of, build, source_texts
+from tests.workers.test_sync import ROWS, SOURCE, assert_in_step, build, docs_table, source_texts
 from tests.workers.test_sync import sync_step as diff_step
 
 TARGET = diff_step("unused").target
@@ -23,20 +23,7 @@ QUEUE = f"embedops.{NAMES.queue}"
 
 @pytest.fixture
 def table(dsn):
-    """public.docs as tests/workers/test_sync.py makes it: bigint ids, a title and a body (embedded), views (not)."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE public.docs (doc_id bigint PRIMARY KEY, title text, body text, views int)")
-        with conn.cursor().copy("COPY public.docs (doc_id, title, body, views) FROM STDIN") as copy:
-            for i in range(ROWS):
-                copy.write_row((i, f"Title {i}" if i % 2 else None, body_of(i), 0))
-    return dsn
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_model_dir):
-    from embedops import modelzoo
-
-    return modelzoo.load(str(tiny_model_dir), device="cpu")
+    return docs_table(dsn)
 
 
 def trigger_step(model_dir, **embedding) -> steps.SyncStep:

@@ -88,8 +88,8 @@ def test_both_ranks_train_and_rank_0_alone_reports(ddp):
 
 def test_invalid_input_on_two_processes_exits_2_so_the_job_fails_at_once(tiny_model_dir, tmp_path):
     """torchrun exits 1 whatever its processes exit with (the Job would retry on GPUs up to backoffLimit): the pod's
-    `embedops torchrun` exits 2, which the Job's podFailurePolicy fails at once, and rank 0's reason reaches the
-    termination message."""
+    `embedops torchrun` exits 2, which the Job's podFailurePolicy fails at once, and the failing rank's reason
+    reaches the termination message."""
     from embedops.builders.jobs import EXIT_INVALID
 
     config = _config(tmp_path, tiny_model_dir, tmp_path / "no-dataset", "out")
@@ -98,7 +98,9 @@ def test_invalid_input_on_two_processes_exits_2_so_the_job_fails_at_once(tiny_mo
         _torchrun_argv(config, result), env=_env(), capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == EXIT_INVALID, done.stderr[-3000:]
-    assert "rank 0: exit 2" in done.stderr and "rank 1: exit 2" in done.stderr
+    # The rank that fails first stops the other (SIGTERM: exit -15), which may not get to say why: either's
+    # reason is the termination message.
+    assert "exit 2" in done.stderr.split("training processes failed")[-1]
     failure = json.loads(result.read_text())
     assert failure["error"]["reason"] == "InvalidInput" and "no-dataset" in failure["error"]["message"]
 
