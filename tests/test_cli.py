@@ -101,8 +101,9 @@ def test_under_torchrun_rank_0_writes_results_and_another_rank_a_failure_nobody_
     spec, log = '{"target": {"name": "docs"}}', tmp_path / "termination-log"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setattr(runner, "run", lambda step, dsn: CleanupResult(dropped=[]))
+    log.touch()  # the kubelet's /dev/termination-log: there, empty
     assert main(["worker", "cleanup", "--spec-json", spec, "--result", str(log)]) == 0
-    assert not log.exists()  # a result: rank 0's alone
+    assert log.read_text() == ""  # a result: rank 0's alone
     assert main(["worker", "cleanup", "--spec-json", "{bad", "--result", str(log)]) == 2
     assert '"reason":"InvalidConfig"' in log.read_text()  # a failure, and no message yet
     log.write_text("rank 0's word")

@@ -357,7 +357,9 @@ def _write_result(result: Path | None, text: str, *, failure: bool = False) -> N
     """
     if result is None:
         return
-    if os.environ.get("RANK", "0") != "0" and not (failure and not result.exists()):
+    # The kubelet mounts /dev/termination-log as an empty file: empty is "no message yet".
+    unwritten = not result.exists() or result.stat().st_size == 0
+    if os.environ.get("RANK", "0") != "0" and not (failure and unwritten):
         return
     try:
         result.write_text(text, encoding="utf-8")
