@@ -494,25 +494,28 @@ def _serving_index(spec: dict) -> tuple[dict, dict]:
     return ix, related
 
 
+def _embed_result(version: int) -> dict:
+    """An embed shard's result: version `version` built, 10 rows."""
+    return {
+        "version": version,
+        "table": f"docs_v{version}",
+        "state": "Ready",
+        "rows": 10,
+        "shardRows": 10,
+        "embedded": 10,
+        "resumed": False,
+        "seconds": 1.0,
+        "rowsPerSecond": 10.0,
+    }
+
+
 def drive_to_serving(spec: dict, related: dict) -> tuple[dict, list]:
     """An index planned through its embed and publish Jobs (both succeeding) to Serving v1; with the steps planned."""
     ix = body("EmbeddingIndex", "ix", spec)
     jobs: dict = {}
     created = []
     for results in (
-        {
-            0: {
-                "version": 1,
-                "table": "docs_v1",
-                "state": "Ready",
-                "rows": 10,
-                "shardRows": 10,
-                "embedded": 10,
-                "resumed": False,
-                "seconds": 1.0,
-                "rowsPerSecond": 10.0,
-            }
-        },
+        {0: _embed_result(1)},
         {0: _publish_result(1)},
     ):
         p = plan(Observed(ix, jobs=jobs, related=related, now=NOW), SETTINGS)

@@ -8,7 +8,7 @@ import datetime as dt
 
 from embedops.builders import serving
 from embedops.reconcile import Layout, Observed, ObservedDeployment, ObservedJob, ObservedService, plan
-from tests.test_reconcile import NOW, SETTINGS, _publish_result, body, ready
+from tests.test_reconcile import NOW, SETTINGS, _embed_result, _publish_result, body, ready
 
 SPEC = {
     "model": {"name": "/m"},
@@ -20,20 +20,6 @@ SPEC = {
     "sync": {"intervalMinutes": 0},
     "serving": {"replicas": 2},
 }
-
-
-def embedded(version: int) -> dict:
-    return {
-        "version": version,
-        "table": f"docs_v{version}",
-        "state": "Ready",
-        "rows": 10,
-        "shardRows": 10,
-        "embedded": 10,
-        "resumed": False,
-        "seconds": 1.0,
-        "rowsPerSecond": 10.0,
-    }
 
 
 def rolled_out(p, ready_: bool = True, failed: str | None = None) -> dict[str, ObservedDeployment]:
@@ -60,7 +46,7 @@ def services_of(p) -> dict[str, ObservedService]:
 def test_a_version_is_cut_over_only_once_its_query_model_is_served_and_the_service_follows_the_view():
     ix = body("EmbeddingIndex", "ix", SPEC)
     (embed,) = plan(Observed(ix, now=NOW), SETTINGS).create
-    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: embedded(1)}, step="embed")}
+    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: _embed_result(1)}, step="embed")}
 
     # Built: the publish Job waits for v1's Deployment, rendered at the spec's replicas.
     waiting = plan(Observed(ix, jobs=jobs, now=NOW), SETTINGS)
@@ -117,7 +103,7 @@ def test_a_version_is_cut_over_only_once_its_query_model_is_served_and_the_servi
 def _serving_v1() -> tuple[dict, dict, dict, dict]:
     ix = body("EmbeddingIndex", "ix", SPEC)
     (embed,) = plan(Observed(ix, now=NOW), SETTINGS).create
-    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: embedded(1)}, step="embed")}
+    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: _embed_result(1)}, step="embed")}
     deployments = rolled_out(plan(Observed(ix, jobs=jobs, now=NOW), SETTINGS))
     (publish,) = plan(Observed(ix, jobs=jobs, deployments=deployments, now=NOW), SETTINGS).create
     jobs[publish.name] = ObservedJob(publish.name, "Succeeded", {0: _publish_result(1)}, step="publish")
@@ -131,7 +117,7 @@ def test_a_failed_deployment_blocks_the_cut_over_with_its_reason_and_a_fix_unblo
     ix["spec"] = {**SPEC, "model": {"name": "/m2"}}
     ix["metadata"]["generation"] = 2
     (embed,) = plan(Observed(ix, jobs=jobs, deployments=deployments, services=services, now=NOW), SETTINGS).create
-    jobs[embed.name] = ObservedJob(embed.name, "Succeeded", {0: embedded(2)}, step="embed")
+    jobs[embed.name] = ObservedJob(embed.name, "Succeeded", {0: _embed_result(2)}, step="embed")
     waiting = plan(Observed(ix, jobs=jobs, deployments=deployments, services=services, now=NOW), SETTINGS)
     assert [m["metadata"]["name"] for m in waiting.apply] == ["ix-serve-v2"]
     assert waiting.apply[0]["spec"]["template"]["spec"]["containers"][0]["command"][3] == "/m2"
@@ -243,6 +229,6 @@ def test_serving_removed_deletes_its_objects_and_local_mode_plans_none():
     local = Layout(inputs="/in", outputs="/out", database_secrets=False, serving=False)
     ix = body("EmbeddingIndex", "ix", {**SPEC, "database": {}})
     (embed,) = plan(Observed(ix, now=NOW), SETTINGS, local).create
-    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: embedded(1)}, step="embed")}
+    jobs = {embed.name: ObservedJob(embed.name, "Succeeded", {0: _embed_result(1)}, step="embed")}
     (publish,) = plan(Observed(ix, jobs=jobs, now=NOW + dt.timedelta(seconds=1)), SETTINGS, local).create
     assert publish.step == "publish"

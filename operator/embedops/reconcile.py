@@ -766,6 +766,12 @@ def _served(ctx: _Context, spec: EmbeddingIndexSpec, version: int, model: str, r
     return serving.deployment(_serving(ctx, spec), served, ctx.settings)
 
 
+def _as_rendered(ctx: _Context, manifest: dict[str, Any]) -> ObservedDeployment | None:
+    """The Deployment `manifest` renders, as observed, when it was last applied as rendered; else None."""
+    seen = ctx.obs.deployments.get(manifest["metadata"]["name"])
+    return seen if seen is not None and seen.spec_hash == serving.spec_hash(manifest) else None
+
+
 def _served_next(
     ctx: _Context, spec: EmbeddingIndexSpec, current: EmbeddingIndexStatus, built: EmbedResult, inputs: _IndexInputs
 ) -> tuple[int, str] | None:
@@ -789,11 +795,10 @@ def _serving_gate(
     assert spec.serving is not None
     manifest = _served(ctx, spec, version, model, spec.serving.replicas)
     name = manifest["metadata"]["name"]
-    seen = ctx.obs.deployments.get(name)
-    rolled_out = seen is not None and seen.spec_hash == serving.spec_hash(manifest)
-    if rolled_out and seen is not None and seen.ready:
+    seen = _as_rendered(ctx, manifest)
+    if seen is not None and seen.ready:
         return None
-    if rolled_out and seen is not None and seen.failed:
+    if seen is not None and seen.failed:
         message = (
             f"Deployment {name} (v{version}'s query model) failed: {seen.failed}; the cut-over to v{version} waits"
         )
@@ -818,10 +823,7 @@ def _serve(
     live = result.live_version
     wanted_deployments = _deployments(ctx, spec, result, wanted)
     wanted_service = serving.service(_serving(ctx, spec), live) if spec.serving and live is not None else None
-    for name, manifest in wanted_deployments.items():
-        seen = ctx.obs.deployments.get(name)
-        if seen is None or seen.spec_hash != serving.spec_hash(manifest):
-            plan.apply.append(manifest)
+    plan.apply += [m for m in wanted_deployments.values() if _as_rendered(ctx, m) is None]
     plan.remove += [("Deployment", name) for name in sorted(ctx.obs.deployments) if name not in wanted_deployments]
     service_name = serving.service_name(ctx.body["metadata"]["name"])
     seen_service = ctx.obs.services.get(service_name)
@@ -863,8 +865,8 @@ def _live_serving_failure(ctx: _Context, spec: EmbeddingIndexSpec, live: IndexVe
         return []
     manifest = _served(ctx, spec, live.version, live.model, spec.serving.replicas)
     name = manifest["metadata"]["name"]
-    seen = ctx.obs.deployments.get(name)
-    if seen is None or seen.spec_hash != serving.spec_hash(manifest) or not seen.failed:
+    seen = _as_rendered(ctx, manifest)
+    if seen is None or not seen.failed:
         return []
     message = (
         f"Deployment {name} (the live v{live.version}'s query model) failed to roll out: {seen.failed}; "
