@@ -35,7 +35,7 @@ import yaml
 
 from embedops.api import times
 from embedops.api.common import GROUP, VERSION
-from embedops.api.index import RETAINED_STATES
+from embedops.api.index import RETAINED_STATES, SEARCH_MAX_K
 from embedops.api.kinds import KINDS, ORDER
 from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, SYNC_ANNOTATION, references
 
@@ -436,7 +436,6 @@ def sync(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     return [f"{index['metadata']['name']}: its live version will be synced with its table now (status.sync)"]
 
 
-MAX_K = 1000  # as `embedops serve`'s /search
 QUERYING = "docs/operator.md, Querying an index"
 
 
@@ -452,8 +451,8 @@ def search(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
             f"engine tei has no /search: {name}'s query Service serves embeddings only (TEI's /embed); "
             f"embed the query there and search the view in SQL, or set spec.serving.engine: embedops ({QUERYING})"
         )
-    if not 1 <= args.k <= MAX_K:
-        raise PluginError(f"-k must be from 1 to {MAX_K}")
+    if not 1 <= args.k <= SEARCH_MAX_K:
+        raise PluginError(f"-k must be from 1 to {SEARCH_MAX_K}")
     service = f"{name}-query"
     code, answer = api.proxy_post(namespace, service, "search", {"query": args.query, "k": args.k})
     if code == 200 and isinstance(answer, dict):
@@ -540,7 +539,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("search", "the k nearest rows to a query, from the index's query Service (spec.serving)")
     p.add_argument("index")
     p.add_argument("query", help="the query text")
-    p.add_argument("-k", type=int, default=10, help=f"rows to return, 1 to {MAX_K} (default 10)")
+    p.add_argument("-k", type=int, default=10, help=f"rows to return, 1 to {SEARCH_MAX_K} (default 10)")
     return parser
 
 

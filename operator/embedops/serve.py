@@ -46,7 +46,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from embedops.api.index import Target
+from embedops.api.index import SEARCH_MAX_K, Target
 
 log = logging.getLogger(__name__)
 disable_created_metrics()  # as the operator's metrics: a `_created` series per histogram no alert reads
@@ -69,9 +69,6 @@ class Refused(Exception):
     def __init__(self, status: int, body: dict[str, Any]):
         super().__init__(body.get("error"))
         self.status, self.body = status, body
-
-
-MAX_K = 1000
 
 
 class ServeMetrics:
@@ -371,8 +368,8 @@ class Server:
         query, k = body.get("query"), body.get("k", 10)
         if not isinstance(query, str) or not query:
             raise BadRequest("query must be a non-empty string")
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
-            raise BadRequest(f"k must be an integer from 1 to {MAX_K}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= SEARCH_MAX_K:
+            raise BadRequest(f"k must be an integer from 1 to {SEARCH_MAX_K}")
         encoded = await self.batcher.embed([query])
         live, hits = await self.searcher.search(encoded, k)
         answer = {
@@ -413,12 +410,9 @@ class Searcher:
     """
 
     def __init__(self, dsn: str, target: Target, *, connections: int = 4, ef_search: int = 40, probes: int = 10):
-        from psycopg import conninfo
+        from embedops.store import pgvector
 
-        try:
-            self._password = conninfo.conninfo_to_dict(dsn).get("password")
-        except Exception:  # noqa: BLE001 - psycopg's message may quote the DSN
-            raise ValueError("the database connection string (DSN) is malformed; it is not shown") from None
+        self._password = pgvector.dsn_password(dsn)  # a malformed DSN is refused now, not at the first search
         self._dsn, self.target, self.ef_search, self.probes = dsn, target, ef_search, probes
         self._pool = ThreadPoolExecutor(max_workers=connections, thread_name_prefix="search")
         self._local = threading.local()

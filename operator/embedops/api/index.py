@@ -302,6 +302,7 @@ class SyncSpec(ApiModel):
 
 # The Text Embeddings Inference images `engine: tei` runs by default: the CPU build, or with
 # spec.serving.resources.gpus the CUDA build (Ampere and later: A100, L4, H100).
+SEARCH_MAX_K = 1000  # the most rows one /search of a serving pod (and `kubectl embedops search -k`) returns
 TEI_IMAGE_CPU = "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
 TEI_IMAGE_GPU = "ghcr.io/huggingface/text-embeddings-inference:1.8"
 

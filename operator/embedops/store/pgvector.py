@@ -77,6 +77,19 @@ class DatabaseUnavailable(RuntimeError):
 CONNECT_TIMEOUT_SECONDS = 10
 
 
+def dsn_password(dsn: str) -> str | None:
+    """The password of a DSN, for cleaning messages of it; ValueError, without the DSN, when it is malformed."""
+    try:
+        password = conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        raise ValueError(
+            "the database connection string (DSN) is malformed; it is not shown, as it may hold "
+            "a password (libpq's format: 'postgresql://user:password@host:5432/db' or "
+            "'host=... dbname=... user=...')"
+        ) from None
+    return str(password) if password else None
+
+
 def connect(dsn: str | None, *, catalog_schema: bool = True) -> psycopg.Connection:
     """An autocommit connection with pgvector's types registered and the catalog in place
     (`catalog_schema=False`: a plain connection, for reading a user's table).
@@ -87,18 +100,11 @@ def connect(dsn: str | None, *, catalog_schema: bool = True) -> psycopg.Connecti
     """
     if not dsn:
         raise ValueError("no database connection string was given (workers take it from the environment)")
-    try:
-        password = conninfo.conninfo_to_dict(dsn).get("password")
-    except psycopg.ProgrammingError:
-        raise ValueError(
-            "the database connection string (DSN) is malformed; it is not shown, as it may hold "
-            "a password (libpq's format: 'postgresql://user:password@host:5432/db' or "
-            "'host=... dbname=... user=...')"
-        ) from None
+    password = dsn_password(dsn)
     try:
         conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
     except psycopg.OperationalError as err:
-        message = str(err).strip().replace(str(password), "****") if password else str(err).strip()
+        message = str(err).strip().replace(password, "****") if password else str(err).strip()
         if (err.sqlstate or "").startswith("28"):  # invalid authorization: a wrong user or password
             raise ValueError(f"the database refused the login: {message}") from None
         raise DatabaseUnavailable(f"cannot connect to the database: {message}") from None
