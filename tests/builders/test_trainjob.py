@@ -28,6 +28,7 @@ def test_a_train_step_across_nodes_is_a_trainjob_on_the_torch_runtime():
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}],
             "queueName": "team-a-gpus",
             "serviceAccountName": "trainer",
+            "priorityClassName": "high",
             "suspend": True,
             "activeDeadlineSeconds": 7200,
             "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
@@ -70,6 +71,7 @@ def test_a_train_step_across_nodes_is_a_trainjob_on_the_torch_runtime():
     assert pod["nodeSelector"] == {"gpu": "h100"} and pod["serviceAccountName"] == "trainer"
     assert pod["affinity"] == scheduling.affinity
     assert [t["key"] for t in pod["tolerations"]] == ["dedicated", "nvidia.com/gpu"]
+    assert "priorityClassName" not in pod  # a runtime patch has no field for it (the runtime's template sets it)
 
 
 def test_the_runtime_its_job_and_container_are_the_specs():

@@ -33,8 +33,8 @@ from embedops.builders.jobs import (
     WorkerStep,
     _env,
     _volumes,
+    pod_placement,
     pod_resources,
-    pod_tolerations,
     worker_command,
 )
 from embedops.settings import OperatorSettings
@@ -61,14 +61,9 @@ def _runtime_patch(step: WorkerStep, launcher: TrainJobLauncherSpec, settings: O
         ],
         "securityContext": copy.deepcopy(POD_SECURITY),
     }
-    passed_through = {
-        "nodeSelector": dict(sched.node_selector),
-        "tolerations": pod_tolerations(sched, step.gpus),
-        "affinity": sched.affinity,
-        "serviceAccountName": sched.service_account_name,
-        "imagePullSecrets": [{"name": name} for name in settings.worker_image_pull_secrets],
-    }
-    pod.update({key: value for key, value in passed_through.items() if value})
+    placement = pod_placement(sched, step.gpus, settings)
+    placement.pop("priorityClassName", None)  # no field of a runtime patch (the module's docstring)
+    pod.update(placement)
     job = {"name": launcher.job, "template": {"spec": {"template": {"spec": pod}}}}
     return {"manager": PATCH_MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [job]}}}}
 
