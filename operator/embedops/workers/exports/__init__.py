@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, assert_never
 
 from embedops.api.finetune import EXPORT_BOUNDS, ExportFormat, ExportSpec, ExportVariant, ModelExport
-from embedops.workers.exports.parity import Agreement, Runtime, Texts, agreement
+from embedops.workers.exports.parity import Agreement, HeldOut, Runtime, Texts, agreement, held_out
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -45,17 +45,18 @@ def run(model: SentenceTransformer, folder: Path, spec: ExportSpec, texts: Texts
     if not texts:
         raise ExportFailed("spec.export: no held-out texts to check the exports on")
     exports = []
+    held = held_out(model, texts)  # the PyTorch model's embeddings, once for every file
     with tempfile.TemporaryDirectory() as scratch:
         fp32 = folder / ONNX_FILE if spec.onnx is not None else Path(scratch) / "model.onnx"
         _export_onnx(model, fp32)
         if spec.onnx is not None:
-            exports += _onnx_files(model, folder, fp32, texts, spec)
+            exports += _onnx_files(model, folder, fp32, held, spec)
         if spec.openvino is not None:
             from embedops.workers.exports import openvino
 
             xml = folder / OPENVINO_FILE
             openvino.convert(fp32, xml)
-            exports.append(_check(model, "openvino", "fp32", xml, folder, texts, spec.openvino.min_cosine))
+            exports.append(_check(model, "openvino", "fp32", xml, folder, held, spec.openvino.min_cosine))
     return exports
 
 
@@ -86,21 +87,21 @@ def _export_onnx(model: SentenceTransformer, path: Path) -> None:
 
 
 def _onnx_files(
-    model: SentenceTransformer, folder: Path, fp32: Path, texts: Texts, spec: ExportSpec
+    model: SentenceTransformer, folder: Path, fp32: Path, held: HeldOut, spec: ExportSpec
 ) -> list[ModelExport]:
     from embedops.workers.exports import onnx
 
     assert spec.onnx is not None
     bound = spec.onnx.min_cosine
-    exports = [_check(model, "onnx", "fp32", fp32, folder, texts, bound)]
+    exports = [_check(model, "onnx", "fp32", fp32, folder, held, bound)]
     if (level := spec.onnx.optimization) != "none":
         optimized = fp32.with_name(f"model_{level}.onnx")
         onnx.optimize(model, fp32, optimized, level)
-        exports.append(_check(model, "onnx", level, optimized, folder, texts, bound))
+        exports.append(_check(model, "onnx", level, optimized, folder, held, bound))
     if spec.onnx.quantize == "int8":
         quantized = fp32.with_name("model_qint8.onnx")
         onnx.quantize_int8(fp32, quantized)
-        exports.append(_check(model, "onnx", "int8", quantized, folder, texts, bound))
+        exports.append(_check(model, "onnx", "int8", quantized, folder, held, bound))
     return exports
 
 
@@ -110,12 +111,12 @@ def _check(
     variant: ExportVariant,
     path: Path,
     folder: Path,
-    texts: Texts,
+    held: HeldOut,
     min_cosine: float | None,
 ) -> ModelExport:
-    """The export at `path` compared with `model` on `texts`; ExportFailed below its bound."""
+    """The export at `path` compared with `model` on the held-out texts; ExportFailed below its bound."""
     bound = min_cosine if min_cosine is not None else EXPORT_BOUNDS[(fmt, variant)]
-    found = agreement(model, _runtime(fmt, path), texts)
+    found = agreement(model, _runtime(fmt, path), held)
     file = str(path.relative_to(folder))
     log.info(
         "%s %s (%s): per-row cosine to the PyTorch model min %.6f, mean %.6f on %d texts (bound %g)",
@@ -124,7 +125,7 @@ def _check(
         file,
         found.min_cosine,
         found.mean_cosine,
-        len(texts),
+        len(held.texts),
         bound,
     )
     if found.min_cosine < bound:
@@ -133,7 +134,7 @@ def _check(
         format=fmt,
         variant=variant,
         file=file,
-        texts=len(texts),
+        texts=len(held.texts),
         min_cosine=round(found.min_cosine, 7),
         mean_cosine=round(found.mean_cosine, 7),
         bound=bound,

@@ -36,18 +36,31 @@ class Texts:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """Held-out texts and the PyTorch model's embeddings of them: the reference every export is compared with."""
+
+    texts: Texts
+    reference: np.ndarray
+
+
+def held_out(model: SentenceTransformer, texts: Texts, batch_size: int = 32) -> HeldOut:
+    """`texts` embedded once by `model` as it is, for every export's comparison."""
+    return HeldOut(texts, _embed(model, texts, batch_size))
+
+
+@dataclass(frozen=True)
 class Agreement:
     min_cosine: float
     mean_cosine: float
     rows: int
 
 
-def agreement(model: SentenceTransformer, runtime: Runtime, texts: Texts, batch_size: int = 32) -> Agreement:
-    """Per-row cosine between `model`'s embeddings of `texts` and the same pipeline's with `runtime` inside."""
-    reference = _embed(model, texts, batch_size)
+def agreement(model: SentenceTransformer, runtime: Runtime, held: HeldOut, batch_size: int = 32) -> Agreement:
+    """Per-row cosine between `model`'s embeddings of the held-out texts and the same pipeline's with `runtime`
+    inside."""
     with _forward_through(model, runtime):
-        exported = _embed(model, texts, batch_size)
-    cosines = np.sum(_unit(reference) * _unit(exported), axis=1)
+        exported = _embed(model, held.texts, batch_size)
+    cosines = np.sum(_unit(held.reference) * _unit(exported), axis=1)
     return Agreement(float(np.min(cosines)), float(np.mean(cosines)), len(cosines))
 
 
