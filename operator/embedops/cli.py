@@ -244,7 +244,7 @@ def _search_live(conn: Any, index: Any, args: argparse.Namespace) -> tuple[Any, 
     for _ in range(3):
         rec = pgvector.version_record(conn, spec.target)
         model = modelzoo.load(rec.model, device=args.device, max_seq_length=spec.embedding.max_seq_length)
-        query = model.encode_query([args.query], normalize_embeddings=rec.metric != "l2")[0]
+        query = model.encode_query([args.query], normalize_embeddings=pgvector.normalizes(rec.metric))[0]
         try:
             return rec, pgvector.search_view(
                 conn, rec, query, args.limit, ef_search=spec.ann.ef_search, probes=spec.ann.probes

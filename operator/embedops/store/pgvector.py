@@ -56,6 +56,13 @@ log = logging.getLogger(__name__)
 # pgvector indexes at most this many dimensions of each type.
 MAX_INDEXED_DIMENSIONS = {"vector": 2000, "halfvec": 4000}
 OPERATORS = {"cosine": "<=>", "l2": "<->", "inner_product": "<#>"}
+
+
+def normalizes(metric: str) -> bool:
+    """Cosine and inner product are served on unit vectors; L2 keeps the model's own lengths."""
+    return metric in ("cosine", "inner_product")
+
+
 _OPCLASS_METRIC = {"cosine": "cosine", "l2": "l2", "inner_product": "ip"}
 _METHODS = ("hnsw", "ivfflat")
 _GRANTABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN"})
@@ -836,7 +843,7 @@ def _search_held_view(
         live = next((r for r in catalog.records(conn, schema, view) if r.state == VersionState.LIVE), None)
         if live is None or not accept(live):
             raise LiveVersionChanged(live)
-        if normalize and live.metric != "l2":
+        if normalize and normalizes(live.metric):
             norm = float(np.linalg.norm(query))
             query = query / norm if norm else query
         conn.execute(

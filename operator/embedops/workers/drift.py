@@ -50,7 +50,6 @@ from embedops.api import times
 from embedops.api.index import DriftResult
 from embedops.store import pgvector
 from embedops.workers import documents
-from embedops.workers.embed import normalizes
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def run(config: steps.DriftStep, *, dsn: str | None = None) -> DriftResult:
     current = Encoder(
         model,
         batch_size=config.embedding.batch_size,
-        normalize=normalizes(rec.metric),
+        normalize=pgvector.normalizes(rec.metric),
         precision=config.embedding.precision,
     ).encode(texts)
     scores = drift_scores(reference, current)

@@ -37,11 +37,6 @@ log = logging.getLogger(__name__)
 # -- embedding ----------------------------------------------------------------------------------
 
 
-def normalizes(metric: str) -> bool:
-    """Cosine and inner product are served on unit vectors; L2 keeps the model's own lengths."""
-    return metric in ("cosine", "inner_product")
-
-
 def run(config: steps.EmbedStep, *, dsn: str | None = None) -> Result:
     started = time.monotonic()
     target = config.target
@@ -140,7 +135,7 @@ def embed_shard(
     encoder = Encoder(
         model,
         batch_size=config.embedding.batch_size,
-        normalize=normalizes(rec.metric),
+        normalize=pgvector.normalizes(rec.metric),
         precision=config.embedding.precision,
     )
     with (

@@ -33,7 +33,6 @@ from embedops.prepared import PreparedDataset
 from embedops.store import pgvector
 from embedops.store.catalog import VersionRecord
 from embedops.workers import sync
-from embedops.workers.embed import normalizes
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +177,7 @@ def run(config: steps.ProbeStep, *, dsn: str | None = None) -> ProbeResult:
         ids = list(queries)
         vectors = model.encode_query(
             [queries[q] for q in ids],
-            normalize_embeddings=normalizes(rec.metric),
+            normalize_embeddings=pgvector.normalizes(rec.metric),
             convert_to_numpy=True,
             show_progress_bar=False,
         )

@@ -29,7 +29,6 @@ from embedops.api.index import IVFFLAT_STALE_FRACTION, EmbedSpec, TableSource
 from embedops.results import SyncResult
 from embedops.store import pgvector, sources, sync, triggers
 from embedops.store.catalog import VersionRecord
-from embedops.workers.embed import normalizes
 from embedops.workers.readers.rows import BLANK, INVALID_SAMPLES
 
 if TYPE_CHECKING:
@@ -52,7 +51,7 @@ def encoder(
                 Encoder(
                     load(),
                     batch_size=embedding.batch_size,
-                    normalize=normalizes(rec.metric),
+                    normalize=pgvector.normalizes(rec.metric),
                     precision=embedding.precision,
                 )
             )
