@@ -422,6 +422,19 @@ def test_search_posts_to_the_query_service_through_the_proxy_and_prints_id_tab_d
     assert kubectl.parse(["search", "docs", "q"]).k == 10
 
 
+def test_search_asks_the_service_the_operator_named_for_a_long_index_name(cluster, capsys):
+    from embedops.builders import serving
+
+    name = "a-very-long-index-name-for-the-search-of-the-whole-scientific-corpus"  # 68 characters
+    index = _obj("EmbeddingIndex", name, spec={"target": {"name": "docs"}, "serving": {}})
+    client = _searching(cluster, 200, FOUND, index)
+    assert kubectl.main(["search", name, "q"]) == 0
+    capsys.readouterr()
+    ((_, url, _),) = client.requests
+    service = serving.service_name(name)
+    assert len(service) <= 63 and f"/services/{service}:http/proxy/search" in url
+
+
 @pytest.mark.parametrize(
     ("index", "status", "body", "message"),
     [

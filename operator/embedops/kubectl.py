@@ -37,6 +37,7 @@ from embedops.api import times
 from embedops.api.common import GROUP, VERSION
 from embedops.api.index import RETAINED_STATES, SEARCH_MAX_K
 from embedops.api.kinds import KINDS, ORDER
+from embedops.builders import serving
 from embedops.reconcile import PROBE_ANNOTATION, RERUN_ANNOTATION, SYNC_ANNOTATION, references
 
 RETRIES = 10  # client-go's for answers that say Retry-After
@@ -74,7 +75,7 @@ def _from_server(err: Any, verb: str, plural: str, namespace: str | None, name: 
     return ServerError(f"({reason}): {message}")
 
 
-QUERY_PORT = "http"  # the port name of an index's query Service, `<index>-query` (spec.serving)
+QUERY_PORT = serving.PORT_NAME  # the port name of an index's query Service, `<index>-query` (spec.serving)
 PROXY_TIMEOUT = 60  # seconds for one search through the service proxy
 
 
@@ -443,17 +444,17 @@ def search(api: Api, namespace: str, args: argparse.Namespace) -> list[str]:
     """The index's query Service embeds the query with the live version's model and searches the view."""
     index = _find(api, namespace, args.index, ("EmbeddingIndex",))
     name, spec = index["metadata"]["name"], index.get("spec") or {}
-    serving = spec.get("serving") or {}
-    if not serving:
+    wanted = spec.get("serving")
+    if wanted is None:  # `serving: {}` is serving with every default
         raise PluginError(f"spec.serving is not set: the operator serves no query model for {name} ({QUERYING})")
-    if serving.get("engine") == "tei":
+    if wanted.get("engine") == "tei":
         raise PluginError(
             f"engine tei has no /search: {name}'s query Service serves embeddings only (TEI's /embed); "
             f"embed the query there and search the view in SQL, or set spec.serving.engine: embedops ({QUERYING})"
         )
     if not 1 <= args.k <= SEARCH_MAX_K:
         raise PluginError(f"-k must be from 1 to {SEARCH_MAX_K}")
-    service = f"{name}-query"
+    service = serving.service_name(name)  # as the operator names it (a long name is cut to fit)
     code, answer = api.proxy_post(namespace, service, "search", {"query": args.query, "k": args.k})
     if code == 200 and isinstance(answer, dict):
         target = spec.get("target") or {}
